@@ -1,0 +1,127 @@
+//! Outputs appear complete or not at all: everything is written to a hidden temporary name in
+//! the destination folder (same filesystem, so the final rename is atomic) and renamed into
+//! place only once complete. A dropped, uncommitted `TempOutput` removes its temporary file.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub struct TempOutput {
+    final_path: PathBuf,
+    temp_path: PathBuf,
+    committed: bool,
+}
+
+impl TempOutput {
+    /// Reserves a temporary name beside `final_path`: `.<name>.<pid>.<n>.part`, which watch
+    /// folders ignore (dotfile, `.part`).
+    ///
+    /// # Errors
+    /// The destination folder does not exist or is not writable (checked by creating the file).
+    pub fn new(final_path: &Path) -> io::Result<TempOutput> {
+        let dir = match final_path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = final_path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output has no file name"))?
+            .to_string_lossy()
+            .into_owned();
+        if !dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("folder {} does not exist", dir.display()),
+            ));
+        }
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp_path = dir.join(format!(".{name}.{}.{n}.part", std::process::id()));
+        // Create it now so an unwritable folder fails before any work is done.
+        File::create(&temp_path)?;
+        Ok(TempOutput {
+            final_path: final_path.to_path_buf(),
+            temp_path,
+            committed: false,
+        })
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        &self.temp_path
+    }
+
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Flushes the temporary file to disk and renames it into place.
+    ///
+    /// # Errors
+    /// fsync or rename failures (e.g. a full disk surfacing late).
+    pub fn commit(mut self) -> io::Result<PathBuf> {
+        File::open(&self.temp_path)?.sync_all()?;
+        std::fs::rename(&self.temp_path, &self.final_path)?;
+        if let Some(dir) = self.final_path.parent() {
+            // Make the rename itself durable; not all filesystems allow opening a folder.
+            if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+                let _ = d.sync_all();
+            }
+        }
+        self.committed = true;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: the file may never have been created or already be gone.
+            let _ = std::fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+///
+/// # Errors
+/// Any I/O error; the destination is then unchanged.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = TempOutput::new(path)?;
+    let mut f = File::create(tmp.temp_path())?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    tmp.commit().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncommitted_output_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a.mp4");
+        {
+            let t = TempOutput::new(&out).unwrap();
+            std::fs::write(t.temp_path(), b"half").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commit_renames_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.json");
+        write_atomic(&out, b"{}").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"{}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn missing_folder_is_an_error() {
+        assert!(TempOutput::new(Path::new("/nonexistent-ctxd/x.mp4")).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! `ctxd bench media`: the media layer measured against baselines run in the same process,
+//! reported as ratios (wall-clock numbers alone mean little on a shared machine).
+//!
+//! 1. Throughput: ctxd's decode → RGB → encode against the `ffmpeg` CLI doing the same
+//!    transcode (same encoder settings, audio copied), and against the CLI forced through an
+//!    RGB24 round trip like ctxd's.
+//! 2. Memory: peak RSS of `ctxd transcode` on a short and on a long input of the same kind;
+//!    the ratio should stay near 1 (memory must not grow with length).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::media::{transcode, EncodeSettings, InputSpec};
+
+#[derive(Args, Debug)]
+pub struct MediaBenchArgs {
+    /// Video to use for the throughput run (default: a generated 720p clip with audio).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Length in seconds of the generated throughput clip.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u32,
+    /// Lengths in seconds of the two generated clips for the memory comparison.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![60, 600])]
+    pub memory_seconds: Vec<u32>,
+    /// Skip the memory comparison.
+    #[arg(long)]
+    pub no_memory: bool,
+    /// x264 preset for every encode (ctxd and ffmpeg alike).
+    #[arg(long, default_value = "veryfast")]
+    pub preset: String,
+    #[arg(long, default_value_t = 23)]
+    pub crf: u32,
+    /// Folder for generated clips and outputs (default: a temporary folder, removed after).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    input: String,
+    frames: u64,
+    ctxd_fps: f64,
+    ffmpeg_fps: f64,
+    ffmpeg_rgb_fps: f64,
+    /// ctxd / ffmpeg: 1.0 means as fast as the CLI.
+    ratio_vs_ffmpeg: f64,
+    ratio_vs_ffmpeg_rgb: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Memory {
+    short_seconds: u32,
+    long_seconds: u32,
+    short_peak_rss_mib: f64,
+    long_peak_rss_mib: f64,
+    /// long / short: near 1.0 means memory does not grow with length.
+    ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct MediaBench {
+    preset: String,
+    crf: u32,
+    throughput: Throughput,
+    memory: Option<Memory>,
+}
+
+pub fn media(args: &MediaBenchArgs) -> Result<()> {
+    let tmp;
+    let dir = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let input = match &args.input {
+        Some(p) => p.clone(),
+        None => generate_clip(&dir, args.seconds)?,
+    };
+
+    // ctxd, in process.
+    let opts = transcode::TranscodeOptions {
+        settings: EncodeSettings {
+            codec: Some("h264".into()),
+            crf: Some(args.crf),
+            preset: Some(args.preset.clone()),
+            pix_fmt: None,
+        },
+        ..Default::default()
+    };
+    let out = dir.join("bench-ctxd.mp4");
+    let t = Instant::now();
+    let report = transcode::transcode(&InputSpec::File(input.clone()), &out, &opts)?;
+    let ctxd_s = t.elapsed().as_secs_f64();
+    let frames = report.frames;
+
+    let ffmpeg_s = time_ffmpeg(&input, &dir.join("bench-ffmpeg.mp4"), args, false)?;
+    let ffmpeg_rgb_s = time_ffmpeg(&input, &dir.join("bench-ffmpeg-rgb.mp4"), args, true)?;
+    let throughput = Throughput {
+        input: input.display().to_string(),
+        frames,
+        ctxd_fps: frames as f64 / ctxd_s,
+        ffmpeg_fps: frames as f64 / ffmpeg_s,
+        ffmpeg_rgb_fps: frames as f64 / ffmpeg_rgb_s,
+        ratio_vs_ffmpeg: ffmpeg_s / ctxd_s,
+        ratio_vs_ffmpeg_rgb: ffmpeg_rgb_s / ctxd_s,
+    };
+
+    let memory = if args.no_memory {
+        None
+    } else {
+        let [short, long] = args.memory_seconds[..] else {
+            bail!("--memory-seconds takes two lengths, e.g. 60,600");
+        };
+        let a = generate_clip(&dir, short)?;
+        let b = generate_clip(&dir, long)?;
+        let rss_a = peak_rss_of_transcode(&a, &dir.join("mem-short.mp4"), args)?;
+        let rss_b = peak_rss_of_transcode(&b, &dir.join("mem-long.mp4"), args)?;
+        Some(Memory {
+            short_seconds: short,
+            long_seconds: long,
+            short_peak_rss_mib: rss_a,
+            long_peak_rss_mib: rss_b,
+            ratio: rss_b / rss_a,
+        })
+    };
+
+    let result = MediaBench {
+        preset: args.preset.clone(),
+        crf: args.crf,
+        throughput,
+        memory,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        let t = &result.throughput;
+        println!("media bench (x264 preset {}, crf {})", result.preset, result.crf);
+        println!("  input: {} ({} frames)", t.input, t.frames);
+        println!("  ctxd decode→RGB→encode: {:>8.1} fps", t.ctxd_fps);
+        println!("  ffmpeg CLI transcode:   {:>8.1} fps   ratio ctxd/ffmpeg = {:.2}", t.ffmpeg_fps, t.ratio_vs_ffmpeg);
+        println!("  ffmpeg CLI via rgb24:   {:>8.1} fps   ratio ctxd/ffmpeg-rgb = {:.2}", t.ffmpeg_rgb_fps, t.ratio_vs_ffmpeg_rgb);
+        if let Some(m) = &result.memory {
+            println!(
+                "  peak RSS: {} s input {:.1} MiB, {} s input {:.1} MiB, ratio {:.2}",
+                m.short_seconds, m.short_peak_rss_mib, m.long_seconds, m.long_peak_rss_mib, m.ratio
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A 1280x720 30 fps clip with a moving test pattern and a stereo AAC tone.
+fn generate_clip(dir: &Path, seconds: u32) -> Result<PathBuf> {
+    let path = dir.join(format!("bench-720p-{seconds}s.mp4"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".bench-720p-{seconds}s.part.mp4"));
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-y", "-v", "error"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc2=size=1280x720:rate=30:duration={seconds}")])
+        .args(["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={seconds}")])
+        .args(["-ac", "2", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "23", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-shortest"])
+        .arg(&tmp)
+        .status()
+        .context("running ffmpeg to generate a benchmark clip (is it installed? run scripts/setup)")?;
+    if !status.success() {
+        bail!("ffmpeg failed to generate {}", path.display());
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+fn time_ffmpeg(input: &Path, out: &Path, args: &MediaBenchArgs, via_rgb: bool) -> Result<f64> {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-y", "-v", "error", "-i"]).arg(input);
+    cmd.args(["-map", "0:v:0", "-map", "0:a?", "-c:v", "libx264"]);
+    cmd.args(["-preset", &args.preset, "-crf", &args.crf.to_string(), "-c:a", "copy"]);
+    if via_rgb {
+        cmd.args(["-vf", "format=rgb24,format=yuv420p"]);
+    }
+    cmd.arg(out);
+    let t = Instant::now();
+    let status = cmd.status().context("running ffmpeg")?;
+    if !status.success() {
+        bail!("ffmpeg transcode failed on {}", input.display());
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Runs `ctxd transcode` in a child process and returns its peak resident set size in MiB.
+fn peak_rss_of_transcode(input: &Path, out: &Path, args: &MediaBenchArgs) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(["-q", "transcode"])
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(["--preset", &args.preset, "--crf", &args.crf.to_string()])
+        .spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // wait4 gives this child's own rusage (RUSAGE_CHILDREN would be a running maximum).
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("ctxd transcode failed on {}", input.display());
+    }
+    Ok(usage.ru_maxrss as f64 / 1024.0)
+}

@@ -1,0 +1,224 @@
+//! The command line. `main` parses flags, sets up logging, runs one subcommand and maps its
+//! result to an exit code:
+//!
+//! - 0: done
+//! - 1: the job failed (bad input, unwritable output, cancelled)
+//! - 2: usage or configuration error (bad flags, unknown codec or pixel format)
+//!
+//! Errors print as one line: `ctxd: <what>: <cause>`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::media::{self, transcode, EncodeSettings, InputSpec, MediaError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ctxd",
+    version,
+    about = "Edit videos with text prompts using contextualized diffusion (ContextDiff)",
+    after_help = "Exit status: 0 done, 1 the job failed (bad input or output), 2 usage or configuration error.\nLogging: -v/-vv, or CTXD_LOG=debug (tracing filter syntax)."
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print what a video holds as JSON: container, duration, video stream (codec, sizes,
+    /// pixel format, frame rate, frame count, VFR, rotation), audio streams.
+    Probe {
+        /// A file, `-` for stdin, or a URL FFmpeg can open.
+        input: String,
+        /// Read only the header: no packet scan, so frame_count may be missing or inexact and
+        /// the VFR flag is a guess.
+        #[arg(long)]
+        fast: bool,
+    },
+    /// Decode to RGB and re-encode with no edit: the media path every edit takes, with the
+    /// source's timing, audio and tags. Checks that a file survives ctxd's I/O.
+    Transcode {
+        /// A file, `-` for stdin, or a URL FFmpeg can open.
+        input: String,
+        /// Output file; the container comes from its extension (mp4, mkv, mov, webm).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        encode: EncodeArgs,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks (ratios against baselines measured in the same run).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// decode→RGB→encode throughput against the ffmpeg CLI, and peak memory for a short versus
+    /// a long 720p input.
+    Media(crate::bench::MediaBenchArgs),
+}
+
+/// Encoder settings shared by every command that writes video.
+#[derive(Args, Debug, Clone)]
+pub struct EncodeArgs {
+    /// Video codec: h264 (default; vp9 for .webm), h265, vp9, av1, or an FFmpeg encoder name.
+    #[arg(long)]
+    pub codec: Option<String>,
+    /// Constant rate factor (lower is better quality; default 18 for h264).
+    #[arg(long)]
+    pub crf: Option<u32>,
+    /// Encoder preset: ultrafast … veryslow (default medium).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Output pixel format (default: the source's when the encoder takes it).
+    #[arg(long = "pix-fmt")]
+    pub pix_fmt: Option<String>,
+}
+
+impl EncodeArgs {
+    pub fn settings(&self) -> EncodeSettings {
+        EncodeSettings {
+            codec: self.codec.clone(),
+            crf: self.crf,
+            preset: self.preset.clone(),
+            pix_fmt: self.pix_fmt.clone(),
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("CTXD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Failure classes and their exit codes.
+enum Failure {
+    Job(anyhow::Error),
+    Usage(anyhow::Error),
+}
+
+impl From<MediaError> for Failure {
+    fn from(e: MediaError) -> Self {
+        match e {
+            MediaError::Settings(_) => Failure::Usage(e.into()),
+            e => Failure::Job(e.into()),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Job(e)) => {
+            eprintln!("ctxd: {e:#}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(e)) => {
+            eprintln!("ctxd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Job(e.into()))?;
+    // A closed pipe (`ctxd probe x | head`) is not an error worth a message.
+    if writeln!(out, "{text}").is_err() {
+        return Ok(());
+    }
+    Ok(())
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Probe { input, fast } => {
+            let probe = media::probe(&InputSpec::parse(&input), fast)?;
+            print_json(&probe)
+        }
+        Command::Transcode {
+            input,
+            output,
+            encode,
+            json,
+        } => {
+            let opts = transcode::TranscodeOptions {
+                settings: encode.settings(),
+                ..Default::default()
+            };
+            let cancel = opts.cancel.clone();
+            // Ctrl-C stops at the next frame; the temporary output is removed.
+            let _ = ctrlc_flag(move || cancel.store(true, Ordering::Relaxed));
+            let report = transcode::transcode(&InputSpec::parse(&input), &output, &opts)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                eprintln!(
+                    "ctxd: wrote {} ({} frames, {:.1} fps)",
+                    report.output.path.display(),
+                    report.frames,
+                    report.fps
+                );
+            }
+            Ok(())
+        }
+        Command::Bench { what } => match what {
+            BenchCommand::Media(args) => crate::bench::media(&args).map_err(Failure::Job),
+        },
+    }
+}
+
+/// Runs `on_signal` on the first SIGINT/SIGTERM; a second one exits at once with status 130.
+fn ctrlc_flag(on_signal: impl Fn() + Send + 'static) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) =
+                    (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+                else {
+                    return;
+                };
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                tracing::warn!("stopping (again to abort at once)");
+                on_signal();
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                std::process::exit(130);
+            })
+        })?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Colour conversion between the source's YUV and packed RGB24 with swscale, using the
+//! source's matrix and range both ways so a decode → encode round trip is faithful.
+
+use ffmpeg_next::{color, ffi, format, software::scaling};
+
+use super::error::MediaError;
+
+/// The colour description carried from the source to the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColorInfo {
+    pub space: color::Space,
+    pub range: color::Range,
+    pub primaries: color::Primaries,
+    pub transfer: color::TransferCharacteristic,
+}
+
+impl ColorInfo {
+    /// The matrix to use: the tagged one, else what players assume (BT.709 from 720 lines up,
+    /// BT.601 below).
+    pub fn effective_space(&self, height: u32) -> color::Space {
+        match self.space {
+            color::Space::Unspecified | color::Space::Reserved => {
+                if height >= 720 {
+                    color::Space::BT709
+                } else {
+                    color::Space::BT470BG
+                }
+            }
+            s => s,
+        }
+    }
+
+    pub fn is_full_range(&self, fmt: format::Pixel) -> bool {
+        self.range == color::Range::JPEG
+            || matches!(
+                fmt,
+                format::Pixel::YUVJ420P | format::Pixel::YUVJ422P | format::Pixel::YUVJ444P
+            )
+    }
+}
+
+/// A swscale context that may move between threads. SwsContext has no thread affinity (FFmpeg
+/// only forbids concurrent use, which `&mut` already rules out); ffmpeg-next just never
+/// declared it `Send`, which stage threads need.
+pub struct Scaler(pub(crate) scaling::Context);
+
+// SAFETY: see the type's comment: exclusive access is guaranteed by `&mut self` on `run`.
+unsafe impl Send for Scaler {}
+
+impl Scaler {
+    pub(crate) fn run(
+        &mut self,
+        input: &ffmpeg_next::frame::Video,
+        output: &mut ffmpeg_next::frame::Video,
+    ) -> Result<(), ffmpeg_next::Error> {
+        self.0.run(input, output)
+    }
+
+    pub(crate) fn input_size(&self) -> (u32, u32) {
+        (self.0.input().width, self.0.input().height)
+    }
+}
+
+/// Builds a converter between `src` and `dst` formats at fixed sizes, telling swscale which
+/// YUV matrix and range the YUV side uses (RGB is always full range).
+pub(crate) fn converter(
+    src: (format::Pixel, u32, u32),
+    dst: (format::Pixel, u32, u32),
+    yuv_space: color::Space,
+    yuv_full_range: bool,
+) -> Result<Scaler, MediaError> {
+    let flags = scaling::Flags::BICUBIC | scaling::Flags::ACCURATE_RND | scaling::Flags::FULL_CHR_H_INT;
+    let mut ctx = scaling::Context::get(src.0, src.1, src.2, dst.0, dst.1, dst.2, flags)
+        .map_err(|e| {
+            MediaError::Settings(format!(
+                "no conversion from {:?} {}x{} to {:?} {}x{}: {e}",
+                src.0, src.1, src.2, dst.0, dst.1, dst.2
+            ))
+        })?;
+    let src_is_rgb = is_rgb(src.0);
+    let dst_is_rgb = is_rgb(dst.0);
+    unsafe {
+        let coeffs = ffi::sws_getCoefficients(sws_space(yuv_space));
+        let src_full = if src_is_rgb { 1 } else { yuv_full_range as i32 };
+        let dst_full = if dst_is_rgb { 1 } else { yuv_full_range as i32 };
+        // inv_table describes the source YUV, table the destination YUV; the RGB side ignores
+        // its table.
+        ffi::sws_setColorspaceDetails(
+            ctx.as_mut_ptr(),
+            coeffs,
+            src_full,
+            coeffs,
+            dst_full,
+            0,
+            1 << 16,
+            1 << 16,
+        );
+    }
+    Ok(Scaler(ctx))
+}
+
+fn is_rgb(fmt: format::Pixel) -> bool {
+    fmt.descriptor()
+        .map(|d| unsafe { (*d.as_ptr()).flags & ffi::AV_PIX_FMT_FLAG_RGB as u64 != 0 })
+        .unwrap_or(false)
+}
+
+fn sws_space(space: color::Space) -> i32 {
+    match space {
+        color::Space::BT709 => ffi::SWS_CS_ITU709 as i32,
+        color::Space::FCC => ffi::SWS_CS_FCC as i32,
+        color::Space::SMPTE240M => ffi::SWS_CS_SMPTE240M as i32,
+        color::Space::BT2020NCL | color::Space::BT2020CL => ffi::SWS_CS_BT2020 as i32,
+        _ => ffi::SWS_CS_ITU601 as i32,
+    }
+}

@@ -1,0 +1,446 @@
+//! Streaming decoder: demuxes an input once, decodes its video stream into upright RGB24
+//! frames pulled on demand (so memory does not depend on the video's length), and hands the
+//! audio packets, untouched, to whoever writes the output.
+
+use crossbeam_channel::{Receiver, Sender};
+use ffmpeg_next::{self as ffmpeg, codec, format, frame, Rational as AvRational};
+
+use super::color::{self, ColorInfo};
+use super::error::{MediaError, Result};
+use super::frame::RgbFrame;
+use super::input::{self, InputSpec};
+use super::log;
+use super::probe::{self, Probe};
+
+/// What an output needs to know about its source: timing, size, colour, audio tracks, tags.
+#[derive(Clone)]
+pub struct SourceLayout {
+    pub name: String,
+    pub metadata: Vec<(String, String)>,
+    pub video: VideoLayout,
+    pub audio: Vec<AudioLayout>,
+    /// The header facts, for reports.
+    pub probe: Probe,
+}
+
+#[derive(Debug, Clone)]
+pub struct VideoLayout {
+    /// Display size: what `RgbFrame`s have (rotation already applied).
+    pub width: u32,
+    pub height: u32,
+    pub time_base: AvRational,
+    pub frame_rate: AvRational,
+    pub r_frame_rate: AvRational,
+    pub sample_aspect_ratio: AvRational,
+    pub pix_fmt: format::Pixel,
+    pub color: ColorInfo,
+    /// Stream tags (language, handler name...), without the rotation, which is applied.
+    pub metadata: Vec<(String, String)>,
+    pub rotation: u32,
+    /// Frames the container says the stream has, if it says.
+    pub declared_frames: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct AudioLayout {
+    pub source_index: usize,
+    pub codec: String,
+    pub parameters: codec::Parameters,
+    pub time_base: AvRational,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// One compressed audio packet for output track `track` (an index into `SourceLayout::audio`),
+/// timestamps in that track's `time_base`.
+pub struct AudioPacket {
+    pub track: usize,
+    pub packet: ffmpeg::Packet,
+}
+
+/// The decoder. Iterate it for frames; take its audio receiver first if you want the audio.
+pub struct VideoSource {
+    name: String,
+    ictx: format::context::Input,
+    decoder: ffmpeg::decoder::Video,
+    stream_index: usize,
+    layout: SourceLayout,
+    /// Source stream index → output audio track.
+    audio_tracks: Vec<Option<usize>>,
+    audio_tx: Option<Sender<AudioPacket>>,
+    audio_rx: Option<Receiver<AudioPacket>>,
+    converter: Option<(color::Scaler, (format::Pixel, u32, u32))>,
+    decoded: frame::Video,
+    rgb: frame::Video,
+    next_index: u64,
+    last_pts: Option<i64>,
+    last_end: Option<i64>,
+    eof_sent: bool,
+    done: bool,
+    corrupt_frames: u64,
+    /// Time, in seconds, of the last packet sent: where a decode error happened.
+    last_packet_time: f64,
+}
+
+impl VideoSource {
+    /// Opens `spec` and prepares to decode its main video stream.
+    ///
+    /// # Errors
+    /// `NotFound`, `Empty`, `NotMedia`, `NoVideo`, `UnsupportedCodec`.
+    pub fn open(spec: &InputSpec) -> Result<VideoSource> {
+        let ictx = input::open(spec)?;
+        let name = spec.to_string();
+        let probe = probe::describe(spec, &ictx)?;
+        let st = probe::best_video_stream(&ictx, &name)?;
+        let stream_index = st.index();
+        let params = st.parameters();
+        if ffmpeg::decoder::find(params.id()).is_none() {
+            return Err(MediaError::UnsupportedCodec {
+                path: name,
+                kind: "video",
+                codec: probe.video.codec.clone(),
+            });
+        }
+        let mut ctx = codec::context::Context::from_parameters(params).map_err(|e| {
+            MediaError::NotMedia {
+                path: name.clone(),
+                cause: format!("bad video stream parameters: {e}"),
+            }
+        })?;
+        unsafe { (*ctx.as_mut_ptr()).pkt_timebase = st.time_base().into() };
+        ctx.set_threading(codec::threading::Config {
+            kind: codec::threading::Type::Frame,
+            count: 0,
+            ..Default::default()
+        });
+        let decoder = ctx.decoder().video().map_err(|e| MediaError::UnsupportedCodec {
+            path: name.clone(),
+            kind: "video",
+            codec: format!("{} ({e})", probe.video.codec),
+        })?;
+        let rotation = probe.video.rotation;
+        let (w, h) = (decoder.width(), decoder.height());
+        let (dw, dh) = if rotation % 180 == 90 { (h, w) } else { (w, h) };
+        let sar = decoder.aspect_ratio();
+        let sar = if rotation % 180 == 90 && sar.numerator() > 0 {
+            AvRational::new(sar.denominator(), sar.numerator())
+        } else {
+            sar
+        };
+        let video = VideoLayout {
+            width: dw,
+            height: dh,
+            time_base: st.time_base(),
+            frame_rate: probe.video.frame_rate.into(),
+            r_frame_rate: st.rate(),
+            sample_aspect_ratio: sar,
+            pix_fmt: decoder.format(),
+            color: ColorInfo {
+                space: decoder.color_space(),
+                range: decoder.color_range(),
+                primaries: decoder.color_primaries(),
+                transfer: decoder.color_transfer_characteristic(),
+            },
+            metadata: st
+                .metadata()
+                .iter()
+                .filter(|(k, _)| *k != "rotate")
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            rotation,
+            declared_frames: probe.video.frame_count,
+        };
+        let mut audio = Vec::new();
+        let mut audio_tracks = vec![None; ictx.nb_streams() as usize];
+        for ast in ictx.streams() {
+            if ast.parameters().medium() == ffmpeg::media::Type::Audio {
+                audio_tracks[ast.index()] = Some(audio.len());
+                audio.push(AudioLayout {
+                    source_index: ast.index(),
+                    codec: probe::codec_name(ast.parameters().id()),
+                    parameters: ast.parameters(),
+                    time_base: ast.time_base(),
+                    metadata: ast
+                        .metadata()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                });
+            }
+        }
+        let layout = SourceLayout {
+            name: name.clone(),
+            metadata: ictx
+                .metadata()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            video,
+            audio,
+            probe,
+        };
+        drop(st);
+        Ok(VideoSource {
+            name,
+            ictx,
+            decoder,
+            stream_index,
+            layout,
+            audio_tracks,
+            audio_tx: None,
+            audio_rx: None,
+            converter: None,
+            decoded: frame::Video::empty(),
+            rgb: frame::Video::empty(),
+            next_index: 0,
+            last_pts: None,
+            last_end: None,
+            eof_sent: false,
+            done: false,
+            corrupt_frames: 0,
+            last_packet_time: 0.0,
+        })
+    }
+
+    pub fn layout(&self) -> &SourceLayout {
+        &self.layout
+    }
+
+    /// Starts forwarding audio packets. The channel is unbounded on purpose: the writer takes
+    /// packets as its video catches up, so it holds only the pipeline's latency worth of
+    /// compressed audio, and a bound could deadlock a file whose audio is poorly interleaved.
+    pub fn take_audio(&mut self) -> Receiver<AudioPacket> {
+        if let Some(rx) = self.audio_rx.take() {
+            return rx;
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.audio_tx = Some(tx);
+        rx
+    }
+
+    /// Frames the decoder returned with FFmpeg's "corrupt" flag (concealed damage).
+    pub fn corrupt_frames(&self) -> u64 {
+        self.corrupt_frames
+    }
+
+    fn seconds(&self, ts: i64) -> f64 {
+        let tb = self.layout.video.time_base;
+        ts as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64
+    }
+
+    fn last_time(&self) -> f64 {
+        self.last_pts.map(|p| self.seconds(p)).unwrap_or(0.0)
+    }
+
+    /// Reads packets until one video packet went into the decoder (or the input ended).
+    fn feed(&mut self) -> Result<()> {
+        let mut packet = ffmpeg::Packet::empty();
+        loop {
+            log::clear();
+            match packet.read(&mut self.ictx) {
+                Ok(()) => {
+                    let idx = packet.stream();
+                    if idx == self.stream_index {
+                        if let Some(ts) = packet.pts().or(packet.dts()) {
+                            self.last_packet_time = self.seconds(ts);
+                        }
+                        return self.decoder.send_packet(&packet).map_err(|e| self.corrupt(e));
+                    }
+                    if let (Some(Some(track)), Some(tx)) =
+                        (self.audio_tracks.get(idx), self.audio_tx.as_ref())
+                    {
+                        // The writer may have gone (it failed or finished early): then the
+                        // audio has nowhere to go and the video side reports why.
+                        if tx.send(AudioPacket { track: *track, packet: packet.clone() }).is_err() {
+                            self.audio_tx = None;
+                        }
+                    }
+                }
+                Err(ffmpeg::Error::Eof) => {
+                    self.eof_sent = true;
+                    return self.decoder.send_eof().map_err(|e| self.corrupt(e));
+                }
+                // The demuxer resyncs after a damaged packet; the frame count check at the
+                // end catches any loss.
+                Err(ffmpeg::Error::InvalidData) => {
+                    tracing::warn!("{}: skipped a damaged packet near t = {:.3} s", self.name, self.last_packet_time);
+                }
+                Err(e) => {
+                    return Err(MediaError::Truncated {
+                        path: self.name.clone(),
+                        frame: self.next_index,
+                        time: self.last_time(),
+                        detail: format!("reading failed: {e}"),
+                    })
+                }
+            }
+        }
+    }
+
+    fn corrupt(&self, e: ffmpeg::Error) -> MediaError {
+        let cause = match log::last_message() {
+            Some(m) => format!("{e} ({m})"),
+            None => e.to_string(),
+        };
+        MediaError::Corrupt {
+            path: self.name.clone(),
+            frame: self.next_index,
+            time: self.last_packet_time,
+            cause,
+        }
+    }
+
+    /// After the decoder drained: did we get the whole stream?
+    fn check_complete(&self) -> Result<()> {
+        let v = &self.layout.video;
+        if let Some(declared) = v.declared_frames {
+            if self.next_index < declared {
+                return Err(MediaError::Truncated {
+                    path: self.name.clone(),
+                    frame: self.next_index.saturating_sub(1),
+                    time: self.last_time(),
+                    detail: format!(
+                        "the container lists {declared} video frames but only {} could be decoded",
+                        self.next_index
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        if let Some(expected) = self.layout.probe.video.duration {
+            let got_end = self.last_end.map(|e| self.seconds(e)).unwrap_or(0.0);
+            let start = self.layout.probe.start_time.unwrap_or(0.0).max(0.0);
+            let frame = self
+                .layout
+                .probe
+                .video
+                .fps
+                .map(|f| 1.0 / f)
+                .unwrap_or(0.1);
+            // Half a second or three frames of slack: muxers round stream durations.
+            if got_end - start + (3.0 * frame).max(0.5) < expected {
+                return Err(MediaError::Truncated {
+                    path: self.name.clone(),
+                    frame: self.next_index.saturating_sub(1),
+                    time: self.last_time(),
+                    detail: format!(
+                        "the video stream should last {expected:.3} s but ends at {got_end:.3} s"
+                    ),
+                });
+            }
+        }
+        if self.next_index == 0 {
+            return Err(MediaError::Truncated {
+                path: self.name.clone(),
+                frame: 0,
+                time: 0.0,
+                detail: "no video frame could be decoded".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn convert(&mut self) -> Result<RgbFrame> {
+        let (fmt, w, h) = (self.decoded.format(), self.decoded.width(), self.decoded.height());
+        let key = (fmt, w, h);
+        if self.converter.as_ref().map(|c| c.1) != Some(key) {
+            let v = &self.layout.video;
+            let space = v.color.effective_space(h);
+            let full = v.color.is_full_range(fmt);
+            let ctx = color::converter(key, (format::Pixel::RGB24, w, h), space, full)?;
+            self.converter = Some((ctx, key));
+            self.rgb = frame::Video::empty();
+        }
+        let (ctx, _) = self.converter.as_mut().expect("converter set above");
+        ctx.run(&self.decoded, &mut self.rgb)
+            .map_err(|e| MediaError::Settings(format!("colour conversion failed: {e}")))?;
+
+        let pts = self
+            .decoded
+            .timestamp()
+            .or(self.decoded.pts())
+            .unwrap_or_else(|| self.synthetic_pts());
+        let duration = unsafe { (*self.decoded.as_ptr()).pkt_duration };
+        let mut out = RgbFrame::new(self.next_index, pts, duration.max(0), w, h);
+        let stride = self.rgb.stride(0);
+        let row = w as usize * 3;
+        let src = self.rgb.data(0);
+        for y in 0..h as usize {
+            out.data[y * row..(y + 1) * row].copy_from_slice(&src[y * stride..y * stride + row]);
+        }
+        Ok(out.rotated(self.layout.video.rotation))
+    }
+
+    /// For streams without timestamps (raw elementary streams): the next slot at the frame rate.
+    fn synthetic_pts(&self) -> i64 {
+        let v = &self.layout.video;
+        let per_frame = frame_duration(v.time_base, v.frame_rate);
+        self.last_pts.map(|p| p + per_frame).unwrap_or(0)
+    }
+}
+
+/// One frame's duration at `rate`, in `tb` units (at least 1).
+pub(crate) fn frame_duration(tb: AvRational, rate: AvRational) -> i64 {
+    if rate.numerator() <= 0 || rate.denominator() <= 0 || tb.numerator() <= 0 {
+        return 1;
+    }
+    let d = (tb.denominator() as f64 * rate.denominator() as f64)
+        / (tb.numerator() as f64 * rate.numerator() as f64);
+    (d.round() as i64).max(1)
+}
+
+impl Iterator for VideoSource {
+    type Item = Result<RgbFrame>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.decoder.receive_frame(&mut self.decoded) {
+                Ok(()) => {
+                    if self.decoded.is_corrupt() {
+                        self.corrupt_frames += 1;
+                        tracing::warn!(
+                            "{}: frame {} is damaged (FFmpeg concealed the error)",
+                            self.name,
+                            self.next_index
+                        );
+                    }
+                    let frame = match self.convert() {
+                        Ok(f) => f,
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    };
+                    self.next_index += 1;
+                    let per_frame = frame_duration(self.layout.video.time_base, self.layout.video.frame_rate);
+                    self.last_end = Some(frame.pts + if frame.duration > 0 { frame.duration } else { per_frame });
+                    self.last_pts = Some(frame.pts);
+                    return Some(Ok(frame));
+                }
+                Err(ffmpeg::Error::Eof) => {
+                    self.done = true;
+                    self.audio_tx = None;
+                    return self.check_complete().err().map(Err);
+                }
+                Err(ffmpeg::Error::Other { errno }) if errno == libc::EAGAIN => {
+                    if self.eof_sent {
+                        // Cannot happen with a conforming decoder; do not spin.
+                        self.done = true;
+                        return self.check_complete().err().map(Err);
+                    }
+                    if let Err(e) = self.feed() {
+                        self.done = true;
+                        self.audio_tx = None;
+                        return Some(Err(e));
+                    }
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(self.corrupt(e)));
+                }
+            }
+        }
+    }
+}

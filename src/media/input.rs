@@ -1,0 +1,152 @@
+//! Naming and opening inputs: a file, `-` (stdin) or a URL FFmpeg can open. Checks what can be
+//! checked before FFmpeg sees the input, so the common mistakes get a precise message.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ffmpeg_next::format;
+
+use super::error::{MediaError, Result};
+use super::log;
+
+/// An input as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSpec {
+    File(PathBuf),
+    /// `-`: read the container from standard input (it must be streamable: mkv, ts, or an mp4
+    /// with its index at the front).
+    Stdin,
+    /// Anything with a scheme (`rtsp://`, `http://`, `udp://`, `pipe:`...): handed to FFmpeg.
+    Url(String),
+}
+
+impl InputSpec {
+    pub fn parse(s: &str) -> InputSpec {
+        if s == "-" {
+            InputSpec::Stdin
+        } else if looks_like_url(s) {
+            InputSpec::Url(s.to_string())
+        } else {
+            InputSpec::File(PathBuf::from(s))
+        }
+    }
+
+    /// The name FFmpeg is given. `file:` keeps a name with a colon in it from being read as
+    /// a protocol.
+    fn ffmpeg_name(&self) -> Result<String> {
+        match self {
+            InputSpec::File(p) => Ok(format!("file:{}", ffmpeg_safe(p, &self.to_string())?)),
+            InputSpec::Stdin => Ok("pipe:0".into()),
+            InputSpec::Url(u) => Ok(ffmpeg_safe(Path::new(u), u)?.to_string()),
+        }
+    }
+
+    pub fn as_path(&self) -> Option<&Path> {
+        match self {
+            InputSpec::File(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for InputSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputSpec::File(p) => write!(f, "{}", p.display()),
+            InputSpec::Stdin => write!(f, "<stdin>"),
+            InputSpec::Url(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// FFmpeg takes names as C strings and ffmpeg-next panics on names that are not UTF-8 or hold
+/// a NUL, so such names are refused here with a clear error instead.
+pub(crate) fn ffmpeg_safe<'a>(path: &'a Path, shown: &str) -> Result<&'a str> {
+    match path.to_str() {
+        Some(s) if !s.contains('\0') => Ok(s),
+        _ => Err(MediaError::Read {
+            path: shown.to_string(),
+            cause: "the name is not valid UTF-8 (FFmpeg cannot open it); rename the file".into(),
+        }),
+    }
+}
+
+fn looks_like_url(s: &str) -> bool {
+    if let Some((scheme, _)) = s.split_once(':') {
+        let known = ["pipe", "rtsp", "rtmp", "http", "https", "udp", "tcp", "srt", "file"];
+        return scheme.len() > 1
+            && (s[scheme.len()..].starts_with("://") || known.contains(&scheme))
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-');
+    }
+    false
+}
+
+/// Opens the container and reads stream information.
+///
+/// # Errors
+/// `NotFound`, `Empty`, `NotMedia` (with FFmpeg's own explanation when it gave one).
+pub(crate) fn open(spec: &InputSpec) -> Result<format::context::Input> {
+    super::init();
+    let name = spec.to_string();
+    if let InputSpec::File(path) = spec {
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => MediaError::NotFound(name.clone()),
+            _ => MediaError::Read {
+                path: name.clone(),
+                cause: e.to_string(),
+            },
+        })?;
+        if meta.is_dir() {
+            return Err(MediaError::NotMedia {
+                path: name,
+                cause: "it is a directory".into(),
+            });
+        }
+        if meta.len() == 0 {
+            return Err(MediaError::Empty(name));
+        }
+    }
+    let ffmpeg_name = spec.ffmpeg_name()?;
+    log::clear();
+    format::input(&ffmpeg_name).map_err(|e| {
+        let said = log::last_message();
+        let cause = match (said, e) {
+            (Some(m), _) if m.contains("moov atom not found") => {
+                "moov atom not found: the file is truncated or still being written".to_string()
+            }
+            (Some(m), e) => format!("{e}: {m}"),
+            (None, e) => e.to_string(),
+        };
+        MediaError::NotMedia { path: name, cause }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_kinds() {
+        assert_eq!(InputSpec::parse("-"), InputSpec::Stdin);
+        assert_eq!(
+            InputSpec::parse("rtsp://cam/1"),
+            InputSpec::Url("rtsp://cam/1".into())
+        );
+        assert_eq!(InputSpec::parse("pipe:3"), InputSpec::Url("pipe:3".into()));
+        assert_eq!(
+            InputSpec::parse("clip.mp4"),
+            InputSpec::File("clip.mp4".into())
+        );
+        // A file whose name has a colon is still a file.
+        assert_eq!(
+            InputSpec::parse("take 2: beach.mp4"),
+            InputSpec::File("take 2: beach.mp4".into())
+        );
+        assert_eq!(
+            InputSpec::parse("C:/x.mp4"),
+            InputSpec::File("C:/x.mp4".into())
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Resizing to the processing resolution and back. Networks want sizes that divide by 64
+//! (latent sizes divisible by the UNet's downsampling); videos come in any size. `Letterbox`
+//! scales the picture to the target, then pads it (replicating the edge pixels, which
+//! disturbs a diffusion model less than black bars) up to the next multiple; `restore` crops
+//! the padding off and scales back to the source's display size.
+
+use ffmpeg_next::{format, frame, software::scaling};
+
+use super::color::Scaler;
+use super::error::{MediaError, Result};
+use super::frame::RgbFrame;
+
+/// Geometry from a source size to a processing canvas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Letterbox {
+    pub src_w: u32,
+    pub src_h: u32,
+    /// The scaled picture inside the canvas (top-left aligned).
+    pub content_w: u32,
+    pub content_h: u32,
+    pub canvas_w: u32,
+    pub canvas_h: u32,
+}
+
+impl Letterbox {
+    /// Scales so the short side is `short_side` (or keeps the size when `None`), keeping the
+    /// aspect ratio, then pads each side up to a multiple of `multiple`.
+    pub fn fit(src_w: u32, src_h: u32, short_side: Option<u32>, multiple: u32) -> Letterbox {
+        let m = multiple.max(1);
+        let (cw, ch) = match short_side {
+            Some(s) => {
+                let k = s as f64 / src_w.min(src_h).max(1) as f64;
+                (
+                    ((src_w as f64 * k).round() as u32).max(1),
+                    ((src_h as f64 * k).round() as u32).max(1),
+                )
+            }
+            None => (src_w, src_h),
+        };
+        Letterbox {
+            src_w,
+            src_h,
+            content_w: cw,
+            content_h: ch,
+            canvas_w: cw.div_ceil(m) * m,
+            canvas_h: ch.div_ceil(m) * m,
+        }
+    }
+}
+
+/// Scales RGB24 frames between two fixed sizes with swscale (contexts cached).
+pub struct Resizer {
+    down: Option<Scaler>,
+    up: Option<Scaler>,
+    geometry: Letterbox,
+}
+
+impl Resizer {
+    pub fn new(geometry: Letterbox) -> Resizer {
+        Resizer {
+            down: None,
+            up: None,
+            geometry,
+        }
+    }
+
+    pub fn geometry(&self) -> Letterbox {
+        self.geometry
+    }
+
+    /// Source-sized frame → processing canvas.
+    pub fn to_canvas(&mut self, f: &RgbFrame) -> Result<RgbFrame> {
+        let g = self.geometry;
+        let scaled = scale_rgb(&mut self.down, f, g.content_w, g.content_h)?;
+        Ok(pad_replicate(&scaled, g.canvas_w, g.canvas_h))
+    }
+
+    /// Processing canvas → source-sized frame (padding cropped off).
+    pub fn restore(&mut self, f: &RgbFrame) -> Result<RgbFrame> {
+        let g = self.geometry;
+        let cropped = crop(f, g.content_w, g.content_h);
+        scale_rgb(&mut self.up, &cropped, g.src_w, g.src_h)
+    }
+}
+
+fn scale_rgb(cache: &mut Option<Scaler>, f: &RgbFrame, w: u32, h: u32) -> Result<RgbFrame> {
+    if (f.width, f.height) == (w, h) {
+        return Ok(f.clone());
+    }
+    let ctx = match cache {
+        Some(c) if c.input_size() == (f.width, f.height) => c,
+        _ => cache.insert(Scaler(
+            scaling::Context::get(
+                format::Pixel::RGB24,
+                f.width,
+                f.height,
+                format::Pixel::RGB24,
+                w,
+                h,
+                scaling::Flags::BICUBIC | scaling::Flags::ACCURATE_RND,
+            )
+            .map_err(|e| MediaError::Settings(format!("cannot scale to {w}x{h}: {e}")))?,
+        )),
+    };
+    let mut src = frame::Video::new(format::Pixel::RGB24, f.width, f.height);
+    copy_in(&mut src, f);
+    let mut dst = frame::Video::empty();
+    ctx.run(&src, &mut dst)
+        .map_err(|e| MediaError::Settings(format!("scaling failed: {e}")))?;
+    let mut out = RgbFrame::new(f.index, f.pts, f.duration, w, h);
+    copy_out(&dst, &mut out);
+    Ok(out)
+}
+
+fn copy_in(dst: &mut frame::Video, f: &RgbFrame) {
+    let row = f.width as usize * 3;
+    let stride = dst.stride(0);
+    let data = dst.data_mut(0);
+    for y in 0..f.height as usize {
+        data[y * stride..y * stride + row].copy_from_slice(&f.data[y * row..(y + 1) * row]);
+    }
+}
+
+fn copy_out(src: &frame::Video, out: &mut RgbFrame) {
+    let row = out.width as usize * 3;
+    let stride = src.stride(0);
+    let data = src.data(0);
+    for y in 0..out.height as usize {
+        out.data[y * row..(y + 1) * row].copy_from_slice(&data[y * stride..y * stride + row]);
+    }
+}
+
+/// Pads to `w`x`h` by repeating the last column and row.
+pub fn pad_replicate(f: &RgbFrame, w: u32, h: u32) -> RgbFrame {
+    if (f.width, f.height) == (w, h) {
+        return f.clone();
+    }
+    let mut out = RgbFrame::new(f.index, f.pts, f.duration, w, h);
+    let (sw, sh) = (f.width as usize, f.height as usize);
+    for y in 0..h as usize {
+        let sy = y.min(sh - 1);
+        for x in 0..w as usize {
+            let sx = x.min(sw - 1);
+            let s = (sy * sw + sx) * 3;
+            let d = (y * w as usize + x) * 3;
+            out.data[d..d + 3].copy_from_slice(&f.data[s..s + 3]);
+        }
+    }
+    out
+}
+
+/// The top-left `w`x`h` of a frame.
+pub fn crop(f: &RgbFrame, w: u32, h: u32) -> RgbFrame {
+    if (f.width, f.height) == (w, h) {
+        return f.clone();
+    }
+    let mut out = RgbFrame::new(f.index, f.pts, f.duration, w, h);
+    let row = w as usize * 3;
+    let src_row = f.width as usize * 3;
+    for y in 0..h as usize {
+        out.data[y * row..(y + 1) * row].copy_from_slice(&f.data[y * src_row..y * src_row + row]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_scales_short_side_and_pads_to_multiple() {
+        let g = Letterbox::fit(1280, 720, Some(512), 64);
+        assert_eq!((g.content_w, g.content_h), (910, 512));
+        assert_eq!((g.canvas_w, g.canvas_h), (960, 512));
+        let g = Letterbox::fit(333, 201, None, 64);
+        assert_eq!((g.content_w, g.content_h, g.canvas_w, g.canvas_h), (333, 201, 384, 256));
+        let g = Letterbox::fit(720, 1280, Some(512), 8);
+        assert_eq!((g.canvas_w, g.canvas_h), (512, 912));
+    }
+
+    #[test]
+    fn round_trip_through_canvas_keeps_size_and_content() {
+        crate::media::init();
+        let mut f = RgbFrame::new(3, 42, 1, 333, 201);
+        for (i, b) in f.data.iter_mut().enumerate() {
+            *b = ((i / 3) % 333 / 2) as u8; // smooth horizontal ramp
+        }
+        let mut r = Resizer::new(Letterbox::fit(333, 201, None, 64));
+        let canvas = r.to_canvas(&f).unwrap();
+        assert_eq!((canvas.width, canvas.height), (384, 256));
+        // Padding repeats the edge.
+        assert_eq!(&canvas.data[(384 - 1) * 3..384 * 3], &f.data[(333 - 1) * 3..333 * 3]);
+        let back = r.restore(&canvas).unwrap();
+        assert_eq!(back, f);
+
+        let mut r = Resizer::new(Letterbox::fit(333, 201, Some(128), 64));
+        let back = r.restore(&r.clone_to_canvas(&f)).unwrap();
+        assert_eq!((back.width, back.height, back.pts, back.index), (333, 201, 42, 3));
+        let max_err = back.data.iter().zip(&f.data).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(max_err <= 8, "max error {max_err}");
+    }
+
+    impl Resizer {
+        fn clone_to_canvas(&mut self, f: &RgbFrame) -> RgbFrame {
+            self.to_canvas(f).unwrap()
+        }
+    }
+}
