@@ -45,13 +45,50 @@ pub(crate) enum AudioRoute {
         ost: usize,
         src_tb: AvRational,
         ost_tb: AvRational,
+        preroll: Preroll,
     },
     Reencode(Box<Reencoder>),
+}
+
+/// FFmpeg 5.1's Matroska muxer writes Opus's pre-skip as CodecDelay, and its demuxer
+/// subtracts it from every timestamp, but the muxer does not add it back when writing blocks.
+/// Left alone, an Opus track would come out one pre-skip (6.5 ms) earlier than it went in;
+/// adding it here keeps audio and video exactly where the source had them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Preroll {
+    samples: i64,
+    rate: i32,
+    /// `samples` in the output stream's time base, set once the header is written.
+    ticks: i64,
+}
+
+impl Preroll {
+    fn new(matroska: bool, codec: codec::Id, samples: i32, rate: i32) -> Preroll {
+        if matroska && codec == codec::Id::OPUS && samples > 0 && rate > 0 {
+            Preroll { samples: samples as i64, rate, ticks: 0 }
+        } else {
+            Preroll::default()
+        }
+    }
+
+    fn resolve(&mut self, tb: AvRational) {
+        if self.samples > 0 {
+            self.ticks = self.samples.rescale_to(AvRational::new(1, self.rate), tb);
+        }
+    }
+
+    fn apply(&self, p: &mut ffmpeg::Packet) {
+        if self.ticks != 0 {
+            p.set_pts(p.pts().map(|t| t + self.ticks));
+            p.set_dts(p.dts().map(|t| t + self.ticks));
+        }
+    }
 }
 
 pub(crate) struct Reencoder {
     ost: usize,
     ost_tb: AvRational,
+    preroll: Preroll,
     decoder: ffmpeg::decoder::Audio,
     encoder: ffmpeg::encoder::Audio,
     graph: filter::Graph,
@@ -74,6 +111,10 @@ pub(crate) fn add_route(
             == 1
     };
     let copy = copyable(family, &track.codec).unwrap_or(muxer_can) && muxer_can;
+    let matroska = unsafe {
+        let name = std::ffi::CStr::from_ptr((*(*octx.as_ptr()).oformat).name).to_string_lossy();
+        name == "matroska" || name == "webm"
+    };
     let metadata = dict(&track.metadata);
     if copy {
         let mut ost = octx
@@ -89,11 +130,16 @@ pub(crate) fn add_route(
             output_codec: track.codec.clone(),
             reason: None,
         };
+        let (padding, rate) = unsafe {
+            let p = &*track.parameters.as_ptr();
+            (p.initial_padding, p.sample_rate)
+        };
         return Ok((
             AudioRoute::Copy {
                 ost: ost.index(),
                 src_tb: track.time_base,
                 ost_tb: track.time_base,
+                preroll: Preroll::new(matroska, codec_id, padding, rate),
             },
             plan,
         ));
@@ -194,6 +240,12 @@ pub(crate) fn add_route(
         AudioRoute::Reencode(Box::new(Reencoder {
             ost: ost_index,
             ost_tb: AvRational::new(1, rate),
+            preroll: Preroll::new(
+                matroska,
+                enc_codec.id(),
+                unsafe { (*encoder.as_ptr()).initial_padding },
+                rate,
+            ),
             decoder,
             encoder,
             graph,
@@ -251,15 +303,17 @@ impl AudioRoute {
     /// Called once the header is written: muxers may change a stream's time base.
     pub(crate) fn header_written(&mut self, octx: &format::context::Output) {
         match self {
-            AudioRoute::Copy { ost, ost_tb, .. } => {
+            AudioRoute::Copy { ost, ost_tb, preroll, .. } => {
                 if let Some(s) = octx.stream(*ost) {
                     *ost_tb = s.time_base();
                 }
+                preroll.resolve(*ost_tb);
             }
             AudioRoute::Reencode(r) => {
                 if let Some(s) = octx.stream(r.ost) {
                     r.ost_tb = s.time_base();
                 }
+                r.preroll.resolve(r.ost_tb);
             }
         }
     }
@@ -270,8 +324,9 @@ impl AudioRoute {
         octx: &mut format::context::Output,
     ) -> Result<(), ffmpeg::Error> {
         match self {
-            AudioRoute::Copy { ost, src_tb, ost_tb } => {
+            AudioRoute::Copy { ost, src_tb, ost_tb, preroll } => {
                 packet.rescale_ts(*src_tb, *ost_tb);
+                preroll.apply(&mut packet);
                 packet.set_stream(*ost);
                 packet.set_position(-1);
                 packet.write_interleaved(octx)
@@ -344,6 +399,7 @@ impl Reencoder {
             match self.encoder.receive_packet(&mut packet) {
                 Ok(()) => {
                     packet.rescale_ts(self.encoder.time_base(), self.ost_tb);
+                    self.preroll.apply(&mut packet);
                     packet.set_stream(self.ost);
                     packet.write_interleaved(octx)?;
                 }

@@ -277,7 +277,16 @@ impl VideoSource {
     }
 
     fn corrupt(&self, e: ffmpeg::Error) -> MediaError {
-        let cause = match log::last_message() {
+        let said = log::last_message();
+        if let Some(m) = said.as_deref().filter(|m| m.contains("partial file")) {
+            return MediaError::Truncated {
+                path: self.name.clone(),
+                frame: self.next_index,
+                time: self.last_packet_time,
+                detail: format!("the file ends inside a video packet ({m})"),
+            };
+        }
+        let cause = match said {
             Some(m) => format!("{e} ({m})"),
             None => e.to_string(),
         };

@@ -338,6 +338,12 @@ impl VideoSink {
             // Index at the front: the file plays while downloading and can be piped.
             header_opts.set("movflags", "+faststart");
         }
+        if container == "matroska" || container == "webm" {
+            // The source's timestamps are already valid for the container (it was muxed once);
+            // a second "make non-negative" shift would move the video against the audio's
+            // pre-roll (Opus pre-skip) and change every frame's time.
+            header_opts.set("avoid_negative_ts", "disabled");
+        }
         octx.write_header_with(header_opts)
             .map_err(|e| unwritable(format!("cannot write the header: {e}")))?;
         let ost_tb = octx.stream(ost_index).map(|s| s.time_base()).unwrap_or(v.time_base);

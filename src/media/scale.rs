@@ -194,15 +194,11 @@ mod tests {
         assert_eq!(back, f);
 
         let mut r = Resizer::new(Letterbox::fit(333, 201, Some(128), 64));
-        let back = r.restore(&r.clone_to_canvas(&f)).unwrap();
+        let canvas = r.to_canvas(&f).unwrap();
+        assert_eq!((canvas.width, canvas.height), (256, 128));
+        let back = r.restore(&canvas).unwrap();
         assert_eq!((back.width, back.height, back.pts, back.index), (333, 201, 42, 3));
         let max_err = back.data.iter().zip(&f.data).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
         assert!(max_err <= 8, "max error {max_err}");
-    }
-
-    impl Resizer {
-        fn clone_to_canvas(&mut self, f: &RgbFrame) -> RgbFrame {
-            self.to_canvas(f).unwrap()
-        }
     }
 }

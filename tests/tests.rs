@@ -1,0 +1,8 @@
+//! One integration-test binary (one link step, shared helpers). Every test runs the real
+//! `ctxd` binary on media it makes itself with the `ffmpeg` CLI, or on ../shared/media.
+
+mod util;
+
+mod media_errors;
+mod media_probe;
+mod media_roundtrip;

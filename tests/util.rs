@@ -1,0 +1,198 @@
+//! Test harness: a fresh folder per test, fixtures made with the ffmpeg CLI, the ctxd binary,
+//! and an independent view of the results (ffprobe, ffmpeg's own RGB decode).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub struct Dir {
+    tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir {
+            tmp: tempfile::Builder::new().prefix("ctxd-test-").tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Makes `name` with `ffmpeg -y -v error <args> <name>`.
+    pub fn ffmpeg(&self, name: &str, args: &[&str]) -> PathBuf {
+        let out = self.path(name);
+        let status = Command::new("ffmpeg")
+            .args(["-nostdin", "-y", "-v", "error"])
+            .args(args)
+            .arg(&out)
+            .status()
+            .expect("ffmpeg must be installed (scripts/setup)");
+        assert!(status.success(), "ffmpeg failed making {name}: {args:?}");
+        out
+    }
+
+    /// Files left in the folder (to check nothing half-written stays behind).
+    pub fn listing(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// lavfi inputs for a test pattern with an optional tone.
+pub fn pattern(size: &str, rate: &str, seconds: f64) -> Vec<String> {
+    vec![
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("testsrc2=size={size}:rate={rate}:duration={seconds}"),
+    ]
+}
+
+pub fn tone(seconds: f64, rate: u32) -> Vec<String> {
+    vec![
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("sine=frequency=440:sample_rate={rate}:duration={seconds}"),
+    ]
+}
+
+pub fn args(parts: &[&[String]], tail: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = parts.iter().flat_map(|p| p.iter().cloned()).collect();
+    v.extend(tail.iter().map(|s| s.to_string()));
+    v
+}
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+pub fn ctxd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ctxd"));
+    c.env_remove("CTXD_LOG").stdin(Stdio::null());
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run ctxd");
+    assert!(
+        out.status.success(),
+        "ctxd failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command that must fail; returns (exit code, stderr).
+pub fn run_err(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().expect("run ctxd");
+    assert!(!out.status.success(), "ctxd should have failed");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+pub fn probe(path: &Path) -> Value {
+    let out = run_ok(ctxd().arg("probe").arg(path));
+    serde_json::from_slice(&out.stdout).expect("probe prints JSON")
+}
+
+/// ffprobe's view: streams and format.
+pub fn ffprobe(path: &Path) -> Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_packets", "-show_streams", "-show_format", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    assert!(out.status.success(), "ffprobe failed on {}", path.display());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn streams_of(v: &Value, kind: &str) -> Vec<Value> {
+    v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["codec_type"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// Presentation times (seconds) of every video frame, in order, as ffprobe reads them.
+pub fn frame_times(path: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v", "error", "-select_streams", "v:0", "-show_entries",
+            "frame=best_effort_timestamp_time", "-of", "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect()
+}
+
+/// Every frame as RGB24, decoded and auto-rotated by the ffmpeg CLI (not by ctxd).
+pub fn rgb_frames(path: &Path) -> (u32, u32, Vec<u8>) {
+    let v = ffprobe(path);
+    let video = &streams_of(&v, "video")[0];
+    let (mut w, mut h) = (video["width"].as_u64().unwrap() as u32, video["height"].as_u64().unwrap() as u32);
+    let rotated = video["side_data_list"]
+        .as_array()
+        .map(|l| l.iter().any(|s| s["rotation"].as_i64().map(|r| r.abs() % 180 == 90).unwrap_or(false)))
+        .unwrap_or(false);
+    if rotated {
+        std::mem::swap(&mut w, &mut h);
+    }
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v:0", "-vsync", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(out.status.success());
+    (w, h, out.stdout)
+}
+
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len(), "frame data sizes differ");
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = *x as f64 - *y as f64;
+            d * d
+        })
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
+}
+
+pub fn shared_media(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/media").join(name)
+}
+
+pub fn ratio(s: &Value) -> f64 {
+    let t = s.as_str().unwrap_or("0/1");
+    let (n, d) = t.split_once('/').unwrap_or((t, "1"));
+    let (n, d): (f64, f64) = (n.parse().unwrap_or(0.0), d.parse().unwrap_or(1.0));
+    if d == 0.0 { 0.0 } else { n / d }
+}
