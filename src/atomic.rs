@@ -64,7 +64,11 @@ impl TempOutput {
         std::fs::rename(&self.temp_path, &self.final_path)?;
         if let Some(dir) = self.final_path.parent() {
             // Make the rename itself durable; not all filesystems allow opening a folder.
-            if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+            if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) {
                 let _ = d.sync_all();
             }
         }

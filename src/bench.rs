@@ -148,11 +148,20 @@ pub fn media(args: &MediaBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         let t = &result.throughput;
-        println!("media bench (x264 preset {}, crf {})", result.preset, result.crf);
+        println!(
+            "media bench (x264 preset {}, crf {})",
+            result.preset, result.crf
+        );
         println!("  input: {} ({} frames)", t.input, t.frames);
         println!("  ctxd decode→RGB→encode: {:>8.1} fps", t.ctxd_fps);
-        println!("  ffmpeg CLI transcode:   {:>8.1} fps   ratio ctxd/ffmpeg = {:.2}", t.ffmpeg_fps, t.ratio_vs_ffmpeg);
-        println!("  ffmpeg CLI via rgb24:   {:>8.1} fps   ratio ctxd/ffmpeg-rgb = {:.2}", t.ffmpeg_rgb_fps, t.ratio_vs_ffmpeg_rgb);
+        println!(
+            "  ffmpeg CLI transcode:   {:>8.1} fps   ratio ctxd/ffmpeg = {:.2}",
+            t.ffmpeg_fps, t.ratio_vs_ffmpeg
+        );
+        println!(
+            "  ffmpeg CLI via rgb24:   {:>8.1} fps   ratio ctxd/ffmpeg-rgb = {:.2}",
+            t.ffmpeg_rgb_fps, t.ratio_vs_ffmpeg_rgb
+        );
         if let Some(m) = &result.memory {
             println!(
                 "  peak RSS: {} s input {:.1} MiB, {} s input {:.1} MiB, ratio {:.2}",
@@ -172,13 +181,36 @@ fn generate_clip(dir: &Path, seconds: u32) -> Result<PathBuf> {
     let tmp = dir.join(format!(".bench-720p-{seconds}s.part.mp4"));
     let status = Command::new("ffmpeg")
         .args(["-nostdin", "-y", "-v", "error"])
-        .args(["-f", "lavfi", "-i", &format!("testsrc2=size=1280x720:rate=30:duration={seconds}")])
-        .args(["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={seconds}")])
-        .args(["-ac", "2", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "23", "-pix_fmt", "yuv420p"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size=1280x720:rate=30:duration={seconds}"),
+        ])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("sine=frequency=440:sample_rate=48000:duration={seconds}"),
+        ])
+        .args([
+            "-ac",
+            "2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "23",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-c:a", "aac", "-shortest"])
         .arg(&tmp)
         .status()
-        .context("running ffmpeg to generate a benchmark clip (is it installed? run scripts/setup)")?;
+        .context(
+            "running ffmpeg to generate a benchmark clip (is it installed? run scripts/setup)",
+        )?;
     if !status.success() {
         bail!("ffmpeg failed to generate {}", path.display());
     }
@@ -190,7 +222,14 @@ fn time_ffmpeg(input: &Path, out: &Path, args: &MediaBenchArgs, via_rgb: bool) -
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-nostdin", "-y", "-v", "error", "-i"]).arg(input);
     cmd.args(["-map", "0:v:0", "-map", "0:a?", "-c:v", "libx264"]);
-    cmd.args(["-preset", &args.preset, "-crf", &args.crf.to_string(), "-c:a", "copy"]);
+    cmd.args([
+        "-preset",
+        &args.preset,
+        "-crf",
+        &args.crf.to_string(),
+        "-c:a",
+        "copy",
+    ]);
     if via_rgb {
         cmd.args(["-vf", "format=rgb24,format=yuv420p"]);
     }

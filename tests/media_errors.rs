@@ -6,7 +6,13 @@ use std::path::Path;
 use crate::util::*;
 
 fn transcode_err(d: &Dir, src: &Path) -> (i32, String) {
-    let r = run_err(ctxd().arg("transcode").arg(src).arg("-o").arg(d.path("never.mp4")));
+    let r = run_err(
+        ctxd()
+            .arg("transcode")
+            .arg(src)
+            .arg("-o")
+            .arg(d.path("never.mp4")),
+    );
     assert!(!d.path("never.mp4").exists(), "no output on failure");
     assert!(
         !d.listing().iter().any(|n| n.ends_with(".part")),
@@ -20,7 +26,10 @@ fn assert_one_line(stderr: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
     assert!(lines[0].starts_with("ctxd: "), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -29,7 +38,10 @@ fn missing_file() {
     let (code, err) = transcode_err(&d, &d.path("nope.mp4"));
     assert_eq!(code, 1);
     assert_one_line(&err);
-    assert!(err.contains("nope.mp4") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("nope.mp4") && err.contains("no such file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -40,7 +52,10 @@ fn zero_byte_file() {
     let (code, err) = transcode_err(&d, &p);
     assert_eq!(code, 1);
     assert_one_line(&err);
-    assert!(err.contains("empty.mp4") && err.contains("empty file"), "{err}");
+    assert!(
+        err.contains("empty.mp4") && err.contains("empty file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -51,7 +66,10 @@ fn text_file_named_mp4() {
     let (code, err) = transcode_err(&d, &p);
     assert_eq!(code, 1);
     assert_one_line(&err);
-    assert!(err.contains("notes.mp4") && err.contains("not a media file"), "{err}");
+    assert!(
+        err.contains("notes.mp4") && err.contains("not a media file"),
+        "{err}"
+    );
     let (code, err) = run_err(ctxd().arg("probe").arg(&p));
     assert_eq!(code, 1);
     assert!(err.contains("not a media file"), "{err}");
@@ -60,11 +78,17 @@ fn text_file_named_mp4() {
 #[test]
 fn audio_only_has_no_video() {
     let d = Dir::new();
-    let p = d.ffmpeg("song.m4a", &strs(&args(&[&tone(1.0, 44100)], &["-c:a", "aac"])));
+    let p = d.ffmpeg(
+        "song.m4a",
+        &strs(&args(&[&tone(1.0, 44100)], &["-c:a", "aac"])),
+    );
     let (code, err) = transcode_err(&d, &p);
     assert_eq!(code, 1);
     assert_one_line(&err);
-    assert!(err.contains("song.m4a") && err.contains("no video stream") && err.contains("aac"), "{err}");
+    assert!(
+        err.contains("song.m4a") && err.contains("no video stream") && err.contains("aac"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -73,7 +97,10 @@ fn truncated_mp4_says_where() {
     // Index at the front, so the cut loses frames rather than the index.
     let full = d.ffmpeg(
         "full.mp4",
-        &strs(&args(&[&pattern("320x240", "25", 4.0)], &["-c:v", "libx264", "-movflags", "+faststart"])),
+        &strs(&args(
+            &[&pattern("320x240", "25", 4.0)],
+            &["-c:v", "libx264", "-movflags", "+faststart"],
+        )),
     );
     let bytes = std::fs::read(&full).unwrap();
     let cut = d.path("cut.mp4");
@@ -81,10 +108,22 @@ fn truncated_mp4_says_where() {
     let (code, err) = transcode_err(&d, &cut);
     assert_eq!(code, 1);
     assert_one_line(&err);
-    assert!(err.contains("cut.mp4") && err.contains("truncated") && err.contains("frame") && err.contains("t = "), "{err}");
+    assert!(
+        err.contains("cut.mp4")
+            && err.contains("truncated")
+            && err.contains("frame")
+            && err.contains("t = "),
+        "{err}"
+    );
 
     // Index at the end: the cut loses the index, and the message says what that means.
-    let tail = d.ffmpeg("tail.mp4", &strs(&args(&[&pattern("320x240", "25", 2.0)], &["-c:v", "libx264"])));
+    let tail = d.ffmpeg(
+        "tail.mp4",
+        &strs(&args(
+            &[&pattern("320x240", "25", 2.0)],
+            &["-c:v", "libx264"],
+        )),
+    );
     let bytes = std::fs::read(&tail).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let (_, err) = transcode_err(&d, &cut);
@@ -94,26 +133,56 @@ fn truncated_mp4_says_where() {
 #[test]
 fn truncated_mkv_says_where() {
     let d = Dir::new();
-    let full = d.ffmpeg("full.mkv", &strs(&args(&[&pattern("320x240", "25", 4.0)], &["-c:v", "libx264"])));
+    let full = d.ffmpeg(
+        "full.mkv",
+        &strs(&args(
+            &[&pattern("320x240", "25", 4.0)],
+            &["-c:v", "libx264"],
+        )),
+    );
     let bytes = std::fs::read(&full).unwrap();
     let cut = d.path("cut.mkv");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let (code, err) = transcode_err(&d, &cut);
     assert_eq!(code, 1);
     assert_one_line(&err);
-    assert!(err.contains("cut.mkv") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("cut.mkv") && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unwritable_destination() {
     let d = Dir::new();
-    let src = d.ffmpeg("ok.mp4", &strs(&args(&[&pattern("160x120", "25", 0.5)], &["-c:v", "libx264"])));
-    let (code, err) = run_err(ctxd().arg("transcode").arg(&src).arg("-o").arg(d.path("no/such/folder/out.mp4")));
+    let src = d.ffmpeg(
+        "ok.mp4",
+        &strs(&args(
+            &[&pattern("160x120", "25", 0.5)],
+            &["-c:v", "libx264"],
+        )),
+    );
+    let (code, err) = run_err(
+        ctxd()
+            .arg("transcode")
+            .arg(&src)
+            .arg("-o")
+            .arg(d.path("no/such/folder/out.mp4")),
+    );
     assert_eq!(code, 1);
     assert_one_line(&err);
-    assert!(err.contains("out.mp4") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("out.mp4") && err.contains("does not exist"),
+        "{err}"
+    );
     // /proc refuses new files even to root.
-    let (code, err) = run_err(ctxd().arg("transcode").arg(&src).arg("-o").arg("/proc/ctxd-out.mp4"));
+    let (code, err) = run_err(
+        ctxd()
+            .arg("transcode")
+            .arg(&src)
+            .arg("-o")
+            .arg("/proc/ctxd-out.mp4"),
+    );
     assert_eq!(code, 1);
     assert!(err.contains("cannot write output"), "{err}");
 }
@@ -121,14 +190,41 @@ fn unwritable_destination() {
 #[test]
 fn bad_settings_are_usage_errors() {
     let d = Dir::new();
-    let src = d.ffmpeg("ok.mp4", &strs(&args(&[&pattern("160x120", "25", 0.5)], &["-c:v", "libx264"])));
-    let (code, err) = run_err(ctxd().arg("transcode").arg(&src).arg("-o").arg(d.path("o.mp4")).args(["--codec", "nosuchcodec"]));
+    let src = d.ffmpeg(
+        "ok.mp4",
+        &strs(&args(
+            &[&pattern("160x120", "25", 0.5)],
+            &["-c:v", "libx264"],
+        )),
+    );
+    let (code, err) = run_err(
+        ctxd()
+            .arg("transcode")
+            .arg(&src)
+            .arg("-o")
+            .arg(d.path("o.mp4"))
+            .args(["--codec", "nosuchcodec"]),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("nosuchcodec"), "{err}");
-    let (code, err) = run_err(ctxd().arg("transcode").arg(&src).arg("-o").arg(d.path("o.webm")).args(["--codec", "h264"]));
+    let (code, err) = run_err(
+        ctxd()
+            .arg("transcode")
+            .arg(&src)
+            .arg("-o")
+            .arg(d.path("o.webm"))
+            .args(["--codec", "h264"]),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("webm") && err.contains("cannot hold"), "{err}");
-    let (code, err) = run_err(ctxd().arg("transcode").arg(&src).arg("-o").arg(d.path("o.mp4")).args(["--pix-fmt", "yuv9000"]));
+    let (code, err) = run_err(
+        ctxd()
+            .arg("transcode")
+            .arg(&src)
+            .arg("-o")
+            .arg(d.path("o.mp4"))
+            .args(["--pix-fmt", "yuv9000"]),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("yuv9000"), "{err}");
     assert_eq!(d.listing(), vec!["ok.mp4"]);
@@ -139,7 +235,10 @@ fn ctrl_c_leaves_no_output() {
     let d = Dir::new();
     let src = d.ffmpeg(
         "long.mp4",
-        &strs(&args(&[&pattern("640x360", "30", 30.0)], &["-c:v", "libx264", "-preset", "ultrafast"])),
+        &strs(&args(
+            &[&pattern("640x360", "30", 30.0)],
+            &["-c:v", "libx264", "-preset", "ultrafast"],
+        )),
     );
     let out = d.path("cancelled.mp4");
     let child = ctxd()

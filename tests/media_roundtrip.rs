@@ -22,7 +22,15 @@ fn expected_audio_codec(src_codec: &str, out: &Path) -> String {
 
 /// Transcodes `src` to `out` with `extra` flags and checks every guarantee of the media layer.
 fn round_trip(src: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let output = run_ok(ctxd().arg("transcode").arg(src).arg("-o").arg(out).arg("--json").args(extra));
+    let output = run_ok(
+        ctxd()
+            .arg("transcode")
+            .arg(src)
+            .arg("-o")
+            .arg(out)
+            .arg("--json")
+            .args(extra),
+    );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
 
     let a = ffprobe(src);
@@ -33,11 +41,21 @@ fn round_trip(src: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let ta = frame_times(src);
     let tb = frame_times(out);
     assert_eq!(ta.len(), tb.len(), "frame count changed");
-    assert_eq!(va["nb_read_packets"], vb["nb_read_packets"], "packet count changed");
+    assert_eq!(
+        va["nb_read_packets"], vb["nb_read_packets"],
+        "packet count changed"
+    );
     // Matroska/WebM store milliseconds; others keep the source's ticks.
-    let tol = if ["mkv", "webm"].contains(&out.extension().unwrap().to_str().unwrap()) { 0.0011 } else { 1e-4 };
+    let tol = if ["mkv", "webm"].contains(&out.extension().unwrap().to_str().unwrap()) {
+        0.0011
+    } else {
+        1e-4
+    };
     for (i, (x, y)) in ta.iter().zip(&tb).enumerate() {
-        assert!((x - y).abs() <= tol, "frame {i}: source t = {x}, output t = {y}");
+        assert!(
+            (x - y).abs() <= tol,
+            "frame {i}: source t = {x}, output t = {y}"
+        );
     }
 
     // Frame rate and duration.
@@ -48,7 +66,13 @@ fn round_trip(src: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
         "frame rate {fps_a} became {fps_b}"
     );
     let one_frame = 1.0 / fps_a.max(1.0);
-    let dur = |v: &serde_json::Value| v["format"]["duration"].as_str().unwrap().parse::<f64>().unwrap();
+    let dur = |v: &serde_json::Value| {
+        v["format"]["duration"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
     assert!(
         (dur(&a) - dur(&b)).abs() <= one_frame + 1e-3,
         "duration {} became {}",
@@ -63,10 +87,17 @@ fn round_trip(src: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
         let want = expected_audio_codec(x["codec_name"].as_str().unwrap(), out);
         assert_eq!(y["codec_name"].as_str().unwrap(), want);
         // No tag and "und" (undetermined) mean the same; containers differ in which they write.
-        let lang = |v: &serde_json::Value| v["tags"]["language"].as_str().unwrap_or("und").to_string();
+        let lang =
+            |v: &serde_json::Value| v["tags"]["language"].as_str().unwrap_or("und").to_string();
         assert_eq!(lang(x), lang(y), "audio language tag lost");
-        let ad: f64 = x["duration"].as_str().map(|d| d.parse().unwrap()).unwrap_or(dur(&a));
-        let bd: f64 = y["duration"].as_str().map(|d| d.parse().unwrap()).unwrap_or(dur(&b));
+        let ad: f64 = x["duration"]
+            .as_str()
+            .map(|d| d.parse().unwrap())
+            .unwrap_or(dur(&a));
+        let bd: f64 = y["duration"]
+            .as_str()
+            .map(|d| d.parse().unwrap())
+            .unwrap_or(dur(&b));
         assert!((ad - bd).abs() < 0.05, "audio duration {ad} became {bd}");
     }
 
@@ -86,23 +117,48 @@ fn mp4_with_aac_keeps_everything_and_tags() {
         "src.mp4",
         &strs(&args(
             &[&pattern("320x240", "25", 2.0), &tone(2.0, 44100)],
-            &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-metadata", "creation_time=2024-05-06T07:08:09Z",
-              "-metadata", "title=beach day", "-metadata:s:a:0", "language=fra"],
+            &[
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-metadata",
+                "creation_time=2024-05-06T07:08:09Z",
+                "-metadata",
+                "title=beach day",
+                "-metadata:s:a:0",
+                "language=fra",
+            ],
         )),
     );
     let out = d.path("out.mp4");
     let report = round_trip(&src, &out, &[]);
     assert_eq!(report["output"]["audio"][0]["action"], "copy");
     let b = ffprobe(&out);
-    assert_eq!(b["format"]["tags"]["creation_time"], "2024-05-06T07:08:09.000000Z");
+    assert_eq!(
+        b["format"]["tags"]["creation_time"],
+        "2024-05-06T07:08:09.000000Z"
+    );
     assert_eq!(b["format"]["tags"]["title"], "beach day");
-    assert_eq!(d.listing(), vec!["out.mp4", "src.mp4"], "no temporary files left");
+    assert_eq!(
+        d.listing(),
+        vec!["out.mp4", "src.mp4"],
+        "no temporary files left"
+    );
 }
 
 #[test]
 fn ntsc_rate_30000_1001() {
     let d = Dir::new();
-    let src = d.ffmpeg("ntsc.mp4", &strs(&args(&[&pattern("320x240", "30000/1001", 2.0)], &["-c:v", "libx264"])));
+    let src = d.ffmpeg(
+        "ntsc.mp4",
+        &strs(&args(
+            &[&pattern("320x240", "30000/1001", 2.0)],
+            &["-c:v", "libx264"],
+        )),
+    );
     round_trip(&src, &d.path("out.mp4"), &[]);
     let b = ffprobe(&d.path("out.mp4"));
     assert_eq!(streams_of(&b, "video")[0]["avg_frame_rate"], "30000/1001");
@@ -116,7 +172,14 @@ fn variable_frame_rate_stays_variable() {
         "vfr.mp4",
         &strs(&args(
             &[&pattern("320x240", "30", 3.0)],
-            &["-vf", "select='lt(n\\,10)+not(mod(n\\,3))'", "-vsync", "vfr", "-c:v", "libx264"],
+            &[
+                "-vf",
+                "select='lt(n\\,10)+not(mod(n\\,3))'",
+                "-vsync",
+                "vfr",
+                "-c:v",
+                "libx264",
+            ],
         )),
     );
     assert_eq!(probe(&src)["video"]["vfr"], true);
@@ -128,19 +191,41 @@ fn variable_frame_rate_stays_variable() {
 #[test]
 fn rotation_is_applied_and_display_size_kept() {
     let d = Dir::new();
-    let plain = d.ffmpeg("plain.mp4", &strs(&args(&[&pattern("320x240", "25", 1.0)], &["-c:v", "libx264"])));
+    let plain = d.ffmpeg(
+        "plain.mp4",
+        &strs(&args(
+            &[&pattern("320x240", "25", 1.0)],
+            &["-c:v", "libx264"],
+        )),
+    );
     // ffmpeg 5.1 writes a display matrix from the rotate tag when stream-copying.
     let src = d.ffmpeg(
         "rot.mp4",
-        &["-i", plain.to_str().unwrap(), "-c", "copy", "-metadata:s:v:0", "rotate=90"],
+        &[
+            "-i",
+            plain.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+        ],
     );
     let p = probe(&src);
     assert_eq!(p["video"]["rotation"].as_u64().unwrap() % 180, 90);
-    assert_eq!((p["video"]["display_width"].as_u64(), p["video"]["display_height"].as_u64()), (Some(240), Some(320)));
+    assert_eq!(
+        (
+            p["video"]["display_width"].as_u64(),
+            p["video"]["display_height"].as_u64()
+        ),
+        (Some(240), Some(320))
+    );
     // round_trip compares against ffmpeg's own auto-rotated decode of the source.
     round_trip(&src, &d.path("out.mp4"), &[]);
     let out = probe(&d.path("out.mp4"));
-    assert_eq!(out["video"]["rotation"], 0, "the output is upright, not tagged");
+    assert_eq!(
+        out["video"]["rotation"], 0,
+        "the output is upright, not tagged"
+    );
     assert_eq!(out["video"]["coded_width"], 240);
 }
 
@@ -150,12 +235,32 @@ fn odd_sizes() {
     // 4:2:0 cannot hold odd sizes in H.264, so the 333x201 source is 4:4:4.
     let a = d.ffmpeg(
         "odd.mp4",
-        &strs(&args(&[&pattern("320x240", "25", 1.0)], &["-vf", "scale=333:201", "-c:v", "libx264", "-pix_fmt", "yuv444p"])),
+        &strs(&args(
+            &[&pattern("320x240", "25", 1.0)],
+            &[
+                "-vf",
+                "scale=333:201",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv444p",
+            ],
+        )),
     );
     round_trip(&a, &d.path("odd-out.mkv"), &[]);
     let b = d.ffmpeg(
         "sq.mp4",
-        &strs(&args(&[&pattern("320x240", "25", 1.0)], &["-vf", "scale=718:718", "-c:v", "libx264", "-pix_fmt", "yuv420p"])),
+        &strs(&args(
+            &[&pattern("320x240", "25", 1.0)],
+            &[
+                "-vf",
+                "scale=718:718",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+            ],
+        )),
     );
     round_trip(&b, &d.path("sq-out.mp4"), &[]);
 }
@@ -165,7 +270,10 @@ fn ten_bit_stays_ten_bit() {
     let d = Dir::new();
     let src = d.ffmpeg(
         "ten.mkv",
-        &strs(&args(&[&pattern("320x240", "25", 1.0)], &["-c:v", "libx264", "-pix_fmt", "yuv420p10le"])),
+        &strs(&args(
+            &[&pattern("320x240", "25", 1.0)],
+            &["-c:v", "libx264", "-pix_fmt", "yuv420p10le"],
+        )),
     );
     round_trip(&src, &d.path("out.mp4"), &[]);
     assert_eq!(probe(&d.path("out.mp4"))["video"]["pix_fmt"], "yuv420p10le");
@@ -176,7 +284,10 @@ fn mkv_with_opus_copies_and_mp4_reencodes() {
     let d = Dir::new();
     let src = d.ffmpeg(
         "op.mkv",
-        &strs(&args(&[&pattern("320x240", "25", 2.0), &tone(2.0, 48000)], &["-c:v", "libx264", "-c:a", "libopus"])),
+        &strs(&args(
+            &[&pattern("320x240", "25", 2.0), &tone(2.0, 48000)],
+            &["-c:v", "libx264", "-c:a", "libopus"],
+        )),
     );
     let r = round_trip(&src, &d.path("same.mkv"), &[]);
     assert_eq!(r["output"]["audio"][0]["action"], "copy");
@@ -192,26 +303,56 @@ fn webm_with_vp9() {
         "w.webm",
         &strs(&args(
             &[&pattern("320x240", "25", 1.0), &tone(1.0, 48000)],
-            &["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus"],
+            &[
+                "-c:v",
+                "libvpx-vp9",
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-c:a",
+                "libopus",
+            ],
         )),
     );
-    let r = round_trip(&src, &d.path("out.webm"), &["--preset", "ultrafast", "--crf", "20"]);
+    let r = round_trip(
+        &src,
+        &d.path("out.webm"),
+        &["--preset", "ultrafast", "--crf", "20"],
+    );
     assert_eq!(r["output"]["encoder"], "libvpx-vp9");
     // AAC into webm is re-encoded to Opus.
     let aac = d.ffmpeg(
         "aac.mp4",
-        &strs(&args(&[&pattern("320x240", "25", 1.0), &tone(1.0, 44100)], &["-c:v", "libx264", "-c:a", "aac"])),
+        &strs(&args(
+            &[&pattern("320x240", "25", 1.0), &tone(1.0, 44100)],
+            &["-c:v", "libx264", "-c:a", "aac"],
+        )),
     );
-    let r = round_trip(&aac, &d.path("aac.webm"), &["--preset", "ultrafast", "--crf", "20"]);
+    let r = round_trip(
+        &aac,
+        &d.path("aac.webm"),
+        &["--preset", "ultrafast", "--crf", "20"],
+    );
     assert_eq!(r["output"]["audio"][0]["output_codec"], "opus");
 }
 
 #[test]
 fn no_audio_and_h265_output() {
     let d = Dir::new();
-    let src = d.ffmpeg("silent.mp4", &strs(&args(&[&pattern("320x240", "25", 1.0)], &["-c:v", "libx264"])));
+    let src = d.ffmpeg(
+        "silent.mp4",
+        &strs(&args(
+            &[&pattern("320x240", "25", 1.0)],
+            &["-c:v", "libx264"],
+        )),
+    );
     round_trip(&src, &d.path("out.mov"), &[]);
-    let r = round_trip(&src, &d.path("out265.mp4"), &["--codec", "h265", "--preset", "fast", "--crf", "14"]);
+    let r = round_trip(
+        &src,
+        &d.path("out265.mp4"),
+        &["--codec", "h265", "--preset", "fast", "--crf", "14"],
+    );
     assert_eq!(r["output"]["video_codec"], "hevc");
 }
 
@@ -220,7 +361,10 @@ fn stdin_input() {
     let d = Dir::new();
     let src = d.ffmpeg(
         "s.mkv",
-        &strs(&args(&[&pattern("320x240", "25", 1.0), &tone(1.0, 48000)], &["-c:v", "libx264", "-c:a", "libopus"])),
+        &strs(&args(
+            &[&pattern("320x240", "25", 1.0), &tone(1.0, 48000)],
+            &["-c:v", "libx264", "-c:a", "libopus"],
+        )),
     );
     let out = d.path("from-stdin.mp4");
     let status = ctxd()
@@ -232,7 +376,11 @@ fn stdin_input() {
     assert!(status.success());
     assert_eq!(frame_times(&out).len(), 25);
     assert_eq!(streams_of(&ffprobe(&out), "audio").len(), 1);
-    let p = run_ok(ctxd().args(["probe", "-"]).stdin(std::fs::File::open(&src).unwrap()));
+    let p = run_ok(
+        ctxd()
+            .args(["probe", "-"])
+            .stdin(std::fs::File::open(&src).unwrap()),
+    );
     let p: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
     assert_eq!(p["video"]["frame_count"], 25);
 }
@@ -243,7 +391,10 @@ fn shared_real_clips() {
     for name in ["car-turn.mp4", "man-surfing.mp4"] {
         let src = shared_media(name);
         if !src.exists() {
-            panic!("{} is missing: the real clips live in ../shared/media", src.display());
+            panic!(
+                "{} is missing: the real clips live in ../shared/media",
+                src.display()
+            );
         }
         // Default settings: the ones every edit uses.
         round_trip(&src, &d.path(&format!("rt-{name}")), &[]);

@@ -15,7 +15,10 @@ pub struct Dir {
 impl Dir {
     pub fn new() -> Dir {
         Dir {
-            tmp: tempfile::Builder::new().prefix("ctxd-test-").tempdir().expect("tempdir"),
+            tmp: tempfile::Builder::new()
+                .prefix("ctxd-test-")
+                .tempdir()
+                .expect("tempdir"),
         }
     }
 
@@ -101,7 +104,10 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn run_err(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().expect("run ctxd");
     assert!(!out.status.success(), "ctxd should have failed");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn probe(path: &Path) -> Value {
@@ -112,7 +118,15 @@ pub fn probe(path: &Path) -> Value {
 /// ffprobe's view: streams and format.
 pub fn ffprobe(path: &Path) -> Value {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_packets", "-show_streams", "-show_format", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-count_packets",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe");
@@ -134,8 +148,14 @@ pub fn streams_of(v: &Value, kind: &str) -> Vec<Value> {
 pub fn frame_times(path: &Path) -> Vec<f64> {
     let out = Command::new("ffprobe")
         .args([
-            "-v", "error", "-select_streams", "v:0", "-show_entries",
-            "frame=best_effort_timestamp_time", "-of", "csv=p=0",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=best_effort_timestamp_time",
+            "-of",
+            "csv=p=0",
         ])
         .arg(path)
         .output()
@@ -150,10 +170,20 @@ pub fn frame_times(path: &Path) -> Vec<f64> {
 pub fn rgb_frames(path: &Path) -> (u32, u32, Vec<u8>) {
     let v = ffprobe(path);
     let video = &streams_of(&v, "video")[0];
-    let (mut w, mut h) = (video["width"].as_u64().unwrap() as u32, video["height"].as_u64().unwrap() as u32);
+    let (mut w, mut h) = (
+        video["width"].as_u64().unwrap() as u32,
+        video["height"].as_u64().unwrap() as u32,
+    );
     let rotated = video["side_data_list"]
         .as_array()
-        .map(|l| l.iter().any(|s| s["rotation"].as_i64().map(|r| r.abs() % 180 == 90).unwrap_or(false)))
+        .map(|l| {
+            l.iter().any(|s| {
+                s["rotation"]
+                    .as_i64()
+                    .map(|r| r.abs() % 180 == 90)
+                    .unwrap_or(false)
+            })
+        })
         .unwrap_or(false);
     if rotated {
         std::mem::swap(&mut w, &mut h);
@@ -161,7 +191,17 @@ pub fn rgb_frames(path: &Path) -> (u32, u32, Vec<u8>) {
     let out = Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-i"])
         .arg(path)
-        .args(["-map", "0:v:0", "-vsync", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .args([
+            "-map",
+            "0:v:0",
+            "-vsync",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
         .output()
         .expect("ffmpeg");
     assert!(out.status.success());
@@ -187,12 +227,18 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
 }
 
 pub fn shared_media(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/media").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/media")
+        .join(name)
 }
 
 pub fn ratio(s: &Value) -> f64 {
     let t = s.as_str().unwrap_or("0/1");
     let (n, d) = t.split_once('/').unwrap_or((t, "1"));
     let (n, d): (f64, f64) = (n.parse().unwrap_or(0.0), d.parse().unwrap_or(1.0));
-    if d == 0.0 { 0.0 } else { n / d }
+    if d == 0.0 {
+        0.0
+    } else {
+        n / d
+    }
 }

@@ -208,9 +208,10 @@ fn ctrlc_flag(on_signal: impl Fn() + Send + 'static) -> std::io::Result<()> {
         .spawn(move || {
             rt.block_on(async move {
                 use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) =
-                    (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-                else {
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
                     return;
                 };
                 tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }

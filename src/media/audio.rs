@@ -31,7 +31,10 @@ pub(crate) enum Family {
 /// these are explicit lists; other containers accept whatever FFmpeg's muxer says it can hold.
 fn copyable(family: Family, codec: &str) -> Option<bool> {
     match family {
-        Family::Mp4 => Some(matches!(codec, "aac" | "mp3" | "ac3" | "eac3" | "alac" | "flac")),
+        Family::Mp4 => Some(matches!(
+            codec,
+            "aac" | "mp3" | "ac3" | "eac3" | "alac" | "flac"
+        )),
         Family::Mov => Some(
             matches!(codec, "aac" | "mp3" | "ac3" | "eac3" | "alac") || codec.starts_with("pcm_"),
         ),
@@ -65,7 +68,11 @@ pub(crate) struct Preroll {
 impl Preroll {
     fn new(matroska: bool, codec: codec::Id, samples: i32, rate: i32) -> Preroll {
         if matroska && codec == codec::Id::OPUS && samples > 0 && rate > 0 {
-            Preroll { samples: samples as i64, rate, ticks: 0 }
+            Preroll {
+                samples: samples as i64,
+                rate,
+                ticks: 0,
+            }
         } else {
             Preroll::default()
         }
@@ -107,8 +114,11 @@ pub(crate) fn add_route(
     };
     let codec_id = track.parameters.id();
     let muxer_can = unsafe {
-        ffi::avformat_query_codec((*octx.as_ptr()).oformat, codec_id.into(), ffi::FF_COMPLIANCE_NORMAL)
-            == 1
+        ffi::avformat_query_codec(
+            (*octx.as_ptr()).oformat,
+            codec_id.into(),
+            ffi::FF_COMPLIANCE_NORMAL,
+        ) == 1
     };
     let copy = copyable(family, &track.codec).unwrap_or(muxer_can) && muxer_can;
     let matroska = unsafe {
@@ -160,8 +170,11 @@ pub(crate) fn add_route(
         },
         track.codec
     );
-    let enc_codec = ffmpeg::encoder::find_by_name(enc_name)
-        .ok_or_else(|| err(format!("{reason} and FFmpeg has no {enc_name} encoder to convert it")))?;
+    let enc_codec = ffmpeg::encoder::find_by_name(enc_name).ok_or_else(|| {
+        err(format!(
+            "{reason} and FFmpeg has no {enc_name} encoder to convert it"
+        ))
+    })?;
     let mut dctx = codec::context::Context::from_parameters(track.parameters.clone())
         .map_err(|e| err(format!("audio track {}: {e}", track.source_index)))?;
     unsafe { (*dctx.as_mut_ptr()).pkt_timebase = track.time_base.into() };
@@ -188,8 +201,10 @@ pub(crate) fn add_route(
         48000
     } else {
         let r = decoder.rate() as i32;
-        if [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000]
-            .contains(&r)
+        if [
+            96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000,
+        ]
+        .contains(&r)
         {
             r
         } else {
@@ -202,8 +217,7 @@ pub(crate) fn add_route(
         .and_then(|a| a.formats())
         .and_then(|mut f| f.next())
         .unwrap_or(format::Sample::F32(format::sample::Type::Planar));
-    let global_header =
-        unsafe { (*(*octx.as_ptr()).oformat).flags } & ffi::AVFMT_GLOBALHEADER as i32 != 0;
+    let global_header = unsafe { (*(*octx.as_ptr()).oformat).flags } & ffi::AVFMT_GLOBALHEADER != 0;
     let mut enc = codec::context::Context::new_with_codec(enc_codec)
         .encoder()
         .audio()
@@ -287,7 +301,10 @@ fn build_graph(
     graph.validate()?;
     let variable = encoder
         .codec()
-        .map(|c| c.capabilities().contains(codec::capabilities::Capabilities::VARIABLE_FRAME_SIZE))
+        .map(|c| {
+            c.capabilities()
+                .contains(codec::capabilities::Capabilities::VARIABLE_FRAME_SIZE)
+        })
         .unwrap_or(false);
     if !variable && encoder.frame_size() > 0 {
         graph
@@ -303,7 +320,12 @@ impl AudioRoute {
     /// Called once the header is written: muxers may change a stream's time base.
     pub(crate) fn header_written(&mut self, octx: &format::context::Output) {
         match self {
-            AudioRoute::Copy { ost, ost_tb, preroll, .. } => {
+            AudioRoute::Copy {
+                ost,
+                ost_tb,
+                preroll,
+                ..
+            } => {
                 if let Some(s) = octx.stream(*ost) {
                     *ost_tb = s.time_base();
                 }
@@ -324,7 +346,12 @@ impl AudioRoute {
         octx: &mut format::context::Output,
     ) -> Result<(), ffmpeg::Error> {
         match self {
-            AudioRoute::Copy { ost, src_tb, ost_tb, preroll } => {
+            AudioRoute::Copy {
+                ost,
+                src_tb,
+                ost_tb,
+                preroll,
+            } => {
                 packet.rescale_ts(*src_tb, *ost_tb);
                 preroll.apply(&mut packet);
                 packet.set_stream(*ost);
@@ -338,11 +365,18 @@ impl AudioRoute {
         }
     }
 
-    pub(crate) fn finish(&mut self, octx: &mut format::context::Output) -> Result<(), ffmpeg::Error> {
+    pub(crate) fn finish(
+        &mut self,
+        octx: &mut format::context::Output,
+    ) -> Result<(), ffmpeg::Error> {
         if let AudioRoute::Reencode(r) = self {
             r.decoder.send_eof()?;
             r.drain_decoder(octx)?;
-            r.graph.get("in").ok_or(ffmpeg::Error::Bug)?.source().flush()?;
+            r.graph
+                .get("in")
+                .ok_or(ffmpeg::Error::Bug)?
+                .source()
+                .flush()?;
             r.drain_graph(octx)?;
             r.encoder.send_eof()?;
             r.drain_encoder(octx)?;
@@ -379,7 +413,9 @@ impl Reencoder {
             let mut sink = self.graph.get("out").ok_or(ffmpeg::Error::Bug)?;
             match sink.sink().frame(&mut filtered) {
                 Ok(()) => {
-                    let sink_tb = unsafe { AvRational::from(ffi::av_buffersink_get_time_base(sink.as_ptr())) };
+                    let sink_tb = unsafe {
+                        AvRational::from(ffi::av_buffersink_get_time_base(sink.as_ptr()))
+                    };
                     if let Some(pts) = filtered.pts() {
                         filtered.set_pts(Some(pts.rescale_to(sink_tb, self.encoder.time_base())));
                     }

@@ -78,9 +78,13 @@ pub(crate) fn converter(
 ) -> Result<Scaler, MediaError> {
     let src_is_rgb = is_rgb(src.0);
     let dst_is_rgb = is_rgb(dst.0);
-    let flags = if dst_is_rgb { DECODE_FLAGS } else { ENCODE_FLAGS };
-    let mut ctx = scaling::Context::get(src.0, src.1, src.2, dst.0, dst.1, dst.2, flags)
-        .map_err(|e| {
+    let flags = if dst_is_rgb {
+        DECODE_FLAGS
+    } else {
+        ENCODE_FLAGS
+    };
+    let mut ctx =
+        scaling::Context::get(src.0, src.1, src.2, dst.0, dst.1, dst.2, flags).map_err(|e| {
             MediaError::Settings(format!(
                 "no conversion from {:?} {}x{} to {:?} {}x{}: {e}",
                 src.0, src.1, src.2, dst.0, dst.1, dst.2
@@ -114,10 +118,10 @@ fn is_rgb(fmt: format::Pixel) -> bool {
 
 fn sws_space(space: color::Space) -> i32 {
     match space {
-        color::Space::BT709 => ffi::SWS_CS_ITU709 as i32,
-        color::Space::FCC => ffi::SWS_CS_FCC as i32,
-        color::Space::SMPTE240M => ffi::SWS_CS_SMPTE240M as i32,
-        color::Space::BT2020NCL | color::Space::BT2020CL => ffi::SWS_CS_BT2020 as i32,
-        _ => ffi::SWS_CS_ITU601 as i32,
+        color::Space::BT709 => ffi::SWS_CS_ITU709,
+        color::Space::FCC => ffi::SWS_CS_FCC,
+        color::Space::SMPTE240M => ffi::SWS_CS_SMPTE240M,
+        color::Space::BT2020NCL | color::Space::BT2020CL => ffi::SWS_CS_BT2020,
+        _ => ffi::SWS_CS_ITU601,
     }
 }

@@ -100,23 +100,25 @@ impl VideoSource {
                 codec: probe.video.codec.clone(),
             });
         }
-        let mut ctx = codec::context::Context::from_parameters(params).map_err(|e| {
-            MediaError::NotMedia {
+        let mut ctx =
+            codec::context::Context::from_parameters(params).map_err(|e| MediaError::NotMedia {
                 path: name.clone(),
                 cause: format!("bad video stream parameters: {e}"),
-            }
-        })?;
+            })?;
         unsafe { (*ctx.as_mut_ptr()).pkt_timebase = st.time_base().into() };
         ctx.set_threading(codec::threading::Config {
             kind: codec::threading::Type::Frame,
             count: 0,
             ..Default::default()
         });
-        let decoder = ctx.decoder().video().map_err(|e| MediaError::UnsupportedCodec {
-            path: name.clone(),
-            kind: "video",
-            codec: format!("{} ({e})", probe.video.codec),
-        })?;
+        let decoder = ctx
+            .decoder()
+            .video()
+            .map_err(|e| MediaError::UnsupportedCodec {
+                path: name.clone(),
+                kind: "video",
+                codec: format!("{} ({e})", probe.video.codec),
+            })?;
         let rotation = probe.video.rotation;
         let (w, h) = (decoder.width(), decoder.height());
         let (dw, dh) = if rotation % 180 == 90 { (h, w) } else { (w, h) };
@@ -178,7 +180,6 @@ impl VideoSource {
             audio,
             probe,
         };
-        drop(st);
         Ok(VideoSource {
             name,
             ictx,
@@ -243,14 +244,23 @@ impl VideoSource {
                         if let Some(ts) = packet.pts().or(packet.dts()) {
                             self.last_packet_time = self.seconds(ts);
                         }
-                        return self.decoder.send_packet(&packet).map_err(|e| self.corrupt(e));
+                        return self
+                            .decoder
+                            .send_packet(&packet)
+                            .map_err(|e| self.corrupt(e));
                     }
                     if let (Some(Some(track)), Some(tx)) =
                         (self.audio_tracks.get(idx), self.audio_tx.as_ref())
                     {
                         // The writer may have gone (it failed or finished early): then the
                         // audio has nowhere to go and the video side reports why.
-                        if tx.send(AudioPacket { track: *track, packet: packet.clone() }).is_err() {
+                        if tx
+                            .send(AudioPacket {
+                                track: *track,
+                                packet: packet.clone(),
+                            })
+                            .is_err()
+                        {
                             self.audio_tx = None;
                         }
                     }
@@ -262,7 +272,11 @@ impl VideoSource {
                 // The demuxer resyncs after a damaged packet; the frame count check at the
                 // end catches any loss.
                 Err(ffmpeg::Error::InvalidData) => {
-                    tracing::warn!("{}: skipped a damaged packet near t = {:.3} s", self.name, self.last_packet_time);
+                    tracing::warn!(
+                        "{}: skipped a damaged packet near t = {:.3} s",
+                        self.name,
+                        self.last_packet_time
+                    );
                 }
                 Err(e) => {
                     return Err(MediaError::Truncated {
@@ -318,13 +332,7 @@ impl VideoSource {
         if let Some(expected) = self.layout.probe.video.duration {
             let got_end = self.last_end.map(|e| self.seconds(e)).unwrap_or(0.0);
             let start = self.layout.probe.start_time.unwrap_or(0.0).max(0.0);
-            let frame = self
-                .layout
-                .probe
-                .video
-                .fps
-                .map(|f| 1.0 / f)
-                .unwrap_or(0.1);
+            let frame = self.layout.probe.video.fps.map(|f| 1.0 / f).unwrap_or(0.1);
             // Half a second or three frames of slack: muxers round stream durations.
             if got_end - start + (3.0 * frame).max(0.5) < expected {
                 return Err(MediaError::Truncated {
@@ -349,7 +357,11 @@ impl VideoSource {
     }
 
     fn convert(&mut self) -> Result<RgbFrame> {
-        let (fmt, w, h) = (self.decoded.format(), self.decoded.width(), self.decoded.height());
+        let (fmt, w, h) = (
+            self.decoded.format(),
+            self.decoded.width(),
+            self.decoded.height(),
+        );
         let key = (fmt, w, h);
         if self.converter.as_ref().map(|c| c.1) != Some(key) {
             let v = &self.layout.video;
@@ -423,8 +435,16 @@ impl Iterator for VideoSource {
                         }
                     };
                     self.next_index += 1;
-                    let per_frame = frame_duration(self.layout.video.time_base, self.layout.video.frame_rate);
-                    self.last_end = Some(frame.pts + if frame.duration > 0 { frame.duration } else { per_frame });
+                    let per_frame =
+                        frame_duration(self.layout.video.time_base, self.layout.video.frame_rate);
+                    self.last_end = Some(
+                        frame.pts
+                            + if frame.duration > 0 {
+                                frame.duration
+                            } else {
+                                per_frame
+                            },
+                    );
                     self.last_pts = Some(frame.pts);
                     return Some(Ok(frame));
                 }

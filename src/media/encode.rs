@@ -120,8 +120,13 @@ fn pixel_name(p: format::Pixel) -> String {
 /// 4:2:0 and 4:2:2 formats cannot hold odd sizes in most encoders; the 4:4:4 sibling can.
 fn full_chroma_sibling(p: format::Pixel) -> Option<format::Pixel> {
     let name = pixel_name(p);
-    let sibling = name.replacen("420", "444", 1).replacen("422", "444", 1).replace("yuvj", "yuv");
-    (sibling != name).then(|| pixel_from_name(&sibling)).flatten()
+    let sibling = name
+        .replacen("420", "444", 1)
+        .replacen("422", "444", 1)
+        .replace("yuvj", "yuv");
+    (sibling != name)
+        .then(|| pixel_from_name(&sibling))
+        .flatten()
 }
 
 fn is_subsampled(p: format::Pixel) -> bool {
@@ -136,8 +141,15 @@ fn keep_tag(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     !(matches!(
         k.as_str(),
-        "major_brand" | "minor_version" | "compatible_brands" | "encoder" | "duration" | "rotate"
-            | "number_of_frames" | "number_of_bytes" | "bps"
+        "major_brand"
+            | "minor_version"
+            | "compatible_brands"
+            | "encoder"
+            | "duration"
+            | "rotate"
+            | "number_of_frames"
+            | "number_of_bytes"
+            | "bps"
     ) || k.starts_with("_statistics"))
 }
 
@@ -151,7 +163,11 @@ impl VideoSink {
     /// # Errors
     /// `Unwritable` (missing or read-only folder), `Settings` (unknown codec or pixel format,
     /// codec the container cannot hold), `Encode` (the encoder refused the settings).
-    pub fn create(path: &Path, layout: &SourceLayout, settings: &EncodeSettings) -> Result<VideoSink> {
+    pub fn create(
+        path: &Path,
+        layout: &SourceLayout,
+        settings: &EncodeSettings,
+    ) -> Result<VideoSink> {
         super::init();
         let unwritable = |cause: String| MediaError::Unwritable {
             path: path.to_path_buf(),
@@ -172,14 +188,21 @@ impl VideoSink {
             Some(m) => format::output_as(&tmp_name, m),
             None => {
                 // Let FFmpeg pick the muxer from the real name's extension.
-                let guess = std::ffi::CString::new(shown.clone()).map_err(|e| unwritable(e.to_string()))?;
-                let fmt = unsafe { ffi::av_guess_format(std::ptr::null(), guess.as_ptr(), std::ptr::null()) };
+                let guess =
+                    std::ffi::CString::new(shown.clone()).map_err(|e| unwritable(e.to_string()))?;
+                let fmt = unsafe {
+                    ffi::av_guess_format(std::ptr::null(), guess.as_ptr(), std::ptr::null())
+                };
                 if fmt.is_null() {
                     return Err(MediaError::Settings(format!(
                         "{shown}: unknown output container; use .mp4, .mkv, .mov or .webm"
                     )));
                 }
-                let name = unsafe { std::ffi::CStr::from_ptr((*fmt).name).to_string_lossy().into_owned() };
+                let name = unsafe {
+                    std::ffi::CStr::from_ptr((*fmt).name)
+                        .to_string_lossy()
+                        .into_owned()
+                };
                 format::output_as(&tmp_name, &name)
             }
         }
@@ -187,15 +210,24 @@ impl VideoSink {
         let container = octx.format().name().to_string();
 
         // --- video encoder ---
-        let requested = settings
-            .codec
-            .clone()
-            .unwrap_or_else(|| if family == Family::Webm { "vp9".into() } else { "h264".into() });
+        let requested = settings.codec.clone().unwrap_or_else(|| {
+            if family == Family::Webm {
+                "vp9".into()
+            } else {
+                "h264".into()
+            }
+        });
         let (enc_codec, encoder_name) = find_encoder(&requested).ok_or_else(|| {
-            MediaError::Settings(format!("video encoder '{requested}' is not in this FFmpeg build"))
+            MediaError::Settings(format!(
+                "video encoder '{requested}' is not in this FFmpeg build"
+            ))
         })?;
         let fits = unsafe {
-            ffi::avformat_query_codec((*octx.as_ptr()).oformat, enc_codec.id().into(), ffi::FF_COMPLIANCE_NORMAL) == 1
+            ffi::avformat_query_codec(
+                (*octx.as_ptr()).oformat,
+                enc_codec.id().into(),
+                ffi::FF_COMPLIANCE_NORMAL,
+            ) == 1
         };
         if !fits {
             return Err(MediaError::Settings(format!(
@@ -211,12 +243,17 @@ impl VideoSink {
             .unwrap_or_default();
         let mut pix = match &settings.pix_fmt {
             Some(name) => {
-                let p = pixel_from_name(name)
-                    .ok_or_else(|| MediaError::Settings(format!("unknown pixel format '{name}'")))?;
+                let p = pixel_from_name(name).ok_or_else(|| {
+                    MediaError::Settings(format!("unknown pixel format '{name}'"))
+                })?;
                 if !supported.is_empty() && !supported.contains(&p) {
                     return Err(MediaError::Settings(format!(
                         "{encoder_name} cannot encode {name}; it takes: {}",
-                        supported.iter().map(|p| pixel_name(*p)).collect::<Vec<_>>().join(", ")
+                        supported
+                            .iter()
+                            .map(|p| pixel_name(*p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
                 p
@@ -270,14 +307,16 @@ impl VideoSink {
             count: 0,
             ..Default::default()
         });
-        if unsafe { (*(*octx.as_ptr()).oformat).flags } & ffi::AVFMT_GLOBALHEADER as i32 != 0 {
+        if unsafe { (*(*octx.as_ptr()).oformat).flags } & ffi::AVFMT_GLOBALHEADER != 0 {
             enc.set_flags(codec::Flags::GLOBAL_HEADER);
         }
         let mut opts = ffmpeg::Dictionary::new();
         let preset = settings.preset.clone().unwrap_or_else(|| "medium".into());
         match encoder_name.as_str() {
             "libx264" | "libx265" => {
-                let crf = settings.crf.unwrap_or(if encoder_name == "libx264" { 18 } else { 20 });
+                let crf = settings
+                    .crf
+                    .unwrap_or(if encoder_name == "libx264" { 18 } else { 20 });
                 opts.set("crf", &crf.to_string());
                 opts.set("preset", &preset);
                 if encoder_name == "libx265" {
@@ -346,7 +385,10 @@ impl VideoSink {
         }
         octx.write_header_with(header_opts)
             .map_err(|e| unwritable(format!("cannot write the header: {e}")))?;
-        let ost_tb = octx.stream(ost_index).map(|s| s.time_base()).unwrap_or(v.time_base);
+        let ost_tb = octx
+            .stream(ost_index)
+            .map(|s| s.time_base())
+            .unwrap_or(v.time_base);
         for r in &mut routes {
             r.header_written(&octx);
         }
@@ -422,7 +464,11 @@ impl VideoSink {
             }
         }
         self.last_pts = Some(pts);
-        let duration = if f.duration > 0 { f.duration } else { self.default_duration };
+        let duration = if f.duration > 0 {
+            f.duration
+        } else {
+            self.default_duration
+        };
         self.durations.insert(pts, duration);
         self.yuv.set_pts(Some(pts));
         self.encoder
@@ -445,7 +491,9 @@ impl VideoSink {
                     }
                     packet.rescale_ts(self.enc_tb, self.ost_tb);
                     packet.set_stream(self.ost);
-                    packet.write_interleaved(&mut self.octx).map_err(|e| self.write_error(e))?;
+                    packet
+                        .write_interleaved(&mut self.octx)
+                        .map_err(|e| self.write_error(e))?;
                 }
                 Err(ffmpeg::Error::Eof) => return Ok(()),
                 Err(ffmpeg::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),
@@ -464,10 +512,12 @@ impl VideoSink {
         let Some(route) = self.audio.get_mut(p.track) else {
             return Ok(());
         };
-        route.write(p.packet, &mut self.octx).map_err(|e| MediaError::Unwritable {
-            path: self.out.final_path().to_path_buf(),
-            cause: format!("audio track {}: {e}", p.track),
-        })
+        route
+            .write(p.packet, &mut self.octx)
+            .map_err(|e| MediaError::Unwritable {
+                path: self.out.final_path().to_path_buf(),
+                cause: format!("audio track {}: {e}", p.track),
+            })
     }
 
     /// Flushes the encoders, finishes the file and renames it into place.
@@ -490,9 +540,17 @@ impl VideoSink {
         // Close explicitly: buffered bytes are written here, and a full disk shows up here.
         let rc = unsafe {
             let ctx = self.octx.as_mut_ptr();
-            let pb_error = if (*ctx).pb.is_null() { 0 } else { (*(*ctx).pb).error };
+            let pb_error = if (*ctx).pb.is_null() {
+                0
+            } else {
+                (*(*ctx).pb).error
+            };
             let rc = ffi::avio_closep(&mut (*ctx).pb);
-            if pb_error < 0 { pb_error } else { rc }
+            if pb_error < 0 {
+                pb_error
+            } else {
+                rc
+            }
         };
         if rc < 0 {
             return Err(self.write_error(ffmpeg::Error::from(rc)));
@@ -538,7 +596,10 @@ mod tests {
 
     #[test]
     fn odd_sizes_get_full_chroma() {
-        assert_eq!(full_chroma_sibling(format::Pixel::YUV420P), Some(format::Pixel::YUV444P));
+        assert_eq!(
+            full_chroma_sibling(format::Pixel::YUV420P),
+            Some(format::Pixel::YUV444P)
+        );
         assert_eq!(
             full_chroma_sibling(format::Pixel::YUV420P10LE),
             Some(format::Pixel::YUV444P10LE)

@@ -73,7 +73,9 @@ pub(crate) fn ffmpeg_safe<'a>(path: &'a Path, shown: &str) -> Result<&'a str> {
 
 fn looks_like_url(s: &str) -> bool {
     if let Some((scheme, _)) = s.split_once(':') {
-        let known = ["pipe", "rtsp", "rtmp", "http", "https", "udp", "tcp", "srt", "file"];
+        let known = [
+            "pipe", "rtsp", "rtmp", "http", "https", "udp", "tcp", "srt", "file",
+        ];
         return scheme.len() > 1
             && (s[scheme.len()..].starts_with("://") || known.contains(&scheme))
             && scheme

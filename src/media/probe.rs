@@ -129,12 +129,7 @@ pub(crate) fn describe(spec: &InputSpec, ictx: &format::context::Input) -> Resul
         match par.medium() {
             media::Type::Video if st.index() == video.index => {}
             media::Type::Audio => audio.push(audio_info(&st)),
-            m => other.push(format!(
-                "#{} {:?} {}",
-                st.index(),
-                m,
-                codec_name(par.id())
-            )),
+            m => other.push(format!("#{} {:?} {}", st.index(), m, codec_name(par.id()))),
         }
     }
     let fmt = ictx.format();
@@ -254,8 +249,11 @@ fn video_info(st: &format::stream::Stream) -> VideoInfo {
         let p = &*par.as_ptr();
         let fmt: format::Pixel = std::mem::transmute::<i32, ffi::AVPixelFormat>(p.format).into();
         let profile = ffi::avcodec_profile_name(p.codec_id, p.profile);
-        let profile = (!profile.is_null())
-            .then(|| std::ffi::CStr::from_ptr(profile).to_string_lossy().into_owned());
+        let profile = (!profile.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(profile)
+                .to_string_lossy()
+                .into_owned()
+        });
         (
             p.width as u32,
             p.height as u32,
@@ -291,7 +289,10 @@ fn video_info(st: &format::stream::Stream) -> VideoInfo {
         display_height: dh,
         sample_aspect_ratio: (sar.numerator() > 0 && sar != AvRational::new(1, 1))
             .then(|| sar.into()),
-        pix_fmt: fmt.descriptor().map(|d| d.name().to_string()).unwrap_or_else(|| "none".into()),
+        pix_fmt: fmt
+            .descriptor()
+            .map(|d| d.name().to_string())
+            .unwrap_or_else(|| "none".into()),
         bit_depth: depth,
         frame_rate: frame_rate.into(),
         fps: Rational::from(frame_rate).value(),
@@ -325,9 +326,17 @@ fn audio_info(st: &format::stream::Stream) -> AudioInfo {
         let p = &*par.as_ptr();
         let mut buf = [0 as std::os::raw::c_char; 128];
         let n = ffi::av_channel_layout_describe(&p.ch_layout, buf.as_mut_ptr(), buf.len());
-        let layout = (n > 0)
-            .then(|| std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned());
-        (p.ch_layout.nb_channels as u16, p.sample_rate as u32, p.bit_rate, layout)
+        let layout = (n > 0).then(|| {
+            std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        });
+        (
+            p.ch_layout.nb_channels as u16,
+            p.sample_rate as u32,
+            p.bit_rate,
+            layout,
+        )
     };
     AudioInfo {
         index: st.index(),
@@ -402,7 +411,9 @@ mod tests {
     #[test]
     fn rounding_jitter_is_not_vfr() {
         // 30000/1001 fps in a 1/1000 time base: gaps of 33 and 34 ms.
-        let pts: Vec<i64> = (0..100).map(|i| (i as f64 * 1001.0 / 30.0).round() as i64).collect();
+        let pts: Vec<i64> = (0..100)
+            .map(|i| (i as f64 * 1001.0 / 30.0).round() as i64)
+            .collect();
         assert!(!is_variable(&pts));
         let cfr: Vec<i64> = (0..100).map(|i| i * 512).collect();
         assert!(!is_variable(&cfr));

@@ -173,7 +173,10 @@ mod tests {
         assert_eq!((g.content_w, g.content_h), (910, 512));
         assert_eq!((g.canvas_w, g.canvas_h), (960, 512));
         let g = Letterbox::fit(333, 201, None, 64);
-        assert_eq!((g.content_w, g.content_h, g.canvas_w, g.canvas_h), (333, 201, 384, 256));
+        assert_eq!(
+            (g.content_w, g.content_h, g.canvas_w, g.canvas_h),
+            (333, 201, 384, 256)
+        );
         let g = Letterbox::fit(720, 1280, Some(512), 8);
         assert_eq!((g.canvas_w, g.canvas_h), (512, 912));
     }
@@ -189,7 +192,10 @@ mod tests {
         let canvas = r.to_canvas(&f).unwrap();
         assert_eq!((canvas.width, canvas.height), (384, 256));
         // Padding repeats the edge.
-        assert_eq!(&canvas.data[(384 - 1) * 3..384 * 3], &f.data[(333 - 1) * 3..333 * 3]);
+        assert_eq!(
+            &canvas.data[(384 - 1) * 3..384 * 3],
+            &f.data[(333 - 1) * 3..333 * 3]
+        );
         let back = r.restore(&canvas).unwrap();
         assert_eq!(back, f);
 
@@ -197,8 +203,17 @@ mod tests {
         let canvas = r.to_canvas(&f).unwrap();
         assert_eq!((canvas.width, canvas.height), (256, 128));
         let back = r.restore(&canvas).unwrap();
-        assert_eq!((back.width, back.height, back.pts, back.index), (333, 201, 42, 3));
-        let max_err = back.data.iter().zip(&f.data).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert_eq!(
+            (back.width, back.height, back.pts, back.index),
+            (333, 201, 42, 3)
+        );
+        let max_err = back
+            .data
+            .iter()
+            .zip(&f.data)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
         assert!(max_err <= 8, "max error {max_err}");
     }
 }

@@ -50,7 +50,11 @@ pub struct TranscodeReport {
 /// # Errors
 /// Any input error (named with the input), output error (named with the output) or
 /// `Cancelled`. Nothing is left at `output` on error.
-pub fn transcode(input: &InputSpec, output: &Path, opts: &TranscodeOptions) -> Result<TranscodeReport> {
+pub fn transcode(
+    input: &InputSpec,
+    output: &Path,
+    opts: &TranscodeOptions,
+) -> Result<TranscodeReport> {
     let start = Instant::now();
     let mut source = VideoSource::open(input)?;
     let layout = source.layout().clone();
