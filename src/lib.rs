@@ -16,3 +16,4 @@ pub mod atomic;
 pub mod bench;
 pub mod cli;
 pub mod media;
+pub mod model;

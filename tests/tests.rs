@@ -6,3 +6,4 @@ mod util;
 mod media_errors;
 mod media_probe;
 mod media_roundtrip;
+mod models_cli;

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use clap::{Args, Parser, Subcommand};
 
 use crate::media::{self, transcode, EncodeSettings, InputSpec, MediaError};
+use crate::model::{self, Device, ModelError, RuntimeOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,6 +61,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Model bundles: list them, or check one (manifest, hashes, signatures, one trial run
+    /// of each network).
+    Models {
+        #[command(subcommand)]
+        what: ModelsCommand,
+    },
     /// Benchmarks (ratios against baselines measured in the same run).
     Bench {
         #[command(subcommand)]
@@ -72,6 +79,50 @@ enum BenchCommand {
     /// decode→RGB→encode throughput against the ffmpeg CLI, and peak memory for a short versus
     /// a long 720p input.
     Media(crate::bench::MediaBenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Validate a bundle and run each network once on small inputs, printing shapes, the
+    /// execution provider and times.
+    Check {
+        /// The bundle folder (holding bundle.toml).
+        dir: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the bundles in a folder (default: $CTXD_MODELS, else ./models).
+    List {
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Where and how networks run; shared by every command that runs models.
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// cpu, cuda, cuda:N, or auto (CUDA when it registers, else CPU).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+    /// Threads inside each operator (default: ONNX Runtime's, one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    s.parse()
+}
+
+impl RuntimeArgs {
+    pub fn options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            device: self.device,
+            intra_threads: self.threads,
+            inter_threads: None,
+        }
+    }
 }
 
 /// Encoder settings shared by every command that writes video.
@@ -134,6 +185,17 @@ impl From<MediaError> for Failure {
     }
 }
 
+impl From<ModelError> for Failure {
+    fn from(e: ModelError) -> Self {
+        match e {
+            // A run that fails is the job's failure; everything else is the bundle or the
+            // device being wrong for this machine: configuration.
+            ModelError::Run { .. } | ModelError::Io(_) => Failure::Job(e.into()),
+            e => Failure::Usage(e.into()),
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
@@ -192,6 +254,58 @@ fn run(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Models { what } => match what {
+            ModelsCommand::Check { dir, runtime, json } => {
+                let report = model::check::check_bundle(&dir, &runtime.options())?;
+                if json {
+                    return print_json(&report);
+                }
+                println!("bundle {} ({}): hashes ok, signatures ok", report.bundle, report.dir);
+                for n in &report.networks {
+                    let fmt = |v: &[(String, Vec<usize>)]| {
+                        v.iter()
+                            .map(|(k, s)| format!("{k}{s:?}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    println!(
+                        "  {:<16} {:<6} load {:>7.1} ms  run {:>8.1} ms  {} -> {}",
+                        n.network,
+                        n.provider,
+                        n.load_ms,
+                        n.run_ms,
+                        fmt(&n.inputs),
+                        fmt(&n.outputs)
+                    );
+                }
+                Ok(())
+            }
+            ModelsCommand::List { dir } => {
+                let root = dir
+                    .or_else(|| std::env::var_os("CTXD_MODELS").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from("models"));
+                let found = model::find_bundles(&root);
+                if found.is_empty() {
+                    println!("no bundles under {}", root.display());
+                }
+                for (path, b) in found {
+                    match b {
+                        Ok(b) => {
+                            let m = b.manifest();
+                            println!(
+                                "{:<16} {:<28} {}  [{}]",
+                                m.name,
+                                path.display(),
+                                m.description,
+                                m.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                            );
+                        }
+                        Err(e) => println!("{:<16} {:<28} BROKEN: {e}", "?", path.display()),
+                    }
+                }
+                Ok(())
+            }
+        },
         Command::Bench { what } => match what {
             BenchCommand::Media(args) => crate::bench::media(&args).map_err(Failure::Job),
         },

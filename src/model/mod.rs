@@ -1,0 +1,26 @@
+//! Model bundles and ONNX Runtime.
+//!
+//! - `manifest`: `bundle.toml`, every key documented, unknown keys refused
+//! - `contract`: the networks a bundle may hold and their tensor names, ranks and types
+//! - `bundle`: a bundle on disk: files present, hashes, sessions
+//! - `runtime`: execution providers (`cpu`, `cuda[:N]`, `auto`) and threads
+//! - `network`: one checked session, fed by name, fp16/int32 converted at the boundary
+//! - `text`: tokenizer and text encoder with a per-prompt cache
+//! - `check`: `ctxd models check`
+
+pub mod bundle;
+pub mod check;
+pub mod contract;
+pub mod error;
+pub mod manifest;
+pub mod network;
+pub mod runtime;
+pub mod text;
+
+pub use bundle::{find_bundles, Bundle};
+pub use contract::Kind;
+pub use error::ModelError;
+pub use manifest::Manifest;
+pub use network::{Input, Network};
+pub use runtime::{Device, Provider, RuntimeOptions};
+pub use text::{PromptTokenizer, TextEncoder};

@@ -1,0 +1,219 @@
+//! One loaded network: an ONNX Runtime session checked against the contract, fed and read
+//! by tensor name, with fp16 and int32 models converted at the boundary so callers always
+//! work in f32 and i64.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use half::f16;
+use ndarray::ArrayD;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType};
+
+use super::contract::{self, Declared, Kind};
+use super::error::{ModelError, Result};
+use super::manifest::Manifest;
+use super::runtime::{self, Provider, RuntimeOptions};
+
+/// A tensor handed to a network.
+#[derive(Debug, Clone)]
+pub enum Input {
+    F32(ArrayD<f32>),
+    Ids(ArrayD<i64>),
+}
+
+pub struct Network {
+    kind: Kind,
+    path: PathBuf,
+    session: Session,
+    provider: Provider,
+    inputs: Vec<Declared>,
+    outputs: Vec<Declared>,
+    /// Time spent inside ONNX Runtime, for reports and benchmarks.
+    busy: Duration,
+    calls: u64,
+}
+
+impl Network {
+    /// Loads `path` as a `kind` network and checks it against the contract.
+    ///
+    /// # Errors
+    /// `Load`, `Device` or `Signature`.
+    pub fn load(kind: Kind, path: &Path, manifest: &Manifest, opts: &RuntimeOptions) -> Result<Network> {
+        let (session, provider) = runtime::open_session(path, opts)?;
+        let (inputs, outputs) = contract::check(kind, &session, path, manifest)?;
+        Ok(Network {
+            kind,
+            path: path.to_path_buf(),
+            session,
+            provider,
+            inputs,
+            outputs,
+            busy: Duration::ZERO,
+            calls: 0,
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    pub fn inputs(&self) -> &[Declared] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[Declared] {
+        &self.outputs
+    }
+
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.iter().any(|d| d.name == name)
+    }
+
+    /// Static size of `axis` of input or output `name`, if the graph fixes it.
+    pub fn static_dim(&self, name: &str, axis: usize) -> Option<usize> {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .find(|d| d.name == name)
+            .and_then(|d| d.dims.get(axis))
+            .and_then(|&v| usize::try_from(v).ok())
+    }
+
+    /// Seconds inside ONNX Runtime and number of runs so far.
+    pub fn busy(&self) -> (Duration, u64) {
+        (self.busy, self.calls)
+    }
+
+    /// Runs the network. Every declared input must be given; outputs come back as f32.
+    ///
+    /// # Errors
+    /// `Run` naming the network, for a missing input or an ONNX Runtime failure.
+    pub fn run(&mut self, inputs: &[(&str, Input)]) -> Result<BTreeMap<String, ArrayD<f32>>> {
+        let run_err = |cause: String| ModelError::Run {
+            network: self.kind.name().to_string(),
+            cause,
+        };
+        let mut feed: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(self.inputs.len());
+        for d in &self.inputs {
+            let Some((_, value)) = inputs.iter().find(|(n, _)| *n == d.name) else {
+                return Err(run_err(format!("input '{}' was not provided", d.name)));
+            };
+            let v: SessionInputValue<'static> = match (value, d.elem) {
+                (Input::F32(a), TensorElementType::Float16) => {
+                    Tensor::from_array(a.mapv(f16::from_f32)).map(Into::into)
+                }
+                (Input::F32(a), _) => Tensor::from_array(a.clone()).map(Into::into),
+                (Input::Ids(a), TensorElementType::Int32) => {
+                    Tensor::from_array(a.mapv(|x| x as i32)).map(Into::into)
+                }
+                (Input::Ids(a), _) => Tensor::from_array(a.clone()).map(Into::into),
+            }
+            .map_err(|e| run_err(format!("input '{}': {e}", d.name)))?;
+            feed.push((d.name.clone(), v));
+        }
+        let start = Instant::now();
+        let outputs = self
+            .session
+            .run(feed)
+            .map_err(|e| run_err(e.to_string()))?;
+        let mut result = BTreeMap::new();
+        for d in &self.outputs {
+            let Some(v) = outputs.get(&d.name) else { continue };
+            let arr = match d.elem {
+                TensorElementType::Float16 => v
+                    .try_extract_array::<f16>()
+                    .map(|a| a.mapv(f16::to_f32)),
+                TensorElementType::Float32 => v.try_extract_array::<f32>().map(|a| a.to_owned()),
+                _ => continue,
+            }
+            .map_err(|e| run_err(format!("output '{}': {e}", d.name)))?;
+            result.insert(d.name.clone(), arr);
+        }
+        drop(outputs);
+        self.busy += start.elapsed();
+        self.calls += 1;
+        Ok(result)
+    }
+
+    /// Runs and takes one named output.
+    pub fn run_one(&mut self, inputs: &[(&str, Input)], output: &str) -> Result<ArrayD<f32>> {
+        let kind = self.kind;
+        self.run(inputs)?.remove(output).ok_or_else(|| ModelError::Run {
+            network: kind.name().to_string(),
+            cause: format!("no output '{output}'"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Bundle, Kind};
+    use ndarray::{Array, IxDyn};
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn fp16_models_take_and_give_f32() {
+        let oracle = Bundle::open(&root().join("models/oracle")).unwrap();
+        let path = root().join("tests/data/fp16_vae_decoder.onnx");
+        let mut net = Network::load(Kind::VaeDecoder, &path, oracle.manifest(), &RuntimeOptions::default()).unwrap();
+        let x = Array::from_shape_fn(IxDyn(&[2, 4, 3, 5]), |i| (i[1] as f32) * 0.25 + (i[3] as f32) * 0.125);
+        let y = net.run_one(&[("latent_sample", Input::F32(x.clone()))], "sample").unwrap();
+        assert_eq!(y.shape(), &[2, 3, 3, 5]);
+        // These values are exact in fp16.
+        assert_eq!(y, x.slice(ndarray::s![.., 0..3, .., ..]).to_owned().into_dyn());
+    }
+
+    /// The oracle UNet computes eps*(x_t, t, c) of CONTEXTDIFF.md §6.2; checking it here proves
+    /// the timestep and text states reach the graph as intended.
+    #[test]
+    fn oracle_unet_is_the_closed_form() {
+        let b = Bundle::open(&root().join("models/oracle")).unwrap();
+        let opts = RuntimeOptions::default();
+        let mut unet = b.load(Kind::Unet, &opts).unwrap();
+        let mut text = b.text_encoder(&opts).unwrap();
+        let states = text.encode(&["red"]).unwrap().into_dyn();
+        let mu = [0.6f64, -0.6, -0.6, 0.0];
+        let x = Array::from_shape_fn(IxDyn(&[1, 4, 3, 2, 2]), |i| (i[1] as f32 - 1.5) * 0.7 + i[2] as f32 * 0.1 - i[4] as f32 * 0.2);
+        for t in [1usize, 250, 981] {
+            let eps = unet
+                .run_one(
+                    &[
+                        ("sample", Input::F32(x.clone())),
+                        ("timestep", Input::F32(Array::from_elem(IxDyn(&[1]), t as f32))),
+                        ("encoder_hidden_states", Input::F32(states.clone())),
+                    ],
+                    "out_sample",
+                )
+                .unwrap();
+            // scaled_linear betas, abar_t = prod_{s<=t} (1 - beta_s).
+            let (b0, b1) = (0.00085f64.sqrt(), 0.012f64.sqrt());
+            let abar: f64 = (0..=t)
+                .map(|s| {
+                    let beta = (b0 + (b1 - b0) * s as f64 / 999.0).powi(2);
+                    1.0 - beta
+                })
+                .product();
+            let sigma2 = 0.25;
+            let mut worst = 0.0f64;
+            for (idx, &v) in x.indexed_iter() {
+                let want = (1.0 - abar).sqrt() * (v as f64 - abar.sqrt() * mu[idx[1]]) / (abar * sigma2 + 1.0 - abar);
+                worst = worst.max((eps[&idx] as f64 - want).abs());
+            }
+            assert!(worst < 1e-5, "t = {t}: max error {worst}");
+        }
+    }
+}

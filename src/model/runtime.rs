@@ -1,0 +1,162 @@
+//! ONNX Runtime: one process-wide environment, sessions with the requested execution
+//! provider. `auto` tries CUDA and falls back to CPU with one log line saying why; `cuda[:N]`
+//! is a requirement and fails when CUDA cannot be had.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::ep;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use serde::Serialize;
+
+use super::error::{ModelError, Result};
+
+/// Where networks run, as the user asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    Cpu,
+    Cuda(i32),
+    #[default]
+    Auto,
+}
+
+impl FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::Auto),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<i32>) {
+                Some(Ok(n)) if n >= 0 => Ok(Device::Cuda(n)),
+                _ => Err(format!("unknown device '{s}' (expected cpu, auto, cuda or cuda:N)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Auto => f.write_str("auto"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Where a session actually runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cpu,
+    Cuda(i32),
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Provider::Cpu => f.write_str("cpu"),
+            Provider::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    pub device: Device,
+    /// Threads inside one operator (ONNX Runtime's default: one per core).
+    pub intra_threads: Option<usize>,
+    /// Threads across independent operators.
+    pub inter_threads: Option<usize>,
+}
+
+fn environment() -> Result<Environment> {
+    static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| ort::init().with_name("ctxd").build().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|cause| ModelError::Device {
+            device: "cpu".into(),
+            cause: format!("ONNX Runtime did not start: {cause} (run scripts/setup)"),
+        })
+}
+
+/// Opens `path` as a session on the requested device.
+///
+/// # Errors
+/// `Load` when ONNX Runtime rejects the file; `Device` when CUDA was required and cannot be had.
+pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Provider)> {
+    let env = environment()?;
+    let load_err = |e: ort::Error| ModelError::Load {
+        path: path.to_path_buf(),
+        cause: e.to_string(),
+    };
+    let builder = || -> Result<ort::session::builder::SessionBuilder> {
+        let mut b = Session::builder(&env)
+            .map_err(load_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| load_err(e.into()))?;
+        if let Some(n) = opts.intra_threads {
+            b = b.with_intra_threads(n).map_err(|e| load_err(e.into()))?;
+        }
+        if let Some(n) = opts.inter_threads {
+            b = b.with_inter_threads(n).map_err(|e| load_err(e.into()))?;
+        }
+        Ok(b)
+    };
+    let cuda = |n: i32| -> std::result::Result<Session, String> {
+        let b = builder().map_err(|e| e.to_string())?;
+        let mut b = b
+            .with_execution_providers([ep::CUDA::default().with_device_id(n).build().error_on_failure()])
+            .map_err(|e| e.to_string())?;
+        b.commit_from_file(path).map_err(|e| e.to_string())
+    };
+    match opts.device {
+        Device::Cpu => {
+            let s = builder()?.commit_from_file(path).map_err(load_err)?;
+            Ok((s, Provider::Cpu))
+        }
+        Device::Cuda(n) => match cuda(n) {
+            Ok(s) => Ok((s, Provider::Cuda(n))),
+            Err(cause) => Err(ModelError::Device {
+                device: format!("cuda:{n}"),
+                cause: format!("CUDA is not available: {}", first_line(&cause)),
+            }),
+        },
+        Device::Auto => match cuda(0) {
+            Ok(s) => Ok((s, Provider::Cuda(0))),
+            Err(cause) => {
+                static SAID: AtomicBool = AtomicBool::new(false);
+                if !SAID.swap(true, Ordering::Relaxed) {
+                    tracing::info!("using CPU: the CUDA execution provider did not register ({})", first_line(&cause));
+                }
+                let s = builder()?.commit_from_file(path).map_err(load_err)?;
+                Ok((s, Provider::Cpu))
+            }
+        },
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("auto".parse::<Device>(), Ok(Device::Auto));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:2".parse::<Device>(), Ok(Device::Cuda(2)));
+        assert!("cuda:-1".parse::<Device>().is_err());
+        assert!("gpu".parse::<Device>().unwrap_err().contains("gpu"));
+    }
+}
