@@ -95,9 +95,7 @@ enum ModelsCommand {
         json: bool,
     },
     /// List the bundles in a folder (default: $CTXD_MODELS, else ./models).
-    List {
-        dir: Option<PathBuf>,
-    },
+    List { dir: Option<PathBuf> },
 }
 
 /// Where and how networks run; shared by every command that runs models.
@@ -260,7 +258,10 @@ fn run(command: Command) -> Result<(), Failure> {
                 if json {
                     return print_json(&report);
                 }
-                println!("bundle {} ({}): hashes ok, signatures ok", report.bundle, report.dir);
+                println!(
+                    "bundle {} ({}): hashes ok, signatures ok",
+                    report.bundle, report.dir
+                );
                 for n in &report.networks {
                     let fmt = |v: &[(String, Vec<usize>)]| {
                         v.iter()

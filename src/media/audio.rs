@@ -408,8 +408,10 @@ impl Reencoder {
     }
 
     fn drain_graph(&mut self, octx: &mut format::context::Output) -> Result<(), ffmpeg::Error> {
-        let mut filtered = frame::Audio::empty();
         loop {
+            // Fresh each time: the buffersink moves its frame into ours without releasing
+            // what ours held (av_frame_move_ref), so a reused frame would leak.
+            let mut filtered = frame::Audio::empty();
             let mut sink = self.graph.get("out").ok_or(ffmpeg::Error::Bug)?;
             match sink.sink().frame(&mut filtered) {
                 Ok(()) => {

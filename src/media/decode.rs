@@ -234,8 +234,11 @@ impl VideoSource {
 
     /// Reads packets until one video packet went into the decoder (or the input ended).
     fn feed(&mut self) -> Result<()> {
-        let mut packet = ffmpeg::Packet::empty();
         loop {
+            // A fresh packet per read: ffmpeg-next's `Packet::read` does not unref what the
+            // packet held, so reusing one leaked every audio packet (about 1.6 KB per frame
+            // of a 720p clip with AAC audio: peak memory grew with the video's length).
+            let mut packet = ffmpeg::Packet::empty();
             log::clear();
             match packet.read(&mut self.ictx) {
                 Ok(()) => {
@@ -257,7 +260,7 @@ impl VideoSource {
                         if tx
                             .send(AudioPacket {
                                 track: *track,
-                                packet: packet.clone(),
+                                packet,
                             })
                             .is_err()
                         {

@@ -363,8 +363,9 @@ fn scan_video_packets(
     spec: &InputSpec,
 ) -> Result<Scan> {
     let mut pts = Vec::new();
-    let mut packet = ffmpeg::Packet::empty();
     loop {
+        // Fresh each time: `Packet::read` does not release what the packet held.
+        let mut packet = ffmpeg::Packet::empty();
         match packet.read(ictx) {
             Ok(()) => {
                 if packet.stream() == index {

@@ -122,7 +122,11 @@ impl Bundle {
 
     pub fn tokenizer(&self) -> Result<PromptTokenizer> {
         let t = &self.manifest.text;
-        PromptTokenizer::load(&self.dir.join(&t.tokenizer), t.sequence_length, t.pad_token_id)
+        PromptTokenizer::load(
+            &self.dir.join(&t.tokenizer),
+            t.sequence_length,
+            t.pad_token_id,
+        )
     }
 
     /// The tokenizer for `clip_text` (same file, its own sequence length).
@@ -136,7 +140,10 @@ impl Bundle {
     }
 
     pub fn text_encoder(&self, opts: &RuntimeOptions) -> Result<TextEncoder> {
-        Ok(TextEncoder::new(self.load(Kind::TextEncoder, opts)?, self.tokenizer()?))
+        Ok(TextEncoder::new(
+            self.load(Kind::TextEncoder, opts)?,
+            self.tokenizer()?,
+        ))
     }
 }
 
@@ -199,7 +206,9 @@ mod tests {
 
     /// A writable copy of a committed bundle.
     fn copy_bundle(name: &str) -> tempfile::TempDir {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name);
         let dst = tempfile::tempdir().unwrap();
         for e in std::fs::read_dir(&src).unwrap() {
             let p = e.unwrap().path();
@@ -237,7 +246,11 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&unet, bytes).unwrap();
-        let e = Bundle::open(d.path()).unwrap().verify().unwrap_err().to_string();
+        let e = Bundle::open(d.path())
+            .unwrap()
+            .verify()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unet.onnx") && e.contains("sha256"), "{e}");
     }
 
@@ -246,8 +259,13 @@ mod tests {
         let d = copy_bundle("oracle");
         std::fs::remove_file(d.path().join("vae_decoder.onnx")).unwrap();
         let e = Bundle::open(d.path()).unwrap_err().to_string();
-        assert!(e.contains("vae_decoder.onnx") && e.contains("missing"), "{e}");
-        let e = Bundle::open(&d.path().join("nowhere")).unwrap_err().to_string();
+        assert!(
+            e.contains("vae_decoder.onnx") && e.contains("missing"),
+            "{e}"
+        );
+        let e = Bundle::open(&d.path().join("nowhere"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bundle.toml not found"), "{e}");
     }
 
@@ -255,19 +273,32 @@ mod tests {
     fn wrong_network_fails_the_contract_naming_the_tensor() {
         let d = copy_bundle("oracle");
         // A VAE decoder where the UNet should be.
-        std::fs::copy(d.path().join("vae_decoder.onnx"), d.path().join("unet.onnx")).unwrap();
+        std::fs::copy(
+            d.path().join("vae_decoder.onnx"),
+            d.path().join("unet.onnx"),
+        )
+        .unwrap();
         set_hash(d.path(), "unet.onnx");
         let b = Bundle::open(d.path()).unwrap();
         b.verify().unwrap();
-        let e = b.load(Kind::Unet, &RuntimeOptions::default()).err().unwrap().to_string();
-        assert!(e.contains("unet.onnx") && e.contains("'sample'") && e.contains("missing input"), "{e}");
+        let e = b
+            .load(Kind::Unet, &RuntimeOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("unet.onnx") && e.contains("'sample'") && e.contains("missing input"),
+            "{e}"
+        );
     }
 
     #[test]
     fn hidden_size_must_match_the_graph() {
         let d = copy_bundle("oracle");
         let toml = d.path().join("bundle.toml");
-        let text = std::fs::read_to_string(&toml).unwrap().replace("hidden_size = 4", "hidden_size = 8");
+        let text = std::fs::read_to_string(&toml)
+            .unwrap()
+            .replace("hidden_size = 4", "hidden_size = 8");
         std::fs::write(&toml, text).unwrap();
         let e = Bundle::open(d.path())
             .unwrap()
@@ -275,6 +306,9 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("last_hidden_state") && e.contains("text.hidden_size = 8"), "{e}");
+        assert!(
+            e.contains("last_hidden_state") && e.contains("text.hidden_size = 8"),
+            "{e}"
+        );
     }
 }

@@ -41,7 +41,9 @@ fn ramp(shape: &[usize], scale: f32) -> ArrayD<f32> {
     let n: usize = shape.iter().product();
     ArrayD::from_shape_vec(
         IxDyn(shape),
-        (0..n).map(|i| ((i % 97) as f32 / 48.0 - 1.0) * scale).collect(),
+        (0..n)
+            .map(|i| ((i % 97) as f32 / 48.0 - 1.0) * scale)
+            .collect(),
     )
     .expect("shape matches length")
 }
@@ -70,7 +72,13 @@ pub fn check_bundle(dir: &Path, opts: &RuntimeOptions) -> Result<BundleCheck> {
     Ok(report)
 }
 
-fn run_checks(bundle: &Bundle, opts: &RuntimeOptions, c: usize, d: usize, report: &mut BundleCheck) -> Result<()> {
+fn run_checks(
+    bundle: &Bundle,
+    opts: &RuntimeOptions,
+    c: usize,
+    d: usize,
+    report: &mut BundleCheck,
+) -> Result<()> {
     let m = bundle.manifest();
     let s = m.text.sequence_length;
     let dm = m.text.hidden_size;
@@ -95,7 +103,10 @@ fn run_checks(bundle: &Bundle, opts: &RuntimeOptions, c: usize, d: usize, report
         Kind::VaeEncoder,
         opts,
         &[("sample", Input::F32(ramp(&[1, 3, h * d, w * d], 1.0)))],
-        &[("latent_mean", vec![1, c, h, w]), ("latent_logvar", vec![1, c, h, w])],
+        &[
+            ("latent_mean", vec![1, c, h, w]),
+            ("latent_logvar", vec![1, c, h, w]),
+        ],
         report,
     )?;
     trial(
@@ -113,7 +124,10 @@ fn run_checks(bundle: &Bundle, opts: &RuntimeOptions, c: usize, d: usize, report
         opts,
         &[
             ("sample", Input::F32(latent.clone())),
-            ("timestep", Input::F32(ArrayD::from_elem(IxDyn(&[1]), 501.0))),
+            (
+                "timestep",
+                Input::F32(ArrayD::from_elem(IxDyn(&[1]), 501.0)),
+            ),
             ("encoder_hidden_states", Input::F32(text_states.clone())),
         ],
         &[("out_sample", vec![1, c, FRAMES, h, w])],
@@ -157,7 +171,10 @@ fn run_checks(bundle: &Bundle, opts: &RuntimeOptions, c: usize, d: usize, report
                 ("latent", Input::F32(latent)),
                 ("text_states", Input::F32(text_states)),
                 ("image_embeds", Input::F32(ramp(&[1, FRAMES, e], 0.1))),
-                ("timestep", Input::F32(ArrayD::from_elem(IxDyn(&[1]), 501.0))),
+                (
+                    "timestep",
+                    Input::F32(ArrayD::from_elem(IxDyn(&[1]), 501.0)),
+                ),
             ],
             &[("context", vec![1, c, FRAMES, h, w])],
             report,
@@ -187,10 +204,13 @@ fn trial(
     let out = net.run(&feed)?;
     let run_ms = t.elapsed().as_secs_f64() * 1e3;
     for (name, want) in expect {
-        let got = out.get(*name).map(shape_of).ok_or_else(|| ModelError::Run {
-            network: kind.name().into(),
-            cause: format!("no output '{name}'"),
-        })?;
+        let got = out
+            .get(*name)
+            .map(shape_of)
+            .ok_or_else(|| ModelError::Run {
+                network: kind.name().into(),
+                cause: format!("no output '{name}'"),
+            })?;
         if &got != want {
             return Err(ModelError::Signature {
                 path: net.path().to_path_buf(),

@@ -110,7 +110,10 @@ impl Kind {
                 t!("pooler_output", 2, Float, false),
                 t!("text_embeds", 2, Float, false),
             ],
-            Kind::VaeEncoder => &[t!("latent_mean", 4, Float, true), t!("latent_logvar", 4, Float, true)],
+            Kind::VaeEncoder => &[
+                t!("latent_mean", 4, Float, true),
+                t!("latent_logvar", 4, Float, true),
+            ],
             Kind::VaeDecoder => &[t!("sample", 4, Float, true)],
             Kind::Unet => &[t!("out_sample", 5, Float, true)],
             Kind::ImageEncoder => &[t!("image_embeds", 2, Float, true)],
@@ -162,7 +165,12 @@ fn elem_ok(spec: Elem, ty: TensorElementType) -> bool {
 ///
 /// # Errors
 /// `Signature` naming the file, the tensor and what was expected.
-pub fn check(kind: Kind, session: &Session, path: &Path, manifest: &Manifest) -> Result<(Vec<Declared>, Vec<Declared>)> {
+pub fn check(
+    kind: Kind,
+    session: &Session,
+    path: &Path,
+    manifest: &Manifest,
+) -> Result<(Vec<Declared>, Vec<Declared>)> {
     let sig_err = |tensor: &str, problem: String| ModelError::Signature {
         path: path.to_path_buf(),
         tensor: tensor.to_string(),
@@ -187,21 +195,35 @@ pub fn check(kind: Kind, session: &Session, path: &Path, manifest: &Manifest) ->
                         spec.name,
                         format!(
                             "missing {what} (has: {})",
-                            list.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                            list.iter()
+                                .map(|d| d.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ))
                 }
                 None => {}
                 Some(d) => {
                     if d.dims.len() != spec.rank {
-                        return Err(sig_err(spec.name, format!("rank {} expected, found {} ({:?})", spec.rank, d.dims.len(), d.dims)));
+                        return Err(sig_err(
+                            spec.name,
+                            format!(
+                                "rank {} expected, found {} ({:?})",
+                                spec.rank,
+                                d.dims.len(),
+                                d.dims
+                            ),
+                        ));
                     }
                     if !elem_ok(spec.elem, d.elem) {
                         let want = match spec.elem {
                             Elem::Float => "float32 or float16",
                             Elem::Ids => "int64 or int32",
                         };
-                        return Err(sig_err(spec.name, format!("{want} expected, found {:?}", d.elem)));
+                        return Err(sig_err(
+                            spec.name,
+                            format!("{want} expected, found {:?}", d.elem),
+                        ));
                     }
                 }
             }
@@ -216,13 +238,21 @@ pub fn check(kind: Kind, session: &Session, path: &Path, manifest: &Manifest) ->
                 &d.name,
                 format!(
                     "unexpected input for a {kind} (the contract allows: {})",
-                    kind.inputs().iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+                    kind.inputs()
+                        .iter()
+                        .map(|s| s.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
     }
     if kind == Kind::ContextAdapter && ins.is_empty() {
-        return Err(sig_err("(inputs)", "a context adapter needs at least one of latent, text_states, image_embeds, timestep".into()));
+        return Err(sig_err(
+            "(inputs)",
+            "a context adapter needs at least one of latent, text_states, image_embeds, timestep"
+                .into(),
+        ));
     }
 
     // Static sizes must agree with the manifest (dynamic axes are -1 and pass).
@@ -230,8 +260,14 @@ pub fn check(kind: Kind, session: &Session, path: &Path, manifest: &Manifest) ->
     let dmodel = manifest.text.hidden_size as i64;
     let fixed: &[(&str, usize, i64, &str)] = match kind {
         Kind::TextEncoder => &[("last_hidden_state", 2, dmodel, "text.hidden_size")],
-        Kind::VaeEncoder => &[("latent_mean", 1, c, "latent.channels"), ("sample", 1, 3, "RGB")],
-        Kind::VaeDecoder => &[("latent_sample", 1, c, "latent.channels"), ("sample", 1, 3, "RGB")],
+        Kind::VaeEncoder => &[
+            ("latent_mean", 1, c, "latent.channels"),
+            ("sample", 1, 3, "RGB"),
+        ],
+        Kind::VaeDecoder => &[
+            ("latent_sample", 1, c, "latent.channels"),
+            ("sample", 1, 3, "RGB"),
+        ],
         Kind::Unet => &[
             ("sample", 1, c, "latent.channels"),
             ("out_sample", 1, c, "latent.channels"),
@@ -248,7 +284,10 @@ pub fn check(kind: Kind, session: &Session, path: &Path, manifest: &Manifest) ->
         if let Some(d) = ins.iter().chain(&outs).find(|d| d.name == *name) {
             let got = d.dims.get(*axis).copied().unwrap_or(-1);
             if got >= 0 && got != *want {
-                return Err(sig_err(name, format!("axis {axis} is {got}, but bundle.toml says {key} = {want}")));
+                return Err(sig_err(
+                    name,
+                    format!("axis {axis} is {got}, but bundle.toml says {key} = {want}"),
+                ));
             }
         }
     }

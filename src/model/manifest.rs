@@ -144,7 +144,8 @@ impl Manifest {
             path: path.to_path_buf(),
             cause,
         };
-        let m: Manifest = toml::from_str(text).map_err(|e| err(e.message().to_string() + &location(text, e.span())))?;
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| err(e.message().to_string() + &location(text, e.span())))?;
         if m.format_version != FORMAT_VERSION {
             return Err(err(format!(
                 "format_version {} is not supported (this ctxd reads {FORMAT_VERSION})",
@@ -212,7 +213,11 @@ mod tests {
     use super::*;
 
     fn oracle_text() -> String {
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/oracle/bundle.toml")).unwrap()
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/oracle/bundle.toml"
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -226,28 +231,48 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = oracle_text().replace("scale_factor = 1.0", "scale_factor = 1.0\nscale_facter = 2.0");
-        let e = Manifest::parse(&text, Path::new("b/bundle.toml")).unwrap_err().to_string();
-        assert!(e.contains("b/bundle.toml") && e.contains("scale_facter") && e.contains("line"), "{e}");
+        let text = oracle_text().replace(
+            "scale_factor = 1.0",
+            "scale_factor = 1.0\nscale_facter = 2.0",
+        );
+        let e = Manifest::parse(&text, Path::new("b/bundle.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("b/bundle.toml") && e.contains("scale_facter") && e.contains("line"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_are_refused() {
-        let e = Manifest::parse(&oracle_text().replace("\"scaled_linear\"", "\"cubic\""), Path::new("x"))
-            .unwrap_err()
-            .to_string();
+        let e = Manifest::parse(
+            &oracle_text().replace("\"scaled_linear\"", "\"cubic\""),
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("cubic"), "{e}");
-        let e = Manifest::parse(&oracle_text().replace("convention = \"U\"", "convention = \"Q\""), Path::new("x"))
-            .unwrap_err()
-            .to_string();
+        let e = Manifest::parse(
+            &oracle_text().replace("convention = \"U\"", "convention = \"Q\""),
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("Q"), "{e}");
-        let e = Manifest::parse(&oracle_text().replace("[models.unet]", "[models.unnet]"), Path::new("x"))
-            .unwrap_err()
-            .to_string();
+        let e = Manifest::parse(
+            &oracle_text().replace("[models.unet]", "[models.unnet]"),
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unnet"), "{e}");
-        let e = Manifest::parse(&oracle_text().replace("file = \"unet.onnx\"", "file = \"../unet.onnx\""), Path::new("x"))
-            .unwrap_err()
-            .to_string();
+        let e = Manifest::parse(
+            &oracle_text().replace("file = \"unet.onnx\"", "file = \"../unet.onnx\""),
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("plain name"), "{e}");
     }
 }

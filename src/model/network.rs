@@ -40,7 +40,12 @@ impl Network {
     ///
     /// # Errors
     /// `Load`, `Device` or `Signature`.
-    pub fn load(kind: Kind, path: &Path, manifest: &Manifest, opts: &RuntimeOptions) -> Result<Network> {
+    pub fn load(
+        kind: Kind,
+        path: &Path,
+        manifest: &Manifest,
+        opts: &RuntimeOptions,
+    ) -> Result<Network> {
         let (session, provider) = runtime::open_session(path, opts)?;
         let (inputs, outputs) = contract::check(kind, &session, path, manifest)?;
         Ok(Network {
@@ -103,7 +108,8 @@ impl Network {
             network: self.kind.name().to_string(),
             cause,
         };
-        let mut feed: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(self.inputs.len());
+        let mut feed: Vec<(String, SessionInputValue<'static>)> =
+            Vec::with_capacity(self.inputs.len());
         for d in &self.inputs {
             let Some((_, value)) = inputs.iter().find(|(n, _)| *n == d.name) else {
                 return Err(run_err(format!("input '{}' was not provided", d.name)));
@@ -122,17 +128,16 @@ impl Network {
             feed.push((d.name.clone(), v));
         }
         let start = Instant::now();
-        let outputs = self
-            .session
-            .run(feed)
-            .map_err(|e| run_err(e.to_string()))?;
+        let outputs = self.session.run(feed).map_err(|e| run_err(e.to_string()))?;
         let mut result = BTreeMap::new();
         for d in &self.outputs {
-            let Some(v) = outputs.get(&d.name) else { continue };
+            let Some(v) = outputs.get(&d.name) else {
+                continue;
+            };
             let arr = match d.elem {
-                TensorElementType::Float16 => v
-                    .try_extract_array::<f16>()
-                    .map(|a| a.mapv(f16::to_f32)),
+                TensorElementType::Float16 => {
+                    v.try_extract_array::<f16>().map(|a| a.mapv(f16::to_f32))
+                }
                 TensorElementType::Float32 => v.try_extract_array::<f32>().map(|a| a.to_owned()),
                 _ => continue,
             }
@@ -148,10 +153,12 @@ impl Network {
     /// Runs and takes one named output.
     pub fn run_one(&mut self, inputs: &[(&str, Input)], output: &str) -> Result<ArrayD<f32>> {
         let kind = self.kind;
-        self.run(inputs)?.remove(output).ok_or_else(|| ModelError::Run {
-            network: kind.name().to_string(),
-            cause: format!("no output '{output}'"),
-        })
+        self.run(inputs)?
+            .remove(output)
+            .ok_or_else(|| ModelError::Run {
+                network: kind.name().to_string(),
+                cause: format!("no output '{output}'"),
+            })
     }
 }
 
@@ -169,12 +176,25 @@ mod tests {
     fn fp16_models_take_and_give_f32() {
         let oracle = Bundle::open(&root().join("models/oracle")).unwrap();
         let path = root().join("tests/data/fp16_vae_decoder.onnx");
-        let mut net = Network::load(Kind::VaeDecoder, &path, oracle.manifest(), &RuntimeOptions::default()).unwrap();
-        let x = Array::from_shape_fn(IxDyn(&[2, 4, 3, 5]), |i| (i[1] as f32) * 0.25 + (i[3] as f32) * 0.125);
-        let y = net.run_one(&[("latent_sample", Input::F32(x.clone()))], "sample").unwrap();
+        let mut net = Network::load(
+            Kind::VaeDecoder,
+            &path,
+            oracle.manifest(),
+            &RuntimeOptions::default(),
+        )
+        .unwrap();
+        let x = Array::from_shape_fn(IxDyn(&[2, 4, 3, 5]), |i| {
+            (i[1] as f32) * 0.25 + (i[3] as f32) * 0.125
+        });
+        let y = net
+            .run_one(&[("latent_sample", Input::F32(x.clone()))], "sample")
+            .unwrap();
         assert_eq!(y.shape(), &[2, 3, 3, 5]);
         // These values are exact in fp16.
-        assert_eq!(y, x.slice(ndarray::s![.., 0..3, .., ..]).to_owned().into_dyn());
+        assert_eq!(
+            y,
+            x.slice(ndarray::s![.., 0..3, .., ..]).to_owned().into_dyn()
+        );
     }
 
     /// The oracle UNet computes eps*(x_t, t, c) of CONTEXTDIFF.md §6.2; checking it here proves
@@ -187,13 +207,18 @@ mod tests {
         let mut text = b.text_encoder(&opts).unwrap();
         let states = text.encode(&["red"]).unwrap().into_dyn();
         let mu = [0.6f64, -0.6, -0.6, 0.0];
-        let x = Array::from_shape_fn(IxDyn(&[1, 4, 3, 2, 2]), |i| (i[1] as f32 - 1.5) * 0.7 + i[2] as f32 * 0.1 - i[4] as f32 * 0.2);
+        let x = Array::from_shape_fn(IxDyn(&[1, 4, 3, 2, 2]), |i| {
+            (i[1] as f32 - 1.5) * 0.7 + i[2] as f32 * 0.1 - i[4] as f32 * 0.2
+        });
         for t in [1usize, 250, 981] {
             let eps = unet
                 .run_one(
                     &[
                         ("sample", Input::F32(x.clone())),
-                        ("timestep", Input::F32(Array::from_elem(IxDyn(&[1]), t as f32))),
+                        (
+                            "timestep",
+                            Input::F32(Array::from_elem(IxDyn(&[1]), t as f32)),
+                        ),
                         ("encoder_hidden_states", Input::F32(states.clone())),
                     ],
                     "out_sample",
@@ -210,7 +235,8 @@ mod tests {
             let sigma2 = 0.25;
             let mut worst = 0.0f64;
             for (idx, &v) in x.indexed_iter() {
-                let want = (1.0 - abar).sqrt() * (v as f64 - abar.sqrt() * mu[idx[1]]) / (abar * sigma2 + 1.0 - abar);
+                let want = (1.0 - abar).sqrt() * (v as f64 - abar.sqrt() * mu[idx[1]])
+                    / (abar * sigma2 + 1.0 - abar);
                 worst = worst.max((eps[&idx] as f64 - want).abs());
             }
             assert!(worst < 1e-5, "t = {t}: max error {worst}");

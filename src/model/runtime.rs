@@ -34,7 +34,9 @@ impl FromStr for Device {
             "cuda" => Ok(Device::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<i32>) {
                 Some(Ok(n)) if n >= 0 => Ok(Device::Cuda(n)),
-                _ => Err(format!("unknown device '{s}' (expected cpu, auto, cuda or cuda:N)")),
+                _ => Err(format!(
+                    "unknown device '{s}' (expected cpu, auto, cuda or cuda:N)"
+                )),
             },
         }
     }
@@ -78,12 +80,17 @@ pub struct RuntimeOptions {
 
 fn environment() -> Result<Environment> {
     static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
-    ENV.get_or_init(|| ort::init().with_name("ctxd").build().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|cause| ModelError::Device {
-            device: "cpu".into(),
-            cause: format!("ONNX Runtime did not start: {cause} (run scripts/setup)"),
-        })
+    ENV.get_or_init(|| {
+        ort::init()
+            .with_name("ctxd")
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(|cause| ModelError::Device {
+        device: "cpu".into(),
+        cause: format!("ONNX Runtime did not start: {cause} (run scripts/setup)"),
+    })
 }
 
 /// Opens `path` as a session on the requested device.
@@ -112,7 +119,10 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
     let cuda = |n: i32| -> std::result::Result<Session, String> {
         let b = builder().map_err(|e| e.to_string())?;
         let mut b = b
-            .with_execution_providers([ep::CUDA::default().with_device_id(n).build().error_on_failure()])
+            .with_execution_providers([ep::CUDA::default()
+                .with_device_id(n)
+                .build()
+                .error_on_failure()])
             .map_err(|e| e.to_string())?;
         b.commit_from_file(path).map_err(|e| e.to_string())
     };
@@ -133,7 +143,10 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
             Err(cause) => {
                 static SAID: AtomicBool = AtomicBool::new(false);
                 if !SAID.swap(true, Ordering::Relaxed) {
-                    tracing::info!("using CPU: the CUDA execution provider did not register ({})", first_line(&cause));
+                    tracing::info!(
+                        "using CPU: the CUDA execution provider did not register ({})",
+                        first_line(&cause)
+                    );
                 }
                 let s = builder()?.commit_from_file(path).map_err(load_err)?;
                 Ok((s, Provider::Cpu))

@@ -122,9 +122,13 @@ impl TextEncoder {
                 self.cache.clear();
             }
             let ids = self.tokenizer.encode(&missing)?;
-            let states = self.network.run_one(&[("input_ids", Input::Ids(ids.into_dyn()))], "last_hidden_state")?;
+            let states = self.network.run_one(
+                &[("input_ids", Input::Ids(ids.into_dyn()))],
+                "last_hidden_state",
+            )?;
             for (i, p) in missing.iter().enumerate() {
-                self.cache.insert(p.to_string(), states.index_axis(Axis(0), i).to_owned());
+                self.cache
+                    .insert(p.to_string(), states.index_axis(Axis(0), i).to_owned());
             }
         }
         let rows: Vec<_> = prompts
@@ -149,7 +153,12 @@ mod tests {
     use crate::model::{Bundle, RuntimeOptions};
 
     fn bundle(name: &str) -> Bundle {
-        Bundle::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)).unwrap()
+        Bundle::open(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join(name),
+        )
+        .unwrap()
     }
 
     /// Ids from the Python `tokenizers` package on the same file (models/export's tokenizer
@@ -166,12 +175,20 @@ mod tests {
             .unwrap();
         assert_eq!(ids.shape(), &[3, 77]);
         let row = |r: usize, n: usize| ids.row(r).iter().take(n).copied().collect::<Vec<i64>>();
-        assert_eq!(row(0, 10), vec![2046, 320, 736, 1615, 1203, 903, 525, 320, 1759, 2047]);
+        assert_eq!(
+            row(0, 10),
+            vec![2046, 320, 736, 1615, 1203, 903, 525, 320, 1759, 2047]
+        );
         assert_eq!(
             row(1, 16),
-            vec![2046, 320, 786, 1090, 69, 519, 320, 1205, 869, 563, 267, 536, 968, 1167, 256, 2047]
+            vec![
+                2046, 320, 786, 1090, 69, 519, 320, 1205, 869, 563, 267, 536, 968, 1167, 256, 2047
+            ]
         );
-        assert!(ids.row(0).iter().skip(9).all(|&i| i == 2047), "padded with 2047");
+        assert!(
+            ids.row(0).iter().skip(9).all(|&i| i == 2047),
+            "padded with 2047"
+        );
         assert_eq!(ids[[2, 75]], 641);
         assert_eq!(ids[[2, 76]], 2047, "truncation keeps the end token");
     }
@@ -191,11 +208,23 @@ mod tests {
         let states = enc.encode(&["red", "a blue car", "red"]).unwrap();
         assert_eq!(states.shape(), &[3, 16, 4]);
         // "red" → E[red] at position 0, zeros elsewhere (CONTEXTDIFF oracle definition).
-        assert_eq!(states.slice(ndarray::s![0, 0, ..]).to_vec(), vec![0.6, -0.6, -0.6, 0.0]);
-        assert!(states.slice(ndarray::s![0, 1.., ..]).iter().all(|&v| v == 0.0));
-        let blue_sum: Vec<f32> = states.slice(ndarray::s![1, .., ..]).sum_axis(ndarray::Axis(0)).to_vec();
+        assert_eq!(
+            states.slice(ndarray::s![0, 0, ..]).to_vec(),
+            vec![0.6, -0.6, -0.6, 0.0]
+        );
+        assert!(states
+            .slice(ndarray::s![0, 1.., ..])
+            .iter()
+            .all(|&v| v == 0.0));
+        let blue_sum: Vec<f32> = states
+            .slice(ndarray::s![1, .., ..])
+            .sum_axis(ndarray::Axis(0))
+            .to_vec();
         assert_eq!(blue_sum, vec![-0.6, -0.6, 0.6, 0.0]);
-        assert_eq!(states.slice(ndarray::s![0, .., ..]), states.slice(ndarray::s![2, .., ..]));
+        assert_eq!(
+            states.slice(ndarray::s![0, .., ..]),
+            states.slice(ndarray::s![2, .., ..])
+        );
         // Two distinct prompts: one batched run; asking again runs nothing.
         assert_eq!(enc.network().busy().1, 1);
         enc.encode(&["a blue car", "red"]).unwrap();
