@@ -264,3 +264,27 @@ fn ctrl_c_leaves_no_output() {
     assert!(!out.exists());
     assert_eq!(d.listing(), vec!["long.mp4"], "nothing half-written left");
 }
+
+#[test]
+fn mp4_on_stdin_needs_its_index_in_front() {
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "tail.mp4",
+        &strs(&args(
+            &[&pattern("160x120", "25", 1.0)],
+            &["-c:v", "libx264"],
+        )),
+    );
+    let out = ctxd()
+        .args(["transcode", "-", "-o"])
+        .arg(d.path("o.mp4"))
+        .stdin(std::fs::File::open(&src).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("<stdin>") && err.contains("faststart"),
+        "{err}"
+    );
+}

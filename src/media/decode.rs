@@ -79,7 +79,12 @@ pub struct VideoSource {
     corrupt_frames: u64,
     /// Time, in seconds, of the last packet sent: where a decode error happened.
     last_packet_time: f64,
+    /// Read from stdin or a pipe: no seeking back.
+    spec_is_pipe: bool,
 }
+
+/// Damaged packets in a row after which the input is declared unreadable.
+const MAX_SKIPPED_PACKETS: u32 = 1000;
 
 impl VideoSource {
     /// Opens `spec` and prepares to decode its main video stream.
@@ -199,6 +204,8 @@ impl VideoSource {
             done: false,
             corrupt_frames: 0,
             last_packet_time: 0.0,
+            spec_is_pipe: matches!(spec, InputSpec::Stdin)
+                || matches!(spec, InputSpec::Url(u) if u.starts_with("pipe:")),
         })
     }
 
@@ -234,6 +241,7 @@ impl VideoSource {
 
     /// Reads packets until one video packet went into the decoder (or the input ended).
     fn feed(&mut self) -> Result<()> {
+        let mut skipped = 0u32;
         loop {
             // A fresh packet per read: ffmpeg-next's `Packet::read` does not unref what the
             // packet held, so reusing one leaked every audio packet (about 1.6 KB per frame
@@ -242,6 +250,7 @@ impl VideoSource {
             log::clear();
             match packet.read(&mut self.ictx) {
                 Ok(()) => {
+                    skipped = 0;
                     let idx = packet.stream();
                     if idx == self.stream_index {
                         if let Some(ts) = packet.pts().or(packet.dts()) {
@@ -273,13 +282,36 @@ impl VideoSource {
                     return self.decoder.send_eof().map_err(|e| self.corrupt(e));
                 }
                 // The demuxer resyncs after a damaged packet; the frame count check at the
-                // end catches any loss.
+                // end catches any loss. One that cannot resync would return this forever
+                // (an mp4 on a pipe whose index is at the end cannot seek back to its
+                // samples), so a run of them ends the read.
                 Err(ffmpeg::Error::InvalidData) => {
-                    tracing::warn!(
-                        "{}: skipped a damaged packet near t = {:.3} s",
-                        self.name,
-                        self.last_packet_time
-                    );
+                    skipped += 1;
+                    if skipped == 1 {
+                        tracing::warn!(
+                            "{}: skipped damaged data near t = {:.3} s",
+                            self.name,
+                            self.last_packet_time
+                        );
+                    }
+                    if skipped >= MAX_SKIPPED_PACKETS {
+                        let piped =
+                            self.spec_is_pipe && self.layout.probe.container.contains("mp4");
+                        return Err(MediaError::Corrupt {
+                            path: self.name.clone(),
+                            frame: self.next_index,
+                            time: self.last_packet_time,
+                            cause: if piped {
+                                "the mp4 cannot be read from a pipe: its index is at the end \
+                                 (write it with ffmpeg -movflags +faststart, or pipe mkv or mpegts)"
+                                    .into()
+                            } else {
+                                format!(
+                                    "{skipped} damaged packets in a row; the demuxer cannot resync"
+                                )
+                            },
+                        });
+                    }
                 }
                 Err(e) => {
                     return Err(MediaError::Truncated {

@@ -115,6 +115,11 @@ pub(crate) fn open(spec: &InputSpec) -> Result<format::context::Input> {
     format::input(&ffmpeg_name).map_err(|e| {
         let said = log::last_message();
         let cause = match (said, e) {
+            (Some(m), _) if m.contains("moov atom not found") && *spec == InputSpec::Stdin => {
+                "moov atom not found: an mp4 read from stdin needs its index in front \
+                 (ffmpeg -movflags +faststart); or pipe mkv or mpegts"
+                    .to_string()
+            }
             (Some(m), _) if m.contains("moov atom not found") => {
                 "moov atom not found: the file is truncated or still being written".to_string()
             }

@@ -54,9 +54,9 @@ unsafe extern "C" fn callback(
     if line.is_empty() {
         return;
     }
-    if level <= ffi::AV_LOG_ERROR as c_int {
-        tracing::debug!(target: "ffmpeg", "{line}");
-    } else if level <= ffi::AV_LOG_WARNING as c_int {
+    // Debug, not warn: ctxd reports failures itself, with the file's name; FFmpeg's own
+    // lines are for `-vv`.
+    if level <= ffi::AV_LOG_WARNING as c_int {
         tracing::debug!(target: "ffmpeg", "{line}");
     } else {
         tracing::trace!(target: "ffmpeg", "{line}");

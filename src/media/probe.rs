@@ -363,17 +363,32 @@ fn scan_video_packets(
     spec: &InputSpec,
 ) -> Result<Scan> {
     let mut pts = Vec::new();
+    let mut skipped = 0u32;
     loop {
         // Fresh each time: `Packet::read` does not release what the packet held.
         let mut packet = ffmpeg::Packet::empty();
         match packet.read(ictx) {
             Ok(()) => {
+                skipped = 0;
                 if packet.stream() == index {
                     pts.push(packet.pts().or(packet.dts()));
                 }
             }
             Err(ffmpeg::Error::Eof) => break,
-            Err(ffmpeg::Error::InvalidData) => continue,
+            // A demuxer that cannot resync returns this forever; stop after a long run.
+            Err(ffmpeg::Error::InvalidData) => {
+                skipped += 1;
+                if skipped >= 1000 {
+                    return Err(MediaError::Read {
+                        path: spec.to_string(),
+                        cause: format!(
+                            "damaged data after {} video packets (an mp4 read from a pipe needs its index in front: ffmpeg -movflags +faststart)",
+                            pts.len()
+                        ),
+                    });
+                }
+                continue;
+            }
             Err(e) => {
                 return Err(MediaError::Read {
                     path: spec.to_string(),
