@@ -15,5 +15,6 @@
 pub mod atomic;
 pub mod bench;
 pub mod cli;
+pub mod diffusion;
 pub mod media;
 pub mod model;

@@ -268,10 +268,11 @@ fn ctrl_c_leaves_no_output() {
 #[test]
 fn mp4_on_stdin_needs_its_index_in_front() {
     let d = Dir::new();
+    // Big enough that FFmpeg's read buffer cannot hide the missing seek.
     let src = d.ffmpeg(
         "tail.mp4",
         &strs(&args(
-            &[&pattern("160x120", "25", 1.0)],
+            &[&pattern("640x360", "25", 5.0)],
             &["-c:v", "libx264"],
         )),
     );

@@ -1,0 +1,409 @@
+//! The ContextDiff loops: DDIM sampling and DDIM inversion (one loop, two directions) and DDPM
+//! ancestral sampling, each with the context bias `k_t r`, classifier-free guidance and
+//! context modes. Variable names follow CONTEXTDIFF.md:
+//!
+//! | here | paper / CONTEXTDIFF.md |
+//! |---|---|
+//! | `x` | x_t (biased chain) |
+//! | `y` | x_t - k_t r (the plain DDPM chain, §1) |
+//! | `a_t`, `a_p`, `a_c` | abar at t, at the step's prev (sampling) or cur (inversion) |
+//! | `k_t`, `k_p`, `k_c` | the context scale at those points |
+//! | `r` | the adapter's output r_phi(x0, c, t) |
+//! | `eps`, `x0` | eps_hat, x0_hat |
+//!
+//! The networks come in through two traits, so this module needs nothing but ndarray.
+//! Arithmetic is f64 per element; the state is f32 between steps (as in the reference).
+
+use std::ops::ControlFlow;
+
+use ndarray::{concatenate, s, Array3, Array5, Axis, Zip};
+
+use super::context::{ContextConfig, ContextMode};
+use super::noise::NoiseSource;
+use super::schedule::{Prediction, Schedule};
+use super::DiffusionError;
+
+/// Latents `[B, C, F, h, w]`.
+pub type Latent = Array5<f32>;
+/// Text states `[B, S, D]`.
+pub type TextStates = Array3<f32>;
+
+/// The UNet: `out_sample` for `sample` at timestep `t` under `text`.
+pub trait NoisePredictor {
+    fn predict(
+        &mut self,
+        sample: &Latent,
+        t: f32,
+        text: &TextStates,
+    ) -> Result<Latent, DiffusionError>;
+}
+
+/// The context adapter: `r` for a clean-latent estimate under `text` at timestep `t`.
+pub trait ContextAdapter {
+    fn context(
+        &mut self,
+        latent: &Latent,
+        text: &TextStates,
+        t: f32,
+    ) -> Result<Latent, DiffusionError>;
+}
+
+/// The prompts of a run, as text states.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// The conditional prompt (the source prompt while inverting), one row per batch row.
+    pub cond: TextStates,
+    /// The unconditional prompt (negative prompt, else the empty one); needed when
+    /// `guidance != 1`.
+    pub uncond: Option<TextStates>,
+    pub guidance: f32,
+}
+
+impl Conditioning {
+    pub fn new(cond: TextStates) -> Conditioning {
+        Conditioning {
+            cond,
+            uncond: None,
+            guidance: 1.0,
+        }
+    }
+}
+
+/// What is fixed for one run.
+#[derive(Clone, Copy)]
+pub struct RunConfig<'a> {
+    pub schedule: &'a Schedule,
+    pub context: ContextConfig,
+    /// DDIM stochasticity (0 = deterministic).
+    pub eta: f64,
+    /// The clean source latent: the adapter's input in `source` mode, and the first x0
+    /// estimate in `x0_pred` mode.
+    pub x0_source: Option<&'a Latent>,
+    /// Keep every intermediate latent (for tests and previews).
+    pub keep_trajectory: bool,
+}
+
+/// Progress after each step.
+pub struct StepInfo<'a> {
+    pub index: usize,
+    pub total: usize,
+    pub t: i64,
+    pub latent: &'a Latent,
+    pub x0: &'a Latent,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub latent: Latent,
+    /// Start and every step's latent, when `keep_trajectory`.
+    pub trajectory: Vec<Latent>,
+}
+
+pub struct Models<'a> {
+    pub unet: &'a mut dyn NoisePredictor,
+    pub adapter: Option<&'a mut dyn ContextAdapter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Sample,
+    Invert,
+    Ddpm,
+}
+
+/// DDIM sampling from `start` (CONTEXTDIFF.md §2). `noise` is needed when `eta > 0`.
+///
+/// # Errors
+/// Shape or configuration errors, a failing network, or `Cancelled` when `on_step` breaks.
+pub fn sample(
+    run: RunConfig,
+    models: Models,
+    start: &Latent,
+    cond: &Conditioning,
+    noise: Option<&mut dyn NoiseSource>,
+    on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<Outcome, DiffusionError> {
+    run_loop(Direction::Sample, run, models, start, cond, noise, on_step)
+}
+
+/// DDIM inversion of the clean latent `x0` (CONTEXTDIFF.md §3), timesteps ascending.
+pub fn invert(
+    run: RunConfig,
+    models: Models,
+    x0: &Latent,
+    cond: &Conditioning,
+    on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<Outcome, DiffusionError> {
+    run_loop(Direction::Invert, run, models, x0, cond, None, on_step)
+}
+
+/// DDPM ancestral sampling over every training step (CONTEXTDIFF.md §4); `run.schedule`
+/// must come from `Schedule::ddpm`.
+pub fn ddpm(
+    run: RunConfig,
+    models: Models,
+    start: &Latent,
+    cond: &Conditioning,
+    noise: &mut dyn NoiseSource,
+    on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<Outcome, DiffusionError> {
+    run_loop(
+        Direction::Ddpm,
+        run,
+        models,
+        start,
+        cond,
+        Some(noise),
+        on_step,
+    )
+}
+
+/// The UNet's raw output under guidance: one call, batch [uncond, cond] (§2).
+fn guided_output(
+    unet: &mut dyn NoisePredictor,
+    x: &Latent,
+    t: i64,
+    cond: &Conditioning,
+) -> Result<Latent, DiffusionError> {
+    let tf = t as f32;
+    if cond.guidance == 1.0 {
+        return unet.predict(x, tf, &cond.cond);
+    }
+    let uncond = cond
+        .uncond
+        .as_ref()
+        .ok_or_else(|| DiffusionError::Config("guidance needs an unconditional prompt".into()))?;
+    let b = x.shape()[0];
+    let xx = concatenate(Axis(0), &[x.view(), x.view()])
+        .map_err(|e| DiffusionError::Shape(e.to_string()))?;
+    let text = concatenate(Axis(0), &[uncond.view(), cond.cond.view()])
+        .map_err(|e| DiffusionError::Shape(e.to_string()))?;
+    let out = unet.predict(&xx, tf, &text)?;
+    if out.shape()[0] != 2 * b {
+        return Err(DiffusionError::Shape(format!(
+            "UNet returned batch {} for {}",
+            out.shape()[0],
+            2 * b
+        )));
+    }
+    let (u, c) = (
+        out.slice(s![..b, .., .., .., ..]),
+        out.slice(s![b.., .., .., .., ..]),
+    );
+    let w = cond.guidance as f64;
+    let mut eps = Latent::zeros(x.raw_dim());
+    Zip::from(&mut eps).and(&u).and(&c).for_each(|e, &u, &c| {
+        *e = (u as f64 + w * (c as f64 - u as f64)) as f32;
+    });
+    Ok(eps)
+}
+
+fn run_loop(
+    dir: Direction,
+    run: RunConfig,
+    models: Models,
+    start: &Latent,
+    cond: &Conditioning,
+    mut noise: Option<&mut dyn NoiseSource>,
+    on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<Outcome, DiffusionError> {
+    let sched = run.schedule;
+    let ctx = run.context;
+    let Models { unet, mut adapter } = models;
+    if cond.cond.shape()[0] != start.shape()[0] {
+        return Err(DiffusionError::Shape(format!(
+            "{} prompt rows for a batch of {}",
+            cond.cond.shape()[0],
+            start.shape()[0]
+        )));
+    }
+    let mut timesteps = sched.timesteps().to_vec();
+    if dir == Direction::Invert {
+        timesteps.reverse();
+    }
+    let total = timesteps.len();
+
+    // r: zero when the context is off (or inside the UNet, convention S).
+    let mut r = Latent::zeros(start.raw_dim());
+    let mut x0_est = run.x0_source.cloned().unwrap_or_else(|| start.clone());
+    if ctx.active() && adapter.is_none() {
+        return Err(DiffusionError::Config(
+            "this context mode needs the bundle's context adapter".into(),
+        ));
+    }
+    if ctx.active() && ctx.mode == ContextMode::Source {
+        let source = run.x0_source.ok_or_else(|| {
+            DiffusionError::Config("context mode 'source' needs the source latent".into())
+        })?;
+        r = adapter
+            .as_mut()
+            .expect("checked above")
+            .context(source, &cond.cond, 0.0)?;
+        check_shape(&r, start, "context")?;
+    }
+
+    let mut x = start.clone();
+    let mut trajectory = Vec::new();
+    if run.keep_trajectory {
+        trajectory.push(x.clone());
+    }
+    let v_pred = sched.prediction() == Prediction::V;
+    for (index, &t) in timesteps.iter().enumerate() {
+        if ctx.active() && ctx.mode == ContextMode::X0Pred {
+            r = adapter
+                .as_mut()
+                .expect("checked above")
+                .context(&x0_est, &cond.cond, t as f32)?;
+            check_shape(&r, start, "context")?;
+        }
+        let out = guided_output(&mut *unet, &x, t, cond)?;
+        check_shape(&out, start, "UNet output")?;
+        let a_t = sched.abar_of(t);
+        let k_t = if ctx.active() {
+            ctx.k_at(sched, t)
+        } else {
+            0.0
+        };
+        let mut next = Latent::zeros(x.raw_dim());
+        let mut x0 = Latent::zeros(x.raw_dim());
+
+        match dir {
+            Direction::Sample | Direction::Ddpm => {
+                let prev = if dir == Direction::Ddpm {
+                    t - 1
+                } else {
+                    t - sched.ratio()
+                };
+                let a_p = sched.abar_of(prev);
+                let k_p = if ctx.active() {
+                    ctx.k_at(sched, prev)
+                } else {
+                    0.0
+                };
+                // DDIM: sigma from eta (§2); DDPM: the posterior standard deviation (§4).
+                let (sigma, beta_t) = if dir == Direction::Ddpm {
+                    let beta = 1.0 - a_t / a_p;
+                    let sd = if prev < 0 {
+                        0.0
+                    } else {
+                        (beta * (1.0 - a_p) / (1.0 - a_t)).sqrt()
+                    };
+                    (sd, beta)
+                } else {
+                    (
+                        run.eta * ((1.0 - a_p) / (1.0 - a_t)).sqrt() * (1.0 - a_t / a_p).sqrt(),
+                        0.0,
+                    )
+                };
+                let z = if sigma > 0.0 {
+                    let n = noise.as_mut().ok_or_else(|| {
+                        DiffusionError::Config("eta > 0 (or DDPM) needs a noise source".into())
+                    })?;
+                    let z = n.next(index, x.shape())?;
+                    check_shape(&z, start, "noise")?;
+                    Some(z)
+                } else {
+                    None
+                };
+                let (sa_t, s1a_t) = (a_t.sqrt(), (1.0 - a_t).sqrt());
+                let (sa_p, dir_coef) = (a_p.sqrt(), (1.0 - a_p - sigma * sigma).max(0.0).sqrt());
+                let (c1, c2) = (
+                    a_p.sqrt() * beta_t / (1.0 - a_t),
+                    (1.0 - beta_t).sqrt() * (1.0 - a_p) / (1.0 - a_t),
+                );
+                Zip::from(&mut next)
+                    .and(&mut x0)
+                    .and(&x)
+                    .and(&out)
+                    .and(&r)
+                    .for_each(|n, x0v, &xv, &o, &rv| {
+                        let (xv, o, rv) = (xv as f64, o as f64, rv as f64);
+                        let y = xv - k_t * rv;
+                        let (x0h, eps) = if v_pred {
+                            (sa_t * y - s1a_t * o, sa_t * o + s1a_t * y)
+                        } else {
+                            ((y - s1a_t * o) / sa_t, o)
+                        };
+                        *x0v = x0h as f32;
+                        *n = if dir == Direction::Ddpm {
+                            (c1 * x0h + c2 * y + k_p * rv) as f32
+                        } else {
+                            (sa_p * x0h + k_p * rv + dir_coef * eps) as f32
+                        };
+                    });
+                if let Some(z) = z {
+                    Zip::from(&mut next).and(&z).for_each(|n, &zv| {
+                        *n = (*n as f64 + sigma * zv as f64) as f32;
+                    });
+                }
+            }
+            Direction::Invert => {
+                // Model at t on the current x; x0 from the lower end `cur` (§3).
+                let cur = t - sched.ratio();
+                let a_c = sched.abar_of(cur);
+                let k_c = if ctx.active() {
+                    ctx.k_at(sched, cur)
+                } else {
+                    0.0
+                };
+                let (sa_t, s1a_t, sa_c, s1a_c) = (
+                    a_t.sqrt(),
+                    (1.0 - a_t).sqrt(),
+                    a_c.sqrt(),
+                    (1.0 - a_c).sqrt(),
+                );
+                Zip::from(&mut next)
+                    .and(&mut x0)
+                    .and(&x)
+                    .and(&out)
+                    .and(&r)
+                    .for_each(|n, x0v, &xv, &o, &rv| {
+                        let (xv, o, rv) = (xv as f64, o as f64, rv as f64);
+                        let eps = if v_pred {
+                            sa_t * o + s1a_t * (xv - k_t * rv)
+                        } else {
+                            o
+                        };
+                        let x0h = (xv - k_c * rv - s1a_c * eps) / sa_c;
+                        *x0v = x0h as f32;
+                        *n = (sa_t * x0h + k_t * rv + s1a_t * eps) as f32;
+                    });
+            }
+        }
+        x = next;
+        x0_est = x0;
+        if run.keep_trajectory {
+            trajectory.push(x.clone());
+        }
+        let info = StepInfo {
+            index,
+            total,
+            t,
+            latent: &x,
+            x0: &x0_est,
+        };
+        if on_step(&info).is_break() {
+            return Err(DiffusionError::Cancelled);
+        }
+    }
+    Ok(Outcome {
+        latent: x,
+        trajectory,
+    })
+}
+
+fn check_shape(a: &Latent, want: &Latent, what: &str) -> Result<(), DiffusionError> {
+    if a.shape() != want.shape() {
+        return Err(DiffusionError::Shape(format!(
+            "{what} has shape {:?}, the latent {:?}",
+            a.shape(),
+            want.shape()
+        )));
+    }
+    Ok(())
+}
+
+/// A callback that never stops the run.
+pub fn no_progress(_: &StepInfo) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
