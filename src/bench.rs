@@ -265,3 +265,133 @@ fn peak_rss_of_transcode(input: &Path, out: &Path, args: &MediaBenchArgs) -> Res
     }
     Ok(usage.ru_maxrss as f64 / 1024.0)
 }
+
+#[derive(Args, Debug)]
+pub struct SamplerBenchArgs {
+    /// Bundle to run (its UNet and context adapter).
+    #[arg(long, default_value = "models/tiny")]
+    pub bundle: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Frames per window.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Latent height and width.
+    #[arg(long, default_value_t = 32)]
+    pub latent: usize,
+    /// Classifier-free guidance weight (7.5 doubles the UNet batch).
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f32,
+    /// Context mode: off, source or x0_pred (one adapter call per step).
+    #[arg(long, default_value = "x0_pred")]
+    pub context: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SamplerBench {
+    bundle: String,
+    steps: usize,
+    latent_shape: Vec<usize>,
+    wall_ms_per_step: f64,
+    unet_ms_per_step: f64,
+    adapter_ms_per_step: f64,
+    /// Everything outside ONNX Runtime: the step arithmetic, guidance, batching, copies.
+    sampler_ms_per_step: f64,
+    /// sampler / UNet: should be a small fraction.
+    sampler_share_of_unet: f64,
+}
+
+/// `ctxd bench sampler`: the sampler's own time per step against the UNet's, in one run.
+pub fn sampler(args: &SamplerBenchArgs) -> Result<()> {
+    use crate::diffusion::{
+        self, Conditioning, ContextConfig, FinalK, Models, RunConfig, Schedule, SeededNoise,
+    };
+    use crate::model::denoise::{Adapter, Unet};
+    use crate::model::{Bundle, Kind, RuntimeOptions};
+
+    let opts = RuntimeOptions::default();
+    let bundle = Bundle::open(&args.bundle)?;
+    let m = bundle.manifest();
+    let mut unet = Unet(bundle.load(Kind::Unet, &opts)?);
+    let mut adapter = if bundle.has(Kind::ContextAdapter) {
+        Some(Adapter(bundle.load(Kind::ContextAdapter, &opts)?))
+    } else {
+        None
+    };
+    let mut text = bundle.text_encoder(&opts)?;
+    let mode: diffusion::ContextMode = args.context.parse().map_err(anyhow::Error::msg)?;
+    let context = ContextConfig {
+        k: m.context.k_schedule(),
+        final_k: FinalK::Zero,
+        convention: m.context.convention(),
+        mode: if adapter.is_some() {
+            mode
+        } else {
+            diffusion::ContextMode::Off
+        },
+    };
+    let shape = [1, m.latent.channels, args.frames, args.latent, args.latent];
+    let mut rng = SeededNoise::new(0);
+    let start: diffusion::Latent = rng.normal(&shape).into_dimensionality()?;
+    let x0: diffusion::Latent = rng.normal(&shape).into_dimensionality()?;
+    let cond = Conditioning {
+        cond: text.encode(&["a red car driving on a road"])?,
+        uncond: Some(text.encode(&[""])?),
+        guidance: args.guidance,
+    };
+    let schedule = Schedule::ddim(&m.schedule.noise_config(), args.steps)?;
+    let t = Instant::now();
+    diffusion::sample(
+        RunConfig {
+            schedule: &schedule,
+            context,
+            eta: 0.0,
+            x0_source: Some(&x0),
+            keep_trajectory: false,
+        },
+        Models {
+            unet: &mut unet,
+            adapter: adapter
+                .as_mut()
+                .map(|a| a as &mut dyn diffusion::ContextAdapter),
+        },
+        &start,
+        &cond,
+        None,
+        &mut diffusion::no_progress,
+    )?;
+    let wall = t.elapsed().as_secs_f64() * 1e3;
+    let unet_ms = unet.0.busy().0.as_secs_f64() * 1e3;
+    let adapter_ms = adapter
+        .as_ref()
+        .map(|a| a.0.busy().0.as_secs_f64() * 1e3)
+        .unwrap_or(0.0);
+    let n = args.steps as f64;
+    let sampler_ms = (wall - unet_ms - adapter_ms).max(0.0);
+    let r = SamplerBench {
+        bundle: bundle.name().to_string(),
+        steps: args.steps,
+        latent_shape: shape.to_vec(),
+        wall_ms_per_step: wall / n,
+        unet_ms_per_step: unet_ms / n,
+        adapter_ms_per_step: adapter_ms / n,
+        sampler_ms_per_step: sampler_ms / n,
+        sampler_share_of_unet: sampler_ms / unet_ms.max(1e-9),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "sampler bench ({}, latent {:?}, {} steps, guidance {}, context {})",
+            r.bundle, r.latent_shape, r.steps, args.guidance, args.context
+        );
+        println!(
+            "  per step: wall {:.2} ms = UNet {:.2} ms + adapter {:.2} ms + sampler {:.3} ms",
+            r.wall_ms_per_step, r.unet_ms_per_step, r.adapter_ms_per_step, r.sampler_ms_per_step
+        );
+        println!("  sampler / UNet = {:.3}", r.sampler_share_of_unet);
+    }
+    Ok(())
+}

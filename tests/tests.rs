@@ -7,3 +7,4 @@ mod media_errors;
 mod media_probe;
 mod media_roundtrip;
 mod models_cli;
+mod sampler;

@@ -79,6 +79,8 @@ enum BenchCommand {
     /// decode→RGB→encode throughput against the ffmpeg CLI, and peak memory for a short versus
     /// a long 720p input.
     Media(crate::bench::MediaBenchArgs),
+    /// The sampler's own time per step (outside ONNX Runtime) against the UNet's.
+    Sampler(crate::bench::SamplerBenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -309,6 +311,7 @@ fn run(command: Command) -> Result<(), Failure> {
         },
         Command::Bench { what } => match what {
             BenchCommand::Media(args) => crate::bench::media(&args).map_err(Failure::Job),
+            BenchCommand::Sampler(args) => crate::bench::sampler(&args).map_err(Failure::Job),
         },
     }
 }

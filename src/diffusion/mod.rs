@@ -18,7 +18,7 @@ pub mod schedule;
 pub use context::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use sampler::{
-    ddpm, invert, no_progress, sample, Conditioning, ContextAdapter, Latent, Models,
+    ddpm, edit, invert, no_progress, sample, Conditioning, ContextAdapter, Latent, Models,
     NoisePredictor, Outcome, RunConfig, StepInfo, TextStates,
 };
 pub use schedule::{BetaSchedule, NoiseConfig, Prediction, Schedule};

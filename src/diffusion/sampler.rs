@@ -137,6 +137,37 @@ pub fn invert(
     run_loop(Direction::Invert, run, models, x0, cond, None, on_step)
 }
 
+/// Several edits of one inverted latent (one inversion, many prompts): `sample` once per
+/// conditioning, in order. `on_step` sees each run's steps; breaking stops them all.
+pub fn edit(
+    run: RunConfig,
+    mut models: Models,
+    inverted: &Latent,
+    prompts: &[Conditioning],
+    on_step: &mut dyn FnMut(usize, &StepInfo) -> ControlFlow<()>,
+) -> Result<Vec<Outcome>, DiffusionError> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for (i, cond) in prompts.iter().enumerate() {
+        let m = Models {
+            unet: &mut *models.unet,
+            adapter: models
+                .adapter
+                .as_mut()
+                .map(|a| &mut **a as &mut dyn ContextAdapter),
+        };
+        out.push(run_loop(
+            Direction::Sample,
+            run,
+            m,
+            inverted,
+            cond,
+            None,
+            &mut |s| on_step(i, s),
+        )?);
+    }
+    Ok(out)
+}
+
 /// DDPM ancestral sampling over every training step (CONTEXTDIFF.md §4); `run.schedule`
 /// must come from `Schedule::ddpm`.
 pub fn ddpm(
@@ -406,4 +437,139 @@ fn check_shape(a: &Latent, want: &Latent, what: &str) -> Result<(), DiffusionErr
 /// A callback that never stops the run.
 pub fn no_progress(_: &StepInfo) -> ControlFlow<()> {
     ControlFlow::Continue(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::schedule::{BetaSchedule, NoiseConfig};
+
+    /// The oracle's exact predictor (CONTEXTDIFF.md §6.2) in closed form, as epsilon or as v.
+    struct Analytic {
+        abar: Vec<f64>,
+        mu: f64,
+        v: bool,
+    }
+
+    impl NoisePredictor for Analytic {
+        fn predict(
+            &mut self,
+            x: &Latent,
+            t: f32,
+            _: &TextStates,
+        ) -> Result<Latent, DiffusionError> {
+            let a = self.abar[t as usize];
+            let coef = (1.0 - a).sqrt() / (a * 0.25 + 1.0 - a);
+            Ok(x.mapv(|xv| {
+                let xv = xv as f64;
+                let eps = coef * (xv - a.sqrt() * self.mu);
+                if self.v {
+                    let x0 = (xv - (1.0 - a).sqrt() * eps) / a.sqrt();
+                    (a.sqrt() * eps - (1.0 - a).sqrt() * x0) as f32
+                } else {
+                    eps as f32
+                }
+            }))
+        }
+    }
+
+    fn cfg(prediction: Prediction) -> NoiseConfig {
+        NoiseConfig {
+            train_steps: 1000,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            prediction,
+            set_alpha_to_one: false,
+            steps_offset: 1,
+        }
+    }
+
+    /// A v-prediction network that predicts the same process gives the same trajectory as the
+    /// epsilon one, for sampling and inversion.
+    #[test]
+    fn v_prediction_matches_epsilon() {
+        let eps_sched = Schedule::ddim(&cfg(Prediction::Epsilon), 20).unwrap();
+        let v_sched = Schedule::ddim(&cfg(Prediction::V), 20).unwrap();
+        let abar: Vec<f64> = (0..1000).map(|t| eps_sched.abar_of(t)).collect();
+        let x = Latent::from_shape_fn((1, 2, 2, 3, 3), |(_, c, f, h, w)| {
+            (c as f32 - 0.5) + 0.1 * (f + h) as f32 - 0.05 * w as f32
+        });
+        let cond = Conditioning::new(TextStates::zeros((1, 1, 1)));
+        let run = |sched: &Schedule, v: bool, invert: bool| {
+            let mut net = Analytic {
+                abar: abar.clone(),
+                mu: 0.3,
+                v,
+            };
+            let rc = RunConfig {
+                schedule: sched,
+                context: ContextConfig::off(),
+                eta: 0.0,
+                x0_source: None,
+                keep_trajectory: false,
+            };
+            let models = Models {
+                unet: &mut net,
+                adapter: None,
+            };
+            let out = if invert {
+                invert_fn(rc, models, &x, &cond)
+            } else {
+                sample(rc, models, &x, &cond, None, &mut no_progress).unwrap()
+            };
+            out.latent
+        };
+        fn invert_fn(rc: RunConfig, m: Models, x: &Latent, c: &Conditioning) -> Outcome {
+            invert(rc, m, x, c, &mut no_progress).unwrap()
+        }
+        for inv in [false, true] {
+            let a = run(&eps_sched, false, inv);
+            let b = run(&v_sched, true, inv);
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d < 1e-5, "invert = {inv}: epsilon vs v differ by {d}");
+        }
+    }
+
+    #[test]
+    fn edit_runs_each_prompt_from_one_inversion() {
+        let sched = Schedule::ddim(&cfg(Prediction::Epsilon), 5).unwrap();
+        let abar: Vec<f64> = (0..1000).map(|t| sched.abar_of(t)).collect();
+        let mut net = Analytic {
+            abar,
+            mu: 0.0,
+            v: false,
+        };
+        let x = Latent::from_elem((1, 1, 1, 2, 2), 0.5);
+        let prompts = vec![Conditioning::new(TextStates::zeros((1, 1, 1))); 3];
+        let mut seen = Vec::new();
+        let rc = RunConfig {
+            schedule: &sched,
+            context: ContextConfig::off(),
+            eta: 0.0,
+            x0_source: None,
+            keep_trajectory: false,
+        };
+        let outs = edit(
+            rc,
+            Models {
+                unet: &mut net,
+                adapter: None,
+            },
+            &x,
+            &prompts,
+            &mut |i, s| {
+                seen.push((i, s.index));
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+        assert_eq!(outs.len(), 3);
+        assert_eq!(seen.len(), 15);
+        assert_eq!(outs[0].latent, outs[2].latent);
+    }
 }

@@ -208,6 +208,47 @@ fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     format!(" (line {line}, column {col})")
 }
 
+impl ScheduleConfig {
+    /// The sampler's view of this schedule.
+    pub fn noise_config(&self) -> crate::diffusion::NoiseConfig {
+        use crate::diffusion::{BetaSchedule as B, NoiseConfig, Prediction as P};
+        NoiseConfig {
+            train_steps: self.train_steps,
+            beta_schedule: match self.beta_schedule {
+                BetaSchedule::Linear => B::Linear,
+                BetaSchedule::ScaledLinear => B::ScaledLinear,
+                BetaSchedule::SquaredcosCapV2 => B::SquaredcosCapV2,
+            },
+            beta_start: self.beta_start,
+            beta_end: self.beta_end,
+            prediction: match self.prediction_type {
+                PredictionType::Epsilon => P::Epsilon,
+                PredictionType::VPrediction => P::V,
+            },
+            set_alpha_to_one: self.set_alpha_to_one,
+            steps_offset: self.steps_offset,
+        }
+    }
+}
+
+impl ContextConfig {
+    pub fn k_schedule(&self) -> crate::diffusion::KSchedule {
+        match self.k_schedule {
+            KSchedule::ScaledSqrtOneMinusAbar => {
+                crate::diffusion::KSchedule::ScaledSqrtOneMinusAbar { scale: self.scale }
+            }
+            KSchedule::OneMinusSqrtAbar => crate::diffusion::KSchedule::OneMinusSqrtAbar,
+        }
+    }
+
+    pub fn convention(&self) -> crate::diffusion::Convention {
+        match self.convention {
+            Convention::U => crate::diffusion::Convention::U,
+            Convention::S => crate::diffusion::Convention::S,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod check;
 pub mod contract;
+pub mod denoise;
 pub mod error;
 pub mod manifest;
 pub mod network;
