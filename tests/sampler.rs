@@ -418,9 +418,9 @@ fn oracle_closed_forms() {
         let sd = (ch.mapv(|v| (v as f64 - m).powi(2)).mean().unwrap()).sqrt();
         let se = p / (ch.len() as f64).sqrt();
         assert!(
-            (m - q * RED[c]).abs() < 4.0 * se,
+            (m - q * red).abs() < 4.0 * se,
             "channel {c}: mean {m}, expected {}",
-            q * RED[c]
+            q * red
         );
         assert!(
             (sd - p).abs() < 4.0 * p / (2.0 * ch.len() as f64).sqrt(),
