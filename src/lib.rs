@@ -18,3 +18,4 @@ pub mod cli;
 pub mod diffusion;
 pub mod media;
 pub mod model;
+pub mod pipeline;

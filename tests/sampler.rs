@@ -16,6 +16,8 @@ use ndarray::{ArrayD, Ix5};
 use ndarray_npy::ReadNpyExt;
 use serde::Deserialize;
 
+use crate::util::ddim_affine;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -310,43 +312,6 @@ fn s_versus_u_identity() {
             idx.1
         );
     }
-}
-
-/// DDIM on the oracle is affine per element: x = P x_start + Q mu. (P, Q) follow the same
-/// recursion as the sampler, computed here in f64 with the schedule alone.
-fn ddim_affine(sched: &Schedule, invert: bool, sigma2: f64) -> (f64, f64) {
-    let (mut p, mut q) = (1.0f64, 0.0f64);
-    let mut ts = sched.timesteps().to_vec();
-    if invert {
-        ts.reverse();
-    }
-    for t in ts {
-        let a_t = sched.abar_of(t);
-        // The other end of the step: prev when sampling, cur when inverting.
-        let a_n = sched.abar_of(t - sched.ratio());
-        let coef = (1.0 - a_t).sqrt() / (a_t * sigma2 + 1.0 - a_t);
-        // eps = coef (x - sqrt(a_t) mu) = coef p x_s + coef (q - sqrt(a_t)) mu
-        let (ep, eq) = (coef * p, coef * (q - a_t.sqrt()));
-        if invert {
-            // x0 = (x - sqrt(1 - a_c) eps) / sqrt(a_c); x' = sqrt(a_t) x0 + sqrt(1 - a_t) eps
-            let a_c = a_n;
-            let (x0p, x0q) = (
-                (p - (1.0 - a_c).sqrt() * ep) / a_c.sqrt(),
-                (q - (1.0 - a_c).sqrt() * eq) / a_c.sqrt(),
-            );
-            p = a_t.sqrt() * x0p + (1.0 - a_t).sqrt() * ep;
-            q = a_t.sqrt() * x0q + (1.0 - a_t).sqrt() * eq;
-        } else {
-            let a_p = a_n;
-            let (x0p, x0q) = (
-                (p - (1.0 - a_t).sqrt() * ep) / a_t.sqrt(),
-                (q - (1.0 - a_t).sqrt() * eq) / a_t.sqrt(),
-            );
-            p = a_p.sqrt() * x0p + (1.0 - a_p).sqrt() * ep;
-            q = a_p.sqrt() * x0q + (1.0 - a_p).sqrt() * eq;
-        }
-    }
-    (p, q)
 }
 
 const RED: [f64; 4] = [0.6, -0.6, -0.6, 0.0];

@@ -7,4 +7,5 @@ mod media_errors;
 mod media_probe;
 mod media_roundtrip;
 mod models_cli;
+mod pipeline_edit;
 mod sampler;

@@ -1,0 +1,52 @@
+//! What one `ctxd edit` run does, fully resolved (from a `spec::JobSpec` plus the command
+//! line): the engine in `graph` reads only this.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::diffusion::ContextMode;
+use crate::media::{EncodeSettings, InputSpec};
+use crate::model::RuntimeOptions;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EditTarget {
+    pub name: String,
+    pub prompt: String,
+    pub negative: Option<String>,
+    pub guidance: f32,
+    pub seed: u64,
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct EditJob {
+    pub input: InputSpec,
+    pub bundle_dir: PathBuf,
+    pub runtime: RuntimeOptions,
+    /// Describes the input video; the inversion runs under it.
+    pub source_prompt: String,
+    /// One output each; all share one decode, one VAE encode and one inversion.
+    pub edits: Vec<EditTarget>,
+    pub steps: usize,
+    pub eta: f64,
+    pub context: ContextMode,
+    /// New frames per temporal window.
+    pub window: usize,
+    /// Frames of the previous window repeated as context at the start of the next.
+    pub overlap: usize,
+    /// The video's first frame joins every window as a shared anchor (sparse-causal attention
+    /// makes every frame attend to it, tying the windows together).
+    pub anchor: bool,
+    /// Processing resolution: short side (None: native), padded to `multiple`.
+    pub short_side: Option<u32>,
+    pub multiple: u32,
+    pub encode: EncodeSettings,
+    /// Compare outputs with the input (PSNR) in the report: the `reconstruct` preset.
+    pub measure_reconstruction: bool,
+    /// The resolved spec, for the report (values and which layer set them).
+    pub spec_json: serde_json::Value,
+    pub cancel: Arc<AtomicBool>,
+}
