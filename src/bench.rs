@@ -250,20 +250,14 @@ fn peak_rss_of_transcode(input: &Path, out: &Path, args: &MediaBenchArgs) -> Res
         .arg(input)
         .arg("-o")
         .arg(out)
-        .args(["--preset", &args.preset, "--crf", &args.crf.to_string()])
+        .args([
+            "--encoder-preset",
+            &args.preset,
+            "--crf",
+            &args.crf.to_string(),
+        ])
         .spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // wait4 gives this child's own rusage (RUSAGE_CHILDREN would be a running maximum).
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if rc != pid {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("ctxd transcode failed on {}", input.display());
-    }
-    Ok(usage.ru_maxrss as f64 / 1024.0)
+    wait_rss(child.id() as libc::pid_t)
 }
 
 #[derive(Args, Debug)]
@@ -394,4 +388,242 @@ pub fn sampler(args: &SamplerBenchArgs) -> Result<()> {
         println!("  sampler / UNet = {:.3}", r.sampler_share_of_unet);
     }
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PipelineBenchArgs {
+    /// Bundle for the throughput comparison.
+    #[arg(long, default_value = "models/tiny")]
+    pub bundle: PathBuf,
+    /// Length of the generated throughput clip (seconds, 640x360 at 24 fps).
+    #[arg(long, default_value_t = 4)]
+    pub seconds: u32,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Processing short side (small: the tiny UNet's attention is quadratic in pixels).
+    #[arg(long, default_value_t = 64)]
+    pub short_side: u32,
+    /// Lengths (seconds) of the two 720p clips for the memory comparison (oracle bundle).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![20, 120])]
+    pub memory_seconds: Vec<u32>,
+    #[arg(long)]
+    pub no_memory: bool,
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct PipelineBench {
+    bundle: String,
+    frames: u64,
+    staged_fps: f64,
+    sequential_fps: f64,
+    /// staged / sequential: above 1 means the overlap of stages pays.
+    overlap_gain: f64,
+    /// Per stage: busy seconds and the part inside ONNX Runtime (staged run).
+    stages: std::collections::BTreeMap<String, (f64, f64)>,
+    /// ONNX Runtime time summed over stages / busy time summed over stages.
+    onnx_share_of_busy: f64,
+    /// ONNX Runtime time summed over stages / wall time (can exceed 1: stages overlap).
+    onnx_per_wall: f64,
+    memory: Option<Memory>,
+}
+
+fn edit_job(
+    input: &Path,
+    bundle: &Path,
+    out: &Path,
+    steps: usize,
+    short_side: u32,
+    sequential: bool,
+) -> crate::pipeline::job::EditJob {
+    use crate::pipeline::job::{EditJob, EditTarget};
+    EditJob {
+        input: InputSpec::File(input.to_path_buf()),
+        bundle_dir: bundle.to_path_buf(),
+        runtime: crate::model::RuntimeOptions::default(),
+        source_prompt: "a video".into(),
+        edits: vec![EditTarget {
+            name: "bench".into(),
+            prompt: "a red car".into(),
+            negative: None,
+            guidance: 7.5,
+            seed: 0,
+            output: out.to_path_buf(),
+        }],
+        steps,
+        eta: 0.0,
+        context: crate::diffusion::ContextMode::Source,
+        window: 8,
+        overlap: 0,
+        anchor: true,
+        short_side: Some(short_side),
+        multiple: 16,
+        encode: EncodeSettings {
+            preset: Some("veryfast".into()),
+            ..Default::default()
+        },
+        measure_reconstruction: false,
+        spec_json: serde_json::Value::Null,
+        cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        sequential,
+    }
+}
+
+/// `ctxd bench pipeline`: the staged pipeline against the same stages without overlap, the
+/// share of time inside ONNX Runtime, and peak memory for a short versus a long input.
+pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
+    let tmp;
+    let dir = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let clip = dir.join(format!("pipe-{}s.mp4", args.seconds));
+    if !clip.exists() {
+        let status = Command::new("ffmpeg")
+            .args(["-nostdin", "-y", "-v", "error", "-f", "lavfi", "-i"])
+            .arg(format!(
+                "testsrc2=size=640x360:rate=24:duration={}",
+                args.seconds
+            ))
+            .args(["-c:v", "libx264", "-preset", "ultrafast"])
+            .arg(&clip)
+            .status()?;
+        if !status.success() {
+            bail!("ffmpeg failed to make {}", clip.display());
+        }
+    }
+    let staged = crate::pipeline::graph::run(
+        &edit_job(
+            &clip,
+            &args.bundle,
+            &dir.join("staged.mp4"),
+            args.steps,
+            args.short_side,
+            false,
+        ),
+        &|_| {},
+    )?;
+    let sequential = crate::pipeline::graph::run(
+        &edit_job(
+            &clip,
+            &args.bundle,
+            &dir.join("seq.mp4"),
+            args.steps,
+            args.short_side,
+            true,
+        ),
+        &|_| {},
+    )?;
+    let (s, q) = (&staged[0], &sequential[0]);
+    let stages: std::collections::BTreeMap<String, (f64, f64)> = s
+        .stages
+        .iter()
+        .map(|(k, v)| (k.clone(), (v.busy_s, v.onnx_s)))
+        .collect();
+    let onnx: f64 = stages.values().map(|v| v.1).sum();
+    let busy: f64 = stages.values().map(|v| v.0).sum();
+    let memory = if args.no_memory {
+        None
+    } else {
+        let [short, long] = args.memory_seconds[..] else {
+            bail!("--memory-seconds takes two lengths, e.g. 20,120");
+        };
+        let a = generate_clip(&dir, short)?;
+        let b = generate_clip(&dir, long)?;
+        let rss = |input: &Path, out: &Path| -> Result<f64> {
+            let exe = std::env::current_exe()?;
+            let child = Command::new(exe)
+                .args(["-q", "edit"])
+                .arg(input)
+                .args([
+                    "--bundle",
+                    "models/oracle",
+                    "--source",
+                    "gray",
+                    "--prompt",
+                    "red",
+                    "--steps",
+                    "4",
+                    "--context",
+                    "off",
+                ])
+                .args(["--short-side", "256"])
+                .arg("-o")
+                .arg(out)
+                .spawn()?;
+            wait_rss(child.id() as libc::pid_t)
+        };
+        let (ra, rb) = (
+            rss(&a, &dir.join("m-short.mp4"))?,
+            rss(&b, &dir.join("m-long.mp4"))?,
+        );
+        Some(Memory {
+            short_seconds: short,
+            long_seconds: long,
+            short_peak_rss_mib: ra,
+            long_peak_rss_mib: rb,
+            ratio: rb / ra,
+        })
+    };
+    let r = PipelineBench {
+        bundle: s.bundle.name.clone(),
+        frames: s.frames,
+        staged_fps: s.frames as f64 / s.wall_s,
+        sequential_fps: q.frames as f64 / q.wall_s,
+        overlap_gain: q.wall_s / s.wall_s,
+        onnx_share_of_busy: onnx / busy.max(1e-9),
+        onnx_per_wall: onnx / s.wall_s,
+        stages,
+        memory,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "pipeline bench ({}, {} frames, {} steps, short side {})",
+            r.bundle, r.frames, args.steps, args.short_side
+        );
+        println!("  staged:     {:.2} fps", r.staged_fps);
+        println!(
+            "  sequential: {:.2} fps   gain from overlap = {:.2}x",
+            r.sequential_fps, r.overlap_gain
+        );
+        println!(
+            "  ONNX Runtime: {:.0} % of stage busy time, {:.2}x wall time",
+            100.0 * r.onnx_share_of_busy,
+            r.onnx_per_wall
+        );
+        for (k, (b, o)) in &r.stages {
+            println!("    {k:<11} busy {b:>7.2} s  onnx {o:>7.2} s");
+        }
+        if let Some(m) = &r.memory {
+            println!(
+                "  peak RSS: {} s input {:.1} MiB, {} s input {:.1} MiB, ratio {:.2}",
+                m.short_seconds, m.short_peak_rss_mib, m.long_seconds, m.long_peak_rss_mib, m.ratio
+            );
+        }
+    }
+    Ok(())
+}
+
+fn wait_rss(pid: libc::pid_t) -> Result<f64> {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("child ctxd failed (status {status})");
+    }
+    Ok(usage.ru_maxrss as f64 / 1024.0)
 }

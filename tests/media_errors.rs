@@ -246,7 +246,7 @@ fn ctrl_c_leaves_no_output() {
         .arg(&src)
         .arg("-o")
         .arg(&out)
-        .args(["--preset", "veryslow"])
+        .args(["--encoder-preset", "veryslow"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

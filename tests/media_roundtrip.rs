@@ -318,7 +318,7 @@ fn webm_with_vp9() {
     let r = round_trip(
         &src,
         &d.path("out.webm"),
-        &["--preset", "ultrafast", "--crf", "20"],
+        &["--encoder-preset", "ultrafast", "--crf", "20"],
     );
     assert_eq!(r["output"]["encoder"], "libvpx-vp9");
     // AAC into webm is re-encoded to Opus.
@@ -332,7 +332,7 @@ fn webm_with_vp9() {
     let r = round_trip(
         &aac,
         &d.path("aac.webm"),
-        &["--preset", "ultrafast", "--crf", "20"],
+        &["--encoder-preset", "ultrafast", "--crf", "20"],
     );
     assert_eq!(r["output"]["audio"][0]["output_codec"], "opus");
 }
@@ -351,7 +351,7 @@ fn no_audio_and_h265_output() {
     let r = round_trip(
         &src,
         &d.path("out265.mp4"),
-        &["--codec", "h265", "--preset", "fast", "--crf", "14"],
+        &["--codec", "h265", "--encoder-preset", "fast", "--crf", "14"],
     );
     assert_eq!(r["output"]["video_codec"], "hevc");
 }

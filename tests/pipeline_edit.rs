@@ -53,6 +53,7 @@ pub fn job(
         measure_reconstruction: false,
         spec_json: serde_json::Value::Null,
         cancel: Arc::new(AtomicBool::new(false)),
+        sequential: false,
     }
 }
 
@@ -79,7 +80,7 @@ fn oracle_gray_to_red_has_the_predicted_colour() {
         "gray",
         20,
     );
-    let reports = graph::run(&j).unwrap();
+    let reports = graph::run(&j, &|_| {}).unwrap();
     assert_eq!(reports.len(), 1);
     let (w, h, rgb) = rgb_frames(&out);
     assert_eq!((w, h), (64, 48));
@@ -117,4 +118,253 @@ fn oracle_gray_to_red_has_the_predicted_colour() {
     }
     assert_eq!(reports[0].frames, 10);
     assert!(d.path("gray.red.json").exists(), "report beside the output");
+}
+
+fn gray_clip(d: &Dir, name: &str, seconds: f64, with_audio: bool) -> PathBuf {
+    let mut a = vec![
+        "-f".to_string(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("color=c=0x808080:size=96x64:rate=12:duration={seconds}"),
+    ];
+    if with_audio {
+        a.extend(tone(seconds, 48000));
+    }
+    let mut tail = vec!["-c:v", "libx264", "-pix_fmt", "yuv420p"];
+    if with_audio {
+        tail.extend(["-c:a", "aac", "-shortest"]);
+    }
+    d.ffmpeg(name, &strs(&args(&[&a], &tail)))
+}
+
+/// Flags shared by the CLI tests: the oracle bundle, few steps, small processing size.
+fn quick(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    cmd.args([
+        "--bundle",
+        "models/oracle",
+        "--steps",
+        "4",
+        "--short-side",
+        "64",
+        "--encoder-preset",
+        "veryfast",
+    ])
+}
+
+#[test]
+fn cli_edit_keeps_timing_and_audio_and_writes_reports() {
+    let d = Dir::new();
+    let src = gray_clip(&d, "clip.mp4", 2.0, true);
+    let out =
+        run_ok(quick(ctxd().arg("edit").arg(&src).args([
+            "--source", "gray", "--prompt", "red", "--prompt", "blue",
+        ])));
+    let _ = out;
+    for name in ["clip.red.mp4", "clip.blue.mp4"] {
+        let o = d.path(name);
+        assert_eq!(
+            frame_times(&o),
+            frame_times(&src),
+            "{name}: every frame at its time"
+        );
+        let p = ffprobe(&o);
+        assert_eq!(streams_of(&p, "audio").len(), 1, "{name}: audio kept");
+        let v = &streams_of(&p, "video")[0];
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(96), Some(64))
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path(&name.replace(".mp4", ".json"))).unwrap())
+                .unwrap();
+        assert_eq!(report["frames"], 24);
+        assert_eq!(report["bundle"]["name"], "oracle");
+        assert!(report["stages"]["invert"]["busy_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(report["job"]["provenance"]["steps"], "cli");
+    }
+    // Red and blue came from one inversion and differ as the prompts do.
+    let (_, _, red) = rgb_frames(&d.path("clip.red.mp4"));
+    let (_, _, blue) = rgb_frames(&d.path("clip.blue.mp4"));
+    assert!(
+        red[0] > 150 && red[2] < 100,
+        "red output is red: {:?}",
+        &red[..3]
+    );
+    assert!(
+        blue[2] > 150 && blue[0] < 100,
+        "blue output is blue: {:?}",
+        &blue[..3]
+    );
+}
+
+#[test]
+fn cli_edit_prompt_files_and_their_errors() {
+    let d = Dir::new();
+    let src = gray_clip(&d, "car.mp4", 1.0, false);
+    std::fs::write(
+        d.path("car.prompt.toml"),
+        "source = \"gray\"\n[[edit]]\nprompt = \"green\"\nname = \"go green\"\n",
+    )
+    .unwrap();
+    run_ok(quick(ctxd().arg("edit").arg(&src)));
+    assert!(d.path("car.go-green.mp4").exists(), "{:?}", d.listing());
+
+    std::fs::write(
+        d.path("car.prompt.toml"),
+        "source = \"gray\"\n[[edit]]\npromt = \"green\"\n",
+    )
+    .unwrap();
+    let (code, err) = run_err(quick(ctxd().arg("edit").arg(&src)));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("car.prompt.toml") && err.contains("promt"),
+        "{err}"
+    );
+
+    let txt = d.path("list.txt");
+    std::fs::write(&txt, "source: gray\nred\n# a comment\nwhite\n").unwrap();
+    run_ok(quick(
+        ctxd().arg("edit").arg(&src).arg("--prompt-file").arg(&txt),
+    ));
+    assert!(
+        d.path("car.red.mp4").exists() && d.path("car.white.mp4").exists(),
+        "{:?}",
+        d.listing()
+    );
+
+    let (code, err) = run_err(quick(
+        ctxd()
+            .arg("edit")
+            .arg(&src)
+            .args(["--preset", "nosuch", "--source", "x", "--prompt", "y"]),
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("nosuch") && err.contains("default"), "{err}");
+}
+
+#[test]
+fn cli_edit_from_stdin() {
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "s.mkv",
+        &strs(&args(
+            &[&[
+                "-f".into(),
+                "lavfi".into(),
+                "-i".into(),
+                "color=c=0x808080:size=64x64:rate=10:duration=1".into(),
+            ]],
+            &["-c:v", "libx264"],
+        )),
+    );
+    let out = d.path("piped.mp4");
+    let status = quick(
+        ctxd()
+            .args(["edit", "-", "--source", "gray", "--prompt", "red", "-o"])
+            .arg(&out),
+    )
+    .stdin(std::fs::File::open(&src).unwrap())
+    .status()
+    .unwrap();
+    assert!(status.success());
+    assert_eq!(frame_times(&out).len(), 10);
+}
+
+#[test]
+fn cli_edit_ctrl_c_leaves_no_output() {
+    let d = Dir::new();
+    let src = gray_clip(&d, "long.mp4", 30.0, false);
+    let child = ctxd()
+        .arg("edit")
+        .arg(&src)
+        .args([
+            "--bundle",
+            "models/oracle",
+            "--steps",
+            "50",
+            "--short-side",
+            "0",
+            "--source",
+            "gray",
+            "--prompt",
+            "red",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !d.listing().iter().any(|n| n.ends_with(".part")) {
+        assert!(started.elapsed().as_secs() < 60, "edit never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cancelled"));
+    assert_eq!(d.listing(), vec!["long.mp4"], "nothing half-written left");
+}
+
+#[test]
+fn cli_edit_tiny_bundle_on_a_real_clip() {
+    let Some(src) = shared_media("car-turn.mp4") else {
+        return;
+    };
+    let d = Dir::new();
+    let out = d.path("car.mp4");
+    run_ok(
+        ctxd()
+            .arg("edit")
+            .arg(&src)
+            .args([
+                "--bundle",
+                "models/tiny",
+                "--preset",
+                "fast",
+                "--steps",
+                "2",
+                "--short-side",
+                "32",
+            ])
+            .args([
+                "--source",
+                "a car turning",
+                "--prompt",
+                "a red car turning",
+                "--context",
+                "x0_pred",
+                "-o",
+            ])
+            .arg(&out),
+    );
+    assert_eq!(frame_times(&out), frame_times(&src));
+    let p = probe(&out);
+    assert_eq!(
+        (
+            p["video"]["display_width"].as_u64(),
+            p["video"]["display_height"].as_u64()
+        ),
+        (Some(480), Some(480))
+    );
+}
+
+#[test]
+fn cli_reconstruct_preset_reports_psnr() {
+    let d = Dir::new();
+    let src = gray_clip(&d, "r.mp4", 1.0, false);
+    run_ok(quick(ctxd().arg("edit").arg(&src).args([
+        "--preset",
+        "reconstruct",
+        "--source",
+        "gray",
+        "--context",
+        "off",
+    ])));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path("r.reconstruct.json")).unwrap()).unwrap();
+    let psnr = report["quality"]["reconstruction_psnr_db"]
+        .as_f64()
+        .unwrap();
+    // The oracle inverts and resamples a flat gray almost exactly (a few 8-bit levels at 4 steps).
+    assert!(psnr > 30.0, "reconstruction PSNR {psnr}");
 }

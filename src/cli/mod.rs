@@ -7,6 +7,8 @@
 //!
 //! Errors print as one line: `ctxd: <what>: <cause>`.
 
+pub mod edit;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Edit a video with text prompts: one output per prompt, sharing one decode, one VAE
+    /// encode and one inversion; a JSON report beside each output.
+    Edit(Box<edit::EditArgs>),
     /// Print what a video holds as JSON: container, duration, video stream (codec, sizes,
     /// pixel format, frame rate, frame count, VFR, rotation), audio streams.
     Probe {
@@ -81,6 +86,9 @@ enum BenchCommand {
     Media(crate::bench::MediaBenchArgs),
     /// The sampler's own time per step (outside ONNX Runtime) against the UNet's.
     Sampler(crate::bench::SamplerBenchArgs),
+    /// The staged pipeline against the same stages without overlap; ONNX Runtime's share;
+    /// peak memory for a short versus a long input.
+    Pipeline(crate::bench::PipelineBenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,8 +142,8 @@ pub struct EncodeArgs {
     /// Constant rate factor (lower is better quality; default 18 for h264).
     #[arg(long)]
     pub crf: Option<u32>,
-    /// Encoder preset: ultrafast … veryslow (default medium).
-    #[arg(long)]
+    /// Video encoder preset: ultrafast … veryslow (default medium).
+    #[arg(id = "encoder_preset", long = "encoder-preset")]
     pub preset: Option<String>,
     /// Output pixel format (default: the source's when the encoder takes it).
     #[arg(long = "pix-fmt")]
@@ -196,10 +204,32 @@ impl From<ModelError> for Failure {
     }
 }
 
+impl From<crate::pipeline::spec::SpecError> for Failure {
+    fn from(e: crate::pipeline::spec::SpecError) -> Self {
+        Failure::Usage(e.into())
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    match run(cli.command) {
+    let quiet = cli.quiet;
+    let result = match cli.command {
+        Command::Edit(args) => {
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = cancel.clone();
+            let _ = ctrlc_flag(move || flag.store(true, Ordering::Relaxed));
+            edit::run(&args, cancel, quiet).map_err(|(usage, e)| {
+                if usage {
+                    Failure::Usage(e)
+                } else {
+                    Failure::Job(e)
+                }
+            })
+        }
+        other => run(other),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Job(e)) => {
             eprintln!("ctxd: {e:#}");
@@ -224,6 +254,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
+        Command::Edit(_) => unreachable!("handled in main"),
         Command::Probe { input, fast } => {
             let probe = media::probe(&InputSpec::parse(&input), fast)?;
             print_json(&probe)
@@ -312,6 +343,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { what } => match what {
             BenchCommand::Media(args) => crate::bench::media(&args).map_err(Failure::Job),
             BenchCommand::Sampler(args) => crate::bench::sampler(&args).map_err(Failure::Job),
+            BenchCommand::Pipeline(args) => crate::bench::pipeline(&args).map_err(Failure::Job),
         },
     }
 }
@@ -340,4 +372,13 @@ fn ctrlc_flag(on_signal: impl Fn() + Send + 'static) -> std::io::Result<()> {
             })
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

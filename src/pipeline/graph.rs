@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use super::job::EditJob;
+use super::job::{EditJob, Progress};
 use super::report::{report_path, BundleInfo, EditReport, PsnrAccumulator, Quality};
 use super::stages::{self, EditCondition, PrepareConfig, SamplerSetup, StageError, StageStats};
 use crate::diffusion::{Conditioning, ContextConfig, FinalK, Schedule};
@@ -36,7 +36,7 @@ pub enum PipelineError {
 /// # Errors
 /// The first failure, by stage order, naming the stage (or the file) and the cause. No output
 /// is left on error or cancellation.
-pub fn run(job: &EditJob) -> Result<Vec<EditReport>, PipelineError> {
+pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>, PipelineError> {
     let started = Instant::now();
     if job.edits.is_empty() {
         return Err(PipelineError::Config(
@@ -117,6 +117,14 @@ pub fn run(job: &EditJob) -> Result<Vec<EditReport>, PipelineError> {
         sinks.push(VideoSink::create(&e.output, &layout, &job.encode)?);
     }
 
+    // Sequential baseline: one token in circulation; decode takes it before each window and
+    // the mux returns it after writing that window.
+    let (token_tx, token_rx) = bounded::<()>(1);
+    if job.sequential {
+        token_tx.send(()).expect("fresh channel has room");
+    }
+    let tokens = job.sequential.then_some(token_rx);
+    let frames_total = layout.probe.video.frame_count;
     let (tx_frames, rx_frames) = bounded(1);
     let (tx_lat, rx_lat) = bounded(1);
     let (tx_inv, rx_inv) = bounded(1);
@@ -134,7 +142,7 @@ pub fn run(job: &EditJob) -> Result<Vec<EditReport>, PipelineError> {
             (
                 "decode",
                 spawn(scope, "decode", move || {
-                    stages::decode(source, window, cancel, tx_frames)
+                    stages::decode(source, window, cancel, tokens, tx_frames)
                 }),
             ),
             (
@@ -209,7 +217,15 @@ pub fn run(job: &EditJob) -> Result<Vec<EditReport>, PipelineError> {
                 }
                 frames_written += w.sources.len() as u64;
                 windows += 1;
-                tracing::info!("window {} done ({} frames so far)", w.index, frames_written);
+                progress(Progress {
+                    windows_done: windows,
+                    frames_done: frames_written,
+                    frames_total,
+                });
+                if job.sequential {
+                    // The decoder may have finished; then nobody needs the token.
+                    let _ = token_tx.try_send(());
+                }
                 while let Ok(p) = audio_rx.try_recv() {
                     write_audio_all(&mut sinks, p).map_err(|m| e(m.to_string()))?;
                 }

@@ -49,4 +49,16 @@ pub struct EditJob {
     /// The resolved spec, for the report (values and which layer set them).
     pub spec_json: serde_json::Value,
     pub cancel: Arc<AtomicBool>,
+    /// Benchmark baseline: each window goes through every stage before the next one starts
+    /// (the same stages and threads, with the overlap removed).
+    pub sequential: bool,
+}
+
+/// Progress, reported after each window is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub windows_done: usize,
+    pub frames_done: u64,
+    /// From the container or a packet scan, when known.
+    pub frames_total: Option<u64>,
 }

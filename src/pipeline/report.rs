@@ -21,7 +21,7 @@ pub struct BundleInfo {
 #[derive(Debug, Default, Serialize)]
 pub struct Quality {
     /// PSNR (dB, RGB) of the output against the input: the `reconstruct` preset's fidelity
-    /// check (inversion + sampling with the source prompt).
+    /// check (inversion + sampling with the source prompt). Capped at 100 dB. Capped at 100 dB.
     pub reconstruction_psnr_db: Option<f64>,
 }
 
@@ -68,10 +68,11 @@ impl PsnrAccumulator {
             return None;
         }
         let mse = self.sum_sq / self.count as f64;
+        // Identical frames have infinite PSNR, which JSON cannot hold: cap at 100 dB.
         Some(if mse == 0.0 {
-            f64::INFINITY
+            100.0
         } else {
-            10.0 * (255.0f64 * 255.0 / mse).log10()
+            (10.0 * (255.0f64 * 255.0 / mse).log10()).min(100.0)
         })
     }
 }

@@ -86,6 +86,7 @@ pub fn decode(
     mut source: VideoSource,
     window: usize,
     cancel: &AtomicBool,
+    tokens: Option<Receiver<()>>,
     tx: Sender<WindowFrames>,
 ) -> StageResult {
     let e = err("decode");
@@ -96,6 +97,14 @@ pub fn decode(
     for frame in source.by_ref() {
         if cancel.load(Ordering::Relaxed) {
             return Err(e("cancelled".into()));
+        }
+        if batch.is_empty() {
+            if let Some(t) = &tokens {
+                // Sequential baseline: wait until the previous window is fully written.
+                if t.recv().is_err() {
+                    return Ok(stats);
+                }
+            }
         }
         batch.push(frame.map_err(|m| e(m.to_string()))?);
         if batch.len() == window {

@@ -1,0 +1,288 @@
+//! `ctxd edit`: flags → `spec::JobSpec` (merged with the preset, the folder's defaults and the
+//! sidecar) → `pipeline::job::EditJob` → the staged pipeline, with a progress bar on a
+//! terminal and plain lines otherwise.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+
+use super::{EncodeArgs, RuntimeArgs};
+use crate::diffusion::ContextMode;
+use crate::media::InputSpec;
+use crate::pipeline::graph;
+use crate::pipeline::job::{EditJob, EditTarget, Progress};
+use crate::pipeline::spec::{self, CliOverrides, JobSpec, Preset, PromptFile};
+
+#[derive(Args, Debug)]
+pub struct EditArgs {
+    /// The video: a file, `-` for stdin, or a URL FFmpeg opens.
+    pub input: String,
+    /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Pipeline preset: a name in pipelines/ (default, fast, reconstruct) or a TOML file.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// What the input shows (the inversion prompt).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Target prompt; repeat for several outputs (they share one inversion).
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+    /// Negative prompt (the unconditional branch of guidance).
+    #[arg(long)]
+    pub negative: Option<String>,
+    /// Prompt file (TOML, JSON or .txt) instead of the input's sidecar.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// off, source or x0_pred.
+    #[arg(long, value_parser = parse_context)]
+    pub context: Option<ContextMode>,
+    /// Processing resolution: the short side in pixels (0: native size).
+    #[arg(long)]
+    pub short_side: Option<u32>,
+    /// Output file (with several prompts: <stem>.<edit>.<ext> beside it).
+    #[arg(short, long, conflicts_with = "out_dir")]
+    pub output: Option<PathBuf>,
+    /// Output folder: <input stem>.<edit>.<ext> (default: beside the input).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+}
+
+fn parse_context(s: &str) -> Result<ContextMode, String> {
+    s.parse()
+}
+
+/// Where presets and bundles live: `$CTXD_HOME`, else the current folder when it has
+/// `pipelines/`, else the source tree ctxd was built from.
+pub fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("CTXD_HOME") {
+        return PathBuf::from(h);
+    }
+    if Path::new("pipelines").is_dir() {
+        return PathBuf::from(".");
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A usage or configuration problem (exit 2), as opposed to a failed job (exit 1).
+#[derive(Debug)]
+pub struct UsageError(pub anyhow::Error);
+
+/// Resolves everything into an `EditJob` (errors here are configuration errors).
+pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
+    let home = home();
+    let pipelines = home.join("pipelines");
+    let input = InputSpec::parse(&args.input);
+    let cli = CliOverrides {
+        preset: args.preset.clone(),
+        source: args.source.clone(),
+        prompts: args.prompts.clone(),
+        negative: args.negative.clone(),
+        guidance: args.guidance,
+        steps: args.steps,
+        seed: args.seed,
+        context: args.context,
+    };
+    let spec = match (&args.prompt_file, input.as_path()) {
+        (Some(file), _) => {
+            let preset = Preset::load(
+                cli.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
+                &pipelines,
+            )?;
+            let pf = PromptFile::load(file)?;
+            JobSpec::resolve(&preset, None, Some(&pf), &cli)?
+        }
+        (None, Some(video)) => JobSpec::for_video(video, &pipelines, &cli)?,
+        (None, None) => {
+            let preset = Preset::load(
+                cli.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
+                &pipelines,
+            )?;
+            JobSpec::resolve(&preset, None, None, &cli)?
+        }
+    };
+    // One inversion serves every edit, so they must agree on what shapes it.
+    let first = &spec.edits[0];
+    if let Some(e) = spec
+        .edits
+        .iter()
+        .find(|e| e.steps != first.steps || e.context != first.context)
+    {
+        bail!(
+            "edits '{}' and '{}' differ in steps or context mode; edits of one video share one inversion, so give them the same",
+            first.name,
+            e.name
+        );
+    }
+
+    let (stem, ext) = match input.as_path() {
+        Some(p) => (
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "video".into()),
+            p.extension()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "mp4".into()),
+        ),
+        None => ("stdin".to_string(), "mp4".to_string()),
+    };
+    let outputs: Vec<PathBuf> = match (&args.output, &args.out_dir) {
+        (Some(o), _) if spec.edits.len() == 1 => vec![o.clone()],
+        (Some(o), _) => {
+            let dir = o.parent().map(Path::to_path_buf).unwrap_or_default();
+            let ostem = o
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or(stem.clone());
+            let oext = o
+                .extension()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or(ext.clone());
+            spec.edits
+                .iter()
+                .map(|e| spec::output_path(&dir, &ostem, &e.name, &oext))
+                .collect()
+        }
+        (None, dir) => {
+            let dir = match (dir, input.as_path()) {
+                (Some(d), _) => d.clone(),
+                (None, Some(p)) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+                (None, None) => bail!(
+                    "reading from stdin: say where the output goes with -o FILE or --out-dir DIR"
+                ),
+            };
+            spec.edits
+                .iter()
+                .map(|e| spec::output_path(&dir, &stem, &e.name, &ext))
+                .collect()
+        }
+    };
+    let bundle_dir = args
+        .bundle
+        .clone()
+        .or_else(|| spec.bundle.clone())
+        .or_else(|| std::env::var_os("CTXD_BUNDLE").map(PathBuf::from))
+        .unwrap_or_else(|| home.join("models/oracle"));
+    let short_side = match args.short_side {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => spec.short_side,
+    };
+    let spec_json = serde_json::to_value(&spec).context("serialising the job spec")?;
+    Ok(EditJob {
+        input,
+        bundle_dir,
+        runtime: args.runtime.options(),
+        source_prompt: spec.source.clone(),
+        edits: spec
+            .edits
+            .iter()
+            .zip(outputs)
+            .map(|(e, output)| EditTarget {
+                name: e.name.clone(),
+                prompt: e.prompt.clone(),
+                negative: e.negative.clone(),
+                guidance: e.guidance,
+                seed: e.seed,
+                output,
+            })
+            .collect(),
+        steps: first.steps,
+        eta: spec.eta,
+        context: first.context,
+        window: spec.window,
+        overlap: spec.overlap,
+        anchor: spec.anchor,
+        short_side,
+        multiple: spec.multiple,
+        encode: args.encode.settings(),
+        measure_reconstruction: spec.reconstruct,
+        spec_json,
+        cancel,
+        sequential: false,
+    })
+}
+
+/// Runs the edit with progress on stderr (a bar on a terminal, lines otherwise).
+pub fn run(
+    args: &EditArgs,
+    cancel: Arc<AtomicBool>,
+    quiet: bool,
+) -> Result<(), (bool, anyhow::Error)> {
+    let job = build_job(args, cancel.clone()).map_err(|e| (true, e))?;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} frames, ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(format!("editing {}", job.input));
+        b
+    };
+    let terminal = bar.is_hidden() && !quiet;
+    let on_progress = |p: Progress| {
+        if let Some(t) = p.frames_total {
+            bar.set_length(t);
+        }
+        bar.set_position(p.frames_done);
+        if terminal {
+            match p.frames_total {
+                Some(t) => eprintln!(
+                    "ctxd: window {} done, {}/{} frames",
+                    p.windows_done, p.frames_done, t
+                ),
+                None => eprintln!(
+                    "ctxd: window {} done, {} frames",
+                    p.windows_done, p.frames_done
+                ),
+            }
+        }
+    };
+    let reports = graph::run(&job, &on_progress).map_err(|e| {
+        bar.abandon();
+        let usage = matches!(
+            e,
+            graph::PipelineError::Config(_) | graph::PipelineError::Model(_)
+        ) || matches!(&e, graph::PipelineError::Media(m) if matches!(m, crate::media::MediaError::Settings(_)));
+        (usage, anyhow!(e))
+    })?;
+    bar.finish_and_clear();
+    if cancel.load(Ordering::Relaxed) {
+        return Err((false, anyhow!("cancelled")));
+    }
+    if !quiet {
+        for r in &reports {
+            let psnr = r
+                .quality
+                .reconstruction_psnr_db
+                .map(|p| format!(", reconstruction PSNR {p:.2} dB"))
+                .unwrap_or_default();
+            eprintln!(
+                "ctxd: wrote {} ({} frames, {:.1} s{psnr})",
+                r.output.path.display(),
+                r.frames,
+                r.wall_s
+            );
+        }
+    }
+    Ok(())
+}
