@@ -11,7 +11,9 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use super::job::{EditJob, Progress};
-use super::report::{report_path, BundleInfo, EditReport, PsnrAccumulator, Quality};
+use super::report::{
+    report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
+};
 use super::stages::{self, EditCondition, PrepareConfig, SamplerSetup, StageError, StageStats};
 use crate::diffusion::{Conditioning, ContextConfig, FinalK, Schedule};
 use crate::media::scale::{Letterbox, Resizer};
@@ -133,6 +135,8 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     let cancel = &*job.cancel;
     let scale = m.latent.scale_factor;
     let mut psnr: Vec<PsnrAccumulator> = vec![PsnrAccumulator::default(); job.edits.len()];
+    let mut temporal: Vec<TemporalAccumulator> =
+        vec![TemporalAccumulator::default(); job.edits.len()];
     let mut frames_written = 0u64;
     let mut windows = 0usize;
 
@@ -209,6 +213,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
                     for f in frames {
                         sinks[i].write_video(f).map_err(|m| e(m.to_string()))?;
                     }
+                    temporal[i].add_window(frames, &w.sources);
                     if job.measure_reconstruction {
                         for (out, src) in frames.iter().zip(&w.sources) {
                             psnr[i].add(&out.data, &src.data);
@@ -277,7 +282,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     }
     let mut reports = Vec::new();
     let hashes: BTreeMap<String, String> = bundle.hashes().into_iter().collect();
-    for ((sink, edit), acc) in sinks.into_iter().zip(&job.edits).zip(&psnr) {
+    for (((sink, edit), acc), temp) in sinks.into_iter().zip(&job.edits).zip(&psnr).zip(&temporal) {
         let summary = sink.finish()?;
         let report = EditReport {
             ctxd_version: env!("CARGO_PKG_VERSION"),
@@ -297,6 +302,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             wall_s: started.elapsed().as_secs_f64(),
             stages: stage_stats.clone(),
             quality: Quality {
+                temporal: temp.result(),
                 reconstruction_psnr_db: if job.measure_reconstruction {
                     acc.psnr()
                 } else {

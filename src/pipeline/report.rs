@@ -18,8 +18,73 @@ pub struct BundleInfo {
     pub providers: BTreeMap<String, String>,
 }
 
+/// Frame-to-frame change (mean absolute RGB difference of consecutive frames, 0–255), for
+/// pairs inside a temporal window and pairs across a window boundary, in the output and in the
+/// source. Flicker introduced at boundaries shows as `boundary_excess > 0`: the output changes
+/// more across boundaries than inside windows, beyond what the source does.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Temporal {
+    pub output_inside: f64,
+    pub output_boundary: f64,
+    pub source_inside: f64,
+    pub source_boundary: f64,
+    pub boundary_excess: f64,
+}
+
+/// Accumulates `Temporal` for one output as windows arrive.
+#[derive(Debug, Default, Clone)]
+pub struct TemporalAccumulator {
+    last: Option<(Vec<u8>, Vec<u8>)>,
+    sums: [f64; 4],
+    counts: [u64; 2],
+}
+
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y) as f64)
+        .sum::<f64>()
+        / a.len().max(1) as f64
+}
+
+impl TemporalAccumulator {
+    /// One window's output frames and the matching source frames.
+    pub fn add_window(&mut self, out: &[crate::media::RgbFrame], src: &[crate::media::RgbFrame]) {
+        for (i, (o, s)) in out.iter().zip(src).enumerate() {
+            if let Some((lo, ls)) = &self.last {
+                let k = usize::from(i == 0); // 1: across a boundary
+                self.sums[2 * k] += mean_abs_diff(&o.data, lo);
+                self.sums[2 * k + 1] += mean_abs_diff(&s.data, ls);
+                self.counts[k] += 1;
+            }
+            self.last = Some((o.data.clone(), s.data.clone()));
+        }
+    }
+
+    pub fn result(&self) -> Option<Temporal> {
+        if self.counts[0] == 0 || self.counts[1] == 0 {
+            return None;
+        }
+        let avg = |sum: f64, n: u64| sum / n as f64;
+        let t = Temporal {
+            output_inside: avg(self.sums[0], self.counts[0]),
+            source_inside: avg(self.sums[1], self.counts[0]),
+            output_boundary: avg(self.sums[2], self.counts[1]),
+            source_boundary: avg(self.sums[3], self.counts[1]),
+            boundary_excess: 0.0,
+        };
+        Some(Temporal {
+            boundary_excess: (t.output_boundary - t.source_boundary)
+                - (t.output_inside - t.source_inside),
+            ..t
+        })
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Quality {
+    /// Flicker at window boundaries against inside windows (None with a single window).
+    pub temporal: Option<Temporal>,
     /// PSNR (dB, RGB) of the output against the input: the `reconstruct` preset's fidelity
     /// check (inversion + sampling with the source prompt). Capped at 100 dB. Capped at 100 dB.
     pub reconstruction_psnr_db: Option<f64>,
