@@ -338,6 +338,19 @@ fn cli_edit_tiny_bundle_on_a_real_clip() {
             .arg(&out),
     );
     assert_eq!(frame_times(&out), frame_times(&src));
+    // The tiny bundle has a CLIP pair: the report carries CLIP-T and CLIP-F.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path("car.json")).unwrap()).unwrap();
+    let q = &report["quality"];
+    let (t, f) = (
+        q["clip"]["clip_t"].as_f64().unwrap(),
+        q["clip"]["clip_f"].as_f64().unwrap(),
+    );
+    assert!(
+        (-1.0..=1.0).contains(&t) && (-1.0..=1.0).contains(&f),
+        "clip_t {t}, clip_f {f}"
+    );
+    assert!(q["temporal"]["output_inside"].as_f64().unwrap() > 0.0);
     let p = probe(&out);
     assert_eq!(
         (

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
+use super::clip::{self, ClipAccumulator, ClipScorer};
 use super::job::{EditJob, Progress};
 use super::report::{
     report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
@@ -114,6 +115,18 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     providers.insert("unet".to_string(), unet_inv.0.provider().to_string());
     providers.insert("vae".to_string(), vae_enc.provider().to_string());
 
+    // CLIP-T / CLIP-F when the bundle has a CLIP pair.
+    let clip_scorer = ClipScorer::load(&bundle, opts)?;
+    let mut clip_acc: Vec<Option<ClipAccumulator>> = Vec::new();
+    for e in &job.edits {
+        clip_acc.push(match &clip_scorer {
+            Some(_) => Some(ClipAccumulator::new(clip::text_embedding(
+                &bundle, opts, &e.prompt,
+            )?)),
+            None => None,
+        });
+    }
+
     let mut sinks = Vec::new();
     for e in &job.edits {
         sinks.push(VideoSink::create(&e.output, &layout, &job.encode)?);
@@ -196,7 +209,14 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             (
                 "vae-decode",
                 spawn(scope, "vae-decode", move || {
-                    stages::decode_finish(Resizer::new(geometry), scale, vae_dec, rx_edit, tx_out)
+                    stages::decode_finish(
+                        Resizer::new(geometry),
+                        scale,
+                        vae_dec,
+                        clip_scorer,
+                        rx_edit,
+                        tx_out,
+                    )
                 }),
             ),
         ];
@@ -214,6 +234,9 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
                         sinks[i].write_video(f).map_err(|m| e(m.to_string()))?;
                     }
                     temporal[i].add_window(frames, &w.sources);
+                    if let (Some(acc), Some(emb)) = (clip_acc[i].as_mut(), w.clip.get(i)) {
+                        acc.add(emb);
+                    }
                     if job.measure_reconstruction {
                         for (out, src) in frames.iter().zip(&w.sources) {
                             psnr[i].add(&out.data, &src.data);
@@ -282,7 +305,13 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     }
     let mut reports = Vec::new();
     let hashes: BTreeMap<String, String> = bundle.hashes().into_iter().collect();
-    for (((sink, edit), acc), temp) in sinks.into_iter().zip(&job.edits).zip(&psnr).zip(&temporal) {
+    for ((((sink, edit), acc), temp), clip_scores) in sinks
+        .into_iter()
+        .zip(&job.edits)
+        .zip(&psnr)
+        .zip(&temporal)
+        .zip(&clip_acc)
+    {
         let summary = sink.finish()?;
         let report = EditReport {
             ctxd_version: env!("CARGO_PKG_VERSION"),
@@ -303,6 +332,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             stages: stage_stats.clone(),
             quality: Quality {
                 temporal: temp.result(),
+                clip: clip_scores.as_ref().and_then(ClipAccumulator::result),
                 reconstruction_psnr_db: if job.measure_reconstruction {
                     acc.psnr()
                 } else {

@@ -3,6 +3,7 @@
 //! - `spec`: presets, prompt files and job specs (precedence preset < folder defaults <
 //!   sidecar < command line)
 
+pub mod clip;
 pub mod graph;
 pub mod job;
 pub mod report;

@@ -85,6 +85,8 @@ impl TemporalAccumulator {
 pub struct Quality {
     /// Flicker at window boundaries against inside windows (None with a single window).
     pub temporal: Option<Temporal>,
+    /// CLIP-T and CLIP-F, when the bundle has a CLIP image/text pair.
+    pub clip: Option<super::clip::ClipScores>,
     /// PSNR (dB, RGB) of the output against the input: the `reconstruct` preset's fidelity
     /// check (inversion + sampling with the source prompt). Capped at 100 dB. Capped at 100 dB.
     pub reconstruction_psnr_db: Option<f64>,

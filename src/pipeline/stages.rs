@@ -75,6 +75,8 @@ pub struct WindowOutput {
     pub index: usize,
     pub sources: Vec<RgbFrame>,
     pub per_edit: Vec<Vec<RgbFrame>>,
+    /// CLIP image embeddings of the output frames, per edit (empty without a CLIP pair).
+    pub clip: Vec<Vec<Vec<f32>>>,
 }
 
 /// Sends, or reports that downstream is gone (it failed, and says why itself).
@@ -354,6 +356,7 @@ pub fn decode_finish(
     mut resizer: Resizer,
     scale_factor: f32,
     mut vae: Network,
+    mut clip: Option<super::clip::ClipScorer>,
     rx: Receiver<WindowEdited>,
     tx: Sender<WindowOutput>,
 ) -> StageResult {
@@ -362,6 +365,7 @@ pub fn decode_finish(
     for w in rx.iter() {
         let t0 = Instant::now();
         let mut per_edit = Vec::with_capacity(w.per_edit.len());
+        let mut clip_embeds = Vec::new();
         for lat in &w.per_edit {
             let frames_lat =
                 tensor::to_frame_latents(&lat.slice(s![.., .., w.context.., .., ..]).to_owned())
@@ -389,6 +393,9 @@ pub fn decode_finish(
                 .map(|f| resizer.restore(f))
                 .collect::<Result<_, _>>()
                 .map_err(|m| e(m.to_string()))?;
+            if let Some(c) = clip.as_mut() {
+                clip_embeds.push(c.embed(&restored).map_err(&e)?);
+            }
             per_edit.push(restored);
         }
         stats.busy_s += t0.elapsed().as_secs_f64();
@@ -399,6 +406,7 @@ pub fn decode_finish(
                 index: w.index,
                 sources: w.frames,
                 per_edit,
+                clip: clip_embeds,
             },
         ) {
             break;
