@@ -99,6 +99,11 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         eta: job.eta,
     };
     // Sessions, one set per stage (built before any thread starts, so a bad bundle fails first).
+    // Stages run at the same time, so they share the cores: unless the user fixed a thread
+    // count, each stage's sessions get half of them (the two UNet stages dominate), where one
+    // stage at a time (the sequential baseline) gets them all.
+    let stage_opts = stage_runtime(&job.runtime, job.sequential);
+    let opts = &stage_opts;
     let vae_enc = bundle.load(Kind::VaeEncoder, opts)?;
     let vae_dec = bundle.load(Kind::VaeDecoder, opts)?;
     let load_adapter = || -> Result<Option<Adapter>, ModelError> {
@@ -227,8 +232,9 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
                 stage: "mux",
                 cause: c,
             };
-            let t0 = Instant::now();
+            let mut busy = 0.0;
             for w in rx_out.iter() {
+                let t0 = Instant::now();
                 for (i, frames) in w.per_edit.iter().enumerate() {
                     for f in frames {
                         sinks[i].write_video(f).map_err(|m| e(m.to_string()))?;
@@ -257,9 +263,10 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
                 while let Ok(p) = audio_rx.try_recv() {
                     write_audio_all(&mut sinks, p).map_err(|m| e(m.to_string()))?;
                 }
+                busy += t0.elapsed().as_secs_f64();
             }
             Ok(StageStats {
-                busy_s: t0.elapsed().as_secs_f64(),
+                busy_s: busy,
                 onnx_s: 0.0,
                 windows,
             })
@@ -351,6 +358,20 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         reports.push(report);
     }
     Ok(reports)
+}
+
+fn stage_runtime(
+    user: &crate::model::RuntimeOptions,
+    sequential: bool,
+) -> crate::model::RuntimeOptions {
+    let mut o = user.clone();
+    if o.intra_threads.is_none() && !sequential {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        o.intra_threads = Some((cores / 2).max(1));
+    }
+    o
 }
 
 fn spawn<'scope, F>(

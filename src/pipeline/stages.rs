@@ -92,8 +92,8 @@ pub fn decode(
     tx: Sender<WindowFrames>,
 ) -> StageResult {
     let e = err("decode");
-    let start = Instant::now();
     let mut stats = StageStats::default();
+    let mut working = Instant::now();
     let mut batch = Vec::with_capacity(window);
     let mut index = 0;
     for frame in source.by_ref() {
@@ -111,6 +111,8 @@ pub fn decode(
         batch.push(frame.map_err(|m| e(m.to_string()))?);
         if batch.len() == window {
             stats.windows += 1;
+            // Busy = decoding, not waiting for the next stage to take the window.
+            stats.busy_s += working.elapsed().as_secs_f64();
             if !send(
                 &tx,
                 WindowFrames {
@@ -121,6 +123,7 @@ pub fn decode(
                 return Ok(stats);
             }
             index += 1;
+            working = Instant::now();
         }
     }
     if !batch.is_empty() {
@@ -133,7 +136,7 @@ pub fn decode(
             },
         );
     }
-    stats.busy_s = start.elapsed().as_secs_f64();
+    stats.busy_s += working.elapsed().as_secs_f64();
     Ok(stats)
 }
 
