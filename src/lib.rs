@@ -4,13 +4,16 @@
 //! Modules in stage order:
 //! - [`media`]: FFmpeg: probe, streaming decode to RGB frames, encode/mux with the source's
 //!   timing, audio and tags, resizing to the processing resolution and back.
+//! - [`model`]: model bundles (`bundle.toml`, the ONNX contract), ONNX Runtime sessions and
+//!   execution providers, the tokenizer and text encoder.
+//! - [`diffusion`]: the ContextDiff sampler: schedules, DDIM/DDPM with the context bias,
+//!   inversion, guidance (ndarray only; networks come in through traits).
+//! - [`pipeline`]: `ctxd edit`: job specs and presets, the stage graph, reports.
 //! - [`atomic`]: outputs appear complete or not at all (temporary name, fsync, rename).
-//! - [`bench`]: measured, not asserted: throughput and memory against baselines run in the
-//!   same process.
+//! - [`bench`]: measured, not asserted: ratios against baselines run in the same process.
 //! - [`cli`]: the `ctxd` command line; turns flags into library calls.
 //!
-//! Models (ONNX Runtime), the ContextDiff sampler, the staged editing pipeline and the watch
-//! daemon build on these (see DESIGN.md in the shared docs and the open issues).
+//! The watch daemon, streams and batch build on these (DESIGN.md, the open issues).
 
 pub mod atomic;
 pub mod bench;
