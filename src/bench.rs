@@ -75,17 +75,7 @@ struct MediaBench {
 }
 
 pub fn media(args: &MediaBenchArgs) -> Result<()> {
-    let tmp;
-    let dir = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (dir, _tmp) = work_dir(args.work_dir.as_deref())?;
     let input = match &args.input {
         Some(p) => p.clone(),
         None => generate_clip(&dir, args.seconds)?,
@@ -170,6 +160,20 @@ pub fn media(args: &MediaBenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The given folder (created), or a temporary one removed when the guard drops.
+fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match given {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Ok((d.to_path_buf(), None))
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
 }
 
 /// A 1280x720 30 fps clip with a moving test pattern and a stereo AAC tone.
@@ -475,17 +479,7 @@ fn edit_job(
 /// `ctxd bench pipeline`: the staged pipeline against the same stages without overlap, the
 /// share of time inside ONNX Runtime, and peak memory for a short versus a long input.
 pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
-    let tmp;
-    let dir = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (dir, _tmp) = work_dir(args.work_dir.as_deref())?;
     let clip = dir.join(format!("pipe-{}s.mp4", args.seconds));
     if !clip.exists() {
         let status = Command::new("ffmpeg")
