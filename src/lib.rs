@@ -18,6 +18,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod cli;
+pub mod daemon;
 pub mod diffusion;
 pub mod media;
 pub mod model;

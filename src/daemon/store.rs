@@ -1,0 +1,519 @@
+//! The daemon's job store: one SQLite database (WAL, so readers such as the status API never
+//! block the worker) holding every job's state, attempts, stage, error and outputs.
+//!
+//! Invariants the daemon relies on:
+//! - one job per (input content, prompt spec, mapping): the same file dropped twice is one job;
+//! - a finished job is never redone unless its input or prompt changes (a new key) or the
+//!   user asks (`requeue`);
+//! - after a crash, `recover` puts interrupted (`running`) jobs back in the queue, so every
+//!   job still ends with exactly one output set or one failure record;
+//! - `claim_next` is atomic: two workers never take the same job.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job store {path}: {source}")]
+    Sql {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("job {0} not found")]
+    NotFound(i64),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Queued,
+        State::Running,
+        State::Done,
+        State::Failed,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Done => "done",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> State {
+        match s {
+            "queued" => State::Queued,
+            "running" => State::Running,
+            "done" => State::Done,
+            "cancelled" => State::Cancelled,
+            _ => State::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub mapping: String,
+    pub input_path: String,
+    pub input_hash: String,
+    pub spec_hash: String,
+    pub state: State,
+    pub attempts: u32,
+    pub stage: Option<String>,
+    pub error: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub created_at: f64,
+    pub updated_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    /// Output files, as JSON text (a list of paths) once done.
+    pub outputs: Option<String>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY,
+    mapping     TEXT NOT NULL,
+    input_path  TEXT NOT NULL,
+    input_hash  TEXT NOT NULL,
+    spec_hash   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    stage       TEXT,
+    error       TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    outputs     TEXT,
+    UNIQUE (mapping, input_hash, spec_hash)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+";
+
+const COLUMNS: &str =
+    "id, mapping, input_path, input_hash, spec_hash, state, attempts, stage, error, \
+                       created_at, updated_at, started_at, finished_at, outputs";
+
+fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        mapping: r.get(1)?,
+        input_path: r.get(2)?,
+        input_hash: r.get(3)?,
+        spec_hash: r.get(4)?,
+        state: State::parse(&r.get::<_, String>(5)?),
+        attempts: r.get(6)?,
+        stage: r.get(7)?,
+        error: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+        started_at: r.get(11)?,
+        finished_at: r.get(12)?,
+        outputs: r.get(13)?,
+    })
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    New(i64),
+    /// The same input and prompt spec already have a job (in any state).
+    Existing(i64, State),
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, in WAL mode.
+    ///
+    /// # Errors
+    /// `Sql` naming the database file.
+    pub fn open(path: &Path) -> Result<Store> {
+        let shown = path.display().to_string();
+        let sql = |source| StoreError::Sql {
+            path: shown.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        // FULL: a job marked done survives power loss as done.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        Ok(Store { conn, path: shown })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Adds a job unless one exists for the same mapping, content and prompt spec.
+    pub fn enqueue(
+        &self,
+        mapping: &str,
+        input_path: &str,
+        input_hash: &str,
+        spec_hash: &str,
+    ) -> Result<Enqueued> {
+        let t = now();
+        let inserted = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO jobs (mapping, input_path, input_hash, spec_hash, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
+                params![mapping, input_path, input_hash, spec_hash, t],
+            )
+            .map_err(|e| self.sql(e))?;
+        if inserted == 1 {
+            return Ok(Enqueued::New(self.conn.last_insert_rowid()));
+        }
+        let (id, state): (i64, String) = self
+            .conn
+            .query_row(
+                "SELECT id, state FROM jobs WHERE mapping = ?1 AND input_hash = ?2 AND spec_hash = ?3",
+                params![mapping, input_hash, spec_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(Enqueued::Existing(id, State::parse(&state)))
+    }
+
+    /// Takes the oldest queued job, atomically: marks it running and counts the attempt.
+    pub fn claim_next(&mut self) -> Result<Option<Job>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::Sql {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| StoreError::Sql {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let t = now();
+        tx.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?2, updated_at = ?2,
+                             stage = NULL, error = NULL
+             WHERE id = ?1",
+            params![id, t],
+        )
+        .map_err(|e| StoreError::Sql {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        tx.commit().map_err(|e| StoreError::Sql {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        self.get(id).map(Some)
+    }
+
+    pub fn set_stage(&self, id: i64, stage: &str) -> Result<()> {
+        self.update(
+            id,
+            "UPDATE jobs SET stage = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, stage, now()],
+        )
+    }
+
+    /// Marks a running job done with its outputs (a JSON list of paths).
+    pub fn finish(&self, id: i64, outputs_json: &str) -> Result<()> {
+        let t = now();
+        self.update(
+            id,
+            "UPDATE jobs SET state = 'done', outputs = ?2, finished_at = ?3, updated_at = ?3, error = NULL WHERE id = ?1",
+            params![id, outputs_json, t],
+        )
+    }
+
+    /// Records a failure: back to the queue while attempts remain (`retry`), else failed.
+    /// Returns the job's new state.
+    pub fn fail(
+        &self,
+        id: i64,
+        stage: &str,
+        error: &str,
+        retry: bool,
+        max_attempts: u32,
+    ) -> Result<State> {
+        let job = self.get(id)?;
+        let state = if retry && job.attempts < max_attempts {
+            State::Queued
+        } else {
+            State::Failed
+        };
+        let t = now();
+        self.update(
+            id,
+            "UPDATE jobs SET state = ?2, stage = ?3, error = ?4, updated_at = ?5,
+                             finished_at = CASE WHEN ?2 = 'failed' THEN ?5 ELSE NULL END
+             WHERE id = ?1",
+            params![id, state.as_str(), stage, error, t],
+        )?;
+        Ok(state)
+    }
+
+    /// Cancels a queued or running job (the worker notices a running one at its next check).
+    pub fn cancel(&self, id: i64) -> Result<State> {
+        let job = self.get(id)?;
+        if matches!(job.state, State::Queued | State::Running) {
+            self.update(
+                id,
+                "UPDATE jobs SET state = 'cancelled', updated_at = ?2, finished_at = ?2 WHERE id = ?1",
+                params![id, now()],
+            )?;
+            return Ok(State::Cancelled);
+        }
+        Ok(job.state)
+    }
+
+    /// Puts a finished, failed or cancelled job back in the queue (the user asked).
+    pub fn requeue(&self, id: i64) -> Result<()> {
+        self.update(
+            id,
+            "UPDATE jobs SET state = 'queued', attempts = 0, stage = NULL, error = NULL, finished_at = NULL,
+                             updated_at = ?2 WHERE id = ?1",
+            params![id, now()],
+        )
+    }
+
+    /// After a restart: jobs left `running` by a crash go back to the queue (their attempt
+    /// stays counted). Returns how many.
+    pub fn recover(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = 'queued', stage = NULL, updated_at = ?1 WHERE state = 'running'",
+                params![now()],
+            )
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn get(&self, id: i64) -> Result<Job> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id],
+                row_to_job,
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// Jobs, newest first, optionally in one state.
+    pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Job>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
+            ))
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![state.map(State::as_str), limit as i64], row_to_job)
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Number of jobs in each state (every state listed, zeros included).
+    pub fn counts(&self) -> Result<Vec<(State, u64)>> {
+        State::ALL
+            .iter()
+            .map(|s| {
+                self.conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM jobs WHERE state = ?1",
+                        params![s.as_str()],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map(|n| (*s, n as u64))
+                    .map_err(|e| self.sql(e))
+            })
+            .collect()
+    }
+
+    fn update(&self, id: i64, sql: &str, p: impl rusqlite::Params) -> Result<()> {
+        let n = self.conn.execute(sql, p).map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("jobs.db")).unwrap()
+    }
+
+    #[test]
+    fn same_file_twice_is_one_job_and_a_changed_prompt_is_another() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(&d);
+        let a = s.enqueue("main", "in/clip.mp4", "h1", "p1").unwrap();
+        assert!(matches!(a, Enqueued::New(_)));
+        let Enqueued::New(id) = a else { unreachable!() };
+        assert_eq!(
+            s.enqueue("main", "in/copy.mp4", "h1", "p1").unwrap(),
+            Enqueued::Existing(id, State::Queued)
+        );
+        assert!(matches!(
+            s.enqueue("main", "in/clip.mp4", "h1", "p2").unwrap(),
+            Enqueued::New(_)
+        ));
+        assert!(matches!(
+            s.enqueue("main", "in/clip.mp4", "h2", "p1").unwrap(),
+            Enqueued::New(_)
+        ));
+    }
+
+    #[test]
+    fn claims_in_order_and_never_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s1 = store(&d);
+        let mut s2 = store(&d); // a second connection, as a second worker would have
+        for i in 0..4 {
+            s1.enqueue("m", &format!("{i}.mp4"), &format!("h{i}"), "p")
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        for k in 0..4 {
+            let j = if k % 2 == 0 {
+                s1.claim_next()
+            } else {
+                s2.claim_next()
+            }
+            .unwrap()
+            .unwrap();
+            assert_eq!(j.state, State::Running);
+            assert_eq!(j.attempts, 1);
+            seen.push(j.id);
+        }
+        assert_eq!(seen, vec![1, 2, 3, 4]);
+        assert!(s1.claim_next().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_crash_leaves_running_jobs_that_a_restart_requeues() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut s = store(&d);
+            s.enqueue("m", "a.mp4", "ha", "p").unwrap();
+            s.enqueue("m", "b.mp4", "hb", "p").unwrap();
+            let a = s.claim_next().unwrap().unwrap();
+            s.finish(a.id, "[\"out/a.red.mp4\"]").unwrap();
+            let b = s.claim_next().unwrap().unwrap();
+            s.set_stage(b.id, "invert").unwrap();
+            // dropped here without finishing b: the process died
+        }
+        let mut s = store(&d);
+        assert_eq!(s.recover().unwrap(), 1);
+        let b = s.claim_next().unwrap().unwrap();
+        assert_eq!(b.input_path, "b.mp4");
+        assert_eq!(b.attempts, 2, "the interrupted attempt counts");
+        // The finished job is not redone.
+        assert!(s.claim_next().unwrap().is_none());
+        assert_eq!(s.get(1).unwrap().state, State::Done);
+    }
+
+    #[test]
+    fn retries_stop_at_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(&d);
+        s.enqueue("m", "x.mp4", "hx", "p").unwrap();
+        for attempt in 1..=3 {
+            let j = s.claim_next().unwrap().unwrap();
+            assert_eq!(j.attempts, attempt);
+            let st = s.fail(j.id, "encode", "disk full", true, 3).unwrap();
+            assert_eq!(
+                st,
+                if attempt < 3 {
+                    State::Queued
+                } else {
+                    State::Failed
+                }
+            );
+        }
+        let j = s.get(1).unwrap();
+        assert_eq!(
+            (j.state, j.stage.as_deref(), j.error.as_deref()),
+            (State::Failed, Some("encode"), Some("disk full"))
+        );
+        assert!(s.claim_next().unwrap().is_none());
+        // The user asks again.
+        s.requeue(1).unwrap();
+        assert_eq!(s.claim_next().unwrap().unwrap().attempts, 1);
+    }
+
+    #[test]
+    fn counts_and_cancel() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(&d);
+        s.enqueue("m", "a", "a", "p").unwrap();
+        s.enqueue("m", "b", "b", "p").unwrap();
+        let a = s.claim_next().unwrap().unwrap();
+        assert_eq!(s.cancel(2).unwrap(), State::Cancelled);
+        s.finish(a.id, "[]").unwrap();
+        assert_eq!(
+            s.cancel(a.id).unwrap(),
+            State::Done,
+            "a finished job stays done"
+        );
+        let counts: std::collections::HashMap<_, _> = s.counts().unwrap().into_iter().collect();
+        assert_eq!(counts[&State::Done], 1);
+        assert_eq!(counts[&State::Cancelled], 1);
+        assert_eq!(counts[&State::Queued], 0);
+        assert_eq!(s.list(Some(State::Done), 10).unwrap().len(), 1);
+        assert!(matches!(s.get(99), Err(StoreError::NotFound(99))));
+    }
+}
