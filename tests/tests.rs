@@ -3,6 +3,7 @@
 
 mod util;
 
+mod daemon;
 mod media_errors;
 mod media_probe;
 mod media_roundtrip;

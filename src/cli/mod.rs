@@ -42,6 +42,13 @@ enum Command {
     /// Edit a video with text prompts: one output per prompt, sharing one decode, one VAE
     /// encode and one inversion; a JSON report beside each output.
     Edit(Box<edit::EditArgs>),
+    /// Watch inbox folders and edit what is dropped there (see watch/ctxd-watch.toml). Stops
+    /// on SIGINT/SIGTERM after running jobs finish (or the grace period ends), exit 0.
+    Watch {
+        /// Configuration (default: watch/ctxd-watch.toml under CTXD_HOME).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print what a video holds as JSON: container, duration, video stream (codec, sizes,
     /// pixel format, frame rate, frame count, VFR, rotation), audio streams.
     Probe {
@@ -255,6 +262,25 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Edit(_) => unreachable!("handled in main"),
+        Command::Watch { config } => {
+            let home = edit::home();
+            let path = config.unwrap_or_else(|| home.join("watch/ctxd-watch.toml"));
+            let cfg = crate::daemon::config::WatchConfig::load(&path)
+                .map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stop.clone();
+            let _ = ctrlc_flag(move || flag.store(true, Ordering::Relaxed));
+            let paths = crate::daemon::run::Paths {
+                pipelines: home.join("pipelines"),
+                default_bundle: home.join("models/oracle"),
+            };
+            tracing::info!(
+                "watching {} mapping(s) from {}",
+                cfg.mapping.len(),
+                path.display()
+            );
+            crate::daemon::run::run(cfg, paths, stop).map_err(Failure::Job)
+        }
         Command::Probe { input, fast } => {
             let probe = media::probe(&InputSpec::parse(&input), fast)?;
             print_json(&probe)

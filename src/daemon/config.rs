@@ -1,0 +1,127 @@
+//! The daemon's configuration (`watch/ctxd-watch.toml`): inbox → outbox mappings, each with
+//! its own preset and bundle, and the daemon-wide settings. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    #[serde(default = "default_state")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_poll")]
+    pub poll_seconds: f64,
+    #[serde(default = "one")]
+    pub concurrency: usize,
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: f64,
+    pub mapping: Vec<Mapping>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    pub name: String,
+    pub inbox: PathBuf,
+    pub outbox: PathBuf,
+    pub failed: PathBuf,
+    pub done: Option<PathBuf>,
+    pub preset: Option<String>,
+    pub bundle: Option<PathBuf>,
+    #[serde(default = "default_settle")]
+    pub settle_seconds: f64,
+    #[serde(default = "default_sidecar_grace")]
+    pub sidecar_grace_seconds: f64,
+    #[serde(default = "default_max_mb")]
+    pub max_input_mb: u64,
+}
+
+fn default_state() -> PathBuf {
+    PathBuf::from("state")
+}
+fn default_poll() -> f64 {
+    0.5
+}
+fn one() -> usize {
+    1
+}
+fn three() -> u32 {
+    3
+}
+fn default_grace() -> f64 {
+    30.0
+}
+fn default_settle() -> f64 {
+    1.0
+}
+fn default_sidecar_grace() -> f64 {
+    2.0
+}
+fn default_max_mb() -> u64 {
+    4096
+}
+
+impl WatchConfig {
+    /// Reads `path`; relative paths inside are taken from the file's folder. Creates the
+    /// folders it names.
+    ///
+    /// # Errors
+    /// A message naming the file and the cause (unknown key, missing mapping, bad folder).
+    pub fn load(path: &Path) -> Result<WatchConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut c: WatchConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        if c.mapping.is_empty() {
+            return Err(format!("{}: no [[mapping]]", path.display()));
+        }
+        c.state_dir = abs(&c.state_dir);
+        for m in &mut c.mapping {
+            m.inbox = abs(&m.inbox);
+            m.outbox = abs(&m.outbox);
+            m.failed = abs(&m.failed);
+            m.done = m.done.as_deref().map(abs);
+            m.bundle = m.bundle.as_deref().map(abs);
+            if m.name.is_empty()
+                || !m
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                return Err(format!(
+                    "{}: mapping name '{}' must be letters, digits, - or _",
+                    path.display(),
+                    m.name
+                ));
+            }
+        }
+        for dir in std::iter::once(&c.state_dir).chain(c.mapping.iter().flat_map(|m| {
+            [&m.inbox, &m.outbox, &m.failed]
+                .into_iter()
+                .chain(m.done.as_ref())
+        })) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("{}: cannot create {}: {e}", path.display(), dir.display()))?;
+        }
+        if c.concurrency == 0 || c.max_attempts == 0 {
+            return Err(format!(
+                "{}: concurrency and max_attempts must be at least 1",
+                path.display()
+            ));
+        }
+        Ok(c)
+    }
+}
