@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
 use super::{EncodeArgs, RuntimeArgs};
 use crate::diffusion::ContextMode;
 use crate::media::InputSpec;
 use crate::pipeline::graph;
-use crate::pipeline::job::{EditJob, EditTarget, Progress};
+use crate::pipeline::job::{EditJob, Progress};
 use crate::pipeline::spec::{self, CliOverrides, JobSpec, Preset, PromptFile};
 
 #[derive(Args, Debug)]
@@ -182,39 +182,17 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         Some(n) => Some(n),
         None => spec.short_side,
     };
-    let spec_json = serde_json::to_value(&spec).context("serialising the job spec")?;
-    Ok(EditJob {
+    let mut job = EditJob::from_spec(
+        &spec,
         input,
+        outputs,
         bundle_dir,
-        runtime: args.runtime.options(),
-        source_prompt: spec.source.clone(),
-        edits: spec
-            .edits
-            .iter()
-            .zip(outputs)
-            .map(|(e, output)| EditTarget {
-                name: e.name.clone(),
-                prompt: e.prompt.clone(),
-                negative: e.negative.clone(),
-                guidance: e.guidance,
-                seed: e.seed,
-                output,
-            })
-            .collect(),
-        steps: first.steps,
-        eta: spec.eta,
-        context: first.context,
-        window: spec.window,
-        overlap: spec.overlap,
-        anchor: spec.anchor,
-        short_side,
-        multiple: spec.multiple,
-        encode: args.encode.settings(),
-        measure_reconstruction: spec.reconstruct,
-        spec_json,
+        args.runtime.options(),
+        args.encode.settings(),
         cancel,
-        sequential: false,
-    })
+    );
+    job.short_side = short_side;
+    Ok(job)
 }
 
 /// Runs the edit with progress on stderr (a bar on a terminal, lines otherwise).

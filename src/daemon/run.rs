@@ -21,7 +21,7 @@ use crate::media::{EncodeSettings, InputSpec, MediaError};
 use crate::model::bundle::sha256_file;
 use crate::model::RuntimeOptions;
 use crate::pipeline::graph::{self, PipelineError};
-use crate::pipeline::job::{EditJob, EditTarget};
+use crate::pipeline::job::EditJob;
 use crate::pipeline::spec::{self, CliOverrides, JobSpec};
 
 /// Where presets and default bundles come from.
@@ -143,42 +143,25 @@ fn work(
         .extension()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "mp4".into());
-    let first = &spec.edits[0];
-    let edit_job = EditJob {
-        input: InputSpec::File(video.clone()),
-        bundle_dir: m
-            .bundle
-            .clone()
-            .or_else(|| spec.bundle.clone())
-            .unwrap_or_else(|| paths.default_bundle.clone()),
-        runtime: RuntimeOptions::default(),
-        source_prompt: spec.source.clone(),
-        edits: spec
-            .edits
-            .iter()
-            .map(|e| EditTarget {
-                name: e.name.clone(),
-                prompt: e.prompt.clone(),
-                negative: e.negative.clone(),
-                guidance: e.guidance,
-                seed: e.seed,
-                output: spec::output_path(&m.outbox, &stem, &e.name, &ext),
-            })
-            .collect(),
-        steps: first.steps,
-        eta: spec.eta,
-        context: first.context,
-        window: spec.window,
-        overlap: spec.overlap,
-        anchor: spec.anchor,
-        short_side: spec.short_side,
-        multiple: spec.multiple,
-        encode: EncodeSettings::default(),
-        measure_reconstruction: spec.reconstruct,
-        spec_json: serde_json::to_value(&spec).unwrap_or_default(),
+    let outputs = spec
+        .edits
+        .iter()
+        .map(|e| spec::output_path(&m.outbox, &stem, &e.name, &ext))
+        .collect();
+    let bundle = m
+        .bundle
+        .clone()
+        .or_else(|| spec.bundle.clone())
+        .unwrap_or_else(|| paths.default_bundle.clone());
+    let edit_job = EditJob::from_spec(
+        &spec,
+        InputSpec::File(video.clone()),
+        outputs,
+        bundle,
+        RuntimeOptions::default(),
+        EncodeSettings::default(),
         cancel,
-        sequential: false,
-    };
+    );
     match graph::run(&edit_job, &|_| {}) {
         Ok(reports) => Ok(reports.into_iter().map(|r| r.output.path).collect()),
         Err(e) => {

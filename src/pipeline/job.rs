@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::spec::JobSpec;
 use crate::diffusion::ContextMode;
 use crate::media::{EncodeSettings, InputSpec};
 use crate::model::RuntimeOptions;
@@ -61,4 +62,54 @@ pub struct Progress {
     pub frames_done: u64,
     /// From the container or a packet scan, when known.
     pub frames_total: Option<u64>,
+}
+
+impl EditJob {
+    /// The job a resolved spec describes: one output per edit (`outputs[i]` for
+    /// `spec.edits[i]`), steps and context from the first edit (all edits share one inversion;
+    /// callers check they agree).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_spec(
+        spec: &JobSpec,
+        input: InputSpec,
+        outputs: Vec<PathBuf>,
+        bundle_dir: PathBuf,
+        runtime: RuntimeOptions,
+        encode: EncodeSettings,
+        cancel: Arc<AtomicBool>,
+    ) -> EditJob {
+        let first = &spec.edits[0];
+        EditJob {
+            input,
+            bundle_dir,
+            runtime,
+            source_prompt: spec.source.clone(),
+            edits: spec
+                .edits
+                .iter()
+                .zip(outputs)
+                .map(|(e, output)| EditTarget {
+                    name: e.name.clone(),
+                    prompt: e.prompt.clone(),
+                    negative: e.negative.clone(),
+                    guidance: e.guidance,
+                    seed: e.seed,
+                    output,
+                })
+                .collect(),
+            steps: first.steps,
+            eta: spec.eta,
+            context: first.context,
+            window: spec.window,
+            overlap: spec.overlap,
+            anchor: spec.anchor,
+            short_side: spec.short_side,
+            multiple: spec.multiple,
+            encode,
+            measure_reconstruction: spec.reconstruct,
+            spec_json: serde_json::to_value(spec).unwrap_or_default(),
+            cancel,
+            sequential: false,
+        }
+    }
 }
