@@ -215,6 +215,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, stop: Arc<AtomicBool>) -> anyhow::Res
             )
         })
         .collect();
+    let mut handed: HashMap<String, Handed> = HashMap::new();
     let mut active: Vec<Active> = Vec::new();
     let mut stopping_since: Option<Instant> = None;
     let poll = Duration::from_secs_f64(cfg.poll_seconds.max(0.05));
@@ -230,6 +231,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, stop: Arc<AtomicBool>) -> anyhow::Res
                 scan(
                     m,
                     trackers.get_mut(&m.name).expect("one per mapping"),
+                    handed.entry(m.name.clone()).or_default(),
                     &store,
                     &paths,
                 );
@@ -325,10 +327,21 @@ pub fn run(cfg: WatchConfig, paths: Paths, stop: Arc<AtomicBool>) -> anyhow::Res
 }
 
 /// One pass over an inbox: stable, complete files become jobs (or failure records).
-fn scan(m: &Mapping, tracker: &mut StabilityTracker, store: &Store, paths: &Paths) {
+/// Files of one inbox already handed to the store, with the size and time they had then: a
+/// queued or running input stays in the inbox, and must not be hashed again on every pass.
+type Handed = HashMap<PathBuf, (u64, Option<std::time::SystemTime>)>;
+
+fn scan(
+    m: &Mapping,
+    tracker: &mut StabilityTracker,
+    handed: &mut Handed,
+    store: &Store,
+    paths: &Paths,
+) {
     let Ok(entries) = std::fs::read_dir(&m.inbox) else {
         return;
     };
+    handed.retain(|p, _| p.exists());
     let now = Instant::now();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -337,6 +350,10 @@ fn scan(m: &Mapping, tracker: &mut StabilityTracker, store: &Store, paths: &Path
             continue;
         };
         if !meta.file_type().is_file() || is_temporary(&path) || is_prompt_file(&path) {
+            continue;
+        }
+        let stamp = (meta.len(), meta.modified().ok());
+        if handed.get(&path) == Some(&stamp) {
             continue;
         }
         if !tracker.observe(&path, now) {
@@ -378,6 +395,7 @@ fn scan(m: &Mapping, tracker: &mut StabilityTracker, store: &Store, paths: &Path
             continue;
         };
         let spec_hash = crate::model::bundle::sha256_bytes(&spec_json);
+        handed.insert(path.clone(), stamp);
         match store.enqueue(&m.name, &path.display().to_string(), &hash, &spec_hash) {
             Ok(Enqueued::New(id)) => tracing::info!("job {id} queued: {}", path.display()),
             Ok(Enqueued::Existing(id, State::Done)) => {

@@ -174,8 +174,35 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Hashes already computed in this process, by file, with the size and modification time
+/// they were computed at: the daemon verifies its bundle for every job, and weights can be
+/// gigabytes; an unchanged file is not read again, a changed one is.
+type Stamp = (u64, Option<std::time::SystemTime>);
+static HASHED: std::sync::Mutex<Option<std::collections::HashMap<PathBuf, (Stamp, String)>>> =
+    std::sync::Mutex::new(None);
+
+fn cached_sha256(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    let stamp = (meta.len(), meta.modified().ok());
+    let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if let Ok(guard) = HASHED.lock() {
+        if let Some((s, h)) = guard.as_ref().and_then(|m| m.get(&key)) {
+            if *s == stamp {
+                return Ok(h.clone());
+            }
+        }
+    }
+    let h = sha256_file(path)?;
+    if let Ok(mut guard) = HASHED.lock() {
+        guard
+            .get_or_insert_with(Default::default)
+            .insert(key, (stamp, h.clone()));
+    }
+    Ok(h)
+}
+
 fn check_hash(path: &Path, expected: &str) -> Result<()> {
-    let actual = sha256_file(path)?;
+    let actual = cached_sha256(path)?;
     if !actual.eq_ignore_ascii_case(expected) {
         return Err(ModelError::HashMismatch {
             path: path.to_path_buf(),

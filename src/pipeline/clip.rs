@@ -99,16 +99,18 @@ impl ClipScorer {
     }
 }
 
-/// The prompt's unit-length CLIP text embedding.
-pub fn text_embedding(
+/// Unit-length CLIP text embeddings, one per prompt (one session, one batched run).
+pub fn text_embeddings(
     bundle: &Bundle,
     opts: &RuntimeOptions,
-    prompt: &str,
-) -> Result<Vec<f32>, ModelError> {
-    let ids = bundle.clip_tokenizer()?.encode(&[prompt])?;
+    prompts: &[&str],
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    let ids = bundle.clip_tokenizer()?.encode(prompts)?;
     let mut net = bundle.load(Kind::ClipText, opts)?;
     let e = net.run_one(&[("input_ids", Input::Ids(ids.into_dyn()))], "text_embeds")?;
-    Ok(normalized(&e.iter().copied().collect::<Vec<_>>()))
+    Ok(e.outer_iter()
+        .map(|row| normalized(&row.iter().copied().collect::<Vec<_>>()))
+        .collect())
 }
 
 #[derive(Debug, Clone, Serialize)]

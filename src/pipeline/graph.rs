@@ -4,7 +4,6 @@
 //! are committed only when every stage succeeded; otherwise nothing is left behind.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -122,15 +121,16 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
 
     // CLIP-T / CLIP-F when the bundle has a CLIP pair.
     let clip_scorer = ClipScorer::load(&bundle, opts)?;
-    let mut clip_acc: Vec<Option<ClipAccumulator>> = Vec::new();
-    for e in &job.edits {
-        clip_acc.push(match &clip_scorer {
-            Some(_) => Some(ClipAccumulator::new(clip::text_embedding(
-                &bundle, opts, &e.prompt,
-            )?)),
-            None => None,
-        });
-    }
+    let mut clip_acc: Vec<Option<ClipAccumulator>> = match &clip_scorer {
+        Some(_) => {
+            let prompts: Vec<&str> = job.edits.iter().map(|e| e.prompt.as_str()).collect();
+            clip::text_embeddings(&bundle, opts, &prompts)?
+                .into_iter()
+                .map(|t| Some(ClipAccumulator::new(t)))
+                .collect()
+        }
+        None => vec![None; job.edits.len()],
+    };
 
     let mut sinks = Vec::new();
     for e in &job.edits {
@@ -271,7 +271,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
                 windows,
             })
         })();
-        if mux_failed(&mux) {
+        if mux.is_err() {
             // Unblock upstream stages waiting to send.
             cancel.store(true, Ordering::Relaxed);
         }
@@ -388,10 +388,6 @@ where
         .expect("spawning a stage thread")
 }
 
-fn mux_failed(r: &Result<StageStats, StageError>) -> bool {
-    r.is_err()
-}
-
 fn write_audio_all(sinks: &mut [VideoSink], p: AudioPacket) -> Result<(), MediaError> {
     let n = sinks.len();
     let mut p = Some(p);
@@ -408,9 +404,4 @@ fn write_audio_all(sinks: &mut [VideoSink], p: AudioPacket) -> Result<(), MediaE
         s.write_audio(packet)?;
     }
     Ok(())
-}
-
-/// Where outputs go by default: `<dir>/<stem>.<edit>.<ext>`.
-pub fn default_output(dir: &std::path::Path, stem: &str, edit: &str, ext: &str) -> PathBuf {
-    dir.join(format!("{stem}.{edit}.{ext}"))
 }
