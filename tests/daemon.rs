@@ -25,6 +25,7 @@ impl Daemon {
             &config,
             format!(
                 "state_dir = \"state\"\npoll_seconds = 0.1\nshutdown_grace_seconds = 20\n\
+                 [api]\nlisten = \"127.0.0.1:0\"\n\
                  [[mapping]]\nname = \"main\"\ninbox = \"inbox\"\noutbox = \"outbox\"\nfailed = \"failed\"\ndone = \"done\"\n\
                  preset = \"{}\"\nbundle = \"{}\"\nsettle_seconds = 0.3\nsidecar_grace_seconds = 0.3\n",
                 dir.path("quick.toml").display(),

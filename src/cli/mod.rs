@@ -267,9 +267,9 @@ fn run(command: Command) -> Result<(), Failure> {
             let path = config.unwrap_or_else(|| home.join("watch/ctxd-watch.toml"));
             let cfg = crate::daemon::config::WatchConfig::load(&path)
                 .map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = stop.clone();
-            let _ = ctrlc_flag(move || flag.store(true, Ordering::Relaxed));
+            let control = crate::daemon::run::Control::new();
+            let on_signal = control.clone();
+            let _ = ctrlc_flag(move || on_signal.stop());
             let paths = crate::daemon::run::Paths {
                 pipelines: home.join("pipelines"),
                 default_bundle: home.join("models/oracle"),
@@ -279,7 +279,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 cfg.mapping.len(),
                 path.display()
             );
-            crate::daemon::run::run(cfg, paths, stop).map_err(Failure::Job)
+            crate::daemon::run::run(cfg, paths, control).map_err(Failure::Job)
         }
         Command::Probe { input, fast } => {
             let probe = media::probe(&InputSpec::parse(&input), fast)?;

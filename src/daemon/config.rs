@@ -10,15 +10,46 @@ use serde::Deserialize;
 pub struct WatchConfig {
     #[serde(default = "default_state")]
     pub state_dir: PathBuf,
+    /// How often a pending file is looked at again (and running jobs are checked).
     #[serde(default = "default_poll")]
     pub poll_seconds: f64,
+    /// A full rescan of every inbox this often, for events the watcher misses (network
+    /// filesystems, overflow).
+    #[serde(default = "default_rescan")]
+    pub rescan_seconds: f64,
     #[serde(default = "one")]
     pub concurrency: usize,
     #[serde(default = "three")]
     pub max_attempts: u32,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: f64,
+    #[serde(default)]
+    pub api: ApiConfig,
     pub mapping: Vec<Mapping>,
+}
+
+/// The status API: on by default, on the loopback interface only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `host:port`; port 0 picks a free one (written to `<state_dir>/api.addr`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token every request must carry. The environment variable `CTXD_API_TOKEN`
+    /// overrides it, so the secret need not live in the file. Required off loopback.
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: default_listen(),
+            token: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +68,10 @@ pub struct Mapping {
     pub sidecar_grace_seconds: f64,
     #[serde(default = "default_max_mb")]
     pub max_input_mb: u64,
+    /// Inputs longer than this are refused with a reason (seconds of video).
+    pub max_duration_seconds: Option<f64>,
+    /// A job running longer than this is stopped and failed (not retried).
+    pub max_job_seconds: Option<f64>,
 }
 
 fn default_state() -> PathBuf {
@@ -44,6 +79,15 @@ fn default_state() -> PathBuf {
 }
 fn default_poll() -> f64 {
     0.5
+}
+fn default_rescan() -> f64 {
+    10.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> String {
+    "127.0.0.1:7878".into()
 }
 fn one() -> usize {
     1
@@ -115,6 +159,47 @@ impl WatchConfig {
         })) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("{}: cannot create {}: {e}", path.display(), dir.display()))?;
+        }
+        if let Ok(token) = std::env::var("CTXD_API_TOKEN") {
+            c.api.token = Some(token).filter(|t| !t.is_empty());
+        }
+        if c.api.enabled {
+            let addr: std::net::SocketAddr = c.api.listen.parse().map_err(|_| {
+                format!(
+                    "{}: [api] listen '{}' is not host:port (e.g. 127.0.0.1:7878)",
+                    path.display(),
+                    c.api.listen
+                )
+            })?;
+            if !addr.ip().is_loopback() && c.api.token.is_none() {
+                return Err(format!(
+                    "{}: [api] listen '{}' is reachable from other machines: set a token (or CTXD_API_TOKEN)",
+                    path.display(),
+                    c.api.listen
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for m in &c.mapping {
+            if !names.insert(&m.name) {
+                return Err(format!(
+                    "{}: two mappings are named '{}'",
+                    path.display(),
+                    m.name
+                ));
+            }
+            for (key, v) in [
+                ("max_duration_seconds", m.max_duration_seconds),
+                ("max_job_seconds", m.max_job_seconds),
+            ] {
+                if v.is_some_and(|v| v.is_nan() || v <= 0.0) {
+                    return Err(format!(
+                        "{}: mapping '{}': {key} must be above 0",
+                        path.display(),
+                        m.name
+                    ));
+                }
+            }
         }
         if c.concurrency == 0 || c.max_attempts == 0 {
             return Err(format!(

@@ -1,11 +1,17 @@
-//! `ctxd watch` (in progress): the crash-safe watch-folder daemon.
+//! `ctxd watch`: the crash-safe watch-folder daemon.
 //!
 //! - `store`: the job store (SQLite, WAL): states, attempts, dedupe by content, recovery
 //! - `stable`: when a dropped file is complete enough to become a job
 //! - `config`: `watch/ctxd-watch.toml`
-//! - `run`: the loop: scan, queue, run, file the results, stop gracefully
+//! - `intake`: admitting a file (limits, prompt spec, hash, dedupe), for the scan and the API
+//! - `live`: running jobs' progress and the metrics counters
+//! - `api`: the HTTP status API (axum)
+//! - `run`: the loop: watch, queue, run, file the results, stop gracefully
 
+pub mod api;
 pub mod config;
+pub mod intake;
+pub mod live;
 pub mod run;
 pub mod stable;
 pub mod store;

@@ -1,46 +1,90 @@
-//! The daemon loop: scan the inboxes (a periodic rescan, which also covers network
-//! filesystems), turn stable files into jobs in the store, run up to `concurrency` jobs on
-//! worker threads, and file each result: outputs in the outbox, the input moved to `done/`
-//! (or left), or the input and `<name>.error.json` in `failed/`. A bad file never stops the
-//! loop. On stop: no new jobs; running ones get the grace period, then are cancelled and
-//! queued again for the next start.
+//! The daemon loop: watch the inboxes (notify events, plus a periodic rescan for network
+//! filesystems and missed events), turn complete files into jobs in the store, run up to
+//! `concurrency` jobs on worker threads, and file each result: outputs in the outbox, the
+//! input moved to `done/` (or left), or the input and `<name>.error.json` in `failed/`. A bad
+//! file never stops the loop. On stop: no new jobs; running ones get the grace period, then
+//! are cancelled and queued again for the next start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use super::config::{Mapping, WatchConfig};
+use super::intake::{self, Refusal};
+pub use super::intake::Paths;
+use super::live::Live;
 use super::stable::{is_temporary, StabilityTracker};
 use super::store::{Enqueued, Job, State, Store};
 use crate::media::{EncodeSettings, InputSpec, MediaError};
-use crate::model::bundle::sha256_file;
 use crate::model::RuntimeOptions;
 use crate::pipeline::graph::{self, PipelineError};
 use crate::pipeline::job::EditJob;
-use crate::pipeline::spec::{self, CliOverrides, JobSpec};
+use crate::pipeline::spec;
 
-/// Where presets and default bundles come from.
-pub struct Paths {
-    pub pipelines: PathBuf,
-    pub default_bundle: PathBuf,
+/// Wakes the loop before its next tick: a file event, a finished job, an API call, a stop.
+#[derive(Clone)]
+pub struct Waker(Sender<()>);
+
+impl Waker {
+    pub fn wake(&self) {
+        // One pending wake is enough: the loop looks at everything when it wakes.
+        let _ = self.0.try_send(());
+    }
+}
+
+/// How the outside (signal handler) stops the loop.
+pub struct Control {
+    stop: AtomicBool,
+    tx: Sender<()>,
+    rx: Receiver<()>,
+}
+
+impl Control {
+    pub fn new() -> Arc<Control> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        Arc::new(Control {
+            stop: AtomicBool::new(false),
+            tx,
+            rx,
+        })
+    }
+
+    /// Stop taking jobs and wind down (see the module docs).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.waker().wake();
+    }
+
+    pub fn waker(&self) -> Waker {
+        Waker(self.tx.clone())
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// What a worker hands back: (stage, cause, retryable) on failure.
+type Outcome = Result<Finished, (String, String, bool)>;
+
+struct Finished {
+    outputs: Vec<PathBuf>,
+    wall_s: f64,
+    stages: BTreeMap<String, f64>,
 }
 
 struct Active {
     job: Job,
     cancel: Arc<AtomicBool>,
-    handle: JoinHandle<Result<Vec<PathBuf>, (String, String, bool)>>,
-}
-
-fn is_prompt_file(p: &Path) -> bool {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name == spec::DEFAULTS_FILE
-        || spec::SIDECAR_SUFFIXES.iter().any(|s| name.ends_with(s))
-        || name.ends_with(".error.json")
+    deadline: Option<Instant>,
+    timed_out: bool,
+    handle: JoinHandle<Outcome>,
 }
 
 fn sidecar_exists(video: &Path) -> bool {
@@ -62,8 +106,12 @@ fn free_name(dir: &Path, name: &str) -> PathBuf {
         .expect("unbounded")
 }
 
-/// Moves `path` (and its sidecar) into `dir`; returns the new path.
+/// Moves `path` (and its sidecar) into `dir`; returns the new path. A file already there
+/// stays.
 fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+    if path.parent() == Some(dir) {
+        return Ok(path.to_path_buf());
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -89,7 +137,15 @@ struct ErrorRecord<'a> {
     attempts: u32,
 }
 
-fn file_failure(input: &Path, failed_dir: &Path, stage: &str, cause: &str, attempts: u32) {
+/// Moves a failed input to `failed_dir` and writes `<name>.error.json` beside it; returns
+/// where the input is now.
+fn file_failure(
+    input: &Path,
+    failed_dir: &Path,
+    stage: &str,
+    cause: &str,
+    attempts: u32,
+) -> PathBuf {
     tracing::warn!("{}: failed ({stage}): {cause}", input.display());
     let moved = move_into(input, failed_dir).unwrap_or_else(|_| input.to_path_buf());
     let name = moved
@@ -100,8 +156,8 @@ fn file_failure(input: &Path, failed_dir: &Path, stage: &str, cause: &str, attem
         input: &input.display().to_string(),
         cause,
         stage,
-        time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        time: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         attempts,
@@ -109,23 +165,11 @@ fn file_failure(input: &Path, failed_dir: &Path, stage: &str, cause: &str, attem
     if let Ok(text) = serde_json::to_vec_pretty(&rec) {
         let _ = crate::atomic::write_atomic(&failed_dir.join(format!("{name}.error.json")), &text);
     }
+    moved
 }
 
-fn resolve_spec(video: &Path, m: &Mapping, paths: &Paths) -> Result<JobSpec, String> {
-    let cli = CliOverrides {
-        preset: m.preset.clone(),
-        ..Default::default()
-    };
-    JobSpec::for_video(video, &paths.pipelines, &cli).map_err(|e| e.to_string())
-}
-
-/// The work of one job, on a worker thread. Err: (stage, cause, retryable).
-fn work(
-    job: &Job,
-    m: &Mapping,
-    paths: &Paths,
-    cancel: Arc<AtomicBool>,
-) -> Result<Vec<PathBuf>, (String, String, bool)> {
+/// The work of one job, on a worker thread.
+fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &Live) -> Outcome {
     let video = PathBuf::from(&job.input_path);
     if !video.exists() {
         return Err((
@@ -134,7 +178,8 @@ fn work(
             false,
         ));
     }
-    let spec = resolve_spec(&video, m, paths).map_err(|e| ("spec".to_string(), e, false))?;
+    let spec = intake::resolve_spec(&video, m, paths, job.prompt.as_deref())
+        .map_err(|e| ("spec".to_string(), e, false))?;
     let stem = video
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -162,8 +207,25 @@ fn work(
         EncodeSettings::default(),
         cancel,
     );
-    match graph::run(&edit_job, &|_| {}) {
-        Ok(reports) => Ok(reports.into_iter().map(|r| r.output.path).collect()),
+    let progress = |p: crate::pipeline::job::Progress| {
+        live.progress(job.id, p.frames_done, p.frames_total)
+    };
+    match graph::run(&edit_job, &progress) {
+        Ok(reports) => {
+            let first = reports.first();
+            Ok(Finished {
+                wall_s: first.map_or(0.0, |r| r.wall_s),
+                stages: first
+                    .map(|r| {
+                        r.stages
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.busy_s))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                outputs: reports.into_iter().map(|r| r.output.path).collect(),
+            })
+        }
         Err(e) => {
             let (stage, retry) = match &e {
                 PipelineError::Media(m) if m.is_input_error() => ("input".to_string(), false),
@@ -177,11 +239,79 @@ fn work(
     }
 }
 
-/// Runs until `stop` is set and running jobs are settled.
+/// Per-inbox bookkeeping between passes.
+struct Inbox {
+    tracker: StabilityTracker,
+    handed: Handed,
+    /// Complete files waiting out the sidecar grace period, since when.
+    waiting: HashMap<PathBuf, Instant>,
+}
+
+impl Inbox {
+    /// Something here needs another look soon (a file settling or waiting for its sidecar).
+    fn pending(&self) -> bool {
+        self.tracker.pending().next().is_some() || !self.waiting.is_empty()
+    }
+}
+
+/// Files of one inbox already handed to the store, with the size and time they had then: a
+/// queued or running input stays in the inbox, and must not be hashed again on every pass.
+type Handed = HashMap<PathBuf, (u64, Option<SystemTime>)>;
+
+/// Paths the watcher saw renamed into an inbox: complete at once, no settle wait.
+type MovedIn = Arc<Mutex<HashSet<PathBuf>>>;
+
+/// Watches every inbox with notify; events wake the loop. None (with a warning) when the
+/// platform watcher cannot start: the periodic rescan still finds everything.
+fn watch_inboxes(
+    cfg: &WatchConfig,
+    waker: Waker,
+    moved: MovedIn,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{ModifyKind, RenameMode};
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let handler = move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let renamed_to = match ev.kind {
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => ev.paths.first(),
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => ev.paths.get(1),
+                _ => None,
+            };
+            if let Some(p) = renamed_to {
+                lock(&moved).insert(p.clone());
+            }
+        }
+        waker.wake();
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("file watcher unavailable ({e}); rescanning every poll instead");
+            return None;
+        }
+    };
+    for m in &cfg.mapping {
+        if let Err(e) = watcher.watch(&m.inbox, RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                "cannot watch {} ({e}); rescanning every poll instead",
+                m.inbox.display()
+            );
+            return None;
+        }
+    }
+    Some(watcher)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs until `control.stop()` and running jobs are settled.
 ///
 /// # Errors
-/// Only what prevents the daemon from working at all (the store cannot open).
-pub fn run(cfg: WatchConfig, paths: Paths, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// Only what prevents the daemon from working at all (the store cannot open, the API
+/// address is taken).
+pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Result<()> {
     // Temporary outputs left by a killed earlier run (ours are `.NAME.PID.N.part`): their jobs
     // are requeued below and write afresh, so these are garbage.
     for m in &cfg.mapping {
@@ -194,47 +324,91 @@ pub fn run(cfg: WatchConfig, paths: Paths, stop: Arc<AtomicBool>) -> anyhow::Res
             }
         }
     }
-    let mut store = Store::open(&cfg.state_dir.join("jobs.db"))?;
+    let db = cfg.state_dir.join("jobs.db");
+    let mut store = Store::open(&db)?;
     let recovered = store.recover()?;
     if recovered > 0 {
         tracing::info!("resuming {recovered} interrupted job(s)");
     }
     let paths = Arc::new(paths);
+    let live = Arc::new(Live::default());
+    let api = if cfg.api.enabled {
+        let server = super::api::start(
+            &cfg.api,
+            &db,
+            live.clone(),
+            cfg.mapping.clone(),
+            paths.clone(),
+            control.waker(),
+        )?;
+        // Port 0 picks a free port: say which, for scripts and tests.
+        crate::atomic::write_atomic(
+            &cfg.state_dir.join("api.addr"),
+            server.addr.to_string().as_bytes(),
+        )?;
+        tracing::info!(
+            "status API on http://{}{}",
+            server.addr,
+            if cfg.api.token.is_some() {
+                " (bearer token required)"
+            } else {
+                ""
+            }
+        );
+        Some(server)
+    } else {
+        None
+    };
+    let moved: MovedIn = Arc::default();
+    let watcher = watch_inboxes(&cfg, control.waker(), moved.clone());
     let mappings: HashMap<String, Mapping> = cfg
         .mapping
         .iter()
         .map(|m| (m.name.clone(), m.clone()))
         .collect();
-    let mut trackers: HashMap<String, StabilityTracker> = cfg
+    let mut inboxes: HashMap<String, Inbox> = cfg
         .mapping
         .iter()
         .map(|m| {
-            (
-                m.name.clone(),
-                StabilityTracker::new(Duration::from_secs_f64(m.settle_seconds)),
-            )
+            let inbox = Inbox {
+                tracker: StabilityTracker::new(Duration::from_secs_f64(m.settle_seconds)),
+                handed: HashMap::new(),
+                waiting: HashMap::new(),
+            };
+            (m.name.clone(), inbox)
         })
         .collect();
-    let mut handed: HashMap<String, Handed> = HashMap::new();
     let mut active: Vec<Active> = Vec::new();
     let mut stopping_since: Option<Instant> = None;
     let poll = Duration::from_secs_f64(cfg.poll_seconds.max(0.05));
+    // Without events, every tick is a rescan.
+    let rescan = if watcher.is_some() {
+        Duration::from_secs_f64(cfg.rescan_seconds.max(cfg.poll_seconds))
+    } else {
+        poll
+    };
 
     loop {
-        let stopping = stop.load(Ordering::Relaxed);
+        let stopping = control.stopping();
         if stopping && stopping_since.is_none() {
             tracing::info!("stopping: no new jobs; {} running", active.len());
             stopping_since = Some(Instant::now());
         }
         if !stopping {
             for m in &cfg.mapping {
-                scan(
-                    m,
-                    trackers.get_mut(&m.name).expect("one per mapping"),
-                    handed.entry(m.name.clone()).or_default(),
-                    &store,
-                    &paths,
-                );
+                let inbox = inboxes.get_mut(&m.name).expect("one per mapping");
+                scan(m, inbox, &moved, &store, &paths);
+            }
+        }
+
+        // Time limits and cancellations through the API reach running jobs here.
+        for a in &mut active {
+            if a.deadline.is_some_and(|d| Instant::now() >= d) && !a.timed_out {
+                a.timed_out = true;
+                a.cancel.store(true, Ordering::Relaxed);
+            }
+            if store.get(a.job.id).is_ok_and(|j| j.state == State::Cancelled) {
+                a.cancel.store(true, Ordering::Relaxed);
             }
         }
 
@@ -246,41 +420,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, stop: Arc<AtomicBool>) -> anyhow::Res
                 continue;
             }
             let a = active.swap_remove(i);
-            let m = &mappings[&a.job.mapping];
-            let input = PathBuf::from(&a.job.input_path);
-            let outcome = a
-                .handle
-                .join()
-                .unwrap_or_else(|_| Err(("worker".into(), "the worker panicked".into(), true)));
-            match outcome {
-                Ok(outputs) => {
-                    let list = serde_json::to_string(&outputs).unwrap_or_default();
-                    store.finish(a.job.id, &list)?;
-                    if let Some(done) = &m.done {
-                        let _ = move_into(&input, done);
-                    }
-                    tracing::info!("job {} done: {} output(s)", a.job.id, outputs.len());
-                }
-                Err(_) if a.cancel.load(Ordering::Relaxed) && stopping => {
-                    // Stopped by shutdown: back to the queue for the next start.
-                    store.fail(
-                        a.job.id,
-                        "shutdown",
-                        "interrupted by shutdown",
-                        true,
-                        u32::MAX,
-                    )?;
-                }
-                Err((stage, cause, retry)) => {
-                    if store.get(a.job.id)?.state == State::Cancelled {
-                        continue;
-                    }
-                    let state = store.fail(a.job.id, &stage, &cause, retry, cfg.max_attempts)?;
-                    if state == State::Failed {
-                        file_failure(&input, &m.failed, &stage, &cause, a.job.attempts);
-                    }
-                }
-            }
+            file_outcome(a, &mappings, &store, &live, cfg.max_attempts, stopping)?;
         }
 
         if stopping {
@@ -308,105 +448,191 @@ pub fn run(cfg: WatchConfig, paths: Paths, stop: Arc<AtomicBool>) -> anyhow::Res
                     )?;
                     continue;
                 };
-                let cancel = Arc::new(AtomicBool::new(false));
-                let (c, p, j) = (cancel.clone(), paths.clone(), job.clone());
-                let handle = std::thread::Builder::new()
-                    .name(format!("job-{}", job.id))
-                    .spawn(move || work(&j, &m, &p, c))?;
-                tracing::info!("job {} started: {}", job.id, job.input_path);
-                active.push(Active {
-                    job,
-                    cancel,
-                    handle,
-                });
+                active.push(start_job(job, m, &paths, &live, control.waker())?);
             }
         }
-        std::thread::sleep(poll);
+        let busy = stopping || !active.is_empty() || inboxes.values().any(Inbox::pending);
+        // A wake (event, finished job, API call, stop) or the tick, whichever comes first.
+        let _ = control.rx.recv_timeout(if busy { poll } else { rescan });
+    }
+    drop(watcher);
+    if let Some(server) = api {
+        server.stop();
     }
     Ok(())
 }
 
-/// One pass over an inbox: stable, complete files become jobs (or failure records).
-/// Files of one inbox already handed to the store, with the size and time they had then: a
-/// queued or running input stays in the inbox, and must not be hashed again on every pass.
-type Handed = HashMap<PathBuf, (u64, Option<std::time::SystemTime>)>;
+/// Claims are done; this starts the worker thread.
+fn start_job(
+    job: Job,
+    m: Mapping,
+    paths: &Arc<Paths>,
+    live: &Arc<Live>,
+    waker: Waker,
+) -> std::io::Result<Active> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let deadline = m
+        .max_job_seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let (c, p, j, l) = (cancel.clone(), paths.clone(), job.clone(), live.clone());
+    live.started(job.id);
+    let handle = std::thread::Builder::new()
+        .name(format!("job-{}", job.id))
+        .spawn(move || {
+            let outcome = work(&j, &m, &p, c, &l);
+            waker.wake();
+            outcome
+        })?;
+    tracing::info!("job {} started: {}", job.id, job.input_path);
+    Ok(Active {
+        job,
+        cancel,
+        deadline,
+        timed_out: false,
+        handle,
+    })
+}
 
-fn scan(
-    m: &Mapping,
-    tracker: &mut StabilityTracker,
-    handed: &mut Handed,
+/// Records how a job ended, in the store, the folders and the metrics.
+fn file_outcome(
+    a: Active,
+    mappings: &HashMap<String, Mapping>,
     store: &Store,
-    paths: &Paths,
-) {
+    live: &Live,
+    max_attempts: u32,
+    stopping: bool,
+) -> anyhow::Result<()> {
+    let id = a.job.id;
+    let m = &mappings[&a.job.mapping];
+    let input = PathBuf::from(&a.job.input_path);
+    let outcome = a
+        .handle
+        .join()
+        .unwrap_or_else(|_| Err(("worker".into(), "the worker panicked".into(), true)));
+    let none = BTreeMap::new();
+    let cancelled = a.cancel.load(Ordering::Relaxed);
+    match outcome {
+        Ok(done) => {
+            let outputs = serde_json::to_string(&done.outputs).unwrap_or_default();
+            let timings = serde_json::json!({ "wall_s": done.wall_s, "stages": done.stages });
+            store.finish(id, &outputs, &timings.to_string())?;
+            if let Some(dir) = &m.done {
+                if let Ok(moved) = move_into(&input, dir) {
+                    store.set_input_path(id, &moved.display().to_string())?;
+                }
+            }
+            live.ended(id, "done", &done.stages);
+            tracing::info!("job {id} done: {} output(s)", done.outputs.len());
+        }
+        Err(_) if a.timed_out => {
+            let limit = m.max_job_seconds.unwrap_or_default();
+            let cause = format!(
+                "stopped after {limit} s, this mapping's time limit per job (max_job_seconds)"
+            );
+            store.fail(id, "timeout", &cause, false, max_attempts)?;
+            let moved = file_failure(&input, &m.failed, "timeout", &cause, a.job.attempts);
+            store.set_input_path(id, &moved.display().to_string())?;
+            live.ended(id, "timed_out", &none);
+        }
+        Err(_) if cancelled && store.get(id)?.state == State::Cancelled => {
+            // Cancelled through the API: the input stays where it is, no failure record.
+            tracing::info!("job {id} cancelled");
+            live.ended(id, "cancelled", &none);
+        }
+        Err(_) if cancelled && stopping => {
+            // Stopped by shutdown: back to the queue for the next start.
+            store.fail(id, "shutdown", "interrupted by shutdown", true, u32::MAX)?;
+            live.ended(id, "retried", &none);
+        }
+        Err((stage, cause, retry)) => {
+            if store.get(id)?.state == State::Cancelled {
+                live.ended(id, "cancelled", &none);
+                return Ok(());
+            }
+            let state = store.fail(id, &stage, &cause, retry, max_attempts)?;
+            if state == State::Failed {
+                let moved = file_failure(&input, &m.failed, &stage, &cause, a.job.attempts);
+                store.set_input_path(id, &moved.display().to_string())?;
+                live.ended(id, "failed", &none);
+            } else {
+                tracing::warn!("job {id} will be tried again ({stage}): {cause}");
+                live.ended(id, "retried", &none);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One pass over an inbox: complete files become jobs (or failure records).
+fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &Paths) {
     let Ok(entries) = std::fs::read_dir(&m.inbox) else {
         return;
     };
-    handed.retain(|p, _| p.exists());
+    inbox.handed.retain(|p, _| p.exists());
+    inbox.waiting.retain(|p, _| p.exists());
+    lock(moved).retain(|p| p.exists());
     let now = Instant::now();
+    let grace = Duration::from_secs_f64(m.sidecar_grace_seconds);
     for entry in entries.flatten() {
         let path = entry.path();
         // Never follow symlinks out of an inbox; skip folders and our own bookkeeping.
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if !meta.file_type().is_file() || is_temporary(&path) || is_prompt_file(&path) {
+        if !meta.file_type().is_file() || is_temporary(&path) || intake::is_prompt_file(&path) {
             continue;
         }
         let stamp = (meta.len(), meta.modified().ok());
-        if handed.get(&path) == Some(&stamp) {
+        if inbox.handed.get(&path) == Some(&stamp) {
             continue;
         }
-        if !tracker.observe(&path, now) {
-            continue;
-        }
-        // A sidecar may follow its video shortly: wait for it unless the video is old enough.
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .unwrap_or_default();
-        if !sidecar_exists(&path)
-            && age < Duration::from_secs_f64(m.settle_seconds + m.sidecar_grace_seconds)
-        {
-            continue;
-        }
-        if meta.len() > m.max_input_mb * 1024 * 1024 {
-            file_failure(
-                &path,
-                &m.failed,
-                "input",
-                &format!(
-                    "{} MB is over this mapping's limit of {} MB",
-                    meta.len() / (1 << 20),
-                    m.max_input_mb
-                ),
-                0,
-            );
-            continue;
-        }
-        let spec = match resolve_spec(&path, m, paths) {
-            Ok(s) => s,
-            Err(e) => {
-                file_failure(&path, &m.failed, "spec", &e, 0);
+        if !inbox.waiting.contains_key(&path) {
+            // Renamed in (complete by convention), or unchanged for the settle interval.
+            let moved_in = lock(moved).remove(&path) && meta.len() > 0;
+            if !moved_in && !inbox.tracker.observe(&path, now) {
                 continue;
             }
-        };
-        let (Ok(hash), Ok(spec_json)) = (sha256_file(&path), serde_json::to_vec(&spec)) else {
+            inbox.waiting.insert(path.clone(), now);
+        }
+        // A sidecar may follow its video shortly: wait for it, from when the video was
+        // complete.
+        if !sidecar_exists(&path) && inbox.waiting[&path].elapsed() < grace {
             continue;
-        };
-        let spec_hash = crate::model::bundle::sha256_bytes(&spec_json);
-        handed.insert(path.clone(), stamp);
-        match store.enqueue(&m.name, &path.display().to_string(), &hash, &spec_hash) {
-            Ok(Enqueued::New(id)) => tracing::info!("job {id} queued: {}", path.display()),
+        }
+        inbox.waiting.remove(&path);
+        inbox.handed.insert(path.clone(), stamp);
+        let shown = path.display().to_string();
+        // A job submitted through the API with its own prompt already covers this file.
+        if store.has_submitted_job(&m.name, &shown).unwrap_or(false) {
+            continue;
+        }
+        match intake::admit(m, &path, store, paths, None) {
+            Ok(Enqueued::New(id)) => tracing::info!("job {id} queued: {shown}"),
             Ok(Enqueued::Existing(id, State::Done)) => {
                 // The same content and prompt were already edited: nothing to redo.
-                tracing::info!("{}: same as finished job {id}; not redone", path.display());
+                tracing::info!("{shown}: same as finished job {id}; not redone");
                 if let Some(done) = &m.done {
                     let _ = move_into(&path, done);
                 }
             }
-            Ok(Enqueued::Existing(_, _)) => {}
-            Err(e) => tracing::warn!("{e}"),
+            Ok(Enqueued::Existing(id, State::Failed)) => {
+                let earlier = store.get(id).ok().and_then(|j| j.error).unwrap_or_default();
+                file_failure(
+                    &path,
+                    &m.failed,
+                    "input",
+                    &format!("the same content and prompt failed before as job {id} ({earlier}); not retried: POST /jobs with \"redo\": true to try again"),
+                    0,
+                );
+            }
+            Ok(Enqueued::Existing(..)) => {}
+            Err(Refusal::Rejected { stage, cause }) => {
+                file_failure(&path, &m.failed, stage, &cause, 0);
+            }
+            Err(Refusal::Transient(cause)) => {
+                tracing::warn!("{shown}: {cause}; will look again");
+                inbox.handed.remove(&path);
+            }
         }
     }
 }

@@ -85,8 +85,17 @@ pub struct Job {
     pub updated_at: f64,
     pub started_at: Option<f64>,
     pub finished_at: Option<f64>,
-    /// Output files, as JSON text (a list of paths) once done.
+    /// Output files, as JSON text (a list of paths) once done. (The API shows the JSON
+    /// fields parsed.)
+    #[serde(skip)]
     pub outputs: Option<String>,
+    /// A prompt submitted with the job through the API (JSON, the sidecar format); when
+    /// absent the video's sidecar and the inbox's `_defaults.toml` give the prompt.
+    #[serde(skip)]
+    pub prompt: Option<String>,
+    /// Seconds per pipeline stage, as JSON text, once done.
+    #[serde(skip)]
+    pub timings: Option<String>,
 }
 
 pub struct Store {
@@ -117,6 +126,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at  REAL,
     finished_at REAL,
     outputs     TEXT,
+    prompt      TEXT,
+    timings     TEXT,
     UNIQUE (mapping, input_hash, spec_hash)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
@@ -124,7 +135,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
 
 const COLUMNS: &str =
     "id, mapping, input_path, input_hash, spec_hash, state, attempts, stage, error, \
-                       created_at, updated_at, started_at, finished_at, outputs";
+                       created_at, updated_at, started_at, finished_at, outputs, prompt, timings";
 
 fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -142,6 +153,8 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
         started_at: r.get(11)?,
         finished_at: r.get(12)?,
         outputs: r.get(13)?,
+        prompt: r.get(14)?,
+        timings: r.get(15)?,
     })
 }
 
@@ -173,6 +186,21 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        // Databases from before the API: add its columns.
+        for column in ["prompt", "timings"] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
+                    params![column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(sql)?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} TEXT"))
+                    .map_err(sql)?;
+            }
+        }
         Ok(Store { conn, path: shown })
     }
 
@@ -190,14 +218,15 @@ impl Store {
         input_path: &str,
         input_hash: &str,
         spec_hash: &str,
+        prompt: Option<&str>,
     ) -> Result<Enqueued> {
         let t = now();
         let inserted = self
             .conn
             .execute(
-                "INSERT OR IGNORE INTO jobs (mapping, input_path, input_hash, spec_hash, state, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
-                params![mapping, input_path, input_hash, spec_hash, t],
+                "INSERT OR IGNORE INTO jobs (mapping, input_path, input_hash, spec_hash, state, created_at, updated_at, prompt)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6)",
+                params![mapping, input_path, input_hash, spec_hash, t, prompt],
             )
             .map_err(|e| self.sql(e))?;
         if inserted == 1 {
@@ -263,13 +292,37 @@ impl Store {
         )
     }
 
-    /// Marks a running job done with its outputs (a JSON list of paths).
-    pub fn finish(&self, id: i64, outputs_json: &str) -> Result<()> {
+    /// Marks a running job done with its outputs (a JSON list of paths) and stage timings
+    /// (JSON).
+    pub fn finish(&self, id: i64, outputs_json: &str, timings_json: &str) -> Result<()> {
         let t = now();
         self.update(
             id,
-            "UPDATE jobs SET state = 'done', outputs = ?2, finished_at = ?3, updated_at = ?3, error = NULL WHERE id = ?1",
-            params![id, outputs_json, t],
+            "UPDATE jobs SET state = 'done', outputs = ?2, timings = ?3, finished_at = ?4, updated_at = ?4,
+                             stage = NULL, error = NULL WHERE id = ?1",
+            params![id, outputs_json, timings_json, t],
+        )
+    }
+
+    /// Whether a job submitted through the API (with its own prompt) for this input is
+    /// queued, running or done: the scan then leaves the file to it.
+    pub fn has_submitted_job(&self, mapping: &str, input_path: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE mapping = ?1 AND input_path = ?2
+                 AND prompt IS NOT NULL AND state IN ('queued', 'running', 'done'))",
+                params![mapping, input_path],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Where the job's input is now (after it moved to `done/` or `failed/`).
+    pub fn set_input_path(&self, id: i64, path: &str) -> Result<()> {
+        self.update(
+            id,
+            "UPDATE jobs SET input_path = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, path, now()],
         )
     }
 
@@ -400,19 +453,19 @@ mod tests {
     fn same_file_twice_is_one_job_and_a_changed_prompt_is_another() {
         let d = tempfile::tempdir().unwrap();
         let s = store(&d);
-        let a = s.enqueue("main", "in/clip.mp4", "h1", "p1").unwrap();
+        let a = s.enqueue("main", "in/clip.mp4", "h1", "p1", None).unwrap();
         assert!(matches!(a, Enqueued::New(_)));
         let Enqueued::New(id) = a else { unreachable!() };
         assert_eq!(
-            s.enqueue("main", "in/copy.mp4", "h1", "p1").unwrap(),
+            s.enqueue("main", "in/copy.mp4", "h1", "p1", None).unwrap(),
             Enqueued::Existing(id, State::Queued)
         );
         assert!(matches!(
-            s.enqueue("main", "in/clip.mp4", "h1", "p2").unwrap(),
+            s.enqueue("main", "in/clip.mp4", "h1", "p2", None).unwrap(),
             Enqueued::New(_)
         ));
         assert!(matches!(
-            s.enqueue("main", "in/clip.mp4", "h2", "p1").unwrap(),
+            s.enqueue("main", "in/clip.mp4", "h2", "p1", None).unwrap(),
             Enqueued::New(_)
         ));
     }
@@ -423,8 +476,7 @@ mod tests {
         let mut s1 = store(&d);
         let mut s2 = store(&d); // a second connection, as a second worker would have
         for i in 0..4 {
-            s1.enqueue("m", &format!("{i}.mp4"), &format!("h{i}"), "p")
-                .unwrap();
+            s1.enqueue("m", &format!("{i}.mp4"), &format!("h{i}"), "p", None).unwrap();
         }
         let mut seen = Vec::new();
         for k in 0..4 {
@@ -448,10 +500,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let mut s = store(&d);
-            s.enqueue("m", "a.mp4", "ha", "p").unwrap();
-            s.enqueue("m", "b.mp4", "hb", "p").unwrap();
+            s.enqueue("m", "a.mp4", "ha", "p", None).unwrap();
+            s.enqueue("m", "b.mp4", "hb", "p", None).unwrap();
             let a = s.claim_next().unwrap().unwrap();
-            s.finish(a.id, "[\"out/a.red.mp4\"]").unwrap();
+            s.finish(a.id, "[\"out/a.red.mp4\"]", "{}").unwrap();
             let b = s.claim_next().unwrap().unwrap();
             s.set_stage(b.id, "invert").unwrap();
             // dropped here without finishing b: the process died
@@ -470,7 +522,7 @@ mod tests {
     fn retries_stop_at_the_cap() {
         let d = tempfile::tempdir().unwrap();
         let mut s = store(&d);
-        s.enqueue("m", "x.mp4", "hx", "p").unwrap();
+        s.enqueue("m", "x.mp4", "hx", "p", None).unwrap();
         for attempt in 1..=3 {
             let j = s.claim_next().unwrap().unwrap();
             assert_eq!(j.attempts, attempt);
@@ -499,11 +551,11 @@ mod tests {
     fn counts_and_cancel() {
         let d = tempfile::tempdir().unwrap();
         let mut s = store(&d);
-        s.enqueue("m", "a", "a", "p").unwrap();
-        s.enqueue("m", "b", "b", "p").unwrap();
+        s.enqueue("m", "a", "a", "p", None).unwrap();
+        s.enqueue("m", "b", "b", "p", None).unwrap();
         let a = s.claim_next().unwrap().unwrap();
         assert_eq!(s.cancel(2).unwrap(), State::Cancelled);
-        s.finish(a.id, "[]").unwrap();
+        s.finish(a.id, "[]", "{}").unwrap();
         assert_eq!(
             s.cancel(a.id).unwrap(),
             State::Done,

@@ -811,11 +811,28 @@ impl JobSpec {
         pipelines_dir: &Path,
         cli: &CliOverrides,
     ) -> Result<JobSpec, SpecError> {
+        let folder = video.parent().unwrap_or(Path::new("."));
+        JobSpec::for_video_in(video, folder, None, pipelines_dir, cli)
+    }
+
+    /// Like [`JobSpec::for_video`], with `_defaults.toml` taken from `defaults_dir` (the
+    /// daemon's inbox, wherever the video is now) and, when `prompt` is given, that prompt
+    /// instead of the video's sidecar (a prompt submitted through the API).
+    ///
+    /// # Errors
+    /// As [`JobSpec::for_video`].
+    pub fn for_video_in(
+        video: &Path,
+        defaults_dir: &Path,
+        prompt: Option<PromptFile>,
+        pipelines_dir: &Path,
+        cli: &CliOverrides,
+    ) -> Result<JobSpec, SpecError> {
         let preset = Preset::load(
             cli.preset.as_deref().unwrap_or(DEFAULT_PRESET),
             pipelines_dir,
         )?;
-        let defaults_path = video.with_file_name(DEFAULTS_FILE);
+        let defaults_path = defaults_dir.join(DEFAULTS_FILE);
         let defaults = match File::open(&defaults_path) {
             Ok(file) => Some(PromptFile::parse_reader(file, &defaults_path)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -826,9 +843,12 @@ impl JobSpec {
                 })
             }
         };
-        let sidecar = find_sidecar(video)?
-            .map(|p| PromptFile::load(&p))
-            .transpose()?;
+        let sidecar = match prompt {
+            Some(p) => Some(p),
+            None => find_sidecar(video)?
+                .map(|p| PromptFile::load(&p))
+                .transpose()?,
+        };
         let hint = Hint {
             sidecar: sidecar.as_ref().map_or_else(
                 || sidecar_candidates(video)[0].display().to_string(),
