@@ -1,7 +1,7 @@
 //! `ctxd watch` as a real process against real folders.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -13,6 +13,11 @@ struct Daemon {
 
 impl Daemon {
     fn new() -> Daemon {
+        Daemon::with(0.3, 0.3, "", "")
+    }
+
+    /// A daemon with its own folders; `global` and `mapping` add config lines.
+    fn with(settle: f64, grace: f64, global: &str, mapping: &str) -> Daemon {
         let dir = Dir::new();
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         std::fs::write(
@@ -24,10 +29,10 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "state_dir = \"state\"\npoll_seconds = 0.1\nshutdown_grace_seconds = 20\n\
+                "state_dir = \"state\"\npoll_seconds = 0.1\nshutdown_grace_seconds = 20\n{global}\n\
                  [api]\nlisten = \"127.0.0.1:0\"\n\
                  [[mapping]]\nname = \"main\"\ninbox = \"inbox\"\noutbox = \"outbox\"\nfailed = \"failed\"\ndone = \"done\"\n\
-                 preset = \"{}\"\nbundle = \"{}\"\nsettle_seconds = 0.3\nsidecar_grace_seconds = 0.3\n",
+                 preset = \"{}\"\nbundle = \"{}\"\nsettle_seconds = {settle}\nsidecar_grace_seconds = {grace}\n{mapping}\n",
                 dir.path("quick.toml").display(),
                 root.join("models/oracle").display()
             ),
@@ -44,13 +49,29 @@ impl Daemon {
         Daemon { dir, config }
     }
 
-    fn start(&self) -> Child {
-        ctxd()
+    fn start(&self) -> Running {
+        self.start_with(&[])
+    }
+
+    /// Starts the daemon; its log goes to `daemon.log`, shown if the test fails.
+    fn start_with(&self, env: &[(&str, &str)]) -> Running {
+        let log = self.path("daemon.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = ctxd()
             .args(["watch", "--config"])
             .arg(&self.config)
-            .stderr(Stdio::null())
+            .envs(env.iter().copied())
+            .stderr(file)
             .spawn()
-            .unwrap()
+            .unwrap();
+        Running {
+            child: Some(child),
+            log,
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -68,20 +89,71 @@ impl Daemon {
 
     /// Makes a clip elsewhere, then moves it in atomically (as a careful uploader would).
     fn drop_clip(&self, name: &str, seconds: f64) {
-        let tmp = self.dir.ffmpeg(
+        let tmp = self.make_clip(name, seconds);
+        std::fs::rename(tmp, self.path(&format!("inbox/{name}"))).unwrap();
+    }
+
+    /// A gray clip outside the watched folders.
+    fn make_clip(&self, name: &str, seconds: f64) -> PathBuf {
+        self.make_clip_sized(name, seconds, "64x48")
+    }
+
+    fn make_clip_sized(&self, name: &str, seconds: f64, size: &str) -> PathBuf {
+        self.dir.ffmpeg(
             &format!("make-{name}"),
             &strs(&args(
                 &[&[
                     "-f".into(),
                     "lavfi".into(),
                     "-i".into(),
-                    format!("color=c=0x808080:size=64x48:rate=10:duration={seconds}"),
+                    format!("color=c=0x808080:size={size}:rate=10:duration={seconds}"),
                 ]],
                 &["-c:v", "libx264", "-f", "mp4"],
             )),
-        );
-        std::fs::rename(tmp, self.path(&format!("inbox/{name}"))).unwrap();
+        )
     }
+
+    /// The status API's address, once the daemon has written it.
+    fn api(&self) -> String {
+        let file = self.path("state/api.addr");
+        wait_for("the API address", || file.exists());
+        std::fs::read_to_string(file).unwrap()
+    }
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        req += "Content-Type: application/json\r\n";
+    }
+    req += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {answer}"));
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -95,7 +167,39 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn stop(mut child: Child) {
+/// A daemon process; killed (and its log printed) if the test fails while it runs.
+struct Running {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Running {
+    fn kill_9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- daemon log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn stop(mut running: Running) {
+    let mut child = running.child.take().unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "graceful stop exits 0");
@@ -159,13 +263,12 @@ fn kill_9_mid_job_then_restart_ends_with_one_output_set() {
         "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
     )
     .unwrap();
-    let mut child = d.start();
+    let child = d.start();
     d.drop_clip("long.mp4", 30.0);
     wait_for("the job to start writing", || {
         d.list("outbox").iter().any(|n| n.ends_with(".part"))
     });
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill_9();
     assert!(
         d.list("outbox").iter().all(|n| n.ends_with(".part")),
         "no finished output yet"
@@ -182,4 +285,388 @@ fn kill_9_mid_job_then_restart_ends_with_one_output_set() {
         "one output set, no leftovers"
     );
     assert_eq!(frame_times(&d.path("outbox/long.red.mp4")).len(), 300);
+}
+
+#[test]
+fn a_growing_file_waits_and_a_late_sidecar_is_used() {
+    let d = Daemon::with(1.5, 2.0, "", "");
+    let child = d.start();
+    // Written in place, a piece at a time, never pausing as long as the settle interval: a
+    // partial mp4 (no index yet) taken early would end in failed/.
+    let clip = std::fs::read(d.make_clip("grow.mp4", 2.0)).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(d.path("inbox/grow.mp4")).unwrap();
+        for piece in clip.chunks(clip.len() / 8 + 1) {
+            f.write_all(piece).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    // Moved in atomically; its sidecar follows 0.5 s later, within the grace period.
+    d.drop_clip("late.mp4", 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(d.path("late.tmp"), "[[edit]]\nprompt = \"blue\"\n").unwrap();
+    std::fs::rename(d.path("late.tmp"), d.path("inbox/late.prompt.toml")).unwrap();
+    wait_for("both outputs", || {
+        exists(&d.path("outbox/grow.red.json")) && exists(&d.path("outbox/late.blue.json"))
+    });
+    stop(child);
+    assert_eq!(
+        d.list("failed"),
+        Vec::<String>::new(),
+        "nothing taken early"
+    );
+    assert_eq!(
+        d.list("outbox"),
+        vec![
+            "grow.red.json",
+            "grow.red.mp4",
+            "late.blue.json",
+            "late.blue.mp4"
+        ]
+    );
+    assert_eq!(frame_times(&d.path("outbox/grow.red.mp4")).len(), 20);
+    assert_eq!(
+        d.list("done"),
+        vec!["grow.mp4", "late.mp4", "late.prompt.toml"],
+        "the sidecar goes with its video"
+    );
+}
+
+/// A small tmpfs, unmounted when dropped (also when the test fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "this test mounts a tmpfs as a full disk, which needs root (CAP_SYS_ADMIN)"
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_outbox_fails_the_job_with_the_reason_and_keeps_the_input() {
+    let d = Daemon::with(0.3, 0.3, "max_attempts = 2", "");
+    let _disk = Tmpfs::mount(&d.path("outbox"), "12k");
+    let child = d.start();
+    let clip = d.make_clip("big.mp4", 1.0);
+    // Noise compresses badly: the output cannot fit in 12 kB.
+    let noisy = d.dir.ffmpeg(
+        "noisy.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "nullsrc=s=256x192:r=10:d=4,geq=random(1)*255:128:128",
+            "-c:v",
+            "libx264",
+            "-f",
+            "mp4",
+        ],
+    );
+    let original = std::fs::read(&noisy).unwrap();
+    std::fs::rename(&noisy, d.path("inbox/big.mp4")).unwrap();
+    drop(clip);
+    wait_for("the failure record", || {
+        exists(&d.path("failed/big.mp4.error.json"))
+    });
+    stop(child);
+    let err = json(&std::fs::read_to_string(d.path("failed/big.mp4.error.json")).unwrap());
+    let cause = err["cause"].as_str().unwrap();
+    assert!(cause.contains("No space left on device"), "{err}");
+    assert!(cause.contains("outbox"), "names the output: {err}");
+    assert_eq!(err["attempts"], 2, "retried up to the cap: {err}");
+    assert_eq!(
+        std::fs::read(d.path("failed/big.mp4")).unwrap(),
+        original,
+        "the input is kept, byte for byte"
+    );
+    assert_eq!(
+        d.list("outbox"),
+        Vec::<String>::new(),
+        "nothing half-written"
+    );
+}
+
+#[test]
+fn graceful_stop_requeues_a_long_job_that_the_next_start_finishes() {
+    let d = Daemon::with(0.3, 0.3, "", "");
+    std::fs::write(
+        d.path("watch.toml"),
+        std::fs::read_to_string(d.path("watch.toml"))
+            .unwrap()
+            .replace(
+                "shutdown_grace_seconds = 20",
+                "shutdown_grace_seconds = 0.5",
+            ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path("quick.toml"),
+        "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
+    )
+    .unwrap();
+    let child = d.start();
+    d.drop_clip("long.mp4", 60.0);
+    wait_for("the job to start writing", || {
+        d.list("outbox").iter().any(|n| n.ends_with(".part"))
+    });
+    let asked = Instant::now();
+    stop(child); // asserts exit status 0
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "the grace period bounds the stop"
+    );
+    assert_eq!(
+        d.list("outbox"),
+        Vec::<String>::new(),
+        "no partial output left"
+    );
+    assert_eq!(
+        d.list("inbox"),
+        vec!["_defaults.toml", "long.mp4"],
+        "the input waits"
+    );
+
+    let child = d.start();
+    wait_for("the resumed job's output", || {
+        exists(&d.path("outbox/long.red.json"))
+    });
+    stop(child);
+    assert_eq!(d.list("outbox"), vec!["long.red.json", "long.red.mp4"]);
+}
+
+#[test]
+fn limits_refuse_long_inputs_and_stop_slow_jobs() {
+    let d = Daemon::with(
+        0.3,
+        0.3,
+        "",
+        "max_duration_seconds = 5\nmax_job_seconds = 1.5",
+    );
+    std::fs::write(
+        d.path("quick.toml"),
+        "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
+    )
+    .unwrap();
+    let child = d.start();
+    d.drop_clip("too-long.mp4", 8.0);
+    // Large frames at native size: many seconds of work.
+    let slow = d.make_clip_sized("slow.mp4", 4.5, "640x480");
+    std::fs::rename(slow, d.path("inbox/slow.mp4")).unwrap();
+    wait_for("both failure records", || {
+        exists(&d.path("failed/too-long.mp4.error.json"))
+            && exists(&d.path("failed/slow.mp4.error.json"))
+    });
+    stop(child);
+    let long = json(&std::fs::read_to_string(d.path("failed/too-long.mp4.error.json")).unwrap());
+    assert!(
+        long["cause"]
+            .as_str()
+            .unwrap()
+            .contains("max_duration_seconds"),
+        "{long}"
+    );
+    assert_eq!(long["attempts"], 0, "refused before it took a worker");
+    let slow = json(&std::fs::read_to_string(d.path("failed/slow.mp4.error.json")).unwrap());
+    assert_eq!(slow["stage"], "timeout", "{slow}");
+    assert!(
+        slow["cause"].as_str().unwrap().contains("max_job_seconds"),
+        "{slow}"
+    );
+    assert_eq!(slow["attempts"], 1, "a time-out is not retried");
+    assert_eq!(d.list("outbox"), Vec::<String>::new());
+}
+
+#[test]
+fn the_api_answers_submits_cancels_and_refuses_traversal() {
+    // A settle interval long enough that the scan never takes the files: the API does.
+    let d = Daemon::with(600.0, 0.3, "", "");
+    let token = "s3cret-token";
+    let child = d.start_with(&[("CTXD_API_TOKEN", token)]);
+    let addr = d.api();
+    let t = Some(token);
+
+    assert_eq!(
+        http(&addr, "GET", "/healthz", None, None).0,
+        200,
+        "health needs no token"
+    );
+    assert_eq!(http(&addr, "GET", "/jobs", None, None).0, 401);
+    assert_eq!(http(&addr, "GET", "/jobs", Some("wrong"), None).0, 401);
+    assert_eq!(http(&addr, "GET", "/metrics", None, None).0, 401);
+    let (code, body) = http(&addr, "GET", "/jobs", t, None);
+    assert_eq!((code, json(&body)), (200, serde_json::json!([])));
+
+    // Traversal and other escapes.
+    std::fs::create_dir(d.path("inbox/sub")).unwrap();
+    let outside = d.make_clip("outside.mp4", 1.0);
+    std::os::unix::fs::symlink(&outside, d.path("inbox/link.mp4")).unwrap();
+    for (path, code) in [
+        ("../watch.toml", 403),
+        ("/etc/passwd", 403),
+        (outside.to_str().unwrap(), 403),
+        ("sub/../../watch.toml", 403),
+        ("link.mp4", 403),
+        ("sub", 403),
+        ("missing.mp4", 404),
+        ("_defaults.toml", 400),
+    ] {
+        let body = serde_json::json!({ "path": path }).to_string();
+        let (got, answer) = http(&addr, "POST", "/jobs", t, Some(&body));
+        assert_eq!(got, code, "{path}: {answer}");
+        assert!(json(&answer)["error"].is_string(), "{answer}");
+    }
+    let bad_folder = serde_json::json!({ "path": "x.mp4", "folder": "../.." }).to_string();
+    assert_eq!(http(&addr, "POST", "/jobs", t, Some(&bad_folder)).0, 400);
+    let unknown = serde_json::json!({ "path": "x.mp4", "output": "/tmp/x" }).to_string();
+    assert!(
+        http(&addr, "POST", "/jobs", t, Some(&unknown)).0 >= 400,
+        "unknown fields refused"
+    );
+
+    // Submit with a prompt whose edit name tries to leave the outbox.
+    std::fs::rename(d.make_clip("api.mp4", 1.0), d.path("inbox/api.mp4")).unwrap();
+    let submit = serde_json::json!({
+        "path": "api.mp4",
+        "prompt": { "source": "gray", "edit": [{ "prompt": "blue", "name": "../../escape" }] },
+    })
+    .to_string();
+    let (code, body) = http(&addr, "POST", "/jobs", t, Some(&submit));
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_i64().unwrap();
+    let job_url = format!("/jobs/{id}");
+    wait_for("the submitted job", || {
+        json(&http(&addr, "GET", &job_url, t, None).1)["state"] == "done"
+    });
+    let job = json(&http(&addr, "GET", &job_url, t, None).1);
+    let outputs: Vec<PathBuf> = job["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| PathBuf::from(p.as_str().unwrap()))
+        .collect();
+    assert_eq!(outputs.len(), 1, "{job}");
+    assert_eq!(outputs[0].parent().unwrap(), d.path("outbox"), "{job}");
+    assert!(job["timings"]["wall_s"].as_f64().unwrap() > 0.0, "{job}");
+    assert!(
+        job["timings"]["stages"].as_object().unwrap().len() >= 3,
+        "{job}"
+    );
+    assert_eq!(job["prompt"]["edit"][0]["prompt"], "blue");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(d.list("done"), vec!["api.mp4"]);
+
+    // Again: the same job, not redone; with "redo" (the input now in done/), edited again.
+    let again = serde_json::json!({ "path": "api.mp4", "folder": "done", "prompt": { "source": "gray", "edit": [{ "prompt": "blue", "name": "../../escape" }] } });
+    let (code, body) = http(&addr, "POST", "/jobs", t, Some(&again.to_string()));
+    assert_eq!(
+        (
+            code,
+            json(&body)["id"].as_i64(),
+            json(&body)["new"].as_bool()
+        ),
+        (200, Some(id), Some(false)),
+        "{body}"
+    );
+    let mut redo = again.clone();
+    redo["redo"] = true.into();
+    let (code, body) = http(&addr, "POST", "/jobs", t, Some(&redo.to_string()));
+    assert_eq!(
+        (code, json(&body)["state"].as_str()),
+        (200, Some("queued")),
+        "{body}"
+    );
+    wait_for("the redone job", || {
+        json(&http(&addr, "GET", &job_url, t, None).1)["state"] == "done"
+    });
+
+    // Cancel a long job while it runs.
+    std::fs::write(
+        d.path("quick.toml"),
+        "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
+    )
+    .unwrap();
+    std::fs::rename(d.make_clip("long.mp4", 60.0), d.path("inbox/long.mp4")).unwrap();
+    let (code, body) = http(&addr, "POST", "/jobs", t, Some(r#"{"path": "long.mp4"}"#));
+    assert_eq!(code, 201, "{body}");
+    let long = format!("/jobs/{}", json(&body)["id"]);
+    wait_for("progress on the long job", || {
+        json(&http(&addr, "GET", &long, t, None).1)["live"]["frames_done"].as_u64() > Some(0)
+    });
+    let (code, body) = http(&addr, "DELETE", &long, t, None);
+    assert_eq!(
+        (code, json(&body)["state"].as_str()),
+        (200, Some("cancelled")),
+        "{body}"
+    );
+    assert_eq!(
+        http(&addr, "DELETE", &long, t, None).0,
+        409,
+        "already cancelled"
+    );
+    assert_eq!(http(&addr, "DELETE", "/jobs/9999", t, None).0, 404);
+    assert_eq!(http(&addr, "GET", "/jobs/9999", t, None).0, 404);
+    wait_for("the worker to let go", || {
+        json(&http(&addr, "GET", &long, t, None).1)["live"].is_null()
+    });
+    assert!(
+        d.list("inbox").contains(&"long.mp4".to_string()),
+        "a cancelled input stays"
+    );
+
+    let (code, listing) = http(&addr, "GET", "/jobs?state=done", t, None);
+    assert_eq!((code, json(&listing).as_array().unwrap().len()), (200, 1));
+    assert_eq!(http(&addr, "GET", "/jobs?state=bogus", t, None).0, 400);
+    let (code, metrics) = http(&addr, "GET", "/metrics", t, None);
+    assert_eq!(code, 200);
+    for line in [
+        "ctxd_jobs{state=\"done\"} 1",
+        "ctxd_jobs{state=\"cancelled\"} 1",
+        "ctxd_queue_depth 0",
+        "ctxd_jobs_finished_total{outcome=\"done\"} 2",
+        "ctxd_jobs_finished_total{outcome=\"cancelled\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+    let frames: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxd_frames_processed_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        frames >= 20.0,
+        "two 10-frame edits and part of a long one: {frames}"
+    );
+    assert!(
+        metrics.contains("ctxd_stage_seconds_total{stage=\""),
+        "{metrics}"
+    );
+    stop(child);
+    assert_eq!(
+        d.list("outbox").len(),
+        2,
+        "one output set, written twice in place"
+    );
 }

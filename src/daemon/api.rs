@@ -164,12 +164,11 @@ struct Submit {
 fn confine(api: &Shared, s: &Submit) -> Result<(Mapping, PathBuf), Failure> {
     let refuse = |msg: String| Failure(StatusCode::FORBIDDEN, msg);
     let m = match &s.mapping {
-        Some(name) => api.mappings.iter().find(|m| &m.name == name).ok_or_else(|| {
-            Failure(
-                StatusCode::NOT_FOUND,
-                format!("no mapping named '{name}'"),
-            )
-        })?,
+        Some(name) => api
+            .mappings
+            .iter()
+            .find(|m| &m.name == name)
+            .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no mapping named '{name}'")))?,
         None if api.mappings.len() == 1 => &api.mappings[0],
         None => {
             return Err(Failure(
@@ -227,7 +226,11 @@ fn confine(api: &Shared, s: &Submit) -> Result<(Mapping, PathBuf), Failure> {
         _ => false,
     };
     if !inside {
-        return Err(refuse(format!("'{}' resolves outside {}", s.path, root.display())));
+        return Err(refuse(format!(
+            "'{}' resolves outside {}",
+            s.path,
+            root.display()
+        )));
     }
     Ok((m.clone(), path))
 }
@@ -374,7 +377,10 @@ pub fn start(
                 let stop = async {
                     let _ = rx.await;
                 };
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
                     tracing::error!("status API: {e}");
                 }
             })

@@ -16,8 +16,8 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use super::config::{Mapping, WatchConfig};
-use super::intake::{self, Refusal};
 pub use super::intake::Paths;
+use super::intake::{self, Refusal};
 use super::live::Live;
 use super::stable::{is_temporary, StabilityTracker};
 use super::store::{Enqueued, Job, State, Store};
@@ -207,9 +207,8 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
         EncodeSettings::default(),
         cancel,
     );
-    let progress = |p: crate::pipeline::job::Progress| {
-        live.progress(job.id, p.frames_done, p.frames_total)
-    };
+    let progress =
+        |p: crate::pipeline::job::Progress| live.progress(job.id, p.frames_done, p.frames_total);
     match graph::run(&edit_job, &progress) {
         Ok(reports) => {
             let first = reports.first();
@@ -407,7 +406,10 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                 a.timed_out = true;
                 a.cancel.store(true, Ordering::Relaxed);
             }
-            if store.get(a.job.id).is_ok_and(|j| j.state == State::Cancelled) {
+            if store
+                .get(a.job.id)
+                .is_ok_and(|j| j.state == State::Cancelled)
+            {
                 a.cancel.store(true, Ordering::Relaxed);
             }
         }

@@ -476,7 +476,8 @@ mod tests {
         let mut s1 = store(&d);
         let mut s2 = store(&d); // a second connection, as a second worker would have
         for i in 0..4 {
-            s1.enqueue("m", &format!("{i}.mp4"), &format!("h{i}"), "p", None).unwrap();
+            s1.enqueue("m", &format!("{i}.mp4"), &format!("h{i}"), "p", None)
+                .unwrap();
         }
         let mut seen = Vec::new();
         for k in 0..4 {
