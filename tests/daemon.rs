@@ -670,3 +670,33 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
         "one output set, written twice in place"
     );
 }
+
+/// CPU seconds `pid` has used (utime + stime).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f[11] + f[12]) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn an_idle_daemon_sleeps() {
+    // Regression: the watcher reported our own reads of the inbox, and each scan woke the
+    // next (a core busy while idle). A sleeping daemon uses next to no CPU.
+    let d = Daemon::new();
+    let child = d.start();
+    d.api();
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = child.child.as_ref().unwrap().id();
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let busy = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    stop(child);
+    assert!(
+        busy < 0.2,
+        "idle daemon used {busy:.2} CPU-seconds per second"
+    );
+}

@@ -96,6 +96,8 @@ enum BenchCommand {
     /// The staged pipeline against the same stages without overlap; ONNX Runtime's share;
     /// peak memory for a short versus a long input.
     Pipeline(crate::bench::PipelineBenchArgs),
+    /// Jobs per minute through `ctxd watch` against `ctxd edit` once per clip; idle CPU.
+    Watch(crate::bench::WatchBenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -370,6 +372,7 @@ fn run(command: Command) -> Result<(), Failure> {
             BenchCommand::Media(args) => crate::bench::media(&args).map_err(Failure::Job),
             BenchCommand::Sampler(args) => crate::bench::sampler(&args).map_err(Failure::Job),
             BenchCommand::Pipeline(args) => crate::bench::pipeline(&args).map_err(Failure::Job),
+            BenchCommand::Watch(args) => crate::bench::watch(&args).map_err(Failure::Job),
         },
     }
 }

@@ -271,6 +271,11 @@ fn watch_inboxes(
     use notify::{EventKind, RecursiveMode, Watcher};
     let handler = move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
+            // Opening and reading (our own scans and prompt reads among them) changes nothing:
+            // waking on it would make the loop feed itself.
+            if matches!(ev.kind, EventKind::Access(_)) {
+                return;
+            }
             let renamed_to = match ev.kind {
                 EventKind::Modify(ModifyKind::Name(RenameMode::To)) => ev.paths.first(),
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => ev.paths.get(1),

@@ -7,6 +7,10 @@
 //! 2. Memory: peak RSS of `ctxd transcode` on a short and on a long input of the same kind;
 //!    the ratio should stay near 1 (memory must not grow with length).
 
+mod watch;
+
+pub use watch::{watch, WatchBenchArgs};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
