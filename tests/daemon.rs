@@ -663,6 +663,14 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
         metrics.contains("ctxd_stage_seconds_total{stage=\""),
         "{metrics}"
     );
+    // Later jobs took the first one's models, already loaded.
+    let reused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxd_model_loads_total{how=\"reused\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reused >= 5.0, "{metrics}");
     stop(child);
     assert_eq!(
         d.list("outbox").len(),

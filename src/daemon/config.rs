@@ -23,6 +23,10 @@ pub struct WatchConfig {
     pub max_attempts: u32,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: f64,
+    /// Minutes a loaded model stays warm (in memory, ready) after its last job; 0 loads the
+    /// models afresh for every job.
+    #[serde(default = "default_warm")]
+    pub warm_minutes: f64,
     #[serde(default)]
     pub api: ApiConfig,
     pub mapping: Vec<Mapping>,
@@ -81,6 +85,9 @@ fn default_poll() -> f64 {
     0.5
 }
 fn default_rescan() -> f64 {
+    10.0
+}
+fn default_warm() -> f64 {
     10.0
 }
 fn yes() -> bool {

@@ -180,6 +180,22 @@ impl Live {
             "Job attempts that ended since the daemon started, by outcome.",
             &finished,
         );
+        let (reused, built) = crate::model::warm::load_counts();
+        family(
+            "ctxd_model_loads_total",
+            "counter",
+            "Network loads by jobs: reused a warm session, or built a new one.",
+            &[
+                (label("how", "reused"), reused as f64),
+                (label("how", "built"), built as f64),
+            ],
+        );
+        family(
+            "ctxd_model_sessions_warm",
+            "gauge",
+            "Loaded sessions waiting for the next job.",
+            &[(String::new(), crate::model::warm::idle_count() as f64)],
+        );
         family(
             "ctxd_uptime_seconds",
             "gauge",

@@ -336,6 +336,11 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
     }
     let paths = Arc::new(paths);
     let live = Arc::new(Live::default());
+    let warm_for = Duration::from_secs_f64(cfg.warm_minutes.max(0.0) * 60.0);
+    if !warm_for.is_zero() {
+        // Each job loads the UNet twice (inversion and editing run side by side).
+        crate::model::warm::enable(2 * cfg.concurrency);
+    }
     let api = if cfg.api.enabled {
         let server = super::api::start(
             &cfg.api,
@@ -457,6 +462,9 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                 };
                 active.push(start_job(job, m, &paths, &live, control.waker())?);
             }
+        }
+        if crate::model::warm::evict_idle(warm_for) > 0 {
+            tracing::info!("models idle for {warm_for:?} unloaded");
         }
         let busy = stopping || !active.is_empty() || inboxes.values().any(Inbox::pending);
         // A wake (event, finished job, API call, stop) or the tick, whichever comes first.

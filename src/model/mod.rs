@@ -6,6 +6,7 @@
 //! - `runtime`: execution providers (`cpu`, `cuda[:N]`, `auto`) and threads
 //! - `network`: one checked session, fed by name, fp16/int32 converted at the boundary
 //! - `text`: tokenizer and text encoder with a per-prompt cache
+//! - `warm`: sessions kept warm between a daemon's jobs
 //! - `check`: `ctxd models check`
 
 pub mod bundle;
@@ -17,6 +18,7 @@ pub mod manifest;
 pub mod network;
 pub mod runtime;
 pub mod text;
+pub mod warm;
 
 pub use bundle::{find_bundles, Bundle};
 pub use contract::Kind;

@@ -26,7 +26,9 @@ pub enum Input {
 pub struct Network {
     kind: Kind,
     path: PathBuf,
-    session: Session,
+    /// Always Some until dropped (then it may go back to the warm pool).
+    session: Option<Session>,
+    warm_key: Option<super::warm::Key>,
     provider: Provider,
     inputs: Vec<Declared>,
     outputs: Vec<Declared>,
@@ -46,12 +48,18 @@ impl Network {
         manifest: &Manifest,
         opts: &RuntimeOptions,
     ) -> Result<Network> {
-        let (session, provider) = runtime::open_session(path, opts)?;
+        let warm_key = super::warm::key(path, opts);
+        let (session, provider) = match warm_key.as_ref().and_then(super::warm::take) {
+            Some(warm) => warm,
+            None => runtime::open_session(path, opts)?,
+        };
+        // Checked on every load, warm or not: the manifest may have changed.
         let (inputs, outputs) = contract::check(kind, &session, path, manifest)?;
         Ok(Network {
             kind,
             path: path.to_path_buf(),
-            session,
+            session: Some(session),
+            warm_key,
             provider,
             inputs,
             outputs,
@@ -128,7 +136,8 @@ impl Network {
             feed.push((d.name.clone(), v));
         }
         let start = Instant::now();
-        let outputs = self.session.run(feed).map_err(|e| run_err(e.to_string()))?;
+        let session = self.session.as_mut().expect("present until dropped");
+        let outputs = session.run(feed).map_err(|e| run_err(e.to_string()))?;
         let mut result = BTreeMap::new();
         for d in &self.outputs {
             let Some(v) = outputs.get(&d.name) else {
@@ -159,6 +168,14 @@ impl Network {
                 network: kind.name().to_string(),
                 cause: format!("no output '{output}'"),
             })
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if let (Some(key), Some(session)) = (self.warm_key.take(), self.session.take()) {
+            super::warm::give_back(key, session, self.provider);
+        }
     }
 }
 
