@@ -170,10 +170,13 @@ impl EncodeArgs {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// `daemon`: a long-running command, whose log is its record (jobs queued, started, done), so
+/// it logs at info unless told otherwise.
+fn init_logging(verbose: u8, quiet: bool, daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (false, 0) if daemon => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, 2) => "debug",
@@ -221,7 +224,11 @@ impl From<crate::pipeline::spec::SpecError> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(
+        cli.verbose,
+        cli.quiet,
+        matches!(cli.command, Command::Watch { .. }),
+    );
     let quiet = cli.quiet;
     let result = match cli.command {
         Command::Edit(args) => {

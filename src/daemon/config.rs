@@ -167,6 +167,37 @@ impl WatchConfig {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("{}: cannot create {}: {e}", path.display(), dir.display()))?;
         }
+        // Absolute from here on: the job store records input paths, and a restart from
+        // another working directory must find them.
+        let real = |p: &mut PathBuf| -> Result<(), String> {
+            *p = std::fs::canonicalize(&*p)
+                .map_err(|e| format!("{}: {}: {e}", path.display(), p.display()))?;
+            Ok(())
+        };
+        real(&mut c.state_dir)?;
+        for m in &mut c.mapping {
+            real(&mut m.inbox)?;
+            real(&mut m.outbox)?;
+            real(&mut m.failed)?;
+            if let Some(done) = &mut m.done {
+                real(done)?;
+            }
+            if let Some(b) = &mut m.bundle {
+                *b = std::path::absolute(&*b).unwrap_or_else(|_| b.clone());
+            }
+            // Outputs landing in the inbox would be edited again, and again.
+            if [&m.outbox, &m.failed]
+                .into_iter()
+                .chain(m.done.as_ref())
+                .any(|d| d == &m.inbox)
+            {
+                return Err(format!(
+                    "{}: mapping '{}': the inbox cannot also be its outbox, failed or done folder",
+                    path.display(),
+                    m.name
+                ));
+            }
+        }
         if let Ok(token) = std::env::var("CTXD_API_TOKEN") {
             c.api.token = Some(token).filter(|t| !t.is_empty());
         }
@@ -215,5 +246,48 @@ impl WatchConfig {
             ));
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<WatchConfig, String> {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("watch.toml");
+        std::fs::write(&path, text).unwrap();
+        WatchConfig::load(&path)
+    }
+
+    #[test]
+    fn the_shipped_config_loads() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("watch/ctxd-watch.toml");
+        let c = load(&std::fs::read_to_string(shipped).unwrap()).unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:7878");
+        assert_eq!(c.mapping[0].max_job_seconds, Some(7200.0));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let m = "[[mapping]]\nname = \"a\"\ninbox = \"i\"\noutbox = \"o\"\nfailed = \"f\"\n";
+        let e = load(&format!("polll_seconds = 1\n{m}")).unwrap_err();
+        assert!(e.contains("polll_seconds"), "{e}");
+        let e = load(&format!("[api]\nlisten = \"0.0.0.0:7878\"\n{m}")).unwrap_err();
+        assert!(e.contains("token"), "{e}");
+        assert!(load(&format!(
+            "[api]\nlisten = \"0.0.0.0:7878\"\ntoken = \"t\"\n{m}"
+        ))
+        .is_ok());
+        let e = load(&format!("{m}{m}")).unwrap_err();
+        assert!(e.contains("two mappings"), "{e}");
+        let e =
+            load("[[mapping]]\nname = \"a\"\ninbox = \"i\"\noutbox = \"./i\"\nfailed = \"f\"\n")
+                .unwrap_err();
+        assert!(e.contains("cannot also be"), "{e}");
+        let e = load(&format!("{m}max_job_seconds = 0\n")).unwrap_err();
+        assert!(e.contains("max_job_seconds"), "{e}");
+        let e = load("[api]\nlisten = \"nowhere\"\n[[mapping]]\nname = \"a b\"\ninbox = \"i\"\noutbox = \"o\"\nfailed = \"f\"\n").unwrap_err();
+        assert!(e.contains("letters, digits"), "{e}");
     }
 }
