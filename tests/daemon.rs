@@ -364,9 +364,8 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_outbox_fails_the_job_with_the_reason_and_keeps_the_input() {
     let d = Daemon::with(0.3, 0.3, "max_attempts = 2", "");
-    let _disk = Tmpfs::mount(&d.path("outbox"), "12k");
+    let disk = Tmpfs::mount(&d.path("outbox"), "12k");
     let child = d.start();
-    let clip = d.make_clip("big.mp4", 1.0);
     // Noise compresses badly: the output cannot fit in 12 kB.
     let noisy = d.dir.ffmpeg(
         "noisy.mp4",
@@ -383,11 +382,9 @@ fn a_full_outbox_fails_the_job_with_the_reason_and_keeps_the_input() {
     );
     let original = std::fs::read(&noisy).unwrap();
     std::fs::rename(&noisy, d.path("inbox/big.mp4")).unwrap();
-    drop(clip);
     wait_for("the failure record", || {
         exists(&d.path("failed/big.mp4.error.json"))
     });
-    stop(child);
     let err = json(&std::fs::read_to_string(d.path("failed/big.mp4.error.json")).unwrap());
     let cause = err["cause"].as_str().unwrap();
     assert!(cause.contains("No space left on device"), "{err}");
@@ -403,6 +400,21 @@ fn a_full_outbox_fails_the_job_with_the_reason_and_keeps_the_input() {
         Vec::<String>::new(),
         "nothing half-written"
     );
+
+    // Space again: the user asks for the failed input to be tried again.
+    drop(disk);
+    let redo = r#"{"path": "big.mp4", "folder": "failed", "redo": true}"#;
+    let (code, body) = http(&d.api(), "POST", "/jobs", None, Some(redo));
+    assert_eq!(code, 200, "{body}");
+    wait_for("the output", || exists(&d.path("outbox/big.red.json")));
+    stop(child);
+    assert_eq!(d.list("outbox"), vec!["big.red.json", "big.red.mp4"]);
+    assert_eq!(
+        d.list("failed"),
+        Vec::<String>::new(),
+        "the old failure record is gone"
+    );
+    assert_eq!(d.list("done"), vec!["big.mp4"]);
 }
 
 #[test]

@@ -3,12 +3,12 @@
 //! - `GET /healthz`: liveness, never needs the token;
 //! - `GET /jobs[?state=queued&limit=100]`, `GET /jobs/{id}`: state, stage, progress, timings,
 //!   error, outputs;
-//! - `POST /jobs`: `{"path": "clip.mp4", "mapping"?, "folder"?: "inbox"|"done", "prompt"?:
+//! - `POST /jobs`: `{"path": "clip.mp4", "mapping"?, "folder"?: "inbox"|"done"|"failed", "prompt"?:
 //!   {sidecar fields}, "redo"?: bool}` queues a file that is already in a configured folder;
 //! - `DELETE /jobs/{id}`: cancels a queued or running job;
 //! - `GET /metrics`: Prometheus text.
 //!
-//! A submitted path is one file name inside the mapping's inbox (or done folder): absolute
+//! A submitted path is one file name inside the mapping's inbox (or done or failed folder): absolute
 //! paths, `..`, subfolders and symlinks are refused, so no request can reach outside the
 //! configured folders. The API has its own store connection (WAL lets it read while the loop
 //! writes) and wakes the loop when it queues or cancels.
@@ -151,7 +151,7 @@ struct Submit {
     path: String,
     /// Needed when more than one mapping is configured.
     mapping: Option<String>,
-    /// `inbox` (default) or `done`.
+    /// `inbox` (default), `done` or `failed` (to try a failed input again).
     folder: Option<String>,
     /// The sidecar format, as JSON; replaces the video's sidecar for this job.
     prompt: Option<serde_json::Value>,
@@ -179,6 +179,7 @@ fn confine(api: &Shared, s: &Submit) -> Result<(Mapping, PathBuf), Failure> {
     };
     let root = match s.folder.as_deref().unwrap_or("inbox") {
         "inbox" => &m.inbox,
+        "failed" => &m.failed,
         "done" => m.done.as_ref().ok_or_else(|| {
             Failure(
                 StatusCode::BAD_REQUEST,
@@ -188,7 +189,7 @@ fn confine(api: &Shared, s: &Submit) -> Result<(Mapping, PathBuf), Failure> {
         other => {
             return Err(Failure(
                 StatusCode::BAD_REQUEST,
-                format!("folder '{other}' is not 'inbox' or 'done'"),
+                format!("folder '{other}' is not 'inbox', 'done' or 'failed'"),
             ))
         }
     };

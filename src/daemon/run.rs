@@ -531,6 +531,14 @@ fn file_outcome(
             let outputs = serde_json::to_string(&done.outputs).unwrap_or_default();
             let timings = serde_json::json!({ "wall_s": done.wall_s, "stages": done.stages });
             store.finish(id, &outputs, &timings.to_string())?;
+            if input.parent() == Some(m.failed.as_path()) {
+                // A failed input tried again: its old failure record no longer holds.
+                if let Some(name) = input.file_name() {
+                    let mut record = name.to_os_string();
+                    record.push(".error.json");
+                    let _ = std::fs::remove_file(m.failed.join(record));
+                }
+            }
             if let Some(dir) = &m.done {
                 if let Ok(moved) = move_into(&input, dir) {
                     store.set_input_path(id, &moved.display().to_string())?;
@@ -636,7 +644,7 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &
                     &path,
                     &m.failed,
                     "input",
-                    &format!("the same content and prompt failed before as job {id} ({earlier}); not retried: POST /jobs with \"redo\": true to try again"),
+                    &format!("the same content and prompt failed before as job {id} ({earlier}); not retried: POST /jobs {{\"path\": \"<name>\", \"folder\": \"failed\", \"redo\": true}} to try again"),
                     0,
                 );
             }
