@@ -30,6 +30,10 @@ pub struct WatchBenchArgs {
     /// Jobs the daemon runs at once.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// Run the daemon with `warm_minutes = 0` (models loaded for every job), to see what
+    /// keeping them warm is worth.
+    #[arg(long)]
+    pub cold: bool,
     /// Seconds to watch the idle daemon's CPU time.
     #[arg(long, default_value_t = 20.0)]
     pub idle_seconds: f64,
@@ -47,6 +51,7 @@ struct WatchBench {
     seconds_per_clip: f64,
     steps: usize,
     concurrency: usize,
+    warm_models: bool,
     bundle: String,
     loop_s: f64,
     loop_jobs_per_min: f64,
@@ -165,10 +170,11 @@ pub fn watch(args: &WatchBenchArgs) -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"state\"\npoll_seconds = 0.1\nconcurrency = {}\n[api]\nlisten = \"127.0.0.1:0\"\n\
+            "state_dir = \"state\"\npoll_seconds = 0.1\nconcurrency = {}\nwarm_minutes = {}\n[api]\nlisten = \"127.0.0.1:0\"\n\
              [[mapping]]\nname = \"bench\"\ninbox = \"inbox\"\noutbox = \"outbox\"\nfailed = \"failed\"\ndone = \"done\"\n\
              preset = \"{}\"\nbundle = \"{}\"\nsettle_seconds = 0.2\nsidecar_grace_seconds = 0\n",
             args.concurrency,
+            if args.cold { 0 } else { 10 },
             preset.display(),
             bundle.display()
         ),
@@ -218,6 +224,7 @@ pub fn watch(args: &WatchBenchArgs) -> Result<()> {
         seconds_per_clip: args.seconds,
         steps: args.steps,
         concurrency: args.concurrency,
+        warm_models: !args.cold,
         bundle: bundle.display().to_string(),
         loop_s,
         loop_jobs_per_min: per_min(loop_s),
@@ -239,8 +246,12 @@ pub fn watch(args: &WatchBenchArgs) -> Result<()> {
             r.loop_s, r.loop_jobs_per_min
         );
         println!(
-            "  ctxd watch (x{}):    {:>7.1} s  {:>6.1} jobs/min   ratio {:.2}",
-            r.concurrency, r.daemon_s, r.daemon_jobs_per_min, r.ratio
+            "  ctxd watch (x{}{}):  {:>7.1} s  {:>6.1} jobs/min   ratio {:.2}",
+            r.concurrency,
+            if r.warm_models { ", warm" } else { ", cold" },
+            r.daemon_s,
+            r.daemon_jobs_per_min,
+            r.ratio
         );
         println!(
             "  idle daemon: {:.4} CPU-seconds per second over {} s",
