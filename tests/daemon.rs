@@ -245,9 +245,26 @@ fn a_batch_with_a_bad_file_and_a_duplicate() {
     wait_for("the duplicate to be set aside", || {
         d.list("done").contains(&"a-again.mp4".to_string())
     });
+    // Two copies of one new clip at once: one job, and both inputs filed with it.
+    let c = d.make_clip("c.mp4", 1.5);
+    std::fs::copy(&c, d.path("c-copy.mp4")).unwrap();
+    std::fs::rename(&c, d.path("inbox/c.mp4")).unwrap();
+    std::fs::rename(d.path("c-copy.mp4"), d.path("inbox/c-copy.mp4")).unwrap();
+    wait_for("both copies to be filed", || {
+        let done = d.list("done");
+        done.contains(&"c.mp4".to_string()) && done.contains(&"c-copy.mp4".to_string())
+    });
     stop(child);
+    let mut outputs = d.list("outbox");
+    outputs.retain(|n| n.starts_with('c'));
+    assert!(
+        outputs == ["c.red.json", "c.red.mp4"] || outputs == ["c-copy.red.json", "c-copy.red.mp4"],
+        "one output set for the two copies: {outputs:?}"
+    );
+    let mut outputs = d.list("outbox");
+    outputs.retain(|n| !n.starts_with('c'));
     assert_eq!(
-        d.list("outbox"),
+        outputs,
         vec!["a.red.json", "a.red.mp4", "b.blue.json", "b.blue.mp4"],
         "exactly one output set per job"
     );

@@ -244,6 +244,9 @@ struct Inbox {
     handed: Handed,
     /// Complete files waiting out the sidecar grace period, since when.
     waiting: HashMap<PathBuf, Instant>,
+    /// Copies of a queued or running job's input (same content and prompt), by that job:
+    /// filed with it when it ends.
+    copies: HashMap<PathBuf, i64>,
 }
 
 impl Inbox {
@@ -383,6 +386,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                 tracker: StabilityTracker::new(Duration::from_secs_f64(m.settle_seconds)),
                 handed: HashMap::new(),
                 waiting: HashMap::new(),
+                copies: HashMap::new(),
             };
             (m.name.clone(), inbox)
         })
@@ -586,6 +590,40 @@ fn file_outcome(
     Ok(())
 }
 
+/// Copies of jobs that have ended go where their job's input went: done/ (or stay, without
+/// one) after success; failed/ with a record after failure.
+fn file_copies(m: &Mapping, inbox: &mut Inbox, store: &Store) {
+    inbox.copies.retain(|copy, &mut id| {
+        let Ok(job) = store.get(id) else {
+            return false;
+        };
+        match job.state {
+            State::Queued | State::Running => copy.exists(),
+            State::Done => {
+                if let Some(done) = &m.done {
+                    let _ = move_into(copy, done);
+                }
+                false
+            }
+            State::Failed => {
+                let cause = format!(
+                    "the same content and prompt as job {id}, which failed: {}",
+                    job.error.unwrap_or_default()
+                );
+                file_failure(
+                    copy,
+                    &m.failed,
+                    job.stage.as_deref().unwrap_or("input"),
+                    &cause,
+                    0,
+                );
+                false
+            }
+            State::Cancelled => false,
+        }
+    });
+}
+
 /// One pass over an inbox: complete files become jobs (or failure records).
 fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &Paths) {
     let Ok(entries) = std::fs::read_dir(&m.inbox) else {
@@ -593,6 +631,7 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &
     };
     inbox.handed.retain(|p, _| p.exists());
     inbox.waiting.retain(|p, _| p.exists());
+    file_copies(m, inbox, store);
     lock(moved).retain(|p| p.exists());
     let now = Instant::now();
     let grace = Duration::from_secs_f64(m.sidecar_grace_seconds);
@@ -647,6 +686,12 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &
                     &format!("the same content and prompt failed before as job {id} ({earlier}); not retried: POST /jobs {{\"path\": \"<name>\", \"folder\": \"failed\", \"redo\": true}} to try again"),
                     0,
                 );
+            }
+            Ok(Enqueued::Existing(id, State::Queued | State::Running)) => {
+                if store.get(id).is_ok_and(|j| j.input_path != shown) {
+                    tracing::info!("{shown}: same content and prompt as job {id}; filed with it");
+                    inbox.copies.insert(path.clone(), id);
+                }
             }
             Ok(Enqueued::Existing(..)) => {}
             Err(Refusal::Rejected { stage, cause }) => {
