@@ -9,11 +9,13 @@
 //! - [`diffusion`]: the ContextDiff sampler: schedules, DDIM/DDPM with the context bias,
 //!   inversion, guidance (ndarray only; networks come in through traits).
 //! - [`pipeline`]: `ctxd edit`: job specs and presets, the stage graph, reports.
+//! - [`daemon`]: `ctxd watch`: the watch-folder daemon, its job store and status API.
 //! - [`atomic`]: outputs appear complete or not at all (temporary name, fsync, rename).
+//! - [`sync`]: locks that survive a panicked thread.
 //! - [`bench`]: measured, not asserted: ratios against baselines run in the same process.
 //! - [`cli`]: the `ctxd` command line; turns flags into library calls.
 //!
-//! The watch daemon, streams and batch build on these (DESIGN.md, the open issues).
+//! Streams and batch build on these (DESIGN.md, the open issues).
 
 pub mod atomic;
 pub mod bench;
@@ -23,3 +25,4 @@ pub mod diffusion;
 pub mod media;
 pub mod model;
 pub mod pipeline;
+pub mod sync;

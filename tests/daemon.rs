@@ -74,6 +74,15 @@ impl Daemon {
         }
     }
 
+    /// Native size and more steps: jobs slow enough to be caught running.
+    fn slow_jobs(&self) {
+        std::fs::write(
+            self.path("quick.toml"),
+            "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
+        )
+        .unwrap();
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path(p)
     }
@@ -275,11 +284,7 @@ fn a_batch_with_a_bad_file_and_a_duplicate() {
 fn kill_9_mid_job_then_restart_ends_with_one_output_set() {
     let d = Daemon::new();
     // Slow enough to be caught running: 30 s of video, native size, more steps.
-    std::fs::write(
-        d.path("quick.toml"),
-        "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
-    )
-    .unwrap();
+    d.slow_jobs();
     let child = d.start();
     d.drop_clip("long.mp4", 30.0);
     wait_for("the job to start writing", || {
@@ -447,11 +452,7 @@ fn graceful_stop_requeues_a_long_job_that_the_next_start_finishes() {
             ),
     )
     .unwrap();
-    std::fs::write(
-        d.path("quick.toml"),
-        "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
-    )
-    .unwrap();
+    d.slow_jobs();
     let child = d.start();
     d.drop_clip("long.mp4", 60.0);
     wait_for("the job to start writing", || {
@@ -486,11 +487,7 @@ fn limits_refuse_long_inputs_and_stop_slow_jobs() {
         "",
         "max_duration_seconds = 5\nmax_job_seconds = 1.5",
     );
-    std::fs::write(
-        d.path("quick.toml"),
-        "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
-    )
-    .unwrap();
+    d.slow_jobs();
     let child = d.start();
     d.drop_clip("too-long.mp4", 8.0);
     // Large frames at native size: many seconds of work.
@@ -624,11 +621,7 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
     });
 
     // Cancel a long job while it runs.
-    std::fs::write(
-        d.path("quick.toml"),
-        "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
-    )
-    .unwrap();
+    d.slow_jobs();
     std::fs::rename(d.make_clip("long.mp4", 60.0), d.path("inbox/long.mp4")).unwrap();
     let (code, body) = http(&addr, "POST", "/jobs", t, Some(r#"{"path": "long.mp4"}"#));
     assert_eq!(code, 201, "{body}");
@@ -704,17 +697,6 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
     );
 }
 
-/// CPU seconds `pid` has used (utime + stime).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    (f[11] + f[12]) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 #[test]
 fn an_idle_daemon_sleeps() {
     // Regression: the watcher reported our own reads of the inbox, and each scan woke the
@@ -724,9 +706,10 @@ fn an_idle_daemon_sleeps() {
     d.api();
     std::thread::sleep(Duration::from_secs(1));
     let pid = child.child.as_ref().unwrap().id();
-    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let cpu = || ctxd::bench::cpu_seconds(pid).unwrap();
+    let (cpu0, t0) = (cpu(), Instant::now());
     std::thread::sleep(Duration::from_secs(3));
-    let busy = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    let busy = (cpu() - cpu0) / t0.elapsed().as_secs_f64();
     stop(child);
     assert!(
         busy < 0.2,

@@ -9,7 +9,7 @@
 
 mod watch;
 
-pub use watch::{watch, WatchBenchArgs};
+pub use watch::{cpu_seconds, watch, WatchBenchArgs};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

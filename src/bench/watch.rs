@@ -108,8 +108,11 @@ fn count_reports(dir: &Path) -> usize {
     })
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+/// utime + stime of `pid`, in seconds (Linux `/proc`).
+///
+/// # Errors
+/// The process is gone or `/proc` cannot be read.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

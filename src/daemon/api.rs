@@ -85,9 +85,7 @@ fn view(job: Job, live: &Live) -> JobView {
 }
 
 fn lock(api: &Shared) -> std::sync::MutexGuard<'_, Store> {
-    api.store
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::sync::lock(&api.store)
 }
 
 async fn healthz(Ext(api): Ext<Api>) -> Json<serde_json::Value> {
@@ -140,7 +138,7 @@ async fn cancel_job(
             format!("job {id} is already {}", before.as_str()),
         ));
     }
-    api.waker.wake();
+    api.live.cancel(id);
     Ok(Json(serde_json::json!({ "id": id, "state": after })))
 }
 

@@ -5,12 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::store::State;
+use crate::sync::lock;
 
 /// A running job, as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +26,9 @@ pub struct LiveJob {
     pub running_s: f64,
     #[serde(skip)]
     started: Instant,
+    /// The worker's cancel flag.
+    #[serde(skip)]
+    cancel: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -53,7 +58,8 @@ impl Default for Live {
 pub const OUTCOMES: [&str; 5] = ["done", "failed", "retried", "cancelled", "timed_out"];
 
 impl Live {
-    pub fn started(&self, id: i64) {
+    /// A worker took job `id`; setting `cancel` stops it.
+    pub fn started(&self, id: i64, cancel: Arc<AtomicBool>) {
         let job = LiveJob {
             stage: "starting",
             frames_done: 0,
@@ -61,8 +67,17 @@ impl Live {
             progress: None,
             running_s: 0.0,
             started: Instant::now(),
+            cancel,
         };
         lock(&self.jobs).insert(id, job);
+    }
+
+    /// Stops job `id` at its worker's next check; false when no worker has it.
+    pub fn cancel(&self, id: i64) -> bool {
+        lock(&self.jobs)
+            .get(&id)
+            .map(|j| j.cancel.store(true, Ordering::Relaxed))
+            .is_some()
     }
 
     /// A progress report from the pipeline: frames are counted once, as they are finished.
@@ -206,11 +221,6 @@ impl Live {
     }
 }
 
-/// A poisoned lock only means a worker panicked mid-update; the counters are still usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,7 +228,7 @@ mod tests {
     #[test]
     fn frames_count_once_and_metrics_are_prometheus_text() {
         let live = Live::default();
-        live.started(7);
+        live.started(7, Arc::default());
         live.progress(7, 8, Some(16));
         live.progress(7, 16, Some(16));
         assert_eq!(live.job(7).unwrap().progress, Some(1.0));

@@ -26,6 +26,7 @@ use crate::model::RuntimeOptions;
 use crate::pipeline::graph::{self, PipelineError};
 use crate::pipeline::job::EditJob;
 use crate::pipeline::spec;
+use crate::sync::lock;
 
 /// Wakes the loop before its next tick: a file event, a finished job, an API call, a stop.
 #[derive(Clone)]
@@ -309,10 +310,6 @@ fn watch_inboxes(
     Some(watcher)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Runs until `control.stop()` and running jobs are settled.
 ///
 /// # Errors
@@ -414,16 +411,11 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
             }
         }
 
-        // Time limits and cancellations through the API reach running jobs here.
+        // Time limits reach running jobs here (cancellations through the API set the flag).
+        let now = Instant::now();
         for a in &mut active {
-            if a.deadline.is_some_and(|d| Instant::now() >= d) && !a.timed_out {
+            if a.deadline.is_some_and(|d| now >= d) && !a.timed_out {
                 a.timed_out = true;
-                a.cancel.store(true, Ordering::Relaxed);
-            }
-            if store
-                .get(a.job.id)
-                .is_ok_and(|j| j.state == State::Cancelled)
-            {
                 a.cancel.store(true, Ordering::Relaxed);
             }
         }
@@ -464,7 +456,12 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                     )?;
                     continue;
                 };
-                active.push(start_job(job, m, &paths, &live, control.waker())?);
+                let a = start_job(job, m, &paths, &live, control.waker())?;
+                // A cancel through the API between the claim and now found no worker to stop.
+                if store.get(a.job.id)?.state == State::Cancelled {
+                    a.cancel.store(true, Ordering::Relaxed);
+                }
+                active.push(a);
             }
         }
         if crate::model::warm::evict_idle(warm_for) > 0 {
@@ -494,7 +491,7 @@ fn start_job(
         .max_job_seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let (c, p, j, l) = (cancel.clone(), paths.clone(), job.clone(), live.clone());
-    live.started(job.id);
+    live.started(job.id, cancel.clone());
     let handle = std::thread::Builder::new()
         .name(format!("job-{}", job.id))
         .spawn(move || {
@@ -530,7 +527,9 @@ fn file_outcome(
         .unwrap_or_else(|_| Err(("worker".into(), "the worker panicked".into(), true)));
     let none = BTreeMap::new();
     let cancelled = a.cancel.load(Ordering::Relaxed);
-    match outcome {
+    // Through the API, possibly between the claim and the worker's start.
+    let user_cancelled = store.get(id)?.state == State::Cancelled;
+    let (stage, cause, retry) = match outcome {
         Ok(done) => {
             let outputs = serde_json::to_string(&done.outputs).unwrap_or_default();
             let timings = serde_json::json!({ "wall_s": done.wall_s, "stages": done.stages });
@@ -550,42 +549,37 @@ fn file_outcome(
             }
             live.ended(id, "done", &done.stages);
             tracing::info!("job {id} done: {} output(s)", done.outputs.len());
+            return Ok(());
+        }
+        Err(_) if user_cancelled => {
+            // The input stays where it is, no failure record.
+            tracing::info!("job {id} cancelled");
+            live.ended(id, "cancelled", &none);
+            return Ok(());
         }
         Err(_) if a.timed_out => {
             let limit = m.max_job_seconds.unwrap_or_default();
             let cause = format!(
                 "stopped after {limit} s, this mapping's time limit per job (max_job_seconds)"
             );
-            store.fail(id, "timeout", &cause, false, max_attempts)?;
-            let moved = file_failure(&input, &m.failed, "timeout", &cause, a.job.attempts);
-            store.set_input_path(id, &moved.display().to_string())?;
-            live.ended(id, "timed_out", &none);
-        }
-        Err(_) if cancelled && store.get(id)?.state == State::Cancelled => {
-            // Cancelled through the API: the input stays where it is, no failure record.
-            tracing::info!("job {id} cancelled");
-            live.ended(id, "cancelled", &none);
+            ("timeout".to_string(), cause, false)
         }
         Err(_) if cancelled && stopping => {
             // Stopped by shutdown: back to the queue for the next start.
             store.fail(id, "shutdown", "interrupted by shutdown", true, u32::MAX)?;
             live.ended(id, "retried", &none);
+            return Ok(());
         }
-        Err((stage, cause, retry)) => {
-            if store.get(id)?.state == State::Cancelled {
-                live.ended(id, "cancelled", &none);
-                return Ok(());
-            }
-            let state = store.fail(id, &stage, &cause, retry, max_attempts)?;
-            if state == State::Failed {
-                let moved = file_failure(&input, &m.failed, &stage, &cause, a.job.attempts);
-                store.set_input_path(id, &moved.display().to_string())?;
-                live.ended(id, "failed", &none);
-            } else {
-                tracing::warn!("job {id} will be tried again ({stage}): {cause}");
-                live.ended(id, "retried", &none);
-            }
-        }
+        Err(failure) => failure,
+    };
+    if store.fail(id, &stage, &cause, retry, max_attempts)? == State::Failed {
+        let moved = file_failure(&input, &m.failed, &stage, &cause, a.job.attempts);
+        store.set_input_path(id, &moved.display().to_string())?;
+        let outcome = if a.timed_out { "timed_out" } else { "failed" };
+        live.ended(id, outcome, &none);
+    } else {
+        tracing::warn!("job {id} will be tried again ({stage}): {cause}");
+        live.ended(id, "retried", &none);
     }
     Ok(())
 }

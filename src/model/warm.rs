@@ -44,8 +44,7 @@ static REUSED: AtomicU64 = AtomicU64::new(0);
 static BUILT: AtomicU64 = AtomicU64::new(0);
 
 fn pool() -> std::sync::MutexGuard<'static, Option<Pool>> {
-    POOL.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::sync::lock(&POOL)
 }
 
 /// Keeps sessions warm from now on, at most `per_key` idle ones per file and options.
