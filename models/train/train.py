@@ -1,0 +1,572 @@
+"""Train the demo bundle from nothing: generate the shapes domain, train every network the
+bundle contract names, and write models/demo through the repository's exporter.
+
+    python -m models.train.train [--config cpu|gpu|smoke] [--out models/demo] [--device cpu|cuda]
+                                 [--no-adapter] [--seed 0]
+
+Stages (each logs its numbers; all seeded, fixed step counts, so a rerun on the same library
+versions and thread count repeats the run):
+  1. data     render the training clips (domain.py), the held-out set and the demo clip
+  2. vae      AutoencoderKL (diffusers), 64 px frames -> 16x16 latents (downsampling 4)
+  3. clip     a CLIP pair (transformers CLIPModel), contrastive on frames and captions
+  4. diffuse  text encoder + inflated video UNet + context adapter, jointly, under the
+              ContextDiff forward process x_t = sqrt(abar) x0 + k_t r + sqrt(1 - abar) eps with
+              r = adapter(x0, text) (CONTEXTDIFF.md §1), v-prediction on a zero-terminal-SNR
+              schedule, 10 % caption dropout, 10 % context dropout, EMA
+  5. export   models/export's export_bundle (ONNX, checked against PyTorch), then the held-out
+              clips and the demo clip are written beside the bundle
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.export.adapter import AdapterConfig, ContextAdapter
+from models.export.clip_tokenizer import build_tokenizer, special_ids
+from models.export.export import CLIP_MEAN, CLIP_STD, Components, export_bundle
+from models.export.inflate import InflatedUNet
+
+from . import domain
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+@dataclasses.dataclass
+class Config:
+    size: int = 64
+    frames: int = 8
+    train_clips: int = 3000
+    heldout_clips: int = 72
+    seq_len: int = 24
+    num_merges: int = 1534
+    # VAE
+    vae_channels: tuple = (16, 32, 64)
+    latent_channels: int = 8
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_crop: int = 32
+    # CLIP pair
+    clip_hidden: int = 64
+    clip_proj: int = 32
+    clip_steps: int = 800
+    clip_batch: int = 64
+    # diffusion
+    text_hidden: int = 64
+    text_layers: int = 2
+    unet_channels: tuple = (32, 64, 128)
+    unet_heads: int = 4
+    adapter_dim: int = 64
+    diffuse_steps: int = 4000
+    diffuse_batch: int = 6
+    lr: float = 6e-4
+    warmup: int = 200
+    ema: float = 0.999
+    caption_dropout: float = 0.1
+    context_dropout: float = 0.1
+    context_l2: float = 0.05
+    snr_cap: float = 5.0
+
+
+CONFIGS = {
+    "cpu": Config(),
+    "smoke": Config(train_clips=64, heldout_clips=6, vae_steps=20, clip_steps=10, diffuse_steps=20,
+                    warmup=5),
+    # a host with a GPU: more clips, wider networks, longer
+    "gpu": Config(train_clips=20000, vae_channels=(64, 96, 128), vae_steps=8000, vae_batch=64,
+                  clip_hidden=128, clip_steps=4000, text_hidden=128, text_layers=3,
+                  unet_channels=(64, 128, 256), unet_heads=8, adapter_dim=128, diffuse_steps=40000,
+                  diffuse_batch=16, lr=3e-4, warmup=1000),
+}
+
+SCHEDULE = {
+    "train_steps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "rescale_zero_terminal_snr": True,
+    "timestep_spacing": "trailing",
+}
+CONTEXT = {"k_schedule": "one_minus_sqrt_abar", "scale": 1.0, "convention": "U"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule (SPEC.md "Schedule": scaled_linear betas, rescaled to zero terminal SNR)
+# ---------------------------------------------------------------------------------------------
+def abar_table(s: dict = SCHEDULE) -> torch.Tensor:
+    T = s["train_steps"]
+    betas = torch.linspace(s["beta_start"] ** 0.5, s["beta_end"] ** 0.5, T, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    if s.get("rescale_zero_terminal_snr"):
+        sq = abar.sqrt()
+        first, last = sq[0].clone(), sq[-1].clone()
+        sq = (sq - last) * first / (first - last)
+        abar = sq ** 2
+    return abar
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: data
+# ---------------------------------------------------------------------------------------------
+def _render_one(args):
+    seed, frames, size, two_prob = args
+    rng = np.random.default_rng(seed)
+    labels = domain.sample_clip(rng, frames=frames, size=size, two_prob=two_prob)
+    return labels, domain.render_clip(labels)
+
+
+def make_clips(seed: int, n: int, cfg: Config, two_prob=0.35, workers=2):
+    from multiprocessing import Pool
+
+    jobs = [(seed * 1_000_003 + i, cfg.frames, cfg.size, two_prob) for i in range(n)]
+    with Pool(workers) as pool:
+        out = pool.map(_render_one, jobs, chunksize=32)
+    labels = [o[0] for o in out]
+    frames = np.stack([o[1] for o in out])  # [N, F, H, W, 3] uint8
+    return labels, frames
+
+
+def flipped(labels: dict) -> dict:
+    """Labels of the horizontally mirrored clip (shapes are left-right symmetric)."""
+    new = copy.deepcopy(labels)
+    for o in new["objects"]:
+        o["path"] = [[labels["size"] - x, y] for x, y in o["path"]]
+    new["caption"] = domain.caption(new)
+    return new
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 8, crf: int = 8) -> None:
+    """uint8 [F, H, W, 3] -> H.264 mp4 through the ffmpeg CLI (yuv420p, like most real video)."""
+    f, h, w, _ = frames.shape
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-r", str(fps), "-i", "-", "-c:v", "libx264", "-preset", "slow",
+           "-crf", str(crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart",
+           "-metadata", "comment=ctxd demo domain (models/train)", path]
+    subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True)
+
+
+def write_heldout(out_dir: str, cfg: Config, seed: int) -> None:
+    """The held-out set: clips never seen in training (their own seed), half with two
+    objects, each with a colour, a shape and a background edit; labels in heldout.json."""
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(seed + 7_777)
+    clips = []
+    for i in range(cfg.heldout_clips):
+        labels = domain.sample_clip(rng, frames=cfg.frames, size=cfg.size, two_prob=1.0 if i % 2 else 0.0)
+        name = f"{i:03d}.mp4"
+        write_video(os.path.join(out_dir, name), domain.render_clip(labels))
+        clips.append({"file": name, "caption": labels["caption"], "labels": labels,
+                      "edits": domain.edits_for(labels, rng)})
+    meta = {"about": "held-out clips of the demo domain (models/train/domain.py), never trained on; "
+                     "labels are ground truth, edits say what a correct edit shows",
+            "seed": seed + 7_777, "size": cfg.size, "frames": cfg.frames, "fps": 8,
+            "palette": domain.palette(), "clips": clips}
+    with open(os.path.join(out_dir, "heldout.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    log(f"held-out set: {len(clips)} clips, {3 * len(clips)} edits -> {out_dir}")
+
+
+def write_demo_clip(path: str, seed: int, frames: int = 32) -> dict:
+    """The README's demo clip: a red circle circling over a striped gray background that pans."""
+    rng = np.random.default_rng(seed + 4_242)
+    for _ in range(1000):
+        labels = domain.sample_clip(rng, frames=frames, two_prob=0.0)
+        o = labels["objects"][0]
+        bg = labels["background"]
+        if o["motion"] == "curved" and bg["texture"] == "striped" and abs(bg["pan"][0]) > 0.5:
+            break
+    o["colour"], o["shape"], bg["colour"] = "red", "circle", "gray"
+    labels["caption"] = domain.caption(labels)
+    write_video(path, domain.render_clip(labels))
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# networks
+# ---------------------------------------------------------------------------------------------
+def make_vae(cfg: Config):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         block_out_channels=cfg.vae_channels, layers_per_block=1, norm_num_groups=16,
+                         sample_size=cfg.size, mid_block_add_attention=False)
+
+
+def text_config(cfg: Config, hidden: int, layers: int, projection: int = 32):
+    from transformers import CLIPTextConfig
+
+    bos, eos, vocab = special_ids(cfg.num_merges)
+    c = CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=cfg.seq_len,
+                       projection_dim=projection, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    c._attn_implementation = "eager"
+    return c
+
+
+def make_text(cfg: Config):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(text_config(cfg, cfg.text_hidden, cfg.text_layers))
+
+
+def make_unet(cfg: Config):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.unet_channels)
+    u2d = UNet2DConditionModel(
+        sample_size=cfg.size // 4, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        layers_per_block=1, block_out_channels=cfg.unet_channels,
+        # attention (cross, sparse-causal, temporal) below the top level only: at 16x16 it would
+        # cost more than all the convolutions together
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.unet_heads, norm_num_groups=16)
+    return InflatedUNet(u2d)
+
+
+def make_adapter(cfg: Config):
+    acfg = AdapterConfig(latent_channels=cfg.latent_channels, text_dim=cfg.text_hidden, model_dim=cfg.adapter_dim,
+                         heads=4, image_dim=None, use_timestep=False, ff_mult=2)
+    return ContextAdapter(acfg, zero_out=True)
+
+
+def make_clip(cfg: Config):
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    vision = CLIPVisionConfig(image_size=cfg.size, patch_size=8, hidden_size=cfg.clip_hidden,
+                              intermediate_size=2 * cfg.clip_hidden, num_hidden_layers=2, num_attention_heads=4,
+                              projection_dim=cfg.clip_proj)
+    text = text_config(cfg, cfg.clip_hidden, 2, cfg.clip_proj)
+    c = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=cfg.clip_proj)
+    c._attn_implementation = "eager"
+    model = CLIPModel(c)
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def params(m) -> str:
+    return f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 2: VAE
+# ---------------------------------------------------------------------------------------------
+def to_pm1(frames_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
+    x = torch.from_numpy(frames_u8).float() / 127.5 - 1
+    return x.movedim(-1, -3).contiguous()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two [-1, 1] tensors, on the 0..1 scale."""
+    mse = (((a.clamp(-1, 1) - b) / 2) ** 2).mean().item()
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+def train_vae(cfg: Config, frames: np.ndarray, heldout: np.ndarray, gen: torch.Generator, dev):
+    vae = make_vae(cfg).to(dev)
+    log(f"vae: {params(vae)} parameters, {cfg.vae_steps} steps of {cfg.vae_batch} crops {cfg.vae_crop}px")
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    flat = frames.reshape(-1, cfg.size, cfg.size, 3)
+    t0 = time.time()
+    for step in range(cfg.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.vae_steps, 1e-3, 50)
+        idx = torch.randint(len(flat), (cfg.vae_batch,), generator=gen).numpy()
+        ox, oy = torch.randint(cfg.size - cfg.vae_crop + 1, (2,), generator=gen).tolist()
+        x = to_pm1(flat[idx, oy:oy + cfg.vae_crop, ox:ox + cfg.vae_crop]).to(dev)
+        dist = vae.encode(x).latent_dist
+        z = dist.sample(generator=None)
+        y = vae.decode(z).sample
+        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
+        kl = dist.kl().mean() / (cfg.vae_crop ** 2 * 3)
+        loss = rec + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            log(f"vae step {step}: rec {rec.item():.4f} kl {kl.item():.3f} ({time.time() - t0:.0f}s)")
+    vae.eval()
+    with torch.no_grad():
+        x = to_pm1(heldout.reshape(-1, cfg.size, cfg.size, 3)[:256]).to(dev)
+        mean = vae.encode(x).latent_dist.mean
+        rec = vae.decode(mean).sample
+        db = psnr(rec, x)
+        scale = 1.0 / mean.std().item()
+    log(f"vae: held-out reconstruction PSNR {db:.2f} dB; latent std {1 / scale:.3f} -> scale_factor {scale:.4f}")
+    return vae.cpu(), scale, db
+
+
+@torch.no_grad()
+def encode_latents(vae, frames: np.ndarray, scale: float, dev, batch: int = 256) -> torch.Tensor:
+    """uint8 [N, F, H, W, 3] -> scaled latent means [N, C, F, h, w] (float32)."""
+    vae = vae.to(dev)
+    n, f = frames.shape[:2]
+    flat = frames.reshape(-1, *frames.shape[2:])
+    outs = []
+    for i in range(0, len(flat), batch):
+        outs.append(vae.encode(to_pm1(flat[i:i + batch]).to(dev)).latent_dist.mean.cpu() * scale)
+    z = torch.cat(outs)  # [N*F, C, h, w]
+    vae.cpu()
+    return z.reshape(n, f, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 3: CLIP pair
+# ---------------------------------------------------------------------------------------------
+def clip_pixels(frames_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> CLIP-normalised [N, 3, H, W] (ctxd resizes to image_size first;
+    here frames are already that size)."""
+    x = torch.from_numpy(frames_u8).float().div(255).movedim(-1, 1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def tokenize(tok, texts: list[str]) -> torch.Tensor:
+    return torch.tensor([e.ids for e in tok.encode_batch(texts)], dtype=torch.int64)
+
+
+def train_clip(cfg: Config, frames, captions, tok, gen, dev):
+    model = make_clip(cfg).to(dev)
+    log(f"clip: {params(model)} parameters, {cfg.clip_steps} steps of {cfg.clip_batch} frames")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    t0 = time.time()
+    for step in range(cfg.clip_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.clip_steps, 1e-3, 50)
+        idx = torch.randint(len(frames), (cfg.clip_batch,), generator=gen)
+        fi = torch.randint(cfg.frames, (cfg.clip_batch,), generator=gen)
+        px = clip_pixels(frames[idx.numpy(), fi.numpy()]).to(dev)
+        caps = [captions[i] for i in idx.tolist()]
+        ids = tokenize(tok, caps).to(dev)
+        out = model(input_ids=ids, pixel_values=px, return_dict=True)
+        logits = out.logits_per_image  # [N, N]
+        # several frames in a batch can share a caption: every one of them is a right answer
+        same = torch.tensor([[a == b for b in caps] for a in caps], dtype=torch.float32, device=dev)
+        target = same / same.sum(1, keepdim=True)
+        loss = (torch.sum(-target * logits.log_softmax(1), 1).mean()
+                + torch.sum(-target * logits.t().log_softmax(1), 1).mean()) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == cfg.clip_steps - 1:
+            acc = (logits.argmax(1) == torch.arange(len(caps), device=dev)).float()
+            acc = same[torch.arange(len(caps)), logits.argmax(1)].mean().item()
+            log(f"clip step {step}: loss {loss.item():.3f}, image->text top-1 {acc:.2f} ({time.time() - t0:.0f}s)")
+    return model.cpu().eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 4: text encoder + UNet + adapter under the ContextDiff forward process
+# ---------------------------------------------------------------------------------------------
+class Diffusion(torch.nn.Module):
+    def __init__(self, cfg: Config, with_adapter: bool):
+        super().__init__()
+        self.text = make_text(cfg)
+        self.unet = make_unet(cfg)
+        self.adapter = make_adapter(cfg) if with_adapter else None
+
+
+def k_of(abar: torch.Tensor) -> torch.Tensor:
+    """CONTEXT's k schedule: k_t = 1 - sqrt(abar_t)."""
+    return 1 - abar.sqrt()
+
+
+def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok, gen, dev, with_adapter: bool):
+    model = Diffusion(cfg, with_adapter).to(dev)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    log(f"diffuse: text {params(model.text)}, unet {params(model.unet)}, "
+        f"adapter {params(model.adapter) if model.adapter else 'none'}; {cfg.diffuse_steps} steps of "
+        f"{cfg.diffuse_batch} clips x {cfg.frames} frames")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    abar = abar_table().float().to(dev)
+    T = len(abar)
+    empty = tokenize(tok, [""]).to(dev)
+    t0 = time.time()
+    hist = []
+    stop_file = os.environ.get("CTXD_TRAIN_STOP_FILE")
+    for step in range(cfg.diffuse_steps):
+        if stop_file and os.path.exists(stop_file):  # a safety valve, recorded in train_report.json
+            log(f"diffuse: stopped early at step {step} ({stop_file} exists)")
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.diffuse_steps, cfg.lr, cfg.warmup)
+        B = cfg.diffuse_batch
+        idx = torch.randint(len(latents), (B,), generator=gen)
+        x0 = latents[idx].to(dev)
+        caps = [captions[i] for i in idx.tolist()]
+        ids = tokenize(tok, caps).to(dev)
+        drop = torch.rand(B, generator=gen) < cfg.caption_dropout
+        ids[drop.to(dev)] = empty
+        states = model.text(input_ids=ids).last_hidden_state
+        t = torch.randint(T, (B,), generator=gen).to(dev)
+        a = abar[t].view(B, 1, 1, 1, 1)
+        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        reg = torch.zeros((), device=dev)
+        # drawn with or without an adapter, so both runs of the ablation see the same batches
+        keep = (torch.rand(B, generator=gen) >= cfg.context_dropout).float().to(dev).view(B, 1, 1, 1, 1)
+        if model.adapter is not None:
+            r = model.adapter(x0, states)
+            xt = xt + k_of(a) * r * keep
+            reg = cfg.context_l2 * (r ** 2).mean()
+        v = a.sqrt() * eps - (1 - a).sqrt() * x0
+        pred = model.unet(xt, t.float(), states)
+        snr = a / (1 - a).clamp(min=1e-8)
+        w = (snr + 1).clamp(max=cfg.snr_cap + 1) / (snr + 1)  # min-SNR-5 in x0 terms, +1 so snr=0 counts
+        loss = (w * (pred - v) ** 2).mean() + reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+        hist.append(loss.item())
+        if step % 100 == 0 or step == cfg.diffuse_steps - 1:
+            el = time.time() - t0
+            rate = (step + 1) / max(el, 1e-6)
+            log(f"diffuse step {step}: loss {np.mean(hist[-100:]):.4f} (r^2 term {reg.item():.4f}), "
+                f"{rate:.2f} steps/s, eta {(cfg.diffuse_steps - step - 1) / rate / 60:.1f} min")
+    ema.steps_done = step + 1 if not (stop_file and os.path.exists(stop_file)) else step
+    return ema.cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.train.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    p.add_argument("--out", default=os.path.join(ROOT, "models", "demo"))
+    p.add_argument("--clips-out", default=os.path.join(HERE, "clips"),
+                   help="where the held-out set and the demo clip go (default models/train/clips)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-adapter", action="store_true", help="train the UNet without the context adapter "
+                   "(the ablation's second baseline)")
+    p.add_argument("--name", default=None)
+    p.add_argument("--clips-only", action="store_true",
+                   help="write the held-out set and the demo clip, train nothing")
+    p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
+                   help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
+                        "second run (--no-adapter) trains its UNet on exactly the same latents")
+    args = p.parse_args(argv)
+    cfg = CONFIGS[args.config]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    dev = torch.device(args.device)
+    t_start = time.time()
+    timings = {}
+
+    if args.clips_only:
+        write_heldout(os.path.join(args.clips_out, "heldout"), cfg, args.seed)
+        write_demo_clip(os.path.join(args.clips_out, "demo.mp4"), args.seed)
+        return 0
+    t = time.time()
+    labels, frames = make_clips(args.seed, cfg.train_clips, cfg)
+    _, held_frames = make_clips(args.seed + 999, 64, cfg)  # for the VAE's PSNR only
+    captions = [l["caption"] for l in labels]
+    captions += [flipped(l)["caption"] for l in labels]
+    frames_aug = np.concatenate([frames, frames[:, :, :, ::-1]])  # mirrored copies
+    log(f"data: {cfg.train_clips} clips (+ mirrored) of {cfg.frames} frames, "
+        f"{len(set(captions))} distinct captions ({time.time() - t:.0f}s)")
+    os.makedirs(args.clips_out, exist_ok=True)
+    write_heldout(os.path.join(args.clips_out, "heldout"), cfg, args.seed)
+    demo_labels = write_demo_clip(os.path.join(args.clips_out, "demo.mp4"), args.seed)
+    log(f"demo clip: {demo_labels['caption']}")
+    timings["data"] = time.time() - t
+
+    tok = build_tokenizer(cfg.seq_len, cfg.num_merges)
+    cache = os.path.join(args.cache, f"{args.config}-seed{args.seed}.pt")
+    if os.path.exists(cache):
+        saved = torch.load(cache, weights_only=False)
+        vae, clip, scale, vae_psnr, latents = (saved[k] for k in ("vae", "clip", "scale", "vae_psnr", "latents"))
+        log(f"vae, clip pair and latents from {cache} (delete it to train them again)")
+    else:
+        t = time.time()
+        vae, scale, vae_psnr = train_vae(cfg, frames_aug, held_frames, gen, dev)
+        timings["vae"] = time.time() - t
+        t = time.time()
+        clip = train_clip(cfg, frames_aug, captions, tok, gen, dev)
+        timings["clip"] = time.time() - t
+        t = time.time()
+        latents = encode_latents(vae, frames_aug, scale, dev)
+        log(f"latents: {tuple(latents.shape)} std {latents.std().item():.3f} ({time.time() - t:.0f}s)")
+        os.makedirs(args.cache, exist_ok=True)
+        torch.save({"vae": vae, "clip": clip, "scale": scale, "vae_psnr": vae_psnr, "latents": latents},
+                   cache + ".tmp")
+        os.replace(cache + ".tmp", cache)
+    t = time.time()
+    gen = torch.Generator().manual_seed(args.seed + 1)  # the same batches with or without the cache
+    model = train_diffusion(cfg, latents, captions, tok, gen, dev, with_adapter=not args.no_adapter)
+    timings["diffuse"] = time.time() - t
+
+    t = time.time()
+    torch.set_grad_enabled(False)
+    name = args.name or ("demo" if not args.no_adapter else "demo-noadapter")
+    comps = Components(
+        name=name,
+        description=("Trained demo bundle: coloured shapes moving over plain, striped and checkered "
+                     "backgrounds at 64 px (models/train); every network trained here on CPU"),
+        text_model=model.text.eval(), vae=vae.eval(), unet=model.unet.eval(), sequence_length=cfg.seq_len,
+        num_merges=cfg.num_merges, schedule=dict(SCHEDULE), context=dict(CONTEXT), scale_factor=scale,
+        clip_model=clip, clip_image_mean=CLIP_MEAN, clip_image_std=CLIP_STD,
+        adapter=model.adapter.eval() if model.adapter is not None else None,
+        notes=[f"Trained by `python -m models.train.train --config {args.config} --seed {args.seed}`"
+               f"{' --no-adapter' if args.no_adapter else ''} (models/train/README.md).",
+               f"VAE held-out reconstruction PSNR {vae_psnr:.2f} dB; scale_factor {scale:.4f}.",
+               "Process at 64 px (pipelines/demo.toml): the networks never saw other sizes."])
+    export_bundle(comps, args.out, command=f"python -m models.train.train --config {args.config}",
+                  readme_extra="")
+    timings["export"] = time.time() - t
+    timings["total"] = time.time() - t_start
+    summary = {"config": args.config, "seed": args.seed, "threads": args.threads,
+               "vae_psnr_db": round(vae_psnr, 2), "scale_factor": scale,
+               "minutes": {k: round(v / 60, 2) for k, v in timings.items()},
+               "diffuse_steps_done": getattr(model, "steps_done", None),
+               "config_values": dataclasses.asdict(cfg), "adapter": not args.no_adapter}
+    with open(os.path.join(args.out, "train_report.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    log(f"done in {timings['total'] / 60:.1f} min: {json.dumps(summary['minutes'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
