@@ -29,11 +29,19 @@ SHAPE = (1, 4, 2, 4, 4)  # [B, C, F, h, w]
 CHECK_TOL = 1e-6
 
 
+# [schedule] override of the zero-terminal-SNR cases (a v-prediction bundle's schedule as
+# diffusers writes it with rescale_betas_zero_snr and trailing spacing)
+ZSNR = {"prediction_type": "v_prediction", "rescale_zero_terminal_snr": True,
+        "timestep_spacing": "trailing"}
+
+
 def _case(name, bundle, op, steps, mode, seed, *, eta=0.0, guidance=1.0, final_k="zero",
-          k_schedule=None, prompt="a red car", negative=None, start_from=None):
+          k_schedule=None, schedule=None, prompt="a red car", negative=None, start_from=None):
+    """`schedule` (optional) overrides keys of the bundle's [schedule]; cases.json carries it
+    only when set, so the entries of older cases are unchanged."""
     return dict(name=name, bundle=bundle, op=op, steps=steps, eta=eta, guidance=guidance,
-                mode=mode, final_k=final_k, k_schedule=k_schedule, prompt=prompt,
-                negative=negative, seed=seed, start_from=start_from)
+                mode=mode, final_k=final_k, k_schedule=k_schedule, schedule=schedule,
+                prompt=prompt, negative=negative, seed=seed, start_from=start_from)
 
 
 def case_list():
@@ -77,6 +85,21 @@ def case_list():
         _case("tiny_invert_n50_source", "tiny", "invert", 50, "source", 403),
         _case("tiny_sample_n50_x0pred", "tiny", "sample", 50, "x0_pred", 404),
     ]
+    # zero terminal SNR + trailing spacing + v prediction (ZSNR): every sampling run starts at
+    # t = 999 where abar = 0, and every inversion ends there
+    c += [
+        _case("tiny_zsnr_invert_n10_off", "tiny", "invert", 10, "off", 501, schedule=ZSNR),
+        _case("tiny_zsnr_invert_n25_source", "tiny", "invert", 25, "source", 502,
+              schedule=ZSNR),
+        _case("tiny_zsnr_sample_n25_source", "tiny", "sample", 25, "source", 502,
+              schedule=ZSNR, start_from="tiny_zsnr_invert_n25_source"),
+        _case("tiny_zsnr_sample_n25_x0pred_cfg4_neg", "tiny", "sample", 25, "x0_pred", 503,
+              schedule=ZSNR, guidance=4.0, negative="blue"),
+        _case("tiny_zsnr_sample_n10_source_eta05", "tiny", "sample", 10, "source", 504,
+              schedule=ZSNR, eta=0.5),
+        _case("tiny_zsnr_sample_n50_off", "tiny", "sample", 50, "off", 505, schedule=ZSNR),
+        _case("tiny_zsnr_ddpm_x0pred", "tiny", "ddpm", 1000, "x0_pred", 506, schedule=ZSNR),
+    ]
     return c
 
 
@@ -110,11 +133,12 @@ def generate(out_dir):
                               eta=case["eta"], guidance=case["guidance"],
                               negative=case["negative"], mode=case["mode"],
                               final_k=case["final_k"], k_schedule=case["k_schedule"],
-                              noise=noise)
+                              noise=noise, schedule=case["schedule"])
         trajs[name] = traj
         files = {"start": start, "x0_source": x0, "noise": noise, "trajectory": traj}
         suffix = {"start": "start", "x0_source": "x0", "noise": "noise", "trajectory": "traj"}
-        entry = {k: v for k, v in case.items() if k not in ("seed", "start_from")}
+        entry = {k: v for k, v in case.items() if k not in ("seed", "start_from")
+                 and not (k == "schedule" and v is None)}
         for key, arr in files.items():
             if arr is None:
                 entry[key] = None

@@ -20,6 +20,10 @@ import onnxruntime as ort
 MODES = ("off", "source", "x0_pred")
 FINAL_K = ("zero", "final_alpha")
 K_SCHEDULES = ("scaled_sqrt_one_minus_abar", "one_minus_sqrt_abar")
+SPACINGS = ("leading", "trailing")
+SCHEDULE_KEYS = ("train_steps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+                 "set_alpha_to_one", "steps_offset", "rescale_zero_terminal_snr",
+                 "timestep_spacing")
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,20 +43,50 @@ def make_betas(beta_schedule: str, beta_start: float, beta_end: float, T: int) -
     raise ValueError(f"unknown beta_schedule {beta_schedule!r}")
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """diffusers' rescale_zero_terminal_snr (Lin et al. 2023, Alg. 1), float64: sqrt(abar)
+    shifted so its last value is 0 and scaled so its first is unchanged; betas recomputed."""
+    sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
+    abar = sqrt_abar ** 2
+    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
+
+
 class Schedule:
     """abar table, timesteps, and the context scale k (SPEC "Schedule", "Context scale k")."""
 
     def __init__(self, sched: dict, ctx: dict, k_schedule: str | None = None,
                  final_k: str = "zero"):
+        unknown = sorted(set(sched) - set(SCHEDULE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown [schedule] key(s) {unknown}")
         self.T = int(sched["train_steps"])
-        self.betas = make_betas(sched["beta_schedule"], sched["beta_start"], sched["beta_end"],
-                                self.T)
-        self.abar = np.cumprod(1.0 - self.betas)
-        self.final_abar = 1.0 if sched.get("set_alpha_to_one", False) else float(self.abar[0])
-        self.offset = int(sched.get("steps_offset", 0))
         self.prediction_type = sched.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unknown prediction_type {self.prediction_type!r}")
+        self.rescale = sched.get("rescale_zero_terminal_snr", False)
+        if not isinstance(self.rescale, bool):
+            raise ValueError(f"schedule.rescale_zero_terminal_snr must be true or false, "
+                             f"not {self.rescale!r}")
+        if self.rescale and self.prediction_type != "v_prediction":
+            # abar[T-1] = 0: x0 = (y - sqrt(1 - abar_t) eps) / sqrt(abar_t) would divide by 0
+            raise ValueError("schedule.rescale_zero_terminal_snr = true needs prediction_type "
+                             "= \"v_prediction\" (abar[T-1] becomes 0)")
+        if self.rescale and self.T < 2:
+            raise ValueError("schedule.rescale_zero_terminal_snr = true needs train_steps >= 2")
+        self.spacing = sched.get("timestep_spacing", "leading")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown schedule.timestep_spacing {self.spacing!r} "
+                             f"(expected one of {SPACINGS})")
+        self.betas = make_betas(sched["beta_schedule"], sched["beta_start"], sched["beta_end"],
+                                self.T)
+        if self.rescale:
+            self.betas = rescale_zero_terminal_snr(self.betas)
+        self.abar = np.cumprod(1.0 - self.betas)
+        self.final_abar = 1.0 if sched.get("set_alpha_to_one", False) else float(self.abar[0])
+        self.offset = int(sched.get("steps_offset", 0))  # leading spacing only
         self.k_schedule = k_schedule or ctx["k_schedule"]
         if self.k_schedule not in K_SCHEDULES:
             raise ValueError(f"unknown k_schedule {self.k_schedule!r}")
@@ -76,7 +110,16 @@ class Schedule:
         return 0.0 if self.final_k == "zero" else self.k_of_abar(self.final_abar)
 
     def ddim_timesteps(self, n: int) -> list[int]:
-        """Descending t_i = i * (T // N) + offset, i = N-1 .. 0."""
+        """Descending. leading: t_i = i * (T // N) + offset, i = N-1 .. 0; trailing (diffusers'
+        DDIMScheduler): round(arange(T, 0, -T/N)) - 1, offset ignored. The step from t goes to
+        t - T // N either way."""
+        if not 1 <= n <= self.T:
+            raise ValueError(f"steps must be between 1 and {self.T} (got {n})")
+        if self.spacing == "trailing":
+            # float rounding makes this arange N + 1 long for some N (61, 103, ... at T = 1000);
+            # its extra element (~0, t = -1) is dropped (diffusers would run it)
+            ts = np.round(np.arange(self.T, 0, -self.T / n))[:n].astype(np.int64) - 1
+            return [int(t) for t in ts]
         ratio = self.T // n
         ts = [i * ratio + self.offset for i in range(n - 1, -1, -1)]
         if ts[0] >= self.T:
@@ -126,8 +169,10 @@ class Bundle:
         self.tokenizer.enable_truncation(max_length=self.seq_len)
         self._states_cache: dict[str, np.ndarray] = {}
 
-    def schedule(self, k_schedule=None, final_k="zero") -> Schedule:
-        return Schedule(self.toml["schedule"], self.toml["context"], k_schedule, final_k)
+    def schedule(self, k_schedule=None, final_k="zero", schedule=None) -> Schedule:
+        """The bundle's [schedule], with the keys of `schedule` (a dict) overriding it."""
+        return Schedule({**self.toml["schedule"], **(schedule or {})}, self.toml["context"],
+                        k_schedule, final_k)
 
     def token_ids(self, prompt: str) -> np.ndarray:
         ids = self.tokenizer.encode(prompt).ids[: self.seq_len]
@@ -173,11 +218,11 @@ class _Run:
     """What one sampling/inversion run needs: schedule, prompt states, guidance, context."""
 
     def __init__(self, bundle: Bundle, x0_source, prompt, *, guidance=1.0, negative=None,
-                 mode="source", final_k="zero", k_schedule=None):
+                 mode="source", final_k="zero", k_schedule=None, schedule=None):
         if mode not in MODES:
             raise ValueError(f"unknown context mode {mode!r}")
         self.b = bundle
-        self.sch = bundle.schedule(k_schedule, final_k)
+        self.sch = bundle.schedule(k_schedule, final_k, schedule)
         self.w = float(guidance)
         self.B = x0_source.shape[0]
         # conditional states, one row per latent batch row
@@ -241,9 +286,10 @@ def _check_noise(noise, steps, shape, needed):
 # DDIM sampling (SPEC "DDIM step", CD §2)
 # --------------------------------------------------------------------------------------------
 def ddim_sample(bundle, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.0,
-                negative=None, mode="source", final_k="zero", k_schedule=None, noise=None):
+                negative=None, mode="source", final_k="zero", k_schedule=None, noise=None,
+                schedule=None):
     run = _Run(bundle, x0_source, prompt, guidance=guidance, negative=negative, mode=mode,
-               final_k=final_k, k_schedule=k_schedule)
+               final_k=final_k, k_schedule=k_schedule, schedule=schedule)
     sch = run.sch
     ratio = sch.T // steps
     noise = _check_noise(noise, steps, start.shape, eta > 0)
@@ -269,9 +315,9 @@ def ddim_sample(bundle, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.
 # DDIM inversion (SPEC "DDIM inversion", CD §3): x0 -> x_T, timesteps ascending
 # --------------------------------------------------------------------------------------------
 def ddim_invert(bundle, start, x0_source, prompt, *, steps, guidance=1.0, negative=None,
-                mode="source", final_k="zero", k_schedule=None):
+                mode="source", final_k="zero", k_schedule=None, schedule=None):
     run = _Run(bundle, x0_source, prompt, guidance=guidance, negative=negative, mode=mode,
-               final_k=final_k, k_schedule=k_schedule)
+               final_k=final_k, k_schedule=k_schedule, schedule=schedule)
     sch = run.sch
     ratio = sch.T // steps
     x = np.asarray(start, dtype=np.float32)
@@ -294,9 +340,9 @@ def ddim_invert(bundle, start, x0_source, prompt, *, steps, guidance=1.0, negati
 # DDPM ancestral sampling (SPEC "DDPM ancestral step", CD §4): t = T-1 .. 0, no offset
 # --------------------------------------------------------------------------------------------
 def ddpm_sample(bundle, start, x0_source, prompt, *, noise, guidance=1.0, negative=None,
-                mode="source", final_k="zero", k_schedule=None):
+                mode="source", final_k="zero", k_schedule=None, schedule=None):
     run = _Run(bundle, x0_source, prompt, guidance=guidance, negative=negative, mode=mode,
-               final_k=final_k, k_schedule=k_schedule)
+               final_k=final_k, k_schedule=k_schedule, schedule=schedule)
     sch = run.sch
     noise = _check_noise(noise, sch.T, start.shape, True)
     x = np.asarray(start, dtype=np.float32)
@@ -320,10 +366,12 @@ def ddpm_sample(bundle, start, x0_source, prompt, *, noise, guidance=1.0, negati
 
 
 def run_op(bundle, op, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.0,
-           negative=None, mode="source", final_k="zero", k_schedule=None, noise=None):
-    """Dispatch one golden-file operation ("invert" | "sample" | "ddpm")."""
+           negative=None, mode="source", final_k="zero", k_schedule=None, noise=None,
+           schedule=None):
+    """Dispatch one golden-file operation ("invert" | "sample" | "ddpm"); `schedule` overrides
+    keys of the bundle's [schedule]."""
     kw = dict(guidance=guidance, negative=negative, mode=mode, final_k=final_k,
-              k_schedule=k_schedule)
+              k_schedule=k_schedule, schedule=schedule)
     if op == "invert":
         if eta != 0:
             raise ValueError("inversion is deterministic (eta = 0)")
@@ -332,7 +380,7 @@ def run_op(bundle, op, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.0
         return ddim_sample(bundle, start, x0_source, prompt, steps=steps, eta=eta,
                            noise=noise, **kw)
     if op == "ddpm":
-        if steps != bundle.schedule().T:
+        if steps != bundle.schedule(schedule=schedule).T:
             raise ValueError("ddpm runs every training step (steps = train_steps)")
         return ddpm_sample(bundle, start, x0_source, prompt, noise=noise, **kw)
     raise ValueError(f"unknown op {op!r}")

@@ -134,6 +134,103 @@ def test_v_prediction_matches_epsilon(oracle, op):
     assert np.max(np.abs(a.astype(np.float64) - b)) < 1e-5
 
 
+# ---------------------------------------------------------------- zero terminal SNR, trailing
+ZSNR = {"prediction_type": "v_prediction", "rescale_zero_terminal_snr": True,
+        "timestep_spacing": "trailing"}
+
+
+def test_zero_snr_schedule_and_trailing_timesteps(oracle):
+    plain, z = oracle.schedule(), oracle.schedule(schedule=ZSNR)
+    assert z.abar[999] == 0.0 and z.abar[998] > 0
+    assert abs(z.abar[0] - plain.abar[0]) < 1e-15 and z.final_abar == z.abar[0]
+    # Lin et al. Alg. 1: sqrt(abar) is an affine map of the original one
+    s0, sT = math.sqrt(plain.abar[0]), math.sqrt(plain.abar[999])
+    want = (np.sqrt(plain.abar) - sT) * s0 / (s0 - sT)
+    assert np.max(np.abs(np.sqrt(z.abar) - want)) < 1e-14
+    # diffusers 0.42.1's rescale_zero_terminal_snr in float64 (same values as the Rust test)
+    for t, a in [(1, 0.9982334461401823), (500, 0.24101878275731575),
+                 (959, 0.0003751533409016126), (998, 1.967888056621292e-07)]:
+        assert abs(z.abar[t] - a) <= 1e-13 * a
+    assert z.ddim_timesteps(25) == list(range(999, 0, -40))
+    ts = z.ddim_timesteps(50)
+    assert ts[:3] == [999, 979, 959] and ts[-1] == 19 and len(ts) == 50
+    assert z.ddim_timesteps(16)[:5] == [999, 937, 874, 811, 749]  # half to even
+    assert z.ddim_timesteps(30)[:4] == [999, 966, 932, 899]
+    # arange(1000, 0, -1000/61) has 62 elements (the last ~0); only 61 are taken
+    assert len(z.ddim_timesteps(61)) == 61 and z.ddim_timesteps(61)[-2:] == [32, 15]
+    assert z.ddim_timesteps(1000)[-1] == 0  # steps_offset (1) is ignored by trailing
+    with pytest.raises(ValueError):
+        plain.ddim_timesteps(1000)  # leading with offset 1 would reach t = 1000
+
+
+def test_zero_snr_refusals(oracle):
+    with pytest.raises(ValueError, match="rescale_zero_terminal_snr.*v_prediction"):
+        oracle.schedule(schedule={"rescale_zero_terminal_snr": True})
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        oracle.schedule(schedule={"timestep_spacing": "linspace"})
+    with pytest.raises(ValueError, match="rescale_zero_terminal_snr"):
+        oracle.schedule(schedule={**ZSNR, "rescale_zero_terminal_snr": 1})
+    with pytest.raises(ValueError, match="unknown"):
+        oracle.schedule(schedule={"rescale_betas_zero_snr": True})
+    # trailing alone is fine with epsilon (abar[999] > 0 then)
+    trailing = oracle.schedule(schedule={"timestep_spacing": "trailing"})
+    assert trailing.ddim_timesteps(10)[0] == 999
+
+
+class _ExactVOracle(S.Bundle):
+    """The oracle's exact predictor as v, written so it stays finite at abar = 0:
+    x0_hat = mu + sqrt(a) s2 (x - sqrt(a) mu) / (a s2 + 1 - a), eps = sqrt(1-a)(x - sqrt(a) mu)
+    / (a s2 + 1 - a), v = sqrt(a) eps - sqrt(1-a) x0_hat; mu = the summed text states (the
+    oracle README's mu_c)."""
+
+    def __init__(self):
+        super().__init__("oracle")
+        self.abar = self.schedule(schedule=ZSNR).abar
+
+    def unet(self, x, t, states):
+        a, s2 = float(self.abar[t]), SIGMA ** 2
+        mu = states.astype(np.float64).sum(1)[:, :, None, None, None]
+        d = x.astype(np.float64) - math.sqrt(a) * mu
+        den = a * s2 + 1 - a
+        x0 = mu + math.sqrt(a) * s2 * d / den
+        eps = math.sqrt(1 - a) * d / den
+        return math.sqrt(a) * eps - math.sqrt(1 - a) * x0
+
+
+def test_zero_snr_v_prediction_is_finite():
+    """At t = 999 (abar = 0) sampling, inversion, eta > 0 and DDPM (beta = 1) stay finite, and
+    the abar = 0 steps do what the formulas say: x0_hat = -v = mu, eps_hat = x."""
+    b = _ExactVOracle()
+    abar = b.abar
+    mu = ch(MU_RED)
+    rng = np.random.default_rng(3)
+    shape = (1, 4, 2, 4, 4)
+    xt = rng.standard_normal(shape).astype(np.float32)
+    x0 = (mu + SIGMA * rng.standard_normal(shape)).astype(np.float32)
+    noise = rng.standard_normal((1000,) + shape).astype(np.float32)
+    with np.errstate(all="raise"):
+        for eta in (0.0, 0.5):
+            tr = S.ddim_sample(b, xt, x0, "a red car", steps=25, eta=eta, mode="off",
+                               noise=noise[:25] if eta else None, schedule=ZSNR)
+            assert np.all(np.isfinite(tr))
+            if eta == 0:  # first step 999 -> 959: sqrt(a_p) mu + sqrt(1 - a_p) x_T
+                a_p = abar[959]
+                assert np.max(np.abs(tr[1] - (math.sqrt(a_p) * mu + math.sqrt(1 - a_p) * xt))) \
+                    < 1e-6
+        for mode in ("off", "source"):
+            inv = S.ddim_invert(b, x0, x0, "a red car", steps=25, mode=mode, schedule=ZSNR)
+            assert np.all(np.isfinite(inv))
+            # last step (959 -> 999): eps_hat = y, so x_T = x_959 (to float32 with k_t r)
+            assert np.max(np.abs(inv[-1].astype(np.float64) - inv[-2])) < 1e-7
+        rec = S.ddim_sample(b, inv[-1], x0, "a red car", steps=25, mode="source", schedule=ZSNR)
+        assert np.max(np.abs(rec[-1].astype(np.float64) - x0)) < 0.25  # first order in 1/N
+        dd = S.ddpm_sample(b, xt, x0, "a red car", noise=noise, mode="off", schedule=ZSNR)
+        assert np.all(np.isfinite(dd))
+        a_p = abar[998]  # beta_999 = 1: x drops out of the first step
+        want = math.sqrt(a_p) * mu + math.sqrt(1 - a_p) * noise[0].astype(np.float64)
+        assert np.max(np.abs(dd[1] - want)) < 1e-6
+
+
 # ---------------------------------------------------------------- CONTEXTDIFF §6.1
 @pytest.mark.parametrize("n", [10, 50])
 def test_identity_s_vs_u(oracle, shifted, n):

@@ -21,7 +21,7 @@ pub use sampler::{
     ddpm, edit, invert, no_progress, sample, Conditioning, ContextAdapter, Latent, Models,
     NoisePredictor, Outcome, RunConfig, StepInfo, TextStates,
 };
-pub use schedule::{BetaSchedule, NoiseConfig, Prediction, Schedule};
+pub use schedule::{BetaSchedule, NoiseConfig, Prediction, Schedule, Spacing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffusionError {

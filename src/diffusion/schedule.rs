@@ -17,6 +17,17 @@ pub enum Prediction {
     V,
 }
 
+/// How N DDIM timesteps are placed on the T training steps (diffusers' `timestep_spacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Spacing {
+    /// SD's `t_i = i * (T // N) + steps_offset`, i = N-1 … 0 (981, 961, …, 1 for N = 50).
+    #[default]
+    Leading,
+    /// diffusers' DDIMScheduler `round(arange(T, 0, -T/N)) - 1` (999, 979, …, 19 for N = 50):
+    /// the first step starts at T-1, the last noise level. `steps_offset` is ignored.
+    Trailing,
+}
+
 /// The training-time noise process, as a bundle describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoiseConfig {
@@ -27,8 +38,36 @@ pub struct NoiseConfig {
     pub prediction: Prediction,
     /// SD sets this false: the step after the last uses `abar[0]`, not 1.
     pub set_alpha_to_one: bool,
-    /// SD uses 1: timesteps 981, 961, …, 1 for 50 steps.
+    /// SD uses 1: timesteps 981, 961, …, 1 for 50 steps. Leading spacing only.
     pub steps_offset: usize,
+    /// Lin et al. 2023 (diffusers' `rescale_zero_terminal_snr`): betas rescaled so that
+    /// `abar[T-1] = 0` exactly and `abar[0]` is unchanged. Needs v prediction.
+    pub rescale_zero_terminal_snr: bool,
+    pub timestep_spacing: Spacing,
+}
+
+impl NoiseConfig {
+    /// Refuses combinations the sampler cannot run.
+    ///
+    /// # Errors
+    /// `Config` naming the bundle key at fault.
+    pub fn validate(&self) -> Result<(), DiffusionError> {
+        if self.rescale_zero_terminal_snr && self.prediction != Prediction::V {
+            return Err(DiffusionError::Config(
+                "schedule.rescale_zero_terminal_snr = true needs \
+                 prediction_type = \"v_prediction\" (abar[T-1] becomes 0, and x0 from an \
+                 epsilon prediction, \
+                 (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), divides by its square root)"
+                    .into(),
+            ));
+        }
+        if self.rescale_zero_terminal_snr && self.train_steps < 2 {
+            return Err(DiffusionError::Config(
+                "schedule.rescale_zero_terminal_snr = true needs train_steps >= 2".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `abar` and the timesteps of one run. Steps take `&Schedule`, so none can run unscheduled.
@@ -39,7 +78,8 @@ pub struct Schedule {
     prediction: Prediction,
     /// Descending (sampling order).
     timesteps: Vec<i64>,
-    /// Distance between consecutive timesteps (`T / N`).
+    /// `T / N` (integer division): a step goes from `t` to `t - ratio`. The distance between
+    /// consecutive timesteps, except with trailing spacing when N does not divide T.
     ratio: i64,
 }
 
@@ -75,13 +115,60 @@ fn betas(cfg: &NoiseConfig) -> Vec<f64> {
     }
 }
 
+/// diffusers' `rescale_zero_terminal_snr(betas)` (Lin et al. 2023, Alg. 1), in the same order
+/// of operations: sqrt(abar) shifted so its last value is 0 and scaled so its first is
+/// unchanged, then betas from the ratios of consecutive abar.
+fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
+    let mut acc = 1.0f64;
+    let mut sqrt_abar: Vec<f64> = betas
+        .iter()
+        .map(|b| {
+            acc *= 1.0 - b;
+            acc.sqrt()
+        })
+        .collect();
+    let (first, last) = (sqrt_abar[0], sqrt_abar[sqrt_abar.len() - 1]);
+    let scale = first / (first - last);
+    for v in &mut sqrt_abar {
+        *v = (*v - last) * scale;
+    }
+    let abar: Vec<f64> = sqrt_abar.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(abar.len());
+    out.push(1.0 - abar[0]);
+    out.extend(abar.windows(2).map(|w| 1.0 - w[1] / w[0]));
+    out
+}
+
+/// Trailing spacing: element i of numpy's `arange(T, 0, -T/N)` (numpy fills `start + i * d`
+/// with `d = (start + step) - start`), rounded half to even, minus 1. Where float rounding
+/// makes that arange one element longer (N = 61, 103, … for T = 1000), its spurious last
+/// element (about 0, giving t = -1) is not taken.
+fn trailing_timesteps(t: usize, steps: usize) -> Vec<i64> {
+    let start = t as f64;
+    let step = -(t as f64 / steps as f64);
+    let delta = (start + step) - start;
+    (0..steps)
+        .map(|i| {
+            let v = match i {
+                0 => start,
+                1 => start + step,
+                _ => start + i as f64 * delta,
+            };
+            v.round_ties_even() as i64 - 1
+        })
+        .collect()
+}
+
 impl Schedule {
-    /// DDIM schedule with `steps` steps: `t_i = i * (T / N) + offset`, i = N-1 … 0.
+    /// DDIM schedule with `steps` steps. Leading: `t_i = i * (T / N) + offset`, i = N-1 … 0;
+    /// trailing: `round(arange(T, 0, -T/N)) - 1`. Either way the step from `t` goes to
+    /// `t - T / N` (integer division), and below 0 is the clean end.
     ///
     /// # Errors
-    /// `Config` when `steps` is 0, exceeds the training steps, or the offset pushes a timestep
-    /// past the table.
+    /// `Config` when the config is invalid (`NoiseConfig::validate`), `steps` is 0, exceeds the
+    /// training steps, or the offset pushes a timestep past the table.
     pub fn ddim(cfg: &NoiseConfig, steps: usize) -> Result<Schedule, DiffusionError> {
+        cfg.validate()?;
         let t = cfg.train_steps;
         if steps == 0 || steps > t {
             return Err(DiffusionError::Config(format!(
@@ -89,10 +176,13 @@ impl Schedule {
             )));
         }
         let ratio = (t / steps) as i64;
-        let timesteps: Vec<i64> = (0..steps as i64)
-            .rev()
-            .map(|i| i * ratio + cfg.steps_offset as i64)
-            .collect();
+        let timesteps: Vec<i64> = match cfg.timestep_spacing {
+            Spacing::Leading => (0..steps as i64)
+                .rev()
+                .map(|i| i * ratio + cfg.steps_offset as i64)
+                .collect(),
+            Spacing::Trailing => trailing_timesteps(t, steps),
+        };
         if timesteps[0] >= t as i64 {
             return Err(DiffusionError::Config(format!(
                 "{steps} steps with steps_offset {} reach timestep {}, past the {t} training steps",
@@ -102,16 +192,24 @@ impl Schedule {
         Ok(Self::with(cfg, timesteps, ratio))
     }
 
-    /// Ancestral (DDPM) schedule: every training step, T-1 … 0, no offset.
-    pub fn ddpm(cfg: &NoiseConfig) -> Schedule {
+    /// Ancestral (DDPM) schedule: every training step, T-1 … 0, no offset (any spacing).
+    ///
+    /// # Errors
+    /// `Config` when the config is invalid (`NoiseConfig::validate`).
+    pub fn ddpm(cfg: &NoiseConfig) -> Result<Schedule, DiffusionError> {
+        cfg.validate()?;
         let timesteps = (0..cfg.train_steps as i64).rev().collect();
-        Self::with(cfg, timesteps, 1)
+        Ok(Self::with(cfg, timesteps, 1))
     }
 
     fn with(cfg: &NoiseConfig, timesteps: Vec<i64>, ratio: i64) -> Schedule {
+        let mut betas = betas(cfg);
+        if cfg.rescale_zero_terminal_snr {
+            betas = rescale_zero_terminal_snr(&betas);
+        }
         let mut abar = Vec::with_capacity(cfg.train_steps);
         let mut acc = 1.0f64;
-        for b in betas(cfg) {
+        for b in betas {
             acc *= 1.0 - b;
             abar.push(acc);
         }
@@ -165,6 +263,8 @@ mod tests {
             prediction: Prediction::Epsilon,
             set_alpha_to_one: false,
             steps_offset: 1,
+            rescale_zero_terminal_snr: false,
+            timestep_spacing: Spacing::Leading,
         }
     }
 
@@ -220,5 +320,137 @@ mod tests {
             "{}",
             lin.abar_of(999)
         );
+    }
+
+    pub(crate) fn zsnr() -> NoiseConfig {
+        NoiseConfig {
+            prediction: Prediction::V,
+            rescale_zero_terminal_snr: true,
+            timestep_spacing: Spacing::Trailing,
+            ..sd()
+        }
+    }
+
+    #[test]
+    fn zero_terminal_snr_rescale() {
+        let plain = Schedule::ddim(&sd(), 50).unwrap();
+        let z = Schedule::ddim(&zsnr(), 50).unwrap();
+        assert_eq!(z.abar_of(999), 0.0, "abar[T-1] must be exactly 0");
+        assert!(z.abar_of(998) > 0.0);
+        assert!((z.abar_of(0) - plain.abar_of(0)).abs() < 1e-15);
+        assert_eq!(z.final_abar(), z.abar_of(0));
+        // Lin et al. Alg. 1: sqrt(abar) is an affine map of the original sqrt(abar).
+        let (s0, s_end) = (plain.abar_of(0).sqrt(), plain.abar_of(999).sqrt());
+        for t in [1, 250, 500, 900, 998] {
+            let want = (plain.abar_of(t).sqrt() - s_end) * s0 / (s0 - s_end);
+            assert!((z.abar_of(t).sqrt() - want).abs() < 1e-14, "t = {t}");
+        }
+        // diffusers 0.42.1's rescale_zero_terminal_snr on these betas in float64, then cumprod
+        // (torch's linspace and cumprod round a little differently: relative 1e-13).
+        for (t, want) in [
+            (1, 0.9982334461401823),
+            (500, 0.24101878275731575),
+            (959, 0.0003751533409016126),
+            (998, 1.967888056621292e-07),
+        ] {
+            assert!(
+                (z.abar_of(t) - want).abs() <= 1e-13 * want,
+                "abar[{t}] = {} vs {want}",
+                z.abar_of(t)
+            );
+        }
+        // DDPM's schedule has the same table; the v network makes abar = 0 usable.
+        let d = Schedule::ddpm(&zsnr()).unwrap();
+        assert_eq!(d.abar_of(999), 0.0);
+        assert_eq!(d.timesteps()[0], 999);
+        assert_eq!(d.timesteps().len(), 1000);
+    }
+
+    #[test]
+    fn trailing_timesteps() {
+        let s = Schedule::ddim(&zsnr(), 25).unwrap();
+        let want: Vec<i64> = (0..25).rev().map(|i| 39 + 40 * i).collect();
+        assert_eq!(s.timesteps(), &want[..]);
+        assert_eq!(s.timesteps()[0], 999);
+        assert_eq!(s.ratio(), 40);
+        let s = Schedule::ddim(&zsnr(), 50).unwrap();
+        assert_eq!(&s.timesteps()[..3], &[999, 979, 959]);
+        assert_eq!(*s.timesteps().last().unwrap(), 19);
+        assert_eq!(s.timesteps().len(), 50);
+        // Non-integer T/N: numpy's round half to even (937.5 -> 938, 812.5 -> 812), while the
+        // step still goes to t - T // N.
+        let s = Schedule::ddim(&zsnr(), 16).unwrap();
+        assert_eq!(&s.timesteps()[..5], &[999, 937, 874, 811, 749]);
+        assert_eq!(*s.timesteps().last().unwrap(), 61);
+        assert_eq!(s.ratio(), 62);
+        let s = Schedule::ddim(&zsnr(), 30).unwrap();
+        assert_eq!(&s.timesteps()[..4], &[999, 966, 932, 899]);
+        assert_eq!(*s.timesteps().last().unwrap(), 32);
+        // numpy's arange(1000, 0, -1000/61) has 62 elements (float rounding), the last about 0;
+        // only the first 61 are timesteps.
+        let s = Schedule::ddim(&zsnr(), 61).unwrap();
+        assert_eq!(s.timesteps().len(), 61);
+        assert_eq!(&s.timesteps()[59..], &[32, 15]);
+        // Every N: N distinct descending timesteps from T-1, none negative; steps_offset ignored
+        // (N = T works although leading spacing with offset 1 refuses it).
+        for n in 1..=1000 {
+            let ts = Schedule::ddim(&zsnr(), n).unwrap().timesteps().to_vec();
+            assert_eq!(ts.len(), n);
+            assert_eq!(ts[0], 999);
+            assert!(
+                ts.windows(2).all(|w| w[0] > w[1]) && ts[n - 1] >= 0,
+                "N = {n}"
+            );
+        }
+        assert_eq!(
+            *Schedule::ddim(&zsnr(), 1000)
+                .unwrap()
+                .timesteps()
+                .last()
+                .unwrap(),
+            0
+        );
+        // Trailing without rescaling is allowed with epsilon (abar[999] > 0 then).
+        let eps_trailing = NoiseConfig {
+            timestep_spacing: Spacing::Trailing,
+            ..sd()
+        };
+        assert_eq!(
+            Schedule::ddim(&eps_trailing, 10).unwrap().timesteps()[0],
+            999
+        );
+        assert!(Schedule::ddim(&zsnr(), 0).is_err());
+        assert!(Schedule::ddim(&zsnr(), 1001).is_err());
+    }
+
+    #[test]
+    fn zero_terminal_snr_needs_v_prediction() {
+        let bad = NoiseConfig {
+            prediction: Prediction::Epsilon,
+            ..zsnr()
+        };
+        for e in [
+            Schedule::ddim(&bad, 25).unwrap_err(),
+            Schedule::ddpm(&bad).unwrap_err(),
+            bad.validate().unwrap_err(),
+        ] {
+            let e = e.to_string();
+            assert!(
+                e.contains("rescale_zero_terminal_snr") && e.contains("v_prediction"),
+                "{e}"
+            );
+        }
+        // Also with leading spacing (which never reaches t = T-1): the bundle is wrong.
+        let leading = NoiseConfig {
+            timestep_spacing: Spacing::Leading,
+            ..bad
+        };
+        assert!(Schedule::ddim(&leading, 50).is_err());
+        let one_step = NoiseConfig {
+            train_steps: 1,
+            ..zsnr()
+        };
+        assert!(one_step.validate().is_err());
+        assert!(sd().validate().is_ok() && zsnr().validate().is_ok());
     }
 }

@@ -10,6 +10,11 @@
 //! [schedule]   train_steps, beta_schedule (linear | scaled_linear | squaredcos_cap_v2),
 //!              beta_start, beta_end, prediction_type (epsilon | v_prediction),
 //!              set_alpha_to_one, steps_offset                      (diffusers' DDIM config)
+//!              optional rescale_zero_terminal_snr (default false: betas rescaled so that
+//!              abar[T-1] = 0, Lin et al. 2023; needs v_prediction) and timestep_spacing
+//!              (leading | trailing, default leading: t_i = i (T // N) + steps_offset;
+//!              trailing: round(arange(T, 0, -T/N)) - 1, steps_offset ignored)
+//!                                                       (models/reference/SPEC.md "Schedule")
 //! [context]    k_schedule (scaled_sqrt_one_minus_abar: k_t = scale sqrt(1 - abar_t);
 //!              one_minus_sqrt_abar: k_t = 1 - sqrt(abar_t)), scale, convention (U | S)
 //!                                                                   (CONTEXTDIFF.md §1)
@@ -73,6 +78,16 @@ pub enum PredictionType {
     VPrediction,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSpacing {
+    /// `t_i = i * (T // N) + steps_offset` (SD 1.x).
+    #[default]
+    Leading,
+    /// `round(arange(T, 0, -T/N)) - 1`: starts at T-1 (diffusers' DDIMScheduler).
+    Trailing,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
@@ -83,6 +98,12 @@ pub struct ScheduleConfig {
     pub prediction_type: PredictionType,
     pub set_alpha_to_one: bool,
     pub steps_offset: usize,
+    /// Zero terminal SNR (Lin et al. 2023); absent in older bundles, which means false.
+    #[serde(default)]
+    pub rescale_zero_terminal_snr: bool,
+    /// Absent in older bundles, which means leading.
+    #[serde(default)]
+    pub timestep_spacing: TimestepSpacing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +214,12 @@ impl Manifest {
                 s.beta_start, s.beta_end
             )));
         }
+        if let Err(e) = s.noise_config().validate() {
+            return Err(err(match e {
+                crate::diffusion::DiffusionError::Config(msg) => msg,
+                other => other.to_string(),
+            }));
+        }
         Ok(m)
     }
 }
@@ -227,6 +254,11 @@ impl ScheduleConfig {
             },
             set_alpha_to_one: self.set_alpha_to_one,
             steps_offset: self.steps_offset,
+            rescale_zero_terminal_snr: self.rescale_zero_terminal_snr,
+            timestep_spacing: match self.timestep_spacing {
+                TimestepSpacing::Leading => crate::diffusion::Spacing::Leading,
+                TimestepSpacing::Trailing => crate::diffusion::Spacing::Trailing,
+            },
         }
     }
 }
@@ -268,6 +300,59 @@ mod tests {
             let m = Manifest::parse(&std::fs::read_to_string(&p).unwrap(), Path::new(&p)).unwrap();
             assert_eq!(m.name, b);
         }
+    }
+
+    #[test]
+    fn zero_snr_and_spacing_keys() {
+        use crate::diffusion::{Prediction, Spacing};
+        // Older bundles have neither key: false and leading.
+        let m = Manifest::parse(&oracle_text(), Path::new("x")).unwrap();
+        assert!(!m.schedule.rescale_zero_terminal_snr);
+        assert_eq!(m.schedule.timestep_spacing, TimestepSpacing::Leading);
+        let n = m.schedule.noise_config();
+        assert!(!n.rescale_zero_terminal_snr && n.timestep_spacing == Spacing::Leading);
+
+        let v = oracle_text().replace(
+            "prediction_type = \"epsilon\"",
+            "prediction_type = \"v_prediction\"\nrescale_zero_terminal_snr = true\n\
+             timestep_spacing = \"trailing\"",
+        );
+        let n = Manifest::parse(&v, Path::new("x"))
+            .unwrap()
+            .schedule
+            .noise_config();
+        assert!(n.rescale_zero_terminal_snr);
+        assert_eq!(n.timestep_spacing, Spacing::Trailing);
+        assert_eq!(n.prediction, Prediction::V);
+
+        // Zero terminal SNR with an epsilon network: refused, naming the key and the file.
+        let eps = v.replace("\"v_prediction\"", "\"epsilon\"");
+        let e = Manifest::parse(&eps, Path::new("b/bundle.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("b/bundle.toml")
+                && e.contains("rescale_zero_terminal_snr")
+                && e.contains("v_prediction"),
+            "{e}"
+        );
+        // Leading spacing with rescale is allowed (it just never reaches t = T-1).
+        let leading = v.replace("\"trailing\"", "\"leading\"");
+        assert!(Manifest::parse(&leading, Path::new("x")).is_ok());
+        let e = Manifest::parse(&v.replace("\"trailing\"", "\"linspace\""), Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linspace") && e.contains("line"), "{e}");
+        let e = Manifest::parse(
+            &v.replace(
+                "rescale_zero_terminal_snr = true",
+                "rescale_zero_terminal_snr = 1",
+            ),
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line"), "{e}");
     }
 
     #[test]
