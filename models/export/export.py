@@ -306,10 +306,19 @@ def sd_schedule(sd_dir: str) -> dict:
         mapping = {"num_train_timesteps": "train_steps", "beta_schedule": "beta_schedule",
                    "beta_start": "beta_start", "beta_end": "beta_end",
                    "prediction_type": "prediction_type", "set_alpha_to_one": "set_alpha_to_one",
-                   "steps_offset": "steps_offset"}
+                   "steps_offset": "steps_offset", "rescale_betas_zero_snr": "rescale_zero_terminal_snr",
+                   "timestep_spacing": "timestep_spacing"}
         for src, dst in mapping.items():
             if src in cfg and cfg[src] is not None:
                 sched[dst] = cfg[src]
+        # ctxd knows leading and trailing spacing; diffusers' "linspace" has no ctxd equivalent
+        if sched.get("timestep_spacing") not in (None, "leading", "trailing"):
+            raise ValueError(f"{path}: timestep_spacing {sched['timestep_spacing']!r} is not supported "
+                             "(ctxd has leading and trailing)")
+        if not sched.get("rescale_zero_terminal_snr"):
+            sched.pop("rescale_zero_terminal_snr", None)  # the default; keeps SD 1.x manifests as they were
+        if sched.get("timestep_spacing") == "leading":
+            sched.pop("timestep_spacing")
     sched["beta_start"] = float(sched["beta_start"])
     sched["beta_end"] = float(sched["beta_end"])
     return sched

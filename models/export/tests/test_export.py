@@ -175,3 +175,23 @@ def test_sd_folder_command_with_tuned_adapter_clip(tmp_path):
     with open(out / "export_report.json", encoding="utf-8") as f:
         for key, r in json.load(f)["models"].items():
             print(f"sd-folder {key}: max abs error {r['max_abs_error']:.2e}")
+
+
+def test_sd_schedule_reads_zero_snr_and_spacing(tmp_path):
+    from models.export.export import sd_schedule
+
+    os.makedirs(tmp_path / "scheduler")
+    cfg = {"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+           "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+    s = sd_schedule(str(tmp_path))
+    assert s["rescale_zero_terminal_snr"] is True and s["timestep_spacing"] == "trailing"
+    assert s["prediction_type"] == "v_prediction"
+    cfg.update(rescale_betas_zero_snr=False, timestep_spacing="leading")
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+    s = sd_schedule(str(tmp_path))
+    assert "rescale_zero_terminal_snr" not in s and "timestep_spacing" not in s  # SD 1.x manifests unchanged
+    cfg.update(timestep_spacing="linspace")
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="linspace"):
+        sd_schedule(str(tmp_path))
