@@ -50,6 +50,7 @@ pub fn job(
             preset: Some("veryfast".into()),
             ..Default::default()
         },
+        blend: 0.0,
         measure_reconstruction: false,
         spec_json: serde_json::Value::Null,
         cancel: Arc::new(AtomicBool::new(false)),

@@ -473,6 +473,7 @@ fn edit_job(
             preset: Some("veryfast".into()),
             ..Default::default()
         },
+        blend: 0.0,
         measure_reconstruction: false,
         spec_json: serde_json::Value::Null,
         cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),

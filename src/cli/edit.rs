@@ -20,10 +20,11 @@ use crate::pipeline::spec::{self, CliOverrides, JobSpec, Preset, PromptFile};
 pub struct EditArgs {
     /// The video: a file, `-` for stdin, or a URL FFmpeg opens.
     pub input: String,
-    /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
+    /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/demo).
     #[arg(long)]
     pub bundle: Option<PathBuf>,
-    /// Pipeline preset: a name in pipelines/ (default, fast, reconstruct) or a TOML file.
+    /// Pipeline preset: a name in pipelines/ (demo, the default; default, fast, reconstruct for
+    /// SD-sized bundles) or a TOML file.
     #[arg(long)]
     pub preset: Option<String>,
     /// What the input shows (the inversion prompt).
@@ -47,6 +48,10 @@ pub struct EditArgs {
     /// off, source or x0_pred.
     #[arg(long, value_parser = parse_context)]
     pub context: Option<ContextMode>,
+    /// Local blending: edit only where the source and target prompts disagree by at least
+    /// this fraction of the frame's largest disagreement, keep the source elsewhere (0: off).
+    #[arg(long)]
+    pub blend: Option<f32>,
     /// Processing resolution: the short side in pixels (0: native size).
     #[arg(long)]
     pub short_side: Option<u32>,
@@ -96,6 +101,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         steps: args.steps,
         seed: args.seed,
         context: args.context,
+        blend: args.blend,
     };
     let spec = match (&args.prompt_file, input.as_path()) {
         (Some(file), _) => {
@@ -176,7 +182,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         .clone()
         .or_else(|| spec.bundle.clone())
         .or_else(|| std::env::var_os("CTXD_BUNDLE").map(PathBuf::from))
-        .unwrap_or_else(|| home.join("models/oracle"));
+        .unwrap_or_else(|| home.join("models/demo"));
     let short_side = match args.short_side {
         Some(0) => None,
         Some(n) => Some(n),

@@ -7,19 +7,22 @@
 //! - `context`: k schedules, conventions U/S, context modes
 //! - `noise`: seeded and fixed noise
 //! - `sampler`: the loops (sample, invert, ddpm)
+//! - `blend`: local blending (edit where the prompts disagree, keep the source elsewhere)
 //! - `latent_io`: saving and loading inverted latents
 
+pub mod blend;
 pub mod context;
 pub mod latent_io;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;
 
+pub use blend::{edit_mask, Blend};
 pub use context::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use sampler::{
-    ddpm, edit, invert, no_progress, sample, Conditioning, ContextAdapter, Latent, Models,
-    NoisePredictor, Outcome, RunConfig, StepInfo, TextStates,
+    ddpm, edit, invert, no_progress, sample, sample_blended, Conditioning, ContextAdapter, Latent,
+    Models, NoisePredictor, Outcome, RunConfig, StepInfo, TextStates,
 };
 pub use schedule::{BetaSchedule, NoiseConfig, Prediction, Schedule, Spacing};
 

@@ -18,6 +18,7 @@ use std::ops::ControlFlow;
 
 use ndarray::{concatenate, s, Array3, Array5, Axis, Zip};
 
+use super::blend::{self, Blend};
 use super::context::{ContextConfig, ContextMode};
 use super::noise::NoiseSource;
 use super::schedule::{Prediction, Schedule};
@@ -123,7 +124,39 @@ pub fn sample(
     noise: Option<&mut dyn NoiseSource>,
     on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
 ) -> Result<Outcome, DiffusionError> {
-    run_loop(Direction::Sample, run, models, start, cond, noise, on_step)
+    run_loop(
+        Direction::Sample,
+        run,
+        models,
+        start,
+        cond,
+        noise,
+        None,
+        on_step,
+    )
+}
+
+/// DDIM sampling with local blending (`blend` module): after every step, the latent outside
+/// `blend.mask` is replaced by the inversion trajectory's latent at the same timestep.
+pub fn sample_blended(
+    run: RunConfig,
+    models: Models,
+    start: &Latent,
+    cond: &Conditioning,
+    noise: Option<&mut dyn NoiseSource>,
+    blend: &Blend,
+    on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<Outcome, DiffusionError> {
+    run_loop(
+        Direction::Sample,
+        run,
+        models,
+        start,
+        cond,
+        noise,
+        Some(blend),
+        on_step,
+    )
 }
 
 /// DDIM inversion of the clean latent `x0` (CONTEXTDIFF.md §3), timesteps ascending.
@@ -134,7 +167,16 @@ pub fn invert(
     cond: &Conditioning,
     on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
 ) -> Result<Outcome, DiffusionError> {
-    run_loop(Direction::Invert, run, models, x0, cond, None, on_step)
+    run_loop(
+        Direction::Invert,
+        run,
+        models,
+        x0,
+        cond,
+        None,
+        None,
+        on_step,
+    )
 }
 
 /// Several edits of one inverted latent (one inversion, many prompts): `sample` once per
@@ -162,6 +204,7 @@ pub fn edit(
             inverted,
             cond,
             None,
+            None,
             &mut |s| on_step(i, s),
         )?);
     }
@@ -185,6 +228,7 @@ pub fn ddpm(
         start,
         cond,
         Some(noise),
+        None,
         on_step,
     )
 }
@@ -229,6 +273,7 @@ fn guided_output(
     Ok(eps)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_loop(
     dir: Direction,
     run: RunConfig,
@@ -236,6 +281,7 @@ fn run_loop(
     start: &Latent,
     cond: &Conditioning,
     mut noise: Option<&mut dyn NoiseSource>,
+    blend: Option<&Blend>,
     on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
 ) -> Result<Outcome, DiffusionError> {
     let sched = run.schedule;
@@ -402,6 +448,9 @@ fn run_loop(
             }
         }
         x = next;
+        if let Some(b) = blend {
+            blend::apply(b, &mut x, index, total)?;
+        }
         x0_est = x0;
         if run.keep_trajectory {
             trajectory.push(x.clone());
@@ -423,7 +472,7 @@ fn run_loop(
     })
 }
 
-fn check_shape(a: &Latent, want: &Latent, what: &str) -> Result<(), DiffusionError> {
+pub(crate) fn check_shape(a: &Latent, want: &Latent, what: &str) -> Result<(), DiffusionError> {
     if a.shape() != want.shape() {
         return Err(DiffusionError::Shape(format!(
             "{what} has shape {:?}, the latent {:?}",

@@ -14,7 +14,9 @@ use super::job::{EditJob, Progress};
 use super::report::{
     report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
 };
-use super::stages::{self, EditCondition, PrepareConfig, SamplerSetup, StageError, StageStats};
+use super::stages::{
+    self, BlendSetup, EditCondition, PrepareConfig, SamplerSetup, StageError, StageStats,
+};
 use crate::diffusion::{Conditioning, ContextConfig, FinalK, Schedule};
 use crate::media::scale::{Letterbox, Resizer};
 use crate::media::{AudioPacket, MediaError, VideoSink, VideoSource};
@@ -96,6 +98,10 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         schedule,
         context,
         eta: job.eta,
+        blend: (job.blend > 0.0).then(|| BlendSetup {
+            threshold: job.blend,
+            source: source_states.clone(),
+        }),
     };
     // Sessions, one set per stage (built before any thread starts, so a bad bundle fails first).
     // Stages run at the same time, so they share the cores: unless the user fixed a thread

@@ -44,6 +44,8 @@ pub struct EditJob {
     /// Processing resolution: short side (None: native), padded to `multiple`.
     pub short_side: Option<u32>,
     pub multiple: u32,
+    /// Local blending threshold (`diffusion::blend`); 0 = off.
+    pub blend: f32,
     pub encode: EncodeSettings,
     /// Compare outputs with the input (PSNR) in the report: the `reconstruct` preset.
     pub measure_reconstruction: bool,
@@ -105,6 +107,7 @@ impl EditJob {
             anchor: spec.anchor,
             short_side: spec.short_side,
             multiple: spec.multiple,
+            blend: spec.blend,
             encode,
             measure_reconstruction: spec.reconstruct,
             spec_json: serde_json::to_value(spec).unwrap_or_default(),

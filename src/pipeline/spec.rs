@@ -37,6 +37,7 @@
 //! | `anchor` | bool | `true` | P F | Include the video's first frame in every window as a shared anchor. |
 //! | `short_side` | integer `0..=8192` | `0` | P F | Processing resolution: scale so the short side is this; 0 = the native size. |
 //! | `multiple` | integer `1..=1024` | `64` | P | Pad the processing size up to a multiple of this. |
+//! | `blend` | float `0..=1` | `0` | P C | Local blending (DiffEdit-style): edit only where the source and target prompts make the UNet disagree by at least this fraction of the frame's largest disagreement, keep the source (its inversion trajectory) elsewhere; 0 = off. |
 //! | `reconstruct` | bool | `false` | P | Edit with the source prompt instead of the targets: one edit named `reconstruct`, the fidelity check. |
 //! | `bundle` | path | none | P | Default model bundle folder (relative paths are relative to the working directory). |
 //!
@@ -80,7 +81,10 @@ pub const DEFAULTS_FILE: &str = "_defaults.toml";
 pub const SIDECAR_SUFFIXES: [&str; 3] = [".prompt.toml", ".prompt.json", ".prompt.txt"];
 
 /// The preset used when none is named.
-pub const DEFAULT_PRESET: &str = "default";
+/// The preset used when none is named: the trained demo bundle at its native size
+/// (`pipelines/demo.toml`, which names `models/demo`). Real Stable Diffusion bundles want
+/// `default` (512 px, 50 steps), `fast` or `reconstruct`.
+pub const DEFAULT_PRESET: &str = "demo";
 
 /// The longest output name [`sanitize_name`] produces.
 pub const MAX_NAME_LEN: usize = 48;
@@ -195,6 +199,8 @@ pub struct Preset {
     pub multiple: u32,
     /// `None` when absent or empty.
     pub negative: Option<String>,
+    /// Local blending threshold; 0 = off.
+    pub blend: f32,
     pub reconstruct: bool,
     pub bundle: Option<PathBuf>,
 }
@@ -223,6 +229,8 @@ struct PresetFile {
     multiple: u32,
     #[serde(default)]
     negative: Option<String>,
+    #[serde(default)]
+    blend: f32,
     #[serde(default)]
     reconstruct: bool,
     #[serde(default)]
@@ -309,6 +317,7 @@ impl Preset {
         check.window(raw.window)?;
         check.short_side(raw.short_side)?;
         check.range("multiple", raw.multiple, MULTIPLE)?;
+        check.blend(raw.blend)?;
         if raw.overlap >= raw.window {
             return Err(SpecError::Overlap {
                 overlap: raw.overlap,
@@ -334,6 +343,7 @@ impl Preset {
             short_side: Some(raw.short_side).filter(|&s| s > 0),
             multiple: raw.multiple,
             negative: raw.negative.filter(|n| !n.trim().is_empty()),
+            blend: raw.blend,
             reconstruct: raw.reconstruct,
             bundle: raw.bundle,
         })
@@ -643,6 +653,8 @@ pub struct CliOverrides {
     pub steps: Option<usize>,
     pub seed: Option<u64>,
     pub context: Option<ContextMode>,
+    /// Local blending threshold (0 = off).
+    pub blend: Option<f32>,
 }
 
 /// One edit of a job, fully resolved.
@@ -675,6 +687,8 @@ pub struct JobSpec {
     pub short_side: Option<u32>,
     pub multiple: u32,
     pub eta: f64,
+    /// Local blending threshold (0 = off).
+    pub blend: f32,
     pub reconstruct: bool,
     pub bundle: Option<PathBuf>,
     /// For each resolved key, the layer that set it: `preset:<name>`, `defaults:<path>`,
@@ -895,6 +909,9 @@ fn cli_layer(cli: &CliOverrides) -> Result<Layer, SpecError> {
         ..Overrides::default()
     };
     Checker { origin: CLI_ORIGIN }.overrides(&settings)?;
+    if let Some(b) = cli.blend {
+        Checker { origin: CLI_ORIGIN }.blend(b)?;
+    }
     Ok(Layer {
         label: "cli".to_owned(),
         source,
@@ -941,6 +958,12 @@ fn resolve(
     for key in ["multiple", "reconstruct", "bundle"] {
         provenance.insert(key.to_owned(), preset_label.clone());
     }
+    let blend_from = if cli.blend.is_some() {
+        "cli".to_owned()
+    } else {
+        preset_label.clone()
+    };
+    provenance.insert("blend".to_owned(), blend_from);
 
     let (source, source_from) = layers
         .iter()
@@ -1022,6 +1045,7 @@ fn resolve(
         short_side: job.short_side.filter(|&s| s > 0),
         multiple: preset.multiple,
         eta: job.eta,
+        blend: cli.blend.unwrap_or(preset.blend),
         reconstruct: preset.reconstruct,
         bundle: preset.bundle.clone(),
         provenance,
@@ -1159,6 +1183,10 @@ impl Checker<'_> {
 
     fn guidance(&self, v: f32) -> Result<(), SpecError> {
         self.range("guidance", v, GUIDANCE)
+    }
+
+    fn blend(&self, v: f32) -> Result<(), SpecError> {
+        self.range("blend", v, 0.0..=1.0)
     }
 
     fn eta(&self, v: f64) -> Result<(), SpecError> {
@@ -1343,8 +1371,13 @@ mod tests {
     fn shipped_presets_load() {
         assert_eq!(
             Preset::available(&pipelines()),
-            ["default", "fast", "reconstruct"]
+            ["default", "demo", "fast", "reconstruct"]
         );
+        let demo = preset("demo");
+        assert_eq!(demo.name, DEFAULT_PRESET);
+        assert_eq!((demo.steps, demo.guidance), (25, 5.0));
+        assert_eq!((demo.short_side, demo.multiple), (None, 16));
+        assert_eq!(demo.bundle.as_deref(), Some(Path::new("models/demo")));
         let d = preset("default");
         assert_eq!(d.name, "default");
         assert_eq!((d.steps, d.guidance, d.eta, d.seed), (50, 7.5, 0.0, 0));
@@ -1378,9 +1411,17 @@ mod tests {
         let p = Preset::load(path.to_str().unwrap(), Path::new("/nonexistent")).unwrap();
         assert_eq!((p.name.as_str(), p.steps), ("fast", 10));
 
+        let bad = Preset::parse_reader(
+            "steps = 10\nguidance = 2.0\nblend = 1.5\n".as_bytes(),
+            Path::new("b.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("blend = 1.5 is out of range (0..=1)"), "{bad}");
+
         let err = Preset::load("turbo", &pipelines()).unwrap_err().to_string();
         assert!(err.contains("unknown preset `turbo`"), "{err}");
-        assert!(err.contains("default, fast, reconstruct"), "{err}");
+        assert!(err.contains("default, demo, fast, reconstruct"), "{err}");
 
         let err = Preset::load("./missing.toml", &pipelines()).unwrap_err();
         assert!(matches!(err, SpecError::Io { .. }), "{err}");

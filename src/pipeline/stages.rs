@@ -14,7 +14,7 @@ use ndarray::{concatenate, s, Axis};
 
 use super::tensor;
 use crate::diffusion::{
-    self, Conditioning, ContextConfig, Latent, Models, RunConfig, Schedule, SeededNoise,
+    self, Blend, Conditioning, ContextConfig, Latent, Models, RunConfig, Schedule, SeededNoise,
 };
 use crate::media::scale::Resizer;
 use crate::media::{RgbFrame, VideoSource};
@@ -61,6 +61,8 @@ pub struct WindowLatents {
 pub struct WindowInverted {
     pub latents: WindowLatents,
     pub x_t: Latent,
+    /// The inversion trajectory (clean latent first), kept only for local blending.
+    pub trajectory: Vec<Latent>,
 }
 
 pub struct WindowEdited {
@@ -222,6 +224,15 @@ pub struct SamplerSetup {
     pub schedule: Schedule,
     pub context: ContextConfig,
     pub eta: f64,
+    /// Local blending (`diffusion::blend`), when on.
+    pub blend: Option<BlendSetup>,
+}
+
+/// Local blending: the mask threshold and the source prompt's states the mask compares with.
+#[derive(Clone)]
+pub struct BlendSetup {
+    pub threshold: f32,
+    pub source: ndarray::Array3<f32>,
 }
 
 fn progress_cb<'a>(
@@ -261,7 +272,7 @@ pub fn invert(
                 context: setup.context,
                 eta: 0.0,
                 x0_source: Some(&w.x0),
-                keep_trajectory: false,
+                keep_trajectory: setup.blend.is_some(),
             },
             Models {
                 unet: &mut unet,
@@ -281,6 +292,7 @@ pub fn invert(
             WindowInverted {
                 latents: w,
                 x_t: out.latent,
+                trajectory: out.trajectory,
             },
         ) {
             break;
@@ -314,25 +326,55 @@ pub fn edit(
             let mut noise = SeededNoise::new(
                 ed.seed ^ (w.latents.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
-            let out = diffusion::sample(
-                RunConfig {
-                    schedule: &setup.schedule,
-                    context: setup.context,
-                    eta: setup.eta,
-                    x0_source: Some(&w.latents.x0),
-                    keep_trajectory: false,
-                },
-                Models {
-                    unet: &mut unet,
-                    adapter: adapter
-                        .as_mut()
-                        .map(|a| a as &mut dyn diffusion::ContextAdapter),
-                },
-                &w.x_t,
-                &ed.cond,
-                Some(&mut noise),
-                &mut progress_cb(cancel),
-            )
+            let run = RunConfig {
+                schedule: &setup.schedule,
+                context: setup.context,
+                eta: setup.eta,
+                x0_source: Some(&w.latents.x0),
+                keep_trajectory: false,
+            };
+            let out = match &setup.blend {
+                None => diffusion::sample(
+                    run,
+                    Models {
+                        unet: &mut unet,
+                        adapter: adapter
+                            .as_mut()
+                            .map(|a| a as &mut dyn diffusion::ContextAdapter),
+                    },
+                    &w.x_t,
+                    &ed.cond,
+                    Some(&mut noise),
+                    &mut progress_cb(cancel),
+                ),
+                Some(b) => diffusion::edit_mask(
+                    &mut unet,
+                    &setup.schedule,
+                    &w.latents.x0,
+                    &b.source,
+                    &ed.cond.cond,
+                    b.threshold,
+                )
+                .and_then(|mask| {
+                    diffusion::sample_blended(
+                        run,
+                        Models {
+                            unet: &mut unet,
+                            adapter: adapter
+                                .as_mut()
+                                .map(|a| a as &mut dyn diffusion::ContextAdapter),
+                        },
+                        &w.x_t,
+                        &ed.cond,
+                        Some(&mut noise),
+                        &Blend {
+                            mask: &mask,
+                            inversion: &w.trajectory,
+                        },
+                        &mut progress_cb(cancel),
+                    )
+                }),
+            }
             .map_err(|m| e(m.to_string()))?;
             per_edit.push(out.latent);
         }
