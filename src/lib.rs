@@ -10,6 +10,9 @@
 //!   inversion, guidance (ndarray only; networks come in through traits).
 //! - [`pipeline`]: `ctxd edit`: job specs and presets, the stage graph, reports.
 //! - [`daemon`]: `ctxd watch`: the watch-folder daemon, its job store and status API.
+//! - [`quality`]: what an edit of the demo domain shows (background, objects, shapes,
+//!   colours, paths), read back from its frames and scored against the held-out labels;
+//!   contact sheets.
 //! - [`atomic`]: outputs appear complete or not at all (temporary name, fsync, rename).
 //! - [`sync`]: locks that survive a panicked thread.
 //! - [`bench`]: measured, not asserted: ratios against baselines run in the same process.
@@ -25,4 +28,5 @@ pub mod diffusion;
 pub mod media;
 pub mod model;
 pub mod pipeline;
+pub mod quality;
 pub mod sync;

@@ -9,4 +9,5 @@ mod media_probe;
 mod media_roundtrip;
 mod models_cli;
 mod pipeline_edit;
+mod quality_heldout;
 mod sampler;

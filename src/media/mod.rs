@@ -9,6 +9,7 @@
 //! - `scale`: to the processing resolution and back
 //! - `encode` + `audio`: the writer (video encode, audio copy or re-encode, tags, atomic rename)
 //! - `transcode`: decode → encode on two threads joined by a bounded channel
+//! - `still`: one picture as PNG (contact sheets)
 //! - `log`: FFmpeg's log into `tracing`, and its last words for error messages
 
 pub mod audio;
@@ -21,6 +22,7 @@ pub mod input;
 mod log;
 pub mod probe;
 pub mod scale;
+pub mod still;
 pub mod transcode;
 
 pub use decode::{AudioPacket, SourceLayout, VideoSource};

@@ -1,0 +1,117 @@
+//! The analyser (src/quality) against the held-out set's labels: every source clip, decoded by
+//! ctxd's media layer, must read back exactly as labelled (background colour and texture,
+//! object count, each object's shape and colour) with every object within 1.0 px of its
+//! labelled path in every frame. Without the held-out set this fails: it is part of the
+//! repository's data (models/train writes it), not an optional extra.
+
+use std::path::PathBuf;
+
+use ctxd::quality::{self, score, Analyser, AnalyserConfig, Heldout, Texture};
+
+pub fn heldout_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/train/clips/heldout")
+}
+
+pub fn load_heldout() -> Heldout {
+    let dir = heldout_dir();
+    Heldout::load(&dir).unwrap_or_else(|e| {
+        panic!(
+            "the held-out set is missing or broken ({e}); it is written by models/train/train.py into {}",
+            dir.display()
+        )
+    })
+}
+
+#[test]
+fn the_analyser_reads_every_heldout_source_as_labelled() {
+    let set = load_heldout();
+    assert!(!set.clips.is_empty(), "heldout.json lists no clips");
+    let analyser = Analyser::new(set.palette.clone(), AnalyserConfig::default());
+    let (mut frames, mut objects, mut worst) = (0usize, 0usize, 0f32);
+    let mut errors = Vec::new();
+    // Margins: how far each decision was from its threshold.
+    let (mut shape_margin, mut colour_worst) = (f32::INFINITY, 0f32);
+    let (mut plain_std, mut textured_std) = (0f32, f32::INFINITY);
+    let (mut stripe_ratio, mut check_ratio) = (0f32, f32::INFINITY);
+    let mut failures = Vec::new();
+    for clip in &set.clips {
+        let path = set.path_of(clip);
+        let decoded = quality::read_frames(&path)
+            .unwrap_or_else(|e| panic!("{}: ctxd cannot decode it: {e}", path.display()));
+        assert_eq!(
+            decoded.len(),
+            clip.labels.frames,
+            "{}: frame count",
+            clip.file
+        );
+        let analysis = analyser.clip(&decoded);
+        for f in &analysis.frames {
+            for o in &f.objects {
+                shape_margin = shape_margin.min(o.shape_margin);
+                colour_worst = colour_worst.max(o.colour_distance);
+            }
+            match clip.labels.background.texture {
+                Texture::Plain => plain_std = plain_std.max(f.texture_std),
+                t => {
+                    textured_std = textured_std.min(f.texture_std);
+                    if t == Texture::Striped {
+                        stripe_ratio = stripe_ratio.max(f.texture_ratio);
+                    } else {
+                        check_ratio = check_ratio.min(f.texture_ratio);
+                    }
+                }
+            }
+        }
+        let expected = clip.expected();
+        let cmp = score::compare(&analysis, &expected);
+        frames += cmp.frames;
+        for f in &cmp.per_frame {
+            for s in f.objects.iter().flatten() {
+                objects += 1;
+                worst = worst.max(s.error);
+                errors.push(s.error);
+            }
+        }
+        for m in cmp.frame_mismatches(&expected, 1.0) {
+            failures.push(format!("{} ({}): {m}", clip.file, clip.caption));
+            // What the analyser saw in that frame, to tell a threshold from a bug.
+            if let Some(fi) = m
+                .strip_prefix("frame ")
+                .and_then(|r| r.split(':').next())
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                for o in &analysis.frames[fi].objects {
+                    failures.push(format!(
+                        "    seen: {} {} distance {:.4} margin {:.4} area {:.1} fill {:.3} offset {:.3} at ({:.2}, {:.2})",
+                        o.colour, o.shape, o.shape_distance, o.shape_margin, o.area, o.fill, o.offset, o.position[0], o.position[1]
+                    ));
+                }
+            }
+        }
+        if !(cmp.background_ok && cmp.texture_ok && cmp.count_ok) {
+            failures.push(format!(
+                "{}: clip summary {:?}",
+                clip.file, analysis.summary
+            ));
+        }
+    }
+    errors.sort_by(f32::total_cmp);
+    let p = |q: f32| errors[((errors.len() - 1) as f32 * q) as usize];
+    eprintln!(
+        "margins: shape signature runner-up - best >= {shape_margin:.4}; object colour <= {colour_worst:.1} from its swatch; \
+         texture std plain <= {plain_std:.2}, textured >= {textured_std:.2}; vertical/horizontal change striped <= {stripe_ratio:.3}, checkered >= {check_ratio:.3}"
+    );
+    eprintln!(
+        "analyser on {} held-out clips, {frames} frames, {objects} object sightings: position error median {:.3} px, p95 {:.3} px, max {worst:.3} px; {} mismatches",
+        set.clips.len(),
+        p(0.5),
+        p(0.95),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
