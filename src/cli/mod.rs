@@ -281,7 +281,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let _ = ctrlc_flag(move || on_signal.stop());
             let paths = crate::daemon::run::Paths {
                 pipelines: home.join("pipelines"),
-                default_bundle: home.join("models/oracle"),
+                default_bundle: home.join("models/demo"),
             };
             tracing::info!(
                 "watching {} mapping(s) from {}",
