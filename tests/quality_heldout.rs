@@ -115,3 +115,59 @@ fn the_analyser_reads_every_heldout_source_as_labelled() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn sheet_lays_out_one_row_per_video_and_refuses_other_formats() {
+    let set = load_heldout();
+    let d = crate::util::Dir::new();
+    let out = d.path("sheet.png");
+    let (a, b) = (set.path_of(&set.clips[0]), set.path_of(&set.clips[1]));
+    crate::util::run_ok(
+        crate::util::ctxd()
+            .arg("sheet")
+            .arg(&a)
+            .arg(&b)
+            .args(["--frames", "4", "--scale", "2", "-o"])
+            .arg(&out),
+    );
+    let sheet = quality::read_frames(&out).expect("the sheet decodes");
+    // 2 px separators: 2 + 4 * (128 + 2) across, 2 + 2 * (128 + 2) down.
+    assert_eq!((sheet[0].width, sheet[0].height), (522, 262));
+    // The first cell is frame 0 of the first clip, upscaled 2x by nearest neighbour.
+    let src = &quality::read_frames(&a).unwrap()[0];
+    let (x, y) = (40usize, 21usize);
+    let at = |f: &ctxd::media::RgbFrame, x: usize, y: usize| {
+        let i = (y * f.width as usize + x) * 3;
+        f.data[i..i + 3].to_vec()
+    };
+    assert_eq!(at(&sheet[0], 2 + 2 * x, 2 + 2 * y), at(src, x, y));
+    assert_eq!(at(&sheet[0], 3 + 2 * x, 3 + 2 * y), at(src, x, y));
+
+    let (code, err) = crate::util::run_err(
+        crate::util::ctxd()
+            .arg("sheet")
+            .arg(&a)
+            .arg("-o")
+            .arg(d.path("sheet.jpg")),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("PNG"), "{err}");
+}
+
+#[test]
+fn bench_quality_names_a_missing_bundle() {
+    let (code, err) = crate::util::run_err(
+        crate::util::ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "bench",
+                "quality",
+                "--limit",
+                "1",
+                "--bundle",
+                "/nonexistent/demo",
+            ]),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent/demo"), "{err}");
+}

@@ -9,5 +9,6 @@ mod media_probe;
 mod media_roundtrip;
 mod models_cli;
 mod pipeline_edit;
+mod quality_edit;
 mod quality_heldout;
 mod sampler;

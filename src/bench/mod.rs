@@ -7,8 +7,10 @@
 //! 2. Memory: peak RSS of `ctxd transcode` on a short and on a long input of the same kind;
 //!    the ratio should stay near 1 (memory must not grow with length).
 
+mod quality;
 mod watch;
 
+pub use quality::{quality, QualityBenchArgs};
 pub use watch::{cpu_seconds, watch, WatchBenchArgs};
 
 use std::path::{Path, PathBuf};

@@ -79,6 +79,23 @@ enum Command {
         #[command(subcommand)]
         what: ModelsCommand,
     },
+    /// A contact sheet (PNG): one row per video, the source first, then each edit, with N
+    /// evenly spaced frames across, upscaled by nearest neighbour.
+    Sheet {
+        /// The source video (the first row).
+        input: PathBuf,
+        /// Edited videos, one row each, in order.
+        edited: Vec<PathBuf>,
+        /// The PNG to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Frames per row, evenly spaced from the first to the last.
+        #[arg(long, default_value_t = 8)]
+        frames: usize,
+        /// Upscaling factor (default: 4 for clips up to 128 px, 2 up to 256 px, else 1).
+        #[arg(long)]
+        scale: Option<u32>,
+    },
     /// Benchmarks (ratios against baselines measured in the same run).
     Bench {
         #[command(subcommand)]
@@ -98,6 +115,11 @@ enum BenchCommand {
     Pipeline(crate::bench::PipelineBenchArgs),
     /// Jobs per minute through `ctxd watch` against `ctxd edit` once per clip; idle CPU.
     Watch(crate::bench::WatchBenchArgs),
+    /// What a bundle trained on the demo domain really edits: each held-out clip's colour,
+    /// shape and background edits through the engine, read back by the analyser (success,
+    /// success with the scene kept, ghost frames, motion error, flicker, reconstruction PSNR,
+    /// CLIP-T/F), one markdown table per context mode.
+    Quality(crate::bench::QualityBenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,7 +402,50 @@ fn run(command: Command) -> Result<(), Failure> {
             BenchCommand::Sampler(args) => crate::bench::sampler(&args).map_err(Failure::Job),
             BenchCommand::Pipeline(args) => crate::bench::pipeline(&args).map_err(Failure::Job),
             BenchCommand::Watch(args) => crate::bench::watch(&args).map_err(Failure::Job),
+            BenchCommand::Quality(args) => crate::bench::quality(&args).map_err(Failure::Job),
         },
+        Command::Sheet {
+            input,
+            edited,
+            output,
+            frames,
+            scale,
+        } => {
+            if !(1..=64).contains(&frames) {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "--frames {frames}: give 1 to 64"
+                )));
+            }
+            if scale.is_some_and(|s| !(1..=32).contains(&s)) {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "--scale {}: give 1 to 32",
+                    scale.unwrap_or_default()
+                )));
+            }
+            let png = output
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+            if !png {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "{}: a contact sheet is a PNG; name it .png",
+                    output.display()
+                )));
+            }
+            let opts = crate::quality::sheet::SheetOptions {
+                frames,
+                scale,
+                ..Default::default()
+            };
+            let mut rows = vec![input.as_path()];
+            rows.extend(edited.iter().map(PathBuf::as_path));
+            let (w, h) = crate::quality::sheet::write_sheet(&[rows], &output, &opts)?;
+            eprintln!(
+                "ctxd: wrote {} ({w}x{h}, {} rows)",
+                output.display(),
+                edited.len() + 1
+            );
+            Ok(())
+        }
     }
 }
 

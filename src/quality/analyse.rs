@@ -184,7 +184,7 @@ pub(crate) fn majority<T: PartialEq + Clone>(items: impl IntoIterator<Item = T>)
     }
     let mut best: Option<(T, usize)> = None;
     for (v, n) in counts {
-        if best.as_ref().is_none_or(|(_, m)| n > *m) {
+        if best.as_ref().map_or(true, |(_, m)| n > *m) {
             best = Some((v, n));
         }
     }
@@ -627,7 +627,12 @@ fn summarise(frames: &[FrameAnalysis]) -> ClipSummary {
     let texture = majority(frames.iter().map(|f| f.texture)).unwrap_or(Texture::Plain);
     let object_count = majority(frames.iter().map(|f| f.objects.len())).unwrap_or(0);
     // Follow the objects through the frames that have the usual count.
-    let mut tracks: Vec<(Vec<Option<[f32; 2]>>, Vec<Shape>, Vec<String>)> = Vec::new();
+    struct Seen {
+        positions: Vec<Option<[f32; 2]>>,
+        shapes: Vec<Shape>,
+        colours: Vec<String>,
+    }
+    let mut tracks: Vec<Seen> = Vec::new();
     let mut last: Vec<[f32; 2]> = Vec::new();
     for (fi, f) in frames.iter().enumerate() {
         if f.objects.len() != object_count || object_count == 0 {
@@ -636,24 +641,28 @@ fn summarise(frames: &[FrameAnalysis]) -> ClipSummary {
         let pos: Vec<[f32; 2]> = f.objects.iter().map(|o| o.position).collect();
         if tracks.is_empty() {
             for _ in 0..object_count {
-                tracks.push((vec![None; frames.len()], Vec::new(), Vec::new()));
+                tracks.push(Seen {
+                    positions: vec![None; frames.len()],
+                    shapes: Vec::new(),
+                    colours: Vec::new(),
+                });
             }
             last = pos.clone();
         }
         for (t, o, _) in match_nearest(&last, &pos) {
             let obj = &f.objects[o];
-            tracks[t].0[fi] = Some(obj.position);
-            tracks[t].1.push(obj.shape);
-            tracks[t].2.push(obj.colour.clone());
+            tracks[t].positions[fi] = Some(obj.position);
+            tracks[t].shapes.push(obj.shape);
+            tracks[t].colours.push(obj.colour.clone());
             last[t] = obj.position;
         }
     }
     let objects = tracks
         .into_iter()
-        .map(|(positions, shapes, colours)| Track {
-            shape: majority(shapes).unwrap_or(Shape::Circle),
-            colour: majority(colours).unwrap_or_default(),
-            positions,
+        .map(|t| Track {
+            shape: majority(t.shapes).unwrap_or(Shape::Circle),
+            colour: majority(t.colours).unwrap_or_default(),
+            positions: t.positions,
         })
         .collect();
     ClipSummary {
@@ -796,14 +805,14 @@ mod tests {
                                     c = rgb;
                                 }
                             }
-                            for k in 0..3 {
-                                acc[k] += c[k];
+                            for (a, v) in acc.iter_mut().zip(c) {
+                                *a += v;
                             }
                         }
                     }
                     let i = (py * self.size + px) * 3;
-                    for k in 0..3 {
-                        f.data[i + k] = (acc[k] / (ss * ss) as f32).round().clamp(0.0, 255.0) as u8;
+                    for (d, a) in f.data[i..i + 3].iter_mut().zip(acc) {
+                        *d = (a / (ss * ss) as f32).round().clamp(0.0, 255.0) as u8;
                     }
                 }
             }

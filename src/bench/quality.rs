@@ -1,0 +1,584 @@
+//! `ctxd bench quality`: what the edits of a bundle trained on the demo domain actually show.
+//! For each held-out clip, one job through the real engine (`pipeline::graph::run`, the code
+//! path of `ctxd edit`, with the sessions kept warm between clips): one inversion under the
+//! clip's caption, its three edits (colour, shape, background) and a reconstruction (the
+//! caption again, guidance 1, native size: the `reconstruct` preset's check). Each output is
+//! decoded, read back by the analyser (`quality`) and compared with the scene the edit asked
+//! for. One table per context mode; every row in the JSON.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::diffusion::ContextMode;
+use crate::media::{EncodeSettings, InputSpec, RgbFrame};
+use crate::pipeline::graph;
+use crate::pipeline::job::{EditJob, EditTarget};
+use crate::pipeline::spec::{self, CliOverrides, JobSpec, Preset};
+use crate::quality::heldout::HeldoutClip;
+use crate::quality::score::{self, Expected};
+use crate::quality::sheet::{self, SheetOptions};
+use crate::quality::{self, Analyser, AnalyserConfig, EditKind, Heldout, Shape, Texture};
+
+/// Motion error (median, px) up to which an edit still counts as keeping the motion.
+pub const MAX_MOTION_PX: f32 = 1.5;
+/// Clips in the contact sheets.
+const SHEET_CLIPS: usize = 6;
+
+#[derive(Args, Debug)]
+pub struct QualityBenchArgs {
+    /// Bundle (default: the preset's, else models/demo).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Held-out set: heldout.json and its clips (default: models/train/clips/heldout).
+    #[arg(long)]
+    pub heldout: Option<PathBuf>,
+    /// Pipeline preset for the edits (a name in pipelines/ or a TOML file).
+    #[arg(long, default_value = "demo")]
+    pub preset: String,
+    /// Context modes to compare, one table each: off, source, x0_pred.
+    #[arg(long, value_delimiter = ',', default_value = "source", value_parser = parse_context)]
+    pub context: Vec<ContextMode>,
+    /// DDIM steps (default: the preset's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Guidance weight of the edits (default: the preset's).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Local blending threshold (default: the preset's).
+    #[arg(long)]
+    pub blend: Option<f32>,
+    /// Only the first N clips.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write every per-edit row, the summaries and the settings as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a contact sheet per context mode of the first 6 clips here
+    /// (quality-<mode>.png: per clip a row for the source, then colour, shape, background;
+    /// quality-<mode>.txt says which row is which).
+    #[arg(long)]
+    pub sheet: Option<PathBuf>,
+    /// Keep the edited clips here (default: a temporary folder, removed after, so the JSON's
+    /// output paths are only worth following with this).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: crate::cli::RuntimeArgs,
+}
+
+fn parse_context(s: &str) -> Result<ContextMode, String> {
+    s.parse()
+}
+
+fn mode_name(m: ContextMode) -> &'static str {
+    match m {
+        ContextMode::Off => "off",
+        ContextMode::Source => "source",
+        ContextMode::X0Pred => "x0_pred",
+    }
+}
+
+/// What an output showed (majorities over frames; per expected object, what was matched to it).
+#[derive(Debug, Serialize)]
+struct Observed {
+    background: String,
+    texture: Texture,
+    object_count: usize,
+    objects: Vec<ObservedObject>,
+}
+
+#[derive(Debug, Serialize)]
+struct ObservedObject {
+    /// None: never matched.
+    shape: Option<Shape>,
+    colour: Option<String>,
+}
+
+/// One edit of one clip under one context mode.
+#[derive(Debug, Serialize)]
+struct EditRow {
+    mode: &'static str,
+    clip: String,
+    kind: EditKind,
+    prompt: String,
+    target: Option<usize>,
+    expected: Expected,
+    observed: Observed,
+    /// The edited attribute is there.
+    success: bool,
+    /// ... and the rest of the scene is kept (background colour and texture, object count,
+    /// every object's shape and colour, motion error <= 1.5 px).
+    success_and_preserve: bool,
+    ghost_frames: usize,
+    frames: usize,
+    motion_error_px: Option<f32>,
+    /// Output's frame-to-frame change / the source's.
+    flicker: Option<f64>,
+    clip_t: Option<f64>,
+    clip_f: Option<f64>,
+    output: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ReconstructRow {
+    mode: &'static str,
+    clip: String,
+    psnr_db: Option<f64>,
+    output: String,
+}
+
+/// A table row: one edit kind (or all) under one mode.
+#[derive(Debug, Serialize)]
+struct Summary {
+    kind: String,
+    n: usize,
+    success: f64,
+    success_and_preserve: f64,
+    /// Ghost frames / frames.
+    ghost_frame_rate: f64,
+    /// Median over edits of each edit's median motion error (px).
+    motion_error_px: Option<f64>,
+    flicker: Option<f64>,
+    clip_t: Option<f64>,
+    clip_f: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ModeResult {
+    mode: &'static str,
+    summaries: Vec<Summary>,
+    /// Mean over clips.
+    reconstruction_psnr_db: Option<f64>,
+    wall_s: f64,
+    seconds_per_clip: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct QualityBench {
+    bundle: String,
+    preset: String,
+    heldout: String,
+    clips: usize,
+    steps: usize,
+    guidance: f32,
+    blend: f32,
+    /// Held-out sources the analyser reads exactly as labelled (a check on the ruler).
+    analyser_exact_sources: usize,
+    modes: Vec<ModeResult>,
+    rows: Vec<EditRow>,
+    reconstructions: Vec<ReconstructRow>,
+    wall_s: f64,
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (mut s, mut n) = (0.0, 0usize);
+    for x in v {
+        s += x;
+        n += 1;
+    }
+    (n > 0).then(|| s / n as f64)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    })
+}
+
+fn summarise(kind: &str, rows: &[&EditRow]) -> Summary {
+    let n = rows.len();
+    let rate = |f: &dyn Fn(&EditRow) -> bool| {
+        if n == 0 {
+            0.0
+        } else {
+            rows.iter().filter(|r| f(r)).count() as f64 / n as f64
+        }
+    };
+    let frames: usize = rows.iter().map(|r| r.frames).sum();
+    Summary {
+        kind: kind.to_string(),
+        n,
+        success: rate(&|r| r.success),
+        success_and_preserve: rate(&|r| r.success_and_preserve),
+        ghost_frame_rate: rows.iter().map(|r| r.ghost_frames).sum::<usize>() as f64
+            / frames.max(1) as f64,
+        motion_error_px: median(
+            rows.iter()
+                .filter_map(|r| r.motion_error_px.map(f64::from))
+                .collect(),
+        ),
+        flicker: mean(rows.iter().filter_map(|r| r.flicker)),
+        clip_t: mean(rows.iter().filter_map(|r| r.clip_t)),
+        clip_f: mean(rows.iter().filter_map(|r| r.clip_f)),
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// The markdown table of one mode.
+fn table(m: &ModeResult) -> String {
+    let mut s = String::from(
+        "| edit | n | success | success + preserve | ghost frames | motion error (px) | flicker | CLIP-T | CLIP-F |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &m.summaries {
+        s.push_str(&format!(
+            "| {} | {} | {:.1} % | {:.1} % | {:.1} % | {} | {} | {} | {} |\n",
+            r.kind,
+            r.n,
+            100.0 * r.success,
+            100.0 * r.success_and_preserve,
+            100.0 * r.ghost_frame_rate,
+            fmt_opt(r.motion_error_px, 2),
+            fmt_opt(r.flicker, 2),
+            fmt_opt(r.clip_t, 3),
+            fmt_opt(r.clip_f, 3),
+        ));
+    }
+    s
+}
+
+/// `ctxd bench quality`.
+pub fn quality(args: &QualityBenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let home = crate::cli::edit::home();
+    let heldout_dir = args
+        .heldout
+        .clone()
+        .unwrap_or_else(|| home.join("models/train/clips/heldout"));
+    let set = Heldout::load(&heldout_dir)?;
+    let n = args.limit.unwrap_or(set.clips.len()).min(set.clips.len());
+    if n == 0 {
+        bail!("{}: no clips to run", heldout_dir.display());
+    }
+    let clips = &set.clips[..n];
+    if args.context.is_empty() {
+        bail!("--context: name at least one mode (off, source, x0_pred)");
+    }
+    let preset = Preset::load(&args.preset, &home.join("pipelines"))?;
+    let bundle = args
+        .bundle
+        .clone()
+        .or_else(|| preset.bundle.clone())
+        .unwrap_or_else(|| home.join("models/demo"));
+    let bundle = if bundle.is_relative() && !bundle.exists() && home.join(&bundle).exists() {
+        home.join(&bundle)
+    } else {
+        bundle
+    };
+    crate::model::Bundle::open(&bundle).with_context(|| {
+        format!(
+            "bench quality needs a bundle trained on the demo domain (models/train); {} is not one",
+            bundle.display()
+        )
+    })?;
+    // Sessions stay loaded from one clip to the next (two UNets per job).
+    crate::model::warm::enable(2);
+
+    let analyser = Analyser::new(set.palette.clone(), AnalyserConfig::default());
+    let mut sources: Vec<Vec<RgbFrame>> = Vec::with_capacity(n);
+    let mut exact = 0;
+    for c in clips {
+        let frames = quality::read_frames(&set.path_of(c))?;
+        let expected = c.expected();
+        let cmp = score::compare(&analyser.clip(&frames), &expected);
+        if cmp.frame_mismatches(&expected, 1.0).is_empty() {
+            exact += 1;
+        }
+        sources.push(frames);
+    }
+    if exact < n {
+        tracing::warn!("the analyser reads only {exact} of {n} held-out sources exactly as labelled: its verdicts on edits are less certain");
+    }
+
+    let (work, _tmp) = super::work_dir(args.work_dir.as_deref())?;
+    let mut rows = Vec::new();
+    let mut reconstructions = Vec::new();
+    let mut modes = Vec::new();
+    let mut settings = None;
+    for &mode in &args.context {
+        let mode_started = Instant::now();
+        let name = mode_name(mode);
+        let dir = work.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let first_row = rows.len();
+        let first_rec = reconstructions.len();
+        for (ci, clip) in clips.iter().enumerate() {
+            let t0 = Instant::now();
+            let (job, spec) = clip_job(args, &preset, &bundle, &set, clip, mode, &dir)?;
+            settings.get_or_insert((spec.edits[0].steps, spec.edits[0].guidance, spec.blend));
+            let mut reports =
+                graph::run(&job, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?;
+            if job.edits.len() == clip.edits.len() {
+                // The reconstruction runs at native size in its own job.
+                let rec = reconstruct_job(&job, clip, &dir);
+                reports
+                    .extend(graph::run(&rec, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?);
+            }
+            for (edit, report) in clip.edits.iter().zip(&reports) {
+                let out = quality::read_frames(&report.output.path)?;
+                let expected = clip.expected_after(edit);
+                let cmp = score::compare(&analyser.clip(&out), &expected);
+                let success = cmp.success(edit.kind, edit.target);
+                rows.push(EditRow {
+                    mode: name,
+                    clip: clip.file.clone(),
+                    kind: edit.kind,
+                    prompt: edit.prompt.clone(),
+                    target: edit.target,
+                    observed: Observed {
+                        background: cmp.background.clone(),
+                        texture: cmp.texture,
+                        object_count: cmp.object_count,
+                        objects: cmp
+                            .objects
+                            .iter()
+                            .map(|o| ObservedObject {
+                                shape: o.shape,
+                                colour: o.colour.clone(),
+                            })
+                            .collect(),
+                    },
+                    success,
+                    success_and_preserve: success && cmp.scene_ok(MAX_MOTION_PX),
+                    ghost_frames: cmp.ghost_frames,
+                    frames: cmp.frames,
+                    motion_error_px: cmp.motion_error_px,
+                    flicker: score::flicker(&out, &sources[ci]),
+                    clip_t: report.quality.clip.as_ref().map(|c| c.clip_t),
+                    clip_f: report.quality.clip.as_ref().map(|c| c.clip_f),
+                    output: report.output.path.display().to_string(),
+                    expected,
+                });
+            }
+            if let Some(r) = reports.get(clip.edits.len()) {
+                reconstructions.push(ReconstructRow {
+                    mode: name,
+                    clip: clip.file.clone(),
+                    psnr_db: r.quality.reconstruction_psnr_db,
+                    output: r.output.path.display().to_string(),
+                });
+            }
+            let done = &rows[rows.len() - clip.edits.len()..];
+            eprintln!(
+                "ctxd: bench quality [{name}] {}/{n} {}: {} of {} edits succeed, {} keep the scene ({:.1} s)",
+                ci + 1,
+                clip.file,
+                done.iter().filter(|r| r.success).count(),
+                done.len(),
+                done.iter().filter(|r| r.success_and_preserve).count(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        let mode_rows: Vec<&EditRow> = rows[first_row..].iter().collect();
+        let mut summaries: Vec<Summary> = EditKind::ALL
+            .iter()
+            .map(|k| {
+                let r: Vec<&EditRow> = mode_rows.iter().copied().filter(|r| r.kind == *k).collect();
+                summarise(k.name(), &r)
+            })
+            .collect();
+        summaries.push(summarise("overall", &mode_rows));
+        let wall_s = mode_started.elapsed().as_secs_f64();
+        modes.push(ModeResult {
+            mode: name,
+            summaries,
+            reconstruction_psnr_db: mean(
+                reconstructions[first_rec..]
+                    .iter()
+                    .filter_map(|r| r.psnr_db),
+            ),
+            wall_s,
+            seconds_per_clip: wall_s / n as f64,
+        });
+        if let Some(sheet_dir) = &args.sheet {
+            write_sheets(sheet_dir, name, &set, clips, &rows[first_row..])?;
+        }
+    }
+
+    let (steps, guidance, blend) = settings.unwrap_or_default();
+    let result = QualityBench {
+        bundle: bundle.display().to_string(),
+        preset: args.preset.clone(),
+        heldout: heldout_dir.display().to_string(),
+        clips: n,
+        steps,
+        guidance,
+        blend,
+        analyser_exact_sources: exact,
+        modes,
+        rows,
+        reconstructions,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    for m in &result.modes {
+        println!(
+            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}, {} clips, {:.1} s per clip)\n",
+            m.mode,
+            result.bundle,
+            result.preset,
+            steps,
+            guidance,
+            if blend > 0.0 { format!(", blend {blend}") } else { String::new() },
+            n,
+            m.seconds_per_clip
+        );
+        print!("{}", table(m));
+        println!(
+            "\nReconstruction PSNR (source prompt, guidance 1, native size): {} dB, mean of {n} clips.",
+            fmt_opt(m.reconstruction_psnr_db, 2)
+        );
+    }
+    println!(
+        "\nAnalyser check: {exact}/{n} held-out sources read exactly as labelled. Total {:.1} min.",
+        result.wall_s / 60.0
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_vec_pretty(&result)?;
+        crate::atomic::write_atomic(path, &text)
+            .with_context(|| format!("{}: cannot write the JSON", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The job for one clip: its three edits (named after their kind) under `mode`, plus the
+/// reconstruction when the preset works at native size (then it shares the inversion).
+fn clip_job(
+    args: &QualityBenchArgs,
+    preset: &Preset,
+    bundle: &Path,
+    set: &Heldout,
+    clip: &HeldoutClip,
+    mode: ContextMode,
+    dir: &Path,
+) -> Result<(EditJob, JobSpec)> {
+    let cli = CliOverrides {
+        source: Some(clip.caption.clone()),
+        prompts: clip.edits.iter().map(|e| e.prompt.clone()).collect(),
+        guidance: args.guidance,
+        steps: args.steps,
+        context: Some(mode),
+        blend: args.blend,
+        ..CliOverrides::default()
+    };
+    let spec = JobSpec::resolve(preset, None, None, &cli)?;
+    if spec.reconstruct || spec.edits.len() != clip.edits.len() {
+        bail!(
+            "preset {}: bench quality needs an editing preset (this one reconstructs)",
+            args.preset
+        );
+    }
+    let stem = stem_of(clip);
+    let outputs = clip
+        .edits
+        .iter()
+        .map(|e| spec::output_path(dir, &stem, e.kind.name(), "mp4"))
+        .collect();
+    let mut job = EditJob::from_spec(
+        &spec,
+        InputSpec::File(set.path_of(clip)),
+        outputs,
+        bundle.to_path_buf(),
+        args.runtime.options(),
+        EncodeSettings::default(),
+        Arc::new(AtomicBool::new(false)),
+    );
+    for (t, e) in job.edits.iter_mut().zip(&clip.edits) {
+        t.name = e.kind.name().to_string();
+    }
+    if job.short_side.is_none() {
+        let target = reconstruct_target(clip, job.edits[0].seed, dir);
+        job.edits.push(target);
+        job.measure_reconstruction = true;
+    }
+    Ok((job, spec))
+}
+
+/// The `reconstruct` preset's check: the caption again, guidance 1.
+fn reconstruct_target(clip: &HeldoutClip, seed: u64, dir: &Path) -> EditTarget {
+    EditTarget {
+        name: "reconstruct".into(),
+        prompt: clip.caption.clone(),
+        negative: None,
+        guidance: 1.0,
+        seed,
+        output: spec::output_path(dir, &stem_of(clip), "reconstruct", "mp4"),
+    }
+}
+
+fn stem_of(clip: &HeldoutClip) -> String {
+    Path::new(&clip.file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| clip.file.clone())
+}
+
+/// The reconstruction of `clip` in a job of its own, at native size (for presets that
+/// process at another size).
+fn reconstruct_job(edit_job: &EditJob, clip: &HeldoutClip, dir: &Path) -> EditJob {
+    let mut job = edit_job.clone();
+    job.short_side = None;
+    job.edits = vec![reconstruct_target(clip, edit_job.edits[0].seed, dir)];
+    job.measure_reconstruction = true;
+    job
+}
+
+/// quality-<mode>.png (source, colour, shape, background per clip) and its legend.
+fn write_sheets(
+    dir: &Path,
+    mode: &str,
+    set: &Heldout,
+    clips: &[HeldoutClip],
+    rows: &[EditRow],
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut groups: Vec<Vec<PathBuf>> = Vec::new();
+    let mut legend = format!(
+        "quality-{mode}.png: one group per clip; rows: source, then the colour, shape and background edits (context {mode}).\n"
+    );
+    for clip in clips.iter().take(SHEET_CLIPS) {
+        let mut g = vec![set.path_of(clip)];
+        legend.push_str(&format!("\n{}: {}\n", clip.file, clip.caption));
+        for kind in EditKind::ALL {
+            if let Some(r) = rows.iter().find(|r| r.clip == clip.file && r.kind == kind) {
+                g.push(PathBuf::from(&r.output));
+                legend.push_str(&format!(
+                    "  {:<10} {} [{}{}]\n",
+                    kind.name(),
+                    r.prompt,
+                    if r.success { "success" } else { "no success" },
+                    if r.success_and_preserve {
+                        ", scene kept"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        groups.push(g);
+    }
+    let refs: Vec<Vec<&Path>> = groups
+        .iter()
+        .map(|g| g.iter().map(PathBuf::as_path).collect())
+        .collect();
+    let png = dir.join(format!("quality-{mode}.png"));
+    sheet::write_sheet(&refs, &png, &SheetOptions::default())?;
+    crate::atomic::write_atomic(&dir.join(format!("quality-{mode}.txt")), legend.as_bytes())?;
+    eprintln!("ctxd: wrote {}", png.display());
+    Ok(())
+}
