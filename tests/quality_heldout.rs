@@ -33,6 +33,7 @@ fn the_analyser_reads_every_heldout_source_as_labelled() {
     let (mut shape_margin, mut colour_worst) = (f32::INFINITY, 0f32);
     let (mut plain_std, mut textured_std) = (0f32, f32::INFINITY);
     let (mut stripe_ratio, mut check_ratio) = (0f32, f32::INFINITY);
+    let mut periodicity = f32::NEG_INFINITY;
     let mut failures = Vec::new();
     for clip in &set.clips {
         let path = set.path_of(clip);
@@ -54,6 +55,7 @@ fn the_analyser_reads_every_heldout_source_as_labelled() {
                 Texture::Plain => plain_std = plain_std.max(f.texture_std),
                 t => {
                     textured_std = textured_std.min(f.texture_std);
+                    periodicity = periodicity.max(f.texture_periodicity);
                     if t == Texture::Striped {
                         stripe_ratio = stripe_ratio.max(f.texture_ratio);
                     } else {
@@ -99,7 +101,7 @@ fn the_analyser_reads_every_heldout_source_as_labelled() {
     let p = |q: f32| errors[((errors.len() - 1) as f32 * q) as usize];
     eprintln!(
         "margins: shape signature runner-up - best >= {shape_margin:.4}; object colour <= {colour_worst:.1} from its swatch; \
-         texture std plain <= {plain_std:.2}, textured >= {textured_std:.2}; vertical/horizontal change striped <= {stripe_ratio:.3}, checkered >= {check_ratio:.3}"
+         texture std plain <= {plain_std:.2}, textured >= {textured_std:.2} with autocorrelation <= {periodicity:.2}; vertical/horizontal change striped <= {stripe_ratio:.3}, checkered >= {check_ratio:.3}"
     );
     eprintln!(
         "analyser on {} held-out clips, {frames} frames, {objects} object sightings: position error median {:.3} px, p95 {:.3} px, max {worst:.3} px; {} mismatches",

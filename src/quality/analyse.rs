@@ -8,7 +8,9 @@
 //! 2. **Texture.** Textures add a grey offset (±amplitude on every channel) to `b`, so each
 //!    pixel's residual is split into that offset `r` (the mean of `p - b` over channels) and
 //!    what is left across the grey axis. Over background pixels away from objects, a
-//!    standard deviation of `r` above `texture_std` means textured; then stripes (vertical,
+//!    standard deviation of `r` above `texture_std` that alternates across the frame (its
+//!    autocorrelation reaches −`texture_anticorrelation` at some shift; noise does not)
+//!    means textured; then stripes (vertical,
 //!    so constant down a column) change little from row to row, checks change as much down
 //!    as across.
 //! 3. **Objects.** A pixel is foreground when its distance to the background's texture band
@@ -47,6 +49,9 @@ pub struct AnalyserConfig {
     /// Standard deviation (RGB units) of the background's grey offset above which it is
     /// textured. Plain backgrounds show about 1 after H.264; textures ±16 show about 15.
     pub texture_std: f32,
+    /// A textured background alternates: the grey offset's autocorrelation across the frame
+    /// must fall below minus this at some shift (noise, which also has spread, does not).
+    pub texture_anticorrelation: f32,
     /// Textured backgrounds whose mean vertical change is below this fraction of the mean
     /// horizontal change are striped; above, checkered.
     pub stripe_ratio: f32,
@@ -59,6 +64,7 @@ impl Default for AnalyserConfig {
             mask_fraction: 0.5,
             min_mask_distance: 20.0,
             texture_std: 5.0,
+            texture_anticorrelation: 0.3,
             stripe_ratio: 0.5,
         }
     }
@@ -108,6 +114,9 @@ pub struct FrameAnalysis {
     pub texture: Texture,
     /// Standard deviation of the background's grey offset (RGB units).
     pub texture_std: f32,
+    /// The offset's lowest autocorrelation across the frame over shifts of 2 to a quarter of
+    /// the width: near −1 for stripes or checks (half a period), near 0 for noise.
+    pub texture_periodicity: f32,
     /// Mean vertical / mean horizontal change of that offset (0 for stripes, ~1 for checks).
     pub texture_ratio: f32,
     /// Objects, left to right by position.
@@ -440,7 +449,8 @@ impl Analyser {
         } else {
             1.0
         };
-        let texture = self.texture_of(clean_std, ratio);
+        let periodicity = min_autocorrelation(&offset, &clean, w, h);
+        let texture = self.texture_of(clean_std, periodicity, ratio);
 
         // 4. Objects.
         let mut objects: Vec<ObjectInfo> = kept
@@ -455,16 +465,20 @@ impl Analyser {
             background_share: voters.len() as f32 / n.max(1) as f32,
             texture,
             texture_std: clean_std,
+            texture_periodicity: periodicity,
             texture_ratio: ratio,
             objects,
             specks,
         }
     }
 
-    fn texture_of(&self, std: f32, ratio: f32) -> Texture {
+    fn texture_of(&self, std: f32, periodicity: f32, ratio: f32) -> Texture {
         let textures = &self.palette.textures;
         let textured: Vec<Texture> = textures.iter().copied().filter(|t| t.textured()).collect();
-        if std < self.cfg.texture_std || textured.is_empty() {
+        if std < self.cfg.texture_std
+            || periodicity > -self.cfg.texture_anticorrelation
+            || textured.is_empty()
+        {
             return Texture::Plain;
         }
         if textured.len() == 1 {
@@ -671,6 +685,44 @@ fn summarise(frames: &[FrameAnalysis]) -> ClipSummary {
         object_count,
         objects,
     }
+}
+
+/// The lowest autocorrelation of `v` (over `mask`ed pixels) between pixels `lag` apart across
+/// a row, for lags 2 ..= width / 4. 0 when there are too few pairs.
+fn min_autocorrelation(v: &[f32], mask: &[bool], w: usize, h: usize) -> f32 {
+    let (mut n, mut s, mut s2) = (0f64, 0f64, 0f64);
+    for (x, &m) in v.iter().zip(mask) {
+        if m {
+            n += 1.0;
+            s += *x as f64;
+            s2 += (*x as f64) * (*x as f64);
+        }
+    }
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mu = s / n;
+    let var = s2 / n - mu * mu;
+    if var <= 1e-9 {
+        return 0.0;
+    }
+    let mut lowest = 0f64;
+    for lag in 2..=(w / 4).max(2) {
+        let (mut c, mut pairs) = (0f64, 0u64);
+        for y in 0..h {
+            for x in 0..w.saturating_sub(lag) {
+                let (i, j) = (y * w + x, y * w + x + lag);
+                if mask[i] && mask[j] {
+                    c += (v[i] as f64 - mu) * (v[j] as f64 - mu);
+                    pairs += 1;
+                }
+            }
+        }
+        if pairs >= 16 {
+            lowest = lowest.min(c / (pairs as f64 * var));
+        }
+    }
+    lowest as f32
 }
 
 fn std_dev(values: impl Iterator<Item = f32>) -> f32 {
@@ -978,6 +1030,35 @@ mod tests {
         );
         // Deterministic: the same frames give the same analysis.
         assert_eq!(a.clip(&frames), c);
+    }
+
+    #[test]
+    fn noise_is_not_a_texture() {
+        let p = demo();
+        let a = Analyser::new(p.clone(), AnalyserConfig::default());
+        let mut f = Scene {
+            size: 64,
+            background: rgb(&p, "gray"),
+            texture: Texture::Plain,
+            phase: [0.0, 0.0],
+            objects: vec![],
+        }
+        .render();
+        // A fixed pseudo-random grey offset of up to ±14 per pixel (xorshift).
+        let mut state = 0x2545_f491u32;
+        for px in f.data.chunks_exact_mut(3) {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let d = (state % 29) as i32 - 14;
+            for v in px {
+                *v = (*v as i32 + d).clamp(0, 255) as u8;
+            }
+        }
+        let out = a.frame(&f);
+        assert!(out.texture_std > 5.0, "{out:?}");
+        assert_eq!(out.texture, Texture::Plain, "{out:?}");
+        assert!(out.texture_periodicity > -0.2, "{out:?}");
     }
 
     #[test]

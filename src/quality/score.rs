@@ -280,6 +280,7 @@ mod tests {
             background_share: 0.9,
             texture: Texture::Plain,
             texture_std: 1.0,
+            texture_periodicity: 0.0,
             texture_ratio: 1.0,
             objects: objs
                 .iter()
