@@ -1033,6 +1033,45 @@ mod tests {
     }
 
     #[test]
+    fn shapes_survive_blur() {
+        // A 3x3 box blur rounds corners and softens edges more than 4:2:0 chroma does; the
+        // moment signature is made not to care.
+        let p = demo();
+        let a = Analyser::new(p.clone(), AnalyserConfig::default());
+        for (i, shape) in Shape::ALL.into_iter().enumerate() {
+            let (cx, cy) = (24.4 + i as f32, 30.7);
+            let sharp = Scene {
+                size: 64,
+                background: rgb(&p, "white"),
+                texture: Texture::Plain,
+                phase: [0.0, 0.0],
+                objects: vec![(shape, rgb(&p, "purple"), 6.5, cx, cy)],
+            }
+            .render();
+            let mut blurred = sharp.clone();
+            for y in 1..63usize {
+                for x in 1..63usize {
+                    for c in 0..3 {
+                        let mut sum = 0u32;
+                        for dy in 0..3 {
+                            for dx in 0..3 {
+                                sum += sharp.data[((y + dy - 1) * 64 + x + dx - 1) * 3 + c] as u32;
+                            }
+                        }
+                        blurred.data[(y * 64 + x) * 3 + c] = ((sum + 4) / 9) as u8;
+                    }
+                }
+            }
+            let f = a.frame(&blurred);
+            assert_eq!(f.objects.len(), 1, "{shape}: {f:#?}");
+            let o = &f.objects[0];
+            assert_eq!(o.shape, shape, "{f:#?}");
+            let err = ((o.position[0] - cx).powi(2) + (o.position[1] - cy).powi(2)).sqrt();
+            assert!(err < 0.3, "{shape}: position off by {err}");
+        }
+    }
+
+    #[test]
     fn noise_is_not_a_texture() {
         let p = demo();
         let a = Analyser::new(p.clone(), AnalyserConfig::default());
