@@ -35,6 +35,7 @@ pub fn job(
                 guidance: 1.0,
                 seed: 0,
                 output: out.clone(),
+                blend: true,
             })
             .collect(),
         steps,

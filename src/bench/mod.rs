@@ -462,6 +462,7 @@ fn edit_job(
             guidance: 7.5,
             seed: 0,
             output: out.to_path_buf(),
+            blend: true,
         }],
         steps,
         eta: 0.0,

@@ -518,6 +518,7 @@ fn reconstruct_target(clip: &HeldoutClip, seed: u64, dir: &Path) -> EditTarget {
         guidance: 1.0,
         seed,
         output: spec::output_path(dir, &stem_of(clip), "reconstruct", "mp4"),
+        blend: false,
     }
 }
 

@@ -76,6 +76,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         conds.push(EditCondition {
             cond: c,
             seed: e.seed,
+            blend: e.blend,
         });
     }
 

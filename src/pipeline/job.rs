@@ -20,6 +20,9 @@ pub struct EditTarget {
     pub guidance: f32,
     pub seed: u64,
     pub output: PathBuf,
+    /// Whether the job's local blending applies to this edit (false for a reconstruction
+    /// check, whose mask would be empty and its output the source itself).
+    pub blend: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +100,7 @@ impl EditJob {
                     guidance: e.guidance,
                     seed: e.seed,
                     output,
+                    blend: true,
                 })
                 .collect(),
             steps: first.steps,

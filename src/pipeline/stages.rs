@@ -305,6 +305,8 @@ pub fn invert(
 pub struct EditCondition {
     pub cond: Conditioning,
     pub seed: u64,
+    /// Local blending applies (when the setup has it).
+    pub blend: bool,
 }
 
 pub fn edit(
@@ -333,7 +335,7 @@ pub fn edit(
                 x0_source: Some(&w.latents.x0),
                 keep_trajectory: false,
             };
-            let out = match &setup.blend {
+            let out = match setup.blend.as_ref().filter(|_| ed.blend) {
                 None => diffusion::sample(
                     run,
                     Models {
