@@ -20,11 +20,11 @@ use crate::pipeline::spec::{self, CliOverrides, JobSpec, Preset, PromptFile};
 pub struct EditArgs {
     /// The video: a file, `-` for stdin, or a URL FFmpeg opens.
     pub input: String,
-    /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/demo).
+    /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
     #[arg(long)]
     pub bundle: Option<PathBuf>,
-    /// Pipeline preset: a name in pipelines/ (demo, the default; default, fast, reconstruct for
-    /// SD-sized bundles) or a TOML file.
+    /// Pipeline preset: a name in pipelines/ (default, fast, reconstruct; demo for a bundle made
+    /// by models/train) or a TOML file.
     #[arg(long)]
     pub preset: Option<String>,
     /// What the input shows (the inversion prompt).
@@ -182,7 +182,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         .clone()
         .or_else(|| spec.bundle.clone())
         .or_else(|| std::env::var_os("CTXD_BUNDLE").map(PathBuf::from))
-        .unwrap_or_else(|| home.join("models/demo"));
+        .unwrap_or_else(|| home.join("models/oracle"));
     let short_side = match args.short_side {
         Some(0) => None,
         Some(n) => Some(n),

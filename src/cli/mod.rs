@@ -303,7 +303,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let _ = ctrlc_flag(move || on_signal.stop());
             let paths = crate::daemon::run::Paths {
                 pipelines: home.join("pipelines"),
-                default_bundle: home.join("models/demo"),
+                default_bundle: home.join("models/oracle"),
             };
             tracing::info!(
                 "watching {} mapping(s) from {}",
