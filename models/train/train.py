@@ -561,6 +561,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-adapter", action="store_true", help="train the UNet without the context adapter "
                    "(the ablation's second baseline)")
     p.add_argument("--name", default=None)
+    p.add_argument("--diffuse-steps", type=int, default=None, help="override the config's diffusion steps")
     p.add_argument("--clips-only", action="store_true",
                    help="write the held-out set and the demo clip, train nothing")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
@@ -568,6 +569,8 @@ def main(argv=None) -> int:
                         "second run (--no-adapter) trains its UNet on exactly the same latents")
     args = p.parse_args(argv)
     cfg = CONFIGS[args.config]
+    if args.diffuse_steps:
+        cfg = dataclasses.replace(cfg, diffuse_steps=args.diffuse_steps)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
