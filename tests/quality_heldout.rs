@@ -34,6 +34,7 @@ fn the_analyser_reads_every_heldout_source_as_labelled() {
     let (mut plain_std, mut textured_std) = (0f32, f32::INFINITY);
     let (mut stripe_ratio, mut check_ratio) = (0f32, f32::INFINITY);
     let mut periodicity = f32::NEG_INFINITY;
+    let mut shape_distance = 0f32;
     let mut failures = Vec::new();
     for clip in &set.clips {
         let path = set.path_of(clip);
@@ -49,6 +50,7 @@ fn the_analyser_reads_every_heldout_source_as_labelled() {
         for f in &analysis.frames {
             for o in &f.objects {
                 shape_margin = shape_margin.min(o.shape_margin);
+                shape_distance = shape_distance.max(o.shape_distance * o.area.sqrt());
                 colour_worst = colour_worst.max(o.colour_distance);
             }
             match clip.labels.background.texture {
@@ -100,7 +102,7 @@ fn the_analyser_reads_every_heldout_source_as_labelled() {
     errors.sort_by(f32::total_cmp);
     let p = |q: f32| errors[((errors.len() - 1) as f32 * q) as usize];
     eprintln!(
-        "margins: shape signature runner-up - best >= {shape_margin:.4}; object colour <= {colour_worst:.1} from its swatch; \
+        "margins: shape signature distance to the nearest shape x sqrt(area) <= {shape_distance:.3}, runner-up - best >= {shape_margin:.4}; object colour <= {colour_worst:.1} from its swatch; \
          texture std plain <= {plain_std:.2}, textured >= {textured_std:.2} with autocorrelation <= {periodicity:.2}; vertical/horizontal change striped <= {stripe_ratio:.3}, checkered >= {check_ratio:.3}"
     );
     eprintln!(

@@ -68,6 +68,11 @@ pub struct QualityBenchArgs {
     /// output paths are only worth following with this).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Score the outputs an earlier run left in --work-dir (and the reports beside them)
+    /// instead of editing again: to re-read them with a changed analyser, or to finish the
+    /// tables of a run whose bundle is gone.
+    #[arg(long)]
+    pub rescore: bool,
     #[command(flatten)]
     pub runtime: crate::cli::RuntimeArgs,
 }
@@ -281,14 +286,16 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     } else {
         bundle
     };
-    crate::model::Bundle::open(&bundle).with_context(|| {
-        format!(
+    if !args.rescore {
+        crate::model::Bundle::open(&bundle).with_context(|| {
+            format!(
             "bench quality needs a bundle trained on the demo domain (models/train); {} is not one",
             bundle.display()
         )
-    })?;
-    // Sessions stay loaded from one clip to the next (two UNets per job).
-    crate::model::warm::enable(2);
+        })?;
+        // Sessions stay loaded from one clip to the next (two UNets per job).
+        crate::model::warm::enable(2);
+    }
 
     let analyser = Analyser::new(set.palette.clone(), AnalyserConfig::default());
     let mut sources: Vec<Vec<RgbFrame>> = Vec::with_capacity(n);
@@ -306,6 +313,9 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         tracing::warn!("the analyser reads only {exact} of {n} held-out sources exactly as labelled: its verdicts on edits are less certain");
     }
 
+    if args.rescore && args.work_dir.is_none() {
+        bail!("--rescore reads an earlier run's outputs: say where with --work-dir");
+    }
     let (work, _tmp) = super::work_dir(args.work_dir.as_deref())?;
     let mut rows = Vec::new();
     let mut reconstructions = Vec::new();
@@ -322,16 +332,22 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
             let t0 = Instant::now();
             let (job, spec) = clip_job(args, &preset, &bundle, &set, clip, mode, &dir)?;
             settings.get_or_insert((spec.edits[0].steps, spec.edits[0].guidance, spec.blend));
-            let mut reports =
-                graph::run(&job, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?;
-            if job.edits.len() == clip.edits.len() {
-                // The reconstruction runs at native size in its own job.
-                let rec = reconstruct_job(&job, clip, &dir);
-                reports
-                    .extend(graph::run(&rec, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?);
-            }
-            for (edit, report) in clip.edits.iter().zip(&reports) {
-                let out = quality::read_frames(&report.output.path)?;
+            let produced = if args.rescore {
+                saved_outputs(clip, &dir)?
+            } else {
+                let mut reports =
+                    graph::run(&job, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?;
+                if job.edits.len() == clip.edits.len() {
+                    // The reconstruction runs at native size in its own job.
+                    let rec = reconstruct_job(&job, clip, &dir);
+                    reports.extend(
+                        graph::run(&rec, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?,
+                    );
+                }
+                reports.iter().map(Produced::from_report).collect()
+            };
+            for (edit, report) in clip.edits.iter().zip(&produced) {
+                let out = quality::read_frames(&report.output)?;
                 let expected = clip.expected_after(edit);
                 let cmp = score::compare(&analyser.clip(&out), &expected);
                 let success = cmp.success(edit.kind, edit.target);
@@ -360,18 +376,18 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                     frames: cmp.frames,
                     motion_error_px: cmp.motion_error_px,
                     flicker: score::flicker(&out, &sources[ci]),
-                    clip_t: report.quality.clip.as_ref().map(|c| c.clip_t),
-                    clip_f: report.quality.clip.as_ref().map(|c| c.clip_f),
-                    output: report.output.path.display().to_string(),
+                    clip_t: report.clip_t,
+                    clip_f: report.clip_f,
+                    output: report.output.display().to_string(),
                     expected,
                 });
             }
-            if let Some(r) = reports.get(clip.edits.len()) {
+            if let Some(r) = produced.get(clip.edits.len()) {
                 reconstructions.push(ReconstructRow {
                     mode: name,
                     clip: clip.file.clone(),
-                    psnr_db: r.quality.reconstruction_psnr_db,
-                    output: r.output.path.display().to_string(),
+                    psnr_db: r.psnr_db,
+                    output: r.output.display().to_string(),
                 });
             }
             let done = &rows[rows.len() - clip.edits.len()..];
@@ -428,15 +444,23 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     };
     for m in &result.modes {
         println!(
-            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}, {} clips, {:.1} s per clip)\n",
+            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}, {} clips, {})\n",
             m.mode,
             result.bundle,
             result.preset,
             steps,
             guidance,
-            if blend > 0.0 { format!(", blend {blend}") } else { String::new() },
+            if blend > 0.0 {
+                format!(", blend {blend}")
+            } else {
+                String::new()
+            },
             n,
-            m.seconds_per_clip
+            if args.rescore {
+                "rescored from an earlier run".to_string()
+            } else {
+                format!("{:.1} s per clip", m.seconds_per_clip)
+            }
         );
         print!("{}", table(m));
         println!(
@@ -454,6 +478,59 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
             .with_context(|| format!("{}: cannot write the JSON", path.display()))?;
     }
     Ok(())
+}
+
+/// One output of a clip's job: where it is and what its report measured.
+struct Produced {
+    output: PathBuf,
+    clip_t: Option<f64>,
+    clip_f: Option<f64>,
+    psnr_db: Option<f64>,
+}
+
+impl Produced {
+    fn from_report(r: &crate::pipeline::report::EditReport) -> Produced {
+        Produced {
+            output: r.output.path.clone(),
+            clip_t: r.quality.clip.as_ref().map(|c| c.clip_t),
+            clip_f: r.quality.clip.as_ref().map(|c| c.clip_f),
+            psnr_db: r.quality.reconstruction_psnr_db,
+        }
+    }
+}
+
+/// The outputs of an earlier run in `dir` (`--rescore`), with the figures of the JSON report
+/// beside each: the edits in the held-out order, then the reconstruction.
+fn saved_outputs(clip: &HeldoutClip, dir: &Path) -> Result<Vec<Produced>> {
+    let stem = stem_of(clip);
+    let names = clip
+        .edits
+        .iter()
+        .map(|e| e.kind.name())
+        .chain(std::iter::once("reconstruct"));
+    let mut out = Vec::new();
+    for name in names {
+        let output = spec::output_path(dir, &stem, name, "mp4");
+        if !output.is_file() {
+            bail!(
+                "{}: missing; --rescore needs every output of the earlier run (use --limit for a partial one)",
+                output.display()
+            );
+        }
+        let report = crate::pipeline::report::report_path(&output);
+        let v: serde_json::Value = std::fs::read(&report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let q = &v["quality"];
+        out.push(Produced {
+            output,
+            clip_t: q["clip"]["clip_t"].as_f64(),
+            clip_f: q["clip"]["clip_f"].as_f64(),
+            psnr_db: q["reconstruction_psnr_db"].as_f64(),
+        });
+    }
+    Ok(out)
 }
 
 /// The job for one clip: its three edits (named after their kind) under `mode`, plus the

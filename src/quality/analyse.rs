@@ -49,6 +49,12 @@ pub struct AnalyserConfig {
     /// Standard deviation (RGB units) of the background's grey offset above which it is
     /// textured. Plain backgrounds show about 1 after H.264; textures ±16 show about 15.
     pub texture_std: f32,
+    /// Largest misfit for an object's shape to count as its nearest palette shape: the
+    /// distance between their signatures times √area (pixel noise in the signature shrinks
+    /// like 1/√area, so small objects get more room). The held-out sources stay below 0.24
+    /// (a small triangle on stripes); a diamond haloed by a generated frame's glow reaches
+    /// 0.4.
+    pub max_shape_misfit: f32,
     /// A textured background alternates: the grey offset's autocorrelation across the frame
     /// must fall below minus this at some shift (noise, which also has spread, does not).
     pub texture_anticorrelation: f32,
@@ -65,6 +71,7 @@ impl Default for AnalyserConfig {
             min_mask_distance: 20.0,
             texture_std: 5.0,
             texture_anticorrelation: 0.3,
+            max_shape_misfit: 0.35,
             stripe_ratio: 0.5,
         }
     }
@@ -84,6 +91,11 @@ pub struct ObjectInfo {
     pub shape_distance: f32,
     /// How much nearer that is than the runner-up shape (confidence).
     pub shape_margin: f32,
+    /// `shape_distance` is within the misfit allowed (`max_shape_misfit`): the object has
+    /// that shape. When not,
+    /// no palette shape fits (a blob, a haloed or torn object) and `shape` is only the least
+    /// bad guess; scoring then counts the shape as wrong.
+    pub shape_fits: bool,
     /// Blur-invariant shape signature: complex central moments of orders 2, 3, 4 of the soft
     /// mask, normalised by area (re, im for each).
     pub signature: [f32; 6],
@@ -146,8 +158,8 @@ pub struct ClipSummary {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Track {
-    /// Majority over the frames it was seen in.
-    pub shape: Shape,
+    /// Majority over the frames it was seen in (None: mostly no palette shape fits).
+    pub shape: Option<Shape>,
     pub colour: String,
     /// Per frame; None where the frame's object count was not the clip's.
     pub positions: Vec<Option<[f32; 2]>>,
@@ -327,6 +339,12 @@ fn inside(shape: Shape, area: f32, c: [f32; 2], x: f32, y: f32) -> bool {
         }
     }
 }
+
+/// Soft coverage fades out for pixels whose distance from the background–object colour line
+/// goes from `OFF_LINE_CUT − OFF_LINE_FADE` to `OFF_LINE_CUT` times the colour difference
+/// (chroma bleed on clean edges stays below about 0.3).
+const OFF_LINE_CUT: f32 = 0.75;
+const OFF_LINE_FADE: f32 = 0.3;
 
 /// The labelled position of a shape whose area centroid is `c`.
 fn position_of(shape: Shape, area: f32, c: [f32; 2]) -> [f32; 2] {
@@ -547,10 +565,12 @@ impl Analyser {
         let (ci, cd) = nearest(&self.palette.objects, rgb);
 
         // Soft coverage in a window around the object: 0 at b, 1 at the object's colour,
-        // along the full colour difference.
+        // along the full colour difference. A pixel far off that line (more than ~half the
+        // difference) is neither a blend of the two nor either one, say a halo of another
+        // colour that a generated frame put around the object: it fades out of the coverage,
+        // so it cannot make a diamond look round.
         let d = sub(rgb, b);
-        let dir = d;
-        let denom = dot(d, dir).max(1e-3);
+        let dd = dot(d, d).max(1e-3);
         let pad = 3usize;
         let (wx0, wy0) = (x0.saturating_sub(pad), y0.saturating_sub(pad));
         let (wx1, wy1) = ((x1 + pad).min(w - 1), (y1 + pad).min(h - 1));
@@ -571,7 +591,12 @@ impl Analyser {
                 if !near[j] || (labels[i] != 0 && labels[i] != id) {
                     continue;
                 }
-                let a = (dot(sub(px[i], b), dir) / denom).clamp(0.0, 1.0);
+                let v = sub(px[i], b);
+                let t = dot(v, d) / dd;
+                let off = sub(v, [t * d[0], t * d[1], t * d[2]]);
+                let off_line = (dot(off, off) / dd).sqrt();
+                let a =
+                    t.clamp(0.0, 1.0) * ((OFF_LINE_CUT - off_line) / OFF_LINE_FADE).clamp(0.0, 1.0);
                 alpha[j] = a;
                 m.add_mass((x + wx0) as f64 + 0.5, (y + wy0) as f64 + 0.5, a as f64);
             }
@@ -617,6 +642,7 @@ impl Analyser {
             colour_distance: cd,
             shape: best.0,
             shape_distance: best.1,
+            shape_fits: best.1 * area.max(0.0).sqrt() <= self.cfg.max_shape_misfit,
             shape_margin: runner_up.map_or(f32::INFINITY, |r| r - best.1),
             signature,
             area,
@@ -643,7 +669,7 @@ fn summarise(frames: &[FrameAnalysis]) -> ClipSummary {
     // Follow the objects through the frames that have the usual count.
     struct Seen {
         positions: Vec<Option<[f32; 2]>>,
-        shapes: Vec<Shape>,
+        shapes: Vec<Option<Shape>>,
         colours: Vec<String>,
     }
     let mut tracks: Vec<Seen> = Vec::new();
@@ -666,7 +692,7 @@ fn summarise(frames: &[FrameAnalysis]) -> ClipSummary {
         for (t, o, _) in match_nearest(&last, &pos) {
             let obj = &f.objects[o];
             tracks[t].positions[fi] = Some(obj.position);
-            tracks[t].shapes.push(obj.shape);
+            tracks[t].shapes.push(obj.shape_fits.then_some(obj.shape));
             tracks[t].colours.push(obj.colour.clone());
             last[t] = obj.position;
         }
@@ -674,7 +700,7 @@ fn summarise(frames: &[FrameAnalysis]) -> ClipSummary {
     let objects = tracks
         .into_iter()
         .map(|t| Track {
-            shape: majority(t.shapes).unwrap_or(Shape::Circle),
+            shape: majority(t.shapes).flatten(),
             colour: majority(t.colours).unwrap_or_default(),
             positions: t.positions,
         })
@@ -912,6 +938,7 @@ mod tests {
                     assert_eq!(f.objects.len(), 2, "{what}");
                     let o = &f.objects[0];
                     assert_eq!(o.shape, shape, "{what}");
+                    assert!(o.shape_fits, "{what}");
                     // The second object's colour may equal the first's: only check the first.
                     assert_eq!(o.colour, colour, "{what}");
                     let err = ((o.position[0] - cx).powi(2) + (o.position[1] - cy).powi(2)).sqrt();
@@ -1020,7 +1047,7 @@ mod tests {
             (s.background.as_str(), s.texture, s.object_count),
             ("black", Texture::Checkered, 2)
         );
-        assert_eq!(s.objects[0].shape, Shape::Circle);
+        assert_eq!(s.objects[0].shape, Some(Shape::Circle));
         assert_eq!(s.objects[1].colour, "yellow");
         assert!(s.objects[1].positions[3].is_none());
         let p5 = s.objects[1].positions[5].unwrap();
@@ -1066,6 +1093,7 @@ mod tests {
             assert_eq!(f.objects.len(), 1, "{shape}: {f:#?}");
             let o = &f.objects[0];
             assert_eq!(o.shape, shape, "{f:#?}");
+            assert!(o.shape_fits, "{f:#?}");
             let err = ((o.position[0] - cx).powi(2) + (o.position[1] - cy).powi(2)).sqrt();
             assert!(err < 0.3, "{shape}: position off by {err}");
         }

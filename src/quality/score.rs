@@ -31,7 +31,8 @@ pub struct ExpectedObject {
 /// One expected object in one frame: what it was matched to.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Seen {
-    pub shape: Shape,
+    /// None: no palette shape fits what was seen.
+    pub shape: Option<Shape>,
     pub colour: String,
     pub position: [f32; 2],
     /// Distance from the labelled position, pixels.
@@ -49,7 +50,8 @@ pub struct FrameVerdict {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ObjectVerdict {
-    /// Majority over the frames it was matched in (None: never matched).
+    /// Majority over the frames it was matched in (None: never matched, or mostly no palette
+    /// shape fits).
     pub shape: Option<Shape>,
     pub colour: Option<String>,
     pub shape_ok: bool,
@@ -105,7 +107,7 @@ pub fn compare(clip: &ClipAnalysis, expected: &Expected) -> Comparison {
         for (e, d, error) in match_nearest(&want, &got) {
             let o = &f.objects[d];
             objects[e] = Some(Seen {
-                shape: o.shape,
+                shape: o.shape_fits.then_some(o.shape),
                 colour: o.colour.clone(),
                 position: o.position,
                 error,
@@ -127,7 +129,7 @@ pub fn compare(clip: &ClipAnalysis, expected: &Expected) -> Comparison {
                 .iter()
                 .filter_map(|f| f.objects[k].as_ref())
                 .collect();
-            let shape = majority(seen.iter().map(|s| s.shape));
+            let shape = majority(seen.iter().map(|s| s.shape)).flatten();
             let colour = majority(seen.iter().map(|s| s.colour.clone()));
             ObjectVerdict {
                 shape_ok: shape == Some(e.shape),
@@ -216,10 +218,13 @@ impl Comparison {
                     ));
                     continue;
                 };
-                if s.shape != want.shape || s.colour != want.colour {
+                if s.shape != Some(want.shape) || s.colour != want.colour {
+                    let shape = s
+                        .shape
+                        .map_or("shapeless thing".to_string(), |x| x.to_string());
                     out.push(format!(
-                        "frame {fi}: object {k} is a {} {} (expected {} {})",
-                        s.colour, s.shape, want.colour, want.shape
+                        "frame {fi}: object {k} is a {} {shape} (expected {} {})",
+                        s.colour, want.colour, want.shape
                     ));
                 }
                 if s.error > tolerance_px {
@@ -291,6 +296,7 @@ mod tests {
                     shape,
                     shape_distance: 0.0,
                     shape_margin: 0.5,
+                    shape_fits: true,
                     signature: [0.0; 6],
                     area: 100.0,
                     centroid: position,
