@@ -335,47 +335,42 @@ pub fn edit(
                 x0_source: Some(&w.latents.x0),
                 keep_trajectory: false,
             };
-            let out = match setup.blend.as_ref().filter(|_| ed.blend) {
-                None => diffusion::sample(
-                    run,
-                    Models {
-                        unet: &mut unet,
-                        adapter: adapter
-                            .as_mut()
-                            .map(|a| a as &mut dyn diffusion::ContextAdapter),
-                    },
-                    &w.x_t,
-                    &ed.cond,
-                    Some(&mut noise),
-                    &mut progress_cb(cancel),
-                ),
-                Some(b) => diffusion::edit_mask(
-                    &mut unet,
-                    &setup.schedule,
-                    &w.latents.x0,
-                    &b.source,
-                    &ed.cond.cond,
-                    b.threshold,
-                )
-                .and_then(|mask| {
-                    diffusion::sample_blended(
-                        run,
-                        Models {
-                            unet: &mut unet,
-                            adapter: adapter
-                                .as_mut()
-                                .map(|a| a as &mut dyn diffusion::ContextAdapter),
-                        },
-                        &w.x_t,
-                        &ed.cond,
-                        Some(&mut noise),
-                        &Blend {
-                            mask: &mask,
-                            inversion: &w.trajectory,
-                        },
-                        &mut progress_cb(cancel),
+            // The mask first: it needs the UNet alone, the sampler then borrows it with the adapter.
+            let mask = match setup.blend.as_ref().filter(|_| ed.blend) {
+                None => None,
+                Some(b) => Some(
+                    diffusion::edit_mask(
+                        &mut unet,
+                        &setup.schedule,
+                        &w.latents.x0,
+                        &b.source,
+                        &ed.cond.cond,
+                        b.threshold,
                     )
-                }),
+                    .map_err(|m| e(m.to_string()))?,
+                ),
+            };
+            let models = Models {
+                unet: &mut unet,
+                adapter: adapter
+                    .as_mut()
+                    .map(|a| a as &mut dyn diffusion::ContextAdapter),
+            };
+            let (x_t, cond, mut steps) = (&w.x_t, &ed.cond, progress_cb(cancel));
+            let out = match &mask {
+                None => diffusion::sample(run, models, x_t, cond, Some(&mut noise), &mut steps),
+                Some(mask) => diffusion::sample_blended(
+                    run,
+                    models,
+                    x_t,
+                    cond,
+                    Some(&mut noise),
+                    &Blend {
+                        mask,
+                        inversion: &w.trajectory,
+                    },
+                    &mut steps,
+                ),
             }
             .map_err(|m| e(m.to_string()))?;
             per_edit.push(out.latent);
