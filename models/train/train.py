@@ -79,6 +79,17 @@ class Config:
     context_dropout: float = 0.1
     context_l2: float = 0.05
     snr_cap: float = 5.0
+    # ContextDiff's k schedule (CONTEXTDIFF.md §1). The public video code's
+    # k_t = 0.018125 sqrt(1 - abar_t) by default: with the image code's k_t = 1 - sqrt(abar_t)
+    # the adapter's r (computed from x0) carries the source into x_T, the UNet learns to read it
+    # there, and an edit copies its source (measured: 0 of 87 edits right).
+    k_schedule: str = "scaled_sqrt_one_minus_abar"
+    k_scale: float = 0.018125
+    # Timestep sampling: this fraction of each batch draws t from [t_high_from, T) instead of
+    # [0, T). Colour, shape and background are decided in the noisiest steps of an edit, and a
+    # uniform draw left the UNet nearly blind to the prompt there.
+    t_high: float = 0.5
+    t_high_from: int = 600
 
 
 CONFIGS = {
@@ -103,7 +114,11 @@ SCHEDULE = {
     "rescale_zero_terminal_snr": True,
     "timestep_spacing": "trailing",
 }
-CONTEXT = {"k_schedule": "one_minus_sqrt_abar", "scale": 1.0, "convention": "U"}
+
+def context_of(cfg: "Config") -> dict:
+    """The bundle's [context]: the k schedule the adapter was trained under (convention U)."""
+    scale = cfg.k_scale if cfg.k_schedule == "scaled_sqrt_one_minus_abar" else 1.0
+    return {"k_schedule": cfg.k_schedule, "scale": scale, "convention": "U"}
 
 
 def log(msg: str) -> None:
@@ -478,9 +493,19 @@ class Diffusion(torch.nn.Module):
         self.adapter = make_adapter(cfg) if with_adapter else None
 
 
-def k_of(abar: torch.Tensor) -> torch.Tensor:
-    """CONTEXT's k schedule: k_t = 1 - sqrt(abar_t)."""
+def k_of(abar: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The k schedule of context_of(cfg) at abar_t."""
+    if cfg.k_schedule == "scaled_sqrt_one_minus_abar":
+        return cfg.k_scale * (1 - abar).sqrt()
     return 1 - abar.sqrt()
+
+
+def draw_timesteps(B: int, T: int, cfg: Config, gen: torch.Generator) -> torch.Tensor:
+    """B timesteps: uniform on [0, T), a cfg.t_high share of them on [t_high_from, T)."""
+    t = torch.randint(T, (B,), generator=gen)
+    high = torch.randint(cfg.t_high_from, T, (B,), generator=gen)
+    pick = torch.rand(B, generator=gen) < cfg.t_high
+    return torch.where(pick, high, t)
 
 
 def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok, gen, dev, with_adapter: bool):
@@ -512,7 +537,7 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         drop = torch.rand(B, generator=gen) < cfg.caption_dropout
         ids[drop.to(dev)] = empty
         states = model.text(input_ids=ids).last_hidden_state
-        t = torch.randint(T, (B,), generator=gen).to(dev)
+        t = draw_timesteps(B, T, cfg, gen).to(dev)
         a = abar[t].view(B, 1, 1, 1, 1)
         eps = torch.randn(x0.shape, generator=gen).to(dev)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
@@ -521,7 +546,7 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         keep = (torch.rand(B, generator=gen) >= cfg.context_dropout).float().to(dev).view(B, 1, 1, 1, 1)
         if model.adapter is not None:
             r = model.adapter(x0, states)
-            xt = xt + k_of(a) * r * keep
+            xt = xt + k_of(a, cfg) * r * keep
             reg = cfg.context_l2 * (r ** 2).mean()
         v = a.sqrt() * eps - (1 - a).sqrt() * x0
         pred = model.unet(xt, t.float(), states)
@@ -562,6 +587,9 @@ def main(argv=None) -> int:
                    "(the ablation's second baseline)")
     p.add_argument("--name", default=None)
     p.add_argument("--diffuse-steps", type=int, default=None, help="override the config's diffusion steps")
+    p.add_argument("--k-schedule", choices=["scaled_sqrt_one_minus_abar", "one_minus_sqrt_abar"], default=None,
+                   help="override the config's k schedule (CONTEXTDIFF.md §1)")
+    p.add_argument("--k-scale", type=float, default=None, help="override the config's k scale")
     p.add_argument("--clips-only", action="store_true",
                    help="write the held-out set and the demo clip, train nothing")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
@@ -571,6 +599,10 @@ def main(argv=None) -> int:
     cfg = CONFIGS[args.config]
     if args.diffuse_steps:
         cfg = dataclasses.replace(cfg, diffuse_steps=args.diffuse_steps)
+    if args.k_schedule:
+        cfg = dataclasses.replace(cfg, k_schedule=args.k_schedule)
+    if args.k_scale is not None:
+        cfg = dataclasses.replace(cfg, k_scale=args.k_scale)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -632,7 +664,7 @@ def main(argv=None) -> int:
         description=("Trained demo bundle: coloured shapes moving over plain, striped and checkered "
                      "backgrounds at 64 px (models/train); every network trained here on CPU"),
         text_model=model.text.eval(), vae=vae.eval(), unet=model.unet.eval(), sequence_length=cfg.seq_len,
-        num_merges=cfg.num_merges, schedule=dict(SCHEDULE), context=dict(CONTEXT), scale_factor=scale,
+        num_merges=cfg.num_merges, schedule=dict(SCHEDULE), context=context_of(cfg), scale_factor=scale,
         clip_model=clip, clip_image_mean=CLIP_MEAN, clip_image_std=CLIP_STD,
         adapter=model.adapter.eval() if model.adapter is not None else None,
         notes=[f"Trained by `python -m models.train.train --config {args.config} --seed {args.seed}`"
