@@ -233,44 +233,72 @@ pub fn ddpm(
     )
 }
 
-/// The UNet's raw output under guidance: one call, batch [uncond, cond] (§2).
-fn guided_output(
-    unet: &mut dyn NoisePredictor,
-    x: &Latent,
-    t: i64,
-    cond: &Conditioning,
-) -> Result<Latent, DiffusionError> {
-    let tf = t as f32;
-    if cond.guidance == 1.0 {
-        return unet.predict(x, tf, &cond.cond);
+/// What guidance reuses from step to step: the text batch [uncond, cond] (the same every
+/// step) and the doubled latent, so a step allocates no latent-sized buffer of its own.
+struct Guide {
+    text: Option<TextStates>,
+    xx: Option<Latent>,
+}
+
+impl Guide {
+    fn new(x: &Latent, cond: &Conditioning) -> Result<Guide, DiffusionError> {
+        if cond.guidance == 1.0 {
+            return Ok(Guide {
+                text: None,
+                xx: None,
+            });
+        }
+        let uncond = cond.uncond.as_ref().ok_or_else(|| {
+            DiffusionError::Config("guidance needs an unconditional prompt".into())
+        })?;
+        let text = concatenate(Axis(0), &[uncond.view(), cond.cond.view()])
+            .map_err(|e| DiffusionError::Shape(e.to_string()))?;
+        let xx = concatenate(Axis(0), &[x.view(), x.view()])
+            .map_err(|e| DiffusionError::Shape(e.to_string()))?;
+        Ok(Guide {
+            text: Some(text),
+            xx: Some(xx),
+        })
     }
-    let uncond = cond
-        .uncond
-        .as_ref()
-        .ok_or_else(|| DiffusionError::Config("guidance needs an unconditional prompt".into()))?;
-    let b = x.shape()[0];
-    let xx = concatenate(Axis(0), &[x.view(), x.view()])
-        .map_err(|e| DiffusionError::Shape(e.to_string()))?;
-    let text = concatenate(Axis(0), &[uncond.view(), cond.cond.view()])
-        .map_err(|e| DiffusionError::Shape(e.to_string()))?;
-    let out = unet.predict(&xx, tf, &text)?;
-    if out.shape()[0] != 2 * b {
-        return Err(DiffusionError::Shape(format!(
-            "UNet returned batch {} for {}",
-            out.shape()[0],
-            2 * b
-        )));
+
+    /// The UNet's raw output under guidance: one call, batch [uncond, cond] (§2). The guided
+    /// combination is written over the cond half of the UNet's own output.
+    fn output(
+        &mut self,
+        unet: &mut dyn NoisePredictor,
+        x: &Latent,
+        t: i64,
+        cond: &Conditioning,
+    ) -> Result<Latent, DiffusionError> {
+        let tf = t as f32;
+        let (Some(text), Some(xx)) = (&self.text, &mut self.xx) else {
+            return unet.predict(x, tf, &cond.cond);
+        };
+        let b = x.shape()[0];
+        if xx.shape()[0] != 2 * b || xx.shape()[1..] != x.shape()[1..] {
+            *xx = concatenate(Axis(0), &[x.view(), x.view()])
+                .map_err(|e| DiffusionError::Shape(e.to_string()))?;
+        } else {
+            xx.slice_mut(s![..b, .., .., .., ..]).assign(x);
+            xx.slice_mut(s![b.., .., .., .., ..]).assign(x);
+        }
+        let mut out = unet.predict(xx, tf, text)?;
+        if out.shape()[0] != 2 * b {
+            return Err(DiffusionError::Shape(format!(
+                "UNet returned batch {} for {}",
+                out.shape()[0],
+                2 * b
+            )));
+        }
+        let w = cond.guidance as f64;
+        {
+            let (u, mut c) = out.view_mut().split_at(Axis(0), b);
+            Zip::from(&mut c).and(&u).for_each(|c, &u| {
+                *c = (u as f64 + w * (*c as f64 - u as f64)) as f32;
+            });
+        }
+        Ok(out.slice_move(s![b.., .., .., .., ..]))
     }
-    let (u, c) = (
-        out.slice(s![..b, .., .., .., ..]),
-        out.slice(s![b.., .., .., .., ..]),
-    );
-    let w = cond.guidance as f64;
-    let mut eps = Latent::zeros(x.raw_dim());
-    Zip::from(&mut eps).and(&u).and(&c).for_each(|e, &u, &c| {
-        *e = (u as f64 + w * (c as f64 - u as f64)) as f32;
-    });
-    Ok(eps)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -320,6 +348,10 @@ fn run_loop(
     }
 
     let mut x = start.clone();
+    // Each step writes the next latent and its x0 estimate into these and swaps them in.
+    let mut next = Latent::zeros(start.raw_dim());
+    let mut x0 = Latent::zeros(start.raw_dim());
+    let mut guide = Guide::new(start, cond)?;
     let mut trajectory = Vec::new();
     if run.keep_trajectory {
         trajectory.push(x.clone());
@@ -333,7 +365,7 @@ fn run_loop(
                 .context(&x0_est, &cond.cond, t as f32)?;
             check_shape(&r, start, "context")?;
         }
-        let out = guided_output(&mut *unet, &x, t, cond)?;
+        let out = guide.output(&mut *unet, &x, t, cond)?;
         check_shape(&out, start, "UNet output")?;
         let a_t = sched.abar_of(t);
         let k_t = if ctx.active() {
@@ -341,8 +373,6 @@ fn run_loop(
         } else {
             0.0
         };
-        let mut next = Latent::zeros(x.raw_dim());
-        let mut x0 = Latent::zeros(x.raw_dim());
 
         match dir {
             Direction::Sample | Direction::Ddpm => {
@@ -447,11 +477,14 @@ fn run_loop(
                     });
             }
         }
-        x = next;
+        std::mem::swap(&mut x, &mut next);
         if let Some(b) = blend {
             blend::apply(b, &mut x, index, total)?;
         }
-        x0_est = x0;
+        std::mem::swap(&mut x0_est, &mut x0);
+        if x0.raw_dim() != x.raw_dim() {
+            x0 = Latent::zeros(x.raw_dim()); // x0_est started as a source latent of another shape
+        }
         if run.keep_trajectory {
             trajectory.push(x.clone());
         }

@@ -202,8 +202,12 @@ fn trial(
         .filter(|(n, _)| net.has_input(n))
         .map(|(n, i)| (*n, i.clone()))
         .collect();
+    let input_shapes: Vec<(String, Vec<usize>)> = feed
+        .iter()
+        .map(|(n, i)| (n.to_string(), i.shape().to_vec()))
+        .collect();
     let t = Instant::now();
-    let out = net.run(&feed)?;
+    let out = net.run(feed)?;
     let run_ms = t.elapsed().as_secs_f64() * 1e3;
     for (name, want) in expect {
         let got = out
@@ -225,16 +229,7 @@ fn trial(
         network: kind.name().into(),
         file: net.path().display().to_string(),
         provider: net.provider().to_string(),
-        inputs: feed
-            .iter()
-            .map(|(n, i)| {
-                let shape = match i {
-                    Input::F32(a) => a.shape().to_vec(),
-                    Input::Ids(a) => a.shape().to_vec(),
-                };
-                (n.to_string(), shape)
-            })
-            .collect(),
+        inputs: input_shapes,
         outputs: out.iter().map(|(n, a)| (n.clone(), shape_of(a))).collect(),
         load_ms,
         run_ms,

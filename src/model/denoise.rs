@@ -29,10 +29,13 @@ impl NoisePredictor for Unet {
         let out = self
             .0
             .run_one(
-                &[
-                    ("sample", Input::F32(sample.clone().into_dyn())),
+                vec![
+                    ("sample", Input::F32View(sample.view().into_dyn())),
                     ("timestep", Input::F32(Array1::from_elem(b, t).into_dyn())),
-                    ("encoder_hidden_states", Input::F32(text.clone().into_dyn())),
+                    (
+                        "encoder_hidden_states",
+                        Input::F32View(text.view().into_dyn()),
+                    ),
                 ],
                 "out_sample",
             )
@@ -59,15 +62,15 @@ impl ContextAdapter for Adapter {
         let b = latent.shape()[0];
         let mut feed = Vec::new();
         if self.0.has_input("latent") {
-            feed.push(("latent", Input::F32(latent.clone().into_dyn())));
+            feed.push(("latent", Input::F32View(latent.view().into_dyn())));
         }
         if self.0.has_input("text_states") {
-            feed.push(("text_states", Input::F32(text.clone().into_dyn())));
+            feed.push(("text_states", Input::F32View(text.view().into_dyn())));
         }
         if self.0.has_input("timestep") {
             feed.push(("timestep", Input::F32(Array1::from_elem(b, t).into_dyn())));
         }
-        let out = self.0.run_one(&feed, "context").map_err(model_err)?;
+        let out = self.0.run_one(feed, "context").map_err(model_err)?;
         to_latent(out, "context")
     }
 }

@@ -9,18 +9,30 @@ use std::time::{Duration, Instant};
 use half::f16;
 use ndarray::ArrayD;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{Tensor, TensorElementType};
+use ort::value::{Tensor, TensorElementType, TensorRef};
 
 use super::contract::{self, Declared, Kind};
 use super::error::{ModelError, Result};
 use super::manifest::Manifest;
 use super::runtime::{self, Provider, RuntimeOptions};
 
-/// A tensor handed to a network.
+/// A tensor handed to a network: owned (moved into ONNX Runtime) or borrowed (read in place,
+/// for the latents a sampler keeps using; it must be in standard layout).
 #[derive(Debug, Clone)]
-pub enum Input {
+pub enum Input<'a> {
     F32(ArrayD<f32>),
+    F32View(ndarray::ArrayViewD<'a, f32>),
     Ids(ArrayD<i64>),
+}
+
+impl Input<'_> {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Input::F32(a) => a.shape(),
+            Input::F32View(a) => a.shape(),
+            Input::Ids(a) => a.shape(),
+        }
+    }
 }
 
 pub struct Network {
@@ -111,26 +123,40 @@ impl Network {
     ///
     /// # Errors
     /// `Run` naming the network, for a missing input or an ONNX Runtime failure.
-    pub fn run(&mut self, inputs: &[(&str, Input)]) -> Result<BTreeMap<String, ArrayD<f32>>> {
+    /// Takes the inputs by value: an f32 input the graph wants as f32 moves into ONNX Runtime
+    /// without a copy (these are the largest buffers of a step).
+    pub fn run<'a>(
+        &mut self,
+        mut inputs: Vec<(&str, Input<'a>)>,
+    ) -> Result<BTreeMap<String, ArrayD<f32>>> {
         let run_err = |cause: String| ModelError::Run {
             network: self.kind.name().to_string(),
             cause,
         };
-        let mut feed: Vec<(String, SessionInputValue<'static>)> =
-            Vec::with_capacity(self.inputs.len());
+        let mut feed: Vec<(String, SessionInputValue<'a>)> = Vec::with_capacity(self.inputs.len());
         for d in &self.inputs {
-            let Some((_, value)) = inputs.iter().find(|(n, _)| *n == d.name) else {
+            let Some(at) = inputs.iter().position(|(n, _)| *n == d.name) else {
                 return Err(run_err(format!("input '{}' was not provided", d.name)));
             };
-            let v: SessionInputValue<'static> = match (value, d.elem) {
+            let (_, value) = inputs.swap_remove(at);
+            let v: SessionInputValue<'a> = match (value, d.elem) {
                 (Input::F32(a), TensorElementType::Float16) => {
                     Tensor::from_array(a.mapv(f16::from_f32)).map(Into::into)
                 }
-                (Input::F32(a), _) => Tensor::from_array(a.clone()).map(Into::into),
+                (Input::F32View(a), TensorElementType::Float16) => {
+                    Tensor::from_array(a.mapv(f16::from_f32)).map(Into::into)
+                }
+                (Input::F32View(a), _) if a.is_standard_layout() => {
+                    TensorRef::from_array_view(a).map(Into::into)
+                }
+                (Input::F32View(a), _) => {
+                    Tensor::from_array(a.as_standard_layout().into_owned()).map(Into::into)
+                }
+                (Input::F32(a), _) => Tensor::from_array(a).map(Into::into),
                 (Input::Ids(a), TensorElementType::Int32) => {
                     Tensor::from_array(a.mapv(|x| x as i32)).map(Into::into)
                 }
-                (Input::Ids(a), _) => Tensor::from_array(a.clone()).map(Into::into),
+                (Input::Ids(a), _) => Tensor::from_array(a).map(Into::into),
             }
             .map_err(|e| run_err(format!("input '{}': {e}", d.name)))?;
             feed.push((d.name.clone(), v));
@@ -160,7 +186,7 @@ impl Network {
     }
 
     /// Runs and takes one named output.
-    pub fn run_one(&mut self, inputs: &[(&str, Input)], output: &str) -> Result<ArrayD<f32>> {
+    pub fn run_one(&mut self, inputs: Vec<(&str, Input<'_>)>, output: &str) -> Result<ArrayD<f32>> {
         let kind = self.kind;
         self.run(inputs)?
             .remove(output)
@@ -204,7 +230,7 @@ mod tests {
             (i[1] as f32) * 0.25 + (i[3] as f32) * 0.125
         });
         let y = net
-            .run_one(&[("latent_sample", Input::F32(x.clone()))], "sample")
+            .run_one(vec![("latent_sample", Input::F32(x.clone()))], "sample")
             .unwrap();
         assert_eq!(y.shape(), &[2, 3, 3, 5]);
         // These values are exact in fp16.
@@ -230,7 +256,7 @@ mod tests {
         for t in [1usize, 250, 981] {
             let eps = unet
                 .run_one(
-                    &[
+                    vec![
                         ("sample", Input::F32(x.clone())),
                         (
                             "timestep",

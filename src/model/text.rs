@@ -123,7 +123,7 @@ impl TextEncoder {
             }
             let ids = self.tokenizer.encode(&missing)?;
             let states = self.network.run_one(
-                &[("input_ids", Input::Ids(ids.into_dyn()))],
+                vec![("input_ids", Input::Ids(ids.into_dyn()))],
                 "last_hidden_state",
             )?;
             for (i, p) in missing.iter().enumerate() {

@@ -151,7 +151,7 @@ mod tests {
         let latents = ArrayD::from_shape_fn(IxDyn(&[2, 4, 4, 4]), |i| (i[2] + i[3]) as f32 * 0.1);
         let run = |net: &mut crate::model::Network| {
             let name = net.inputs()[0].name.clone();
-            net.run(&[(name.as_str(), Input::F32(latents.clone()))])
+            net.run(vec![(name.as_str(), Input::F32(latents.clone()))])
                 .unwrap()
         };
         let mut first = bundle.load(Kind::VaeDecoder, &opts).unwrap();

@@ -89,7 +89,7 @@ impl ClipScorer {
         let e = self
             .image
             .run_one(
-                &[("pixel_values", Input::F32(t.into_dyn()))],
+                vec![("pixel_values", Input::F32(t.into_dyn()))],
                 "image_embeds",
             )
             .map_err(|e| e.to_string())?;
@@ -107,7 +107,10 @@ pub fn text_embeddings(
 ) -> Result<Vec<Vec<f32>>, ModelError> {
     let ids = bundle.clip_tokenizer()?.encode(prompts)?;
     let mut net = bundle.load(Kind::ClipText, opts)?;
-    let e = net.run_one(&[("input_ids", Input::Ids(ids.into_dyn()))], "text_embeds")?;
+    let e = net.run_one(
+        vec![("input_ids", Input::Ids(ids.into_dyn()))],
+        "text_embeds",
+    )?;
     Ok(e.outer_iter()
         .map(|row| normalized(&row.iter().copied().collect::<Vec<_>>()))
         .collect())

@@ -169,7 +169,10 @@ pub fn prepare_encode(
             .map_err(|m| e(m.to_string()))?;
         let pixels = tensor::frames_to_tensor(&canvas);
         let mean = vae
-            .run_one(&[("sample", Input::F32(pixels.into_dyn()))], "latent_mean")
+            .run_one(
+                vec![("sample", Input::F32(pixels.into_dyn()))],
+                "latent_mean",
+            )
             .map_err(|m| e(m.to_string()))?
             .into_dimensionality::<ndarray::Ix4>()
             .map_err(|m| e(m.to_string()))?
@@ -414,7 +417,7 @@ pub fn decode_finish(
                     / scale_factor;
             let pixels = vae
                 .run_one(
-                    &[("latent_sample", Input::F32(frames_lat.into_dyn()))],
+                    vec![("latent_sample", Input::F32(frames_lat.into_dyn()))],
                     "sample",
                 )
                 .map_err(|m| e(m.to_string()))?;
