@@ -92,3 +92,58 @@ fn bad_bundle_is_a_configuration_error() {
         "{err}"
     );
 }
+
+/// ONNX Runtime's optimized models are cached (CTXD_ORT_CACHE): the first edit writes one per
+/// network it loads and leaves no temporary file; an edit served from the cache gives the same
+/// bytes as one without it.
+#[test]
+fn the_optimized_model_cache_is_filled_and_changes_nothing() {
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "src.mp4",
+        &strs(&args(
+            &[&pattern("64x48", "10", 0.4)],
+            &["-c:v", "libx264", "-pix_fmt", "yuv420p"],
+        )),
+    );
+    let cache = d.path("cache");
+    let edit = |out: &str, cache: Option<&std::path::Path>| {
+        let mut c = ctxd();
+        if let Some(dir) = cache {
+            c.env("CTXD_ORT_CACHE", dir);
+        }
+        run_ok(
+            c.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["edit", "--device", "cpu", "--bundle", "models/tiny"])
+                .args(["--preset", "fast", "--steps", "2", "--short-side", "32"])
+                .args(["--source", "a video", "--prompt", "a red video", "-o"])
+                .arg(d.path(out))
+                .arg(&src),
+        );
+        std::fs::read(d.path(out)).unwrap()
+    };
+    let plain = edit("plain.mp4", None);
+    let first = edit("first.mp4", Some(&cache));
+    let mut files: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("unet-") && f.ends_with(".onnx")),
+        "no cached UNet in {files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .all(|f| f.ends_with(".onnx") && !f.starts_with('.')),
+        "{files:?}"
+    );
+    let second = edit("second.mp4", Some(&cache));
+    assert!(
+        plain == first && first == second,
+        "the cache changed the edit"
+    );
+}

@@ -85,7 +85,10 @@ pub fn strs(v: &[String]) -> Vec<&str> {
 
 pub fn ctxd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ctxd"));
-    c.env_remove("CTXD_LOG").stdin(Stdio::null());
+    // No optimized-model cache in the user's home: a test that wants one sets CTXD_ORT_CACHE.
+    c.env_remove("CTXD_LOG")
+        .env("CTXD_ORT_CACHE", "off")
+        .stdin(Stdio::null());
     c
 }
 

@@ -160,7 +160,9 @@ impl RuntimeArgs {
             device: self.device,
             intra_threads: self.threads,
             inter_threads: None,
+            optimized_cache: None,
         }
+        .with_default_cache()
     }
 }
 

@@ -204,7 +204,7 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
         InputSpec::File(video.clone()),
         outputs,
         bundle,
-        RuntimeOptions::default(),
+        RuntimeOptions::default().with_default_cache(),
         EncodeSettings::default(),
         cancel,
     );

@@ -2,7 +2,7 @@
 //! provider. `auto` tries CUDA and falls back to CPU with one log line saying why; `cuda[:N]`
 //! is a requirement and fails when CUDA cannot be had.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -76,6 +76,54 @@ pub struct RuntimeOptions {
     pub intra_threads: Option<usize>,
     /// Threads across independent operators.
     pub inter_threads: Option<usize>,
+    /// Folder for ONNX Runtime's optimized models on CPU (None: optimize at every load). See
+    /// [`default_optimized_cache`].
+    pub optimized_cache: Option<PathBuf>,
+}
+
+impl RuntimeOptions {
+    /// These options with the optimized-model cache where the user's environment puts it.
+    pub fn with_default_cache(mut self) -> RuntimeOptions {
+        self.optimized_cache = default_optimized_cache();
+        self
+    }
+}
+
+/// Where optimized models are kept: `$CTXD_ORT_CACHE` (`off` or empty: nowhere), else
+/// `$XDG_CACHE_HOME/ctxd/ort`, else `~/.cache/ctxd/ort`.
+pub fn default_optimized_cache() -> Option<PathBuf> {
+    if let Some(v) = std::env::var_os("CTXD_ORT_CACHE") {
+        return (!v.is_empty() && v != "off").then(|| PathBuf::from(v));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("ctxd").join("ort"))
+}
+
+/// The cache file for `path` under these options: keyed by the model file's identity (its
+/// canonical path, size and modification time, so an edited or replaced file misses), ONNX
+/// Runtime's API level and the optimization level.
+fn optimized_path(dir: &Path, path: &Path) -> Option<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let canon = path.canonicalize().ok()?;
+    let meta = std::fs::metadata(&canon).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let mut h = Sha256::new();
+    h.update(canon.to_string_lossy().as_bytes());
+    h.update(meta.len().to_le_bytes());
+    h.update(mtime.as_nanos().to_le_bytes());
+    h.update(ort::MINOR_VERSION.to_le_bytes());
+    h.update(b"cpu level3");
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let stem = path.file_stem()?.to_string_lossy().into_owned();
+    Some(dir.join(format!("{stem}-{hex}.onnx")))
 }
 
 fn environment() -> Result<Environment> {
@@ -126,11 +174,71 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
             .map_err(|e| e.to_string())?;
         b.commit_from_file(path).map_err(|e| e.to_string())
     };
-    match opts.device {
-        Device::Cpu => {
-            let s = builder()?.commit_from_file(path).map_err(load_err)?;
-            Ok((s, Provider::Cpu))
+    // CPU: a cached optimized model loads without optimizing again; a miss optimizes as
+    // always and saves the result (to a temporary name, renamed, so concurrent loads never
+    // read half a file). Any failure of the cache falls back to the plain load.
+    let cpu = || -> Result<Session> {
+        let Some(cached) = opts
+            .optimized_cache
+            .as_deref()
+            .and_then(|dir| optimized_path(dir, path))
+        else {
+            return builder()?.commit_from_file(path).map_err(load_err);
+        };
+        if cached.is_file() {
+            let hit = Session::builder(&env)
+                .and_then(|b| {
+                    b.with_optimization_level(GraphOptimizationLevel::Disable)
+                        .map_err(Into::into)
+                })
+                .and_then(|b| match opts.intra_threads {
+                    Some(n) => b.with_intra_threads(n).map_err(Into::into),
+                    None => Ok(b),
+                })
+                .and_then(|b| match opts.inter_threads {
+                    Some(n) => b.with_inter_threads(n).map_err(Into::into),
+                    None => Ok(b),
+                })
+                .and_then(|mut b| b.commit_from_file(&cached));
+            match hit {
+                Ok(s) => return Ok(s),
+                Err(e) => tracing::debug!("optimized model {}: {e}", cached.display()),
+            }
         }
+        let dir = cached.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            cached.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let saved = std::fs::create_dir_all(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                builder()
+                    .map_err(|e| e.to_string())?
+                    .with_optimized_model_path(&tmp)
+                    .map_err(|e| e.to_string())?
+                    .commit_from_file(path)
+                    .map_err(|e| e.to_string())
+            });
+        match saved {
+            Ok(s) => {
+                if let Err(e) = std::fs::rename(&tmp, &cached) {
+                    tracing::debug!("optimized model {}: {e}", cached.display());
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                Ok(s)
+            }
+            Err(e) => {
+                // e.g. a model past 2 GB that ONNX Runtime cannot save in one file
+                tracing::debug!("not caching the optimized {}: {e}", path.display());
+                let _ = std::fs::remove_file(&tmp);
+                builder()?.commit_from_file(path).map_err(load_err)
+            }
+        }
+    };
+    match opts.device {
+        Device::Cpu => Ok((cpu()?, Provider::Cpu)),
         Device::Cuda(n) => match cuda(n) {
             Ok(s) => Ok((s, Provider::Cuda(n))),
             Err(cause) => Err(ModelError::Device {
@@ -148,8 +256,7 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
                         first_line(&cause)
                     );
                 }
-                let s = builder()?.commit_from_file(path).map_err(load_err)?;
-                Ok((s, Provider::Cpu))
+                Ok((cpu()?, Provider::Cpu))
             }
         },
     }
