@@ -206,10 +206,13 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
             }
         }
         let dir = cached.parent().unwrap_or(Path::new("."));
+        // Unique per process and per load: two stages of one job may load the same UNet at once.
+        static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = dir.join(format!(
-            ".{}.{}.tmp",
+            ".{}.{}-{}.tmp",
             cached.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
+            std::process::id(),
+            LOADS.fetch_add(1, Ordering::Relaxed)
         ));
         let saved = std::fs::create_dir_all(dir)
             .map_err(|e| e.to_string())
