@@ -689,6 +689,20 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
         .parse()
         .unwrap();
     assert!(reused >= 5.0, "{metrics}");
+    // The tests run with CTXD_ORT_CACHE=off: every session was optimized without the cache,
+    // and the time it took is counted.
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(sample("ctxd_model_builds_total{optimized=\"uncached\"}") >= 1.0);
+    assert_eq!(sample("ctxd_model_builds_total{optimized=\"cached\"}"), 0.0);
+    assert!(sample("ctxd_model_build_seconds_total{optimized=\"uncached\"}") > 0.0);
     stop(child);
     assert_eq!(
         d.list("outbox").len(),

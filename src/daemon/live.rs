@@ -205,6 +205,28 @@ impl Live {
                 (label("how", "built"), built as f64),
             ],
         );
+        let builds = crate::model::runtime::build_stats();
+        let kinds = crate::model::runtime::BUILD_KINDS;
+        family(
+            "ctxd_model_builds_total",
+            "counter",
+            "CPU sessions built: from ONNX Runtime's optimized-model cache, optimized and saved to it, or optimized without it.",
+            &kinds
+                .iter()
+                .zip(&builds)
+                .map(|(k, (n, _))| (label("optimized", k), *n as f64))
+                .collect::<Vec<_>>(),
+        );
+        family(
+            "ctxd_model_build_seconds_total",
+            "counter",
+            "Seconds spent building those sessions (divide by ctxd_model_builds_total for a mean cold load).",
+            &kinds
+                .iter()
+                .zip(&builds)
+                .map(|(k, (_, s))| (label("optimized", k), *s))
+                .collect::<Vec<_>>(),
+        );
         family(
             "ctxd_model_sessions_warm",
             "gauge",

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
@@ -87,6 +87,35 @@ impl RuntimeOptions {
         self.optimized_cache = default_optimized_cache();
         self
     }
+}
+
+/// How CPU sessions were built: [from the optimized-model cache, optimized and saved to it,
+/// optimized without it], each a count and a total of microseconds.
+static BUILDS: [(AtomicU64, AtomicU64); 3] = [
+    (AtomicU64::new(0), AtomicU64::new(0)),
+    (AtomicU64::new(0), AtomicU64::new(0)),
+    (AtomicU64::new(0), AtomicU64::new(0)),
+];
+
+/// The labels of [`build_stats`]' rows.
+pub const BUILD_KINDS: [&str; 3] = ["cached", "saved", "uncached"];
+
+/// Per kind of [`BUILD_KINDS`]: CPU sessions built so far and the seconds they took
+/// (for the daemon's /metrics: seconds / count is the mean cold load of each kind).
+pub fn build_stats() -> [(u64, f64); 3] {
+    std::array::from_fn(|i| {
+        (
+            BUILDS[i].0.load(Ordering::Relaxed),
+            BUILDS[i].1.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    })
+}
+
+fn count_build(kind: usize, since: std::time::Instant) {
+    BUILDS[kind].0.fetch_add(1, Ordering::Relaxed);
+    BUILDS[kind]
+        .1
+        .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
 }
 
 /// Where optimized models are kept: `$CTXD_ORT_CACHE` (`off` or empty: nowhere), else
@@ -178,12 +207,15 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
     // always and saves the result (to a temporary name, renamed, so concurrent loads never
     // read half a file). Any failure of the cache falls back to the plain load.
     let cpu = || -> Result<Session> {
+        let since = std::time::Instant::now();
         let Some(cached) = opts
             .optimized_cache
             .as_deref()
             .and_then(|dir| optimized_path(dir, path))
         else {
-            return builder()?.commit_from_file(path).map_err(load_err);
+            let s = builder()?.commit_from_file(path).map_err(load_err)?;
+            count_build(2, since);
+            return Ok(s);
         };
         if cached.is_file() {
             let hit = Session::builder(&env)
@@ -201,7 +233,10 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
                 })
                 .and_then(|mut b| b.commit_from_file(&cached));
             match hit {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    count_build(0, since);
+                    return Ok(s);
+                }
                 Err(e) => tracing::debug!("optimized model {}: {e}", cached.display()),
             }
         }
@@ -230,13 +265,16 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
                     tracing::debug!("optimized model {}: {e}", cached.display());
                     let _ = std::fs::remove_file(&tmp);
                 }
+                count_build(1, since);
                 Ok(s)
             }
             Err(e) => {
                 // e.g. a model past 2 GB that ONNX Runtime cannot save in one file
                 tracing::debug!("not caching the optimized {}: {e}", path.display());
                 let _ = std::fs::remove_file(&tmp);
-                builder()?.commit_from_file(path).map_err(load_err)
+                let s = builder()?.commit_from_file(path).map_err(load_err)?;
+                count_build(2, since);
+                Ok(s)
             }
         }
     };
