@@ -7,11 +7,13 @@
 //! - `context`: k schedules, conventions U/S, context modes
 //! - `noise`: seeded and fixed noise
 //! - `sampler`: the loops (sample, invert, ddpm)
+//! - `guide`: classifier-free guidance on buffers reused across steps
 //! - `blend`: local blending (edit where the prompts disagree, keep the source elsewhere)
 //! - `latent_io`: saving and loading inverted latents
 
 pub mod blend;
 pub mod context;
+mod guide;
 pub mod latent_io;
 pub mod noise;
 pub mod sampler;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use ort::environment::Environment;
 use ort::ep;
@@ -89,15 +90,25 @@ impl RuntimeOptions {
     }
 }
 
-/// How CPU sessions were built: [from the optimized-model cache, optimized and saved to it,
-/// optimized without it], each a count and a total of microseconds.
+/// How a CPU session was built (the daemon's /metrics counts each kind).
+#[derive(Clone, Copy)]
+enum Build {
+    /// From the optimized-model cache, without optimizing again.
+    Cached = 0,
+    /// Optimized, and the result saved to the cache.
+    Saved = 1,
+    /// Optimized with no cache (none configured, or the model could not be saved).
+    Uncached = 2,
+}
+
+/// Per [`Build`]: a count and a total of microseconds.
 static BUILDS: [(AtomicU64, AtomicU64); 3] = [
     (AtomicU64::new(0), AtomicU64::new(0)),
     (AtomicU64::new(0), AtomicU64::new(0)),
     (AtomicU64::new(0), AtomicU64::new(0)),
 ];
 
-/// The labels of [`build_stats`]' rows.
+/// The labels of [`build_stats`]' rows, in [`Build`]'s order.
 pub const BUILD_KINDS: [&str; 3] = ["cached", "saved", "uncached"];
 
 /// Per kind of [`BUILD_KINDS`]: CPU sessions built so far and the seconds they took
@@ -111,11 +122,10 @@ pub fn build_stats() -> [(u64, f64); 3] {
     })
 }
 
-fn count_build(kind: usize, since: std::time::Instant) {
-    BUILDS[kind].0.fetch_add(1, Ordering::Relaxed);
-    BUILDS[kind]
-        .1
-        .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+fn count_build(kind: Build, since: Instant) {
+    let (n, us) = &BUILDS[kind as usize];
+    n.fetch_add(1, Ordering::Relaxed);
+    us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
 }
 
 /// Where optimized models are kept: `$CTXD_ORT_CACHE` (`off` or empty: nowhere), else
@@ -180,19 +190,22 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
         path: path.to_path_buf(),
         cause: e.to_string(),
     };
-    let builder = || -> Result<ort::session::builder::SessionBuilder> {
-        let mut b = Session::builder(&env)
-            .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(e.into()))?;
-        if let Some(n) = opts.intra_threads {
-            b = b.with_intra_threads(n).map_err(|e| load_err(e.into()))?;
-        }
-        if let Some(n) = opts.inter_threads {
-            b = b.with_inter_threads(n).map_err(|e| load_err(e.into()))?;
-        }
-        Ok(b)
-    };
+    // Level3 everywhere, except for a model the cache already optimized (Disable).
+    let builder_at =
+        |level: GraphOptimizationLevel| -> Result<ort::session::builder::SessionBuilder> {
+            let mut b = Session::builder(&env)
+                .map_err(load_err)?
+                .with_optimization_level(level)
+                .map_err(|e| load_err(e.into()))?;
+            if let Some(n) = opts.intra_threads {
+                b = b.with_intra_threads(n).map_err(|e| load_err(e.into()))?;
+            }
+            if let Some(n) = opts.inter_threads {
+                b = b.with_inter_threads(n).map_err(|e| load_err(e.into()))?;
+            }
+            Ok(b)
+        };
+    let builder = || builder_at(GraphOptimizationLevel::Level3);
     let cuda = |n: i32| -> std::result::Result<Session, String> {
         let b = builder().map_err(|e| e.to_string())?;
         let mut b = b
@@ -207,34 +220,22 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
     // always and saves the result (to a temporary name, renamed, so concurrent loads never
     // read half a file). Any failure of the cache falls back to the plain load.
     let cpu = || -> Result<Session> {
-        let since = std::time::Instant::now();
+        let since = Instant::now();
         let Some(cached) = opts
             .optimized_cache
             .as_deref()
             .and_then(|dir| optimized_path(dir, path))
         else {
             let s = builder()?.commit_from_file(path).map_err(load_err)?;
-            count_build(2, since);
+            count_build(Build::Uncached, since);
             return Ok(s);
         };
         if cached.is_file() {
-            let hit = Session::builder(&env)
-                .and_then(|b| {
-                    b.with_optimization_level(GraphOptimizationLevel::Disable)
-                        .map_err(Into::into)
-                })
-                .and_then(|b| match opts.intra_threads {
-                    Some(n) => b.with_intra_threads(n).map_err(Into::into),
-                    None => Ok(b),
-                })
-                .and_then(|b| match opts.inter_threads {
-                    Some(n) => b.with_inter_threads(n).map_err(Into::into),
-                    None => Ok(b),
-                })
-                .and_then(|mut b| b.commit_from_file(&cached));
-            match hit {
+            match builder_at(GraphOptimizationLevel::Disable)
+                .and_then(|mut b| b.commit_from_file(&cached).map_err(load_err))
+            {
                 Ok(s) => {
-                    count_build(0, since);
+                    count_build(Build::Cached, since);
                     return Ok(s);
                 }
                 Err(e) => tracing::debug!("optimized model {}: {e}", cached.display()),
@@ -242,7 +243,7 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
         }
         let dir = cached.parent().unwrap_or(Path::new("."));
         // Unique per process and per load: two stages of one job may load the same UNet at once.
-        static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static LOADS: AtomicU64 = AtomicU64::new(0);
         let tmp = dir.join(format!(
             ".{}.{}-{}.tmp",
             cached.file_name().unwrap_or_default().to_string_lossy(),
@@ -265,7 +266,7 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
                     tracing::debug!("optimized model {}: {e}", cached.display());
                     let _ = std::fs::remove_file(&tmp);
                 }
-                count_build(1, since);
+                count_build(Build::Saved, since);
                 Ok(s)
             }
             Err(e) => {
@@ -273,7 +274,7 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
                 tracing::debug!("not caching the optimized {}: {e}", path.display());
                 let _ = std::fs::remove_file(&tmp);
                 let s = builder()?.commit_from_file(path).map_err(load_err)?;
-                count_build(2, since);
+                count_build(Build::Uncached, since);
                 Ok(s)
             }
         }
