@@ -54,6 +54,12 @@ class Config:
     # VAE: "patch-pca" (an orthogonal PCA transform of 4x4 pixel patches: lossless, fitted in
     # seconds) or "kl" (a trained AutoencoderKL; 22 dB held-out PSNR after 1500 CPU steps)
     vae: str = "patch-pca"
+    # Patch PCA only: components are scaled to unit variance, those past this index (0-based)
+    # by the same factor as it, so the small ones stay small (0 = a plain rotation, one global
+    # scale, as the first two runs had). Without it the first component (patch brightness)
+    # had 7x the unit std, so colour stayed visible in x_t until abar ~ 0.02 and the UNet was
+    # trained almost only where the prompt cannot change it.
+    whiten_upto: int = 12
     vae_channels: tuple = (16, 32, 64)
     latent_channels: int = 8
     vae_steps: int = 1500
@@ -263,16 +269,24 @@ class PatchAutoencoder(torch.nn.Module):
                                             block_out_channels=(c,) * (int(math.log2(patch)) + 1))
 
     @torch.no_grad()
-    def fit(self, pixels: torch.Tensor) -> None:
-        """PCA of the patches of `pixels` [N, 3, H, W] in [-1, 1]."""
+    def fit(self, pixels: torch.Tensor, whiten_upto: int = 0) -> None:
+        """PCA of the patches of `pixels` [N, 3, H, W] in [-1, 1]; with `whiten_upto` > 0 the
+        first components are scaled to unit variance and the rest by the factor of the last of
+        them (still invertible, hence lossless)."""
         p = F.pixel_unshuffle(pixels, self.patch).permute(0, 2, 3, 1).reshape(-1, 3 * self.patch ** 2).double()
         mu = p.mean(0)
         cov = (p - mu).T @ (p - mu) / len(p)
         evals, evecs = torch.linalg.eigh(cov)
-        w = evecs[:, torch.argsort(evals, descending=True)].T  # rows: components, largest first
-        self.enc.weight.copy_(w.float()[:, :, None, None])
-        self.enc.bias.copy_((-(w @ mu)).float())
-        self.dec.weight.copy_(w.T.float()[:, :, None, None])
+        order = torch.argsort(evals, descending=True)
+        w = evecs[:, order].T  # rows: components, largest first
+        if whiten_upto > 0:
+            std = evals[order].clamp(min=1e-12).sqrt()
+            gain = 1.0 / std.clamp(min=std[whiten_upto - 1].item())
+        else:
+            gain = torch.ones(len(w), dtype=w.dtype)
+        self.enc.weight.copy_((gain[:, None] * w).float()[:, :, None, None])
+        self.enc.bias.copy_((-(gain * (w @ mu))).float())
+        self.dec.weight.copy_((w.T / gain[None, :]).float()[:, :, None, None])
         self.dec.bias.copy_(mu.float())
         self.explained = (torch.cumsum(evals.sort(descending=True).values, 0) / evals.sum()).float()
 
@@ -296,16 +310,20 @@ def fit_patch_vae(cfg: Config, frames: np.ndarray, heldout: np.ndarray, gen: tor
     vae = PatchAutoencoder(4)
     flat = frames.reshape(-1, cfg.size, cfg.size, 3)
     idx = torch.randint(len(flat), (2048,), generator=gen).numpy()
-    vae.fit(to_pm1(flat[idx]))
+    vae.fit(to_pm1(flat[idx]), cfg.whiten_upto)
     vae.eval()
     with torch.no_grad():
         x = to_pm1(heldout.reshape(-1, cfg.size, cfg.size, 3)[:256])
         mean = vae.encode(x).latent_dist.mean
         db = psnr(vae.decode(mean).sample, x)
-        scale = 1.0 / mean.std().item()
+        # whitened: the leading components are already at unit variance
+        scale = 1.0 if cfg.whiten_upto > 0 else 1.0 / mean.std().item()
+        stds = mean.transpose(0, 1).reshape(mean.shape[1], -1).std(1)
     ex = vae.explained
-    log(f"vae (patch PCA, 48 components): 95% of the variance in {int((ex < 0.95).sum()) + 1} components, "
-        f"99% in {int((ex < 0.99).sum()) + 1}; held-out PSNR {db:.2f} dB; scale_factor {scale:.4f}")
+    log(f"vae (patch PCA, 48 components, whitened up to {cfg.whiten_upto}): 95% of the variance in "
+        f"{int((ex < 0.95).sum()) + 1} components, 99% in {int((ex < 0.99).sum()) + 1}; held-out PSNR "
+        f"{db:.2f} dB; scale_factor {scale:.4f}; scaled component stds "
+        f"{', '.join(f'{v * scale:.2f}' for v in stds[:6].tolist())} ... {stds[-1].item() * scale:.3f}")
     return vae, scale, db
 
 
@@ -590,6 +608,8 @@ def main(argv=None) -> int:
     p.add_argument("--k-schedule", choices=["scaled_sqrt_one_minus_abar", "one_minus_sqrt_abar"], default=None,
                    help="override the config's k schedule (CONTEXTDIFF.md §1)")
     p.add_argument("--k-scale", type=float, default=None, help="override the config's k scale")
+    p.add_argument("--whiten-upto", type=int, default=None,
+                   help="patch PCA: whiten the first N components (0: one global scale, as the first two runs)")
     p.add_argument("--clips-only", action="store_true",
                    help="write the held-out set and the demo clip, train nothing")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
@@ -603,6 +623,8 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, k_schedule=args.k_schedule)
     if args.k_scale is not None:
         cfg = dataclasses.replace(cfg, k_scale=args.k_scale)
+    if args.whiten_upto is not None:
+        cfg = dataclasses.replace(cfg, whiten_upto=args.whiten_upto)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -629,7 +651,8 @@ def main(argv=None) -> int:
     timings["data"] = time.time() - t
 
     tok = build_tokenizer(cfg.seq_len, cfg.num_merges)
-    cache = os.path.join(args.cache, f"{args.config}-{cfg.vae}-seed{args.seed}.pt")
+    white = f"-white{cfg.whiten_upto}" if cfg.vae == "patch-pca" and cfg.whiten_upto else ""
+    cache = os.path.join(args.cache, f"{args.config}-{cfg.vae}{white}-seed{args.seed}.pt")
     if os.path.exists(cache):
         saved = torch.load(cache, weights_only=False)
         vae, clip, scale, vae_psnr, latents = (saved[k] for k in ("vae", "clip", "scale", "vae_psnr", "latents"))

@@ -94,6 +94,7 @@ pub fn media(args: &MediaBenchArgs) -> Result<()> {
             crf: Some(args.crf),
             preset: Some(args.preset.clone()),
             pix_fmt: None,
+            tune: None,
         },
         ..Default::default()
     };

@@ -190,6 +190,7 @@ impl EncodeArgs {
             crf: self.crf,
             preset: self.preset.clone(),
             pix_fmt: self.pix_fmt.clone(),
+            tune: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use ffmpeg_next::{self as ffmpeg, codec, format, frame, Rational as AvRational};
 use super::color::{self, ColorInfo};
 use super::error::{MediaError, Result};
 use super::frame::RgbFrame;
-use super::input::{self, InputSpec};
+use super::input::{self, InputSpec, LiveOptions};
 use super::log;
 use super::probe::{self, Probe};
 
@@ -81,6 +81,12 @@ pub struct VideoSource {
     last_packet_time: f64,
     /// Read from stdin or a pipe: no seeking back.
     spec_is_pipe: bool,
+    /// A live input (`open_live`): its end is not checked against the header, and a failed
+    /// read is `InputLost` (the caller may reconnect).
+    live: bool,
+    /// Added to every timestamp handed out, in seconds (a reconnected source continues the
+    /// timeline of the one before it).
+    offset_s: f64,
 }
 
 /// Damaged packets in a row after which the input is declared unreadable.
@@ -92,7 +98,20 @@ impl VideoSource {
     /// # Errors
     /// `NotFound`, `Empty`, `NotMedia`, `NoVideo`, `UnsupportedCodec`.
     pub fn open(spec: &InputSpec) -> Result<VideoSource> {
-        let ictx = input::open(spec)?;
+        VideoSource::open_with(spec, None)
+    }
+
+    /// Opens a live input: a stream with no known end, a growing file, a URL (see
+    /// `LiveOptions`).
+    ///
+    /// # Errors
+    /// As `open`.
+    pub fn open_live(spec: &InputSpec, opts: &LiveOptions) -> Result<VideoSource> {
+        VideoSource::open_with(spec, Some(opts))
+    }
+
+    fn open_with(spec: &InputSpec, live: Option<&LiveOptions>) -> Result<VideoSource> {
+        let ictx = input::open_with(spec, live)?;
         let name = spec.to_string();
         let probe = probe::describe(spec, &ictx)?;
         let st = probe::best_video_stream(&ictx, &name)?;
@@ -206,7 +225,32 @@ impl VideoSource {
             last_packet_time: 0.0,
             spec_is_pipe: matches!(spec, InputSpec::Stdin)
                 || matches!(spec, InputSpec::Url(u) if u.starts_with("pipe:")),
+            live: live.is_some(),
+            offset_s: 0.0,
         })
+    }
+
+    /// Shifts every timestamp handed out from now on (frames and audio packets) by `seconds`.
+    pub fn shift_time(&mut self, seconds: f64) {
+        self.offset_s = seconds;
+    }
+
+    /// Sends audio packets to `tx` (a reconnected source feeding the first one's writer).
+    pub fn send_audio_to(&mut self, tx: Sender<AudioPacket>) {
+        self.audio_rx = None;
+        self.audio_tx = Some(tx);
+    }
+
+    /// The end of the last frame handed out, in seconds on the shifted timeline.
+    pub fn end_time(&self) -> f64 {
+        self.last_end.map(|e| self.seconds(e)).unwrap_or(0.0) + self.offset_s
+    }
+
+    fn ticks(&self, seconds: f64, tb: AvRational) -> i64 {
+        if tb.numerator() <= 0 {
+            return 0;
+        }
+        (seconds * tb.denominator() as f64 / tb.numerator() as f64).round() as i64
     }
 
     pub fn layout(&self) -> &SourceLayout {
@@ -264,6 +308,12 @@ impl VideoSource {
                     if let (Some(Some(track)), Some(tx)) =
                         (self.audio_tracks.get(idx), self.audio_tx.as_ref())
                     {
+                        if self.offset_s != 0.0 {
+                            let tb = self.layout.audio[*track].time_base;
+                            let shift = self.ticks(self.offset_s, tb);
+                            packet.set_pts(packet.pts().map(|p| p + shift));
+                            packet.set_dts(packet.dts().map(|d| d + shift));
+                        }
                         // The writer may have gone (it failed or finished early): then the
                         // audio has nowhere to go and the video side reports why.
                         if tx
@@ -313,6 +363,16 @@ impl VideoSource {
                         });
                     }
                 }
+                Err(e) if self.live => {
+                    return Err(MediaError::InputLost {
+                        path: self.name.clone(),
+                        time: self.last_time(),
+                        cause: match log::last_message() {
+                            Some(m) => format!("{e} ({m})"),
+                            None => e.to_string(),
+                        },
+                    })
+                }
                 Err(e) => {
                     return Err(MediaError::Truncated {
                         path: self.name.clone(),
@@ -349,6 +409,10 @@ impl VideoSource {
 
     /// After the decoder drained: did we get the whole stream?
     fn check_complete(&self) -> Result<()> {
+        if self.live {
+            // A live input has no declared length; whatever arrived is the whole of it.
+            return Ok(());
+        }
         let v = &self.layout.video;
         if let Some(declared) = v.declared_frames {
             if self.next_index < declared {
@@ -481,6 +545,10 @@ impl Iterator for VideoSource {
                             },
                     );
                     self.last_pts = Some(frame.pts);
+                    let mut frame = frame;
+                    if self.offset_s != 0.0 {
+                        frame.pts += self.ticks(self.offset_s, self.layout.video.time_base);
+                    }
                     return Some(Ok(frame));
                 }
                 Err(ffmpeg::Error::Eof) => {

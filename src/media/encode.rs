@@ -14,6 +14,7 @@ use super::decode::{frame_duration, AudioPacket, SourceLayout};
 use super::error::{MediaError, Result};
 use super::frame::RgbFrame;
 use super::input::ffmpeg_safe;
+use super::output::OutputTarget;
 use crate::atomic::TempOutput;
 
 /// Video encoder settings. Every field has a sensible default per container.
@@ -30,6 +31,9 @@ pub struct EncodeSettings {
     /// Output pixel format, e.g. `yuv420p`, `yuv420p10le`. Default: the source's, when the
     /// encoder takes it.
     pub pix_fmt: Option<String>,
+    /// x264/x265 tune, e.g. `zerolatency` (no frame lookahead: what live outputs use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tune: Option<String>,
 }
 
 /// What was written, for reports and tests.
@@ -48,8 +52,24 @@ pub struct OutputSummary {
     pub adjusted_timestamps: u64,
 }
 
+/// Where the bytes go: a temporary file renamed into place by `finish`, or a live target
+/// written as it goes.
+enum Dest {
+    Temp(TempOutput),
+    Live(PathBuf),
+}
+
+impl Dest {
+    fn path(&self) -> &Path {
+        match self {
+            Dest::Temp(t) => t.final_path(),
+            Dest::Live(p) => p,
+        }
+    }
+}
+
 pub struct VideoSink {
-    out: TempOutput,
+    out: Dest,
     octx: format::context::Output,
     encoder: ffmpeg::encoder::Video,
     encoder_name: String,
@@ -168,7 +188,22 @@ impl VideoSink {
         layout: &SourceLayout,
         settings: &EncodeSettings,
     ) -> Result<VideoSink> {
+        VideoSink::open(&OutputTarget::File(path.to_path_buf()), layout, settings)
+    }
+
+    /// Like `create`, for any target: a live one (stdout, HLS, URL) is written as it goes,
+    /// every packet flushed, with no temporary file.
+    ///
+    /// # Errors
+    /// As `create`; a URL that cannot be opened is `Unwritable`.
+    pub fn open(
+        target: &OutputTarget,
+        layout: &SourceLayout,
+        settings: &EncodeSettings,
+    ) -> Result<VideoSink> {
         super::init();
+        let path_buf = target.shown();
+        let path = path_buf.as_path();
         let unwritable = |cause: String| MediaError::Unwritable {
             path: path.to_path_buf(),
             cause,
@@ -177,36 +212,24 @@ impl VideoSink {
             path: path.to_path_buf(),
             cause,
         };
-        let (family, muxer) = family_of(path);
+        let (family, muxer) = match target {
+            OutputTarget::File(p) => family_of(p),
+            live => (Family::Other, live.muxer()),
+        };
         let shown = path.display().to_string();
         ffmpeg_safe(path, &shown).map_err(|_| unwritable("the name is not valid UTF-8".into()))?;
-        let out = TempOutput::new(path).map_err(|e| unwritable(e.to_string()))?;
-        let tmp_name = ffmpeg_safe(out.temp_path(), &shown)
-            .map_err(|_| unwritable("the name is not valid UTF-8".into()))?
-            .to_string();
-        let mut octx = match muxer {
-            Some(m) => format::output_as(&tmp_name, m),
-            None => {
-                // Let FFmpeg pick the muxer from the real name's extension.
-                let guess =
-                    std::ffi::CString::new(shown.clone()).map_err(|e| unwritable(e.to_string()))?;
-                let fmt = unsafe {
-                    ffi::av_guess_format(std::ptr::null(), guess.as_ptr(), std::ptr::null())
-                };
-                if fmt.is_null() {
-                    return Err(MediaError::Settings(format!(
-                        "{shown}: unknown output container; use .mp4, .mkv, .mov or .webm"
-                    )));
-                }
-                let name = unsafe {
-                    std::ffi::CStr::from_ptr((*fmt).name)
-                        .to_string_lossy()
-                        .into_owned()
-                };
-                format::output_as(&tmp_name, &name)
-            }
-        }
-        .map_err(|e| unwritable(e.to_string()))?;
+        let (out, mut octx) = if target.is_live() {
+            let octx = open_live(target).map_err(unwritable)?;
+            (Dest::Live(path.to_path_buf()), octx)
+        } else {
+            let out = TempOutput::new(path).map_err(|e| unwritable(e.to_string()))?;
+            let tmp_name = ffmpeg_safe(out.temp_path(), &shown)
+                .map_err(|_| unwritable("the name is not valid UTF-8".into()))?
+                .to_string();
+            let octx =
+                open_file(&tmp_name, muxer, &shown)?.map_err(|e| unwritable(e.to_string()))?;
+            (Dest::Temp(out), octx)
+        };
         let container = octx.format().name().to_string();
 
         // --- video encoder ---
@@ -319,6 +342,9 @@ impl VideoSink {
                     .unwrap_or(if encoder_name == "libx264" { 18 } else { 20 });
                 opts.set("crf", &crf.to_string());
                 opts.set("preset", &preset);
+                if let Some(t) = &settings.tune {
+                    opts.set("tune", t);
+                }
                 if encoder_name == "libx265" {
                     opts.set("x265-params", "log-level=error");
                 }
@@ -373,6 +399,9 @@ impl VideoSink {
 
         octx.set_metadata(audio::dict(&keep(&layout.metadata)));
         let mut header_opts = ffmpeg::Dictionary::new();
+        for (k, v) in target.header_options().iter().filter(|_| target.is_live()) {
+            header_opts.set(k, v);
+        }
         if matches!(family, Family::Mp4 | Family::Mov) {
             // Index at the front: the file plays while downloading and can be piped.
             header_opts.set("movflags", "+faststart");
@@ -424,12 +453,12 @@ impl VideoSink {
     }
 
     pub fn path(&self) -> &Path {
-        self.out.final_path()
+        self.out.path()
     }
 
     fn write_error(&self, e: ffmpeg::Error) -> MediaError {
         MediaError::Unwritable {
-            path: self.out.final_path().to_path_buf(),
+            path: self.out.path().to_path_buf(),
             cause: e.to_string(),
         }
     }
@@ -474,7 +503,7 @@ impl VideoSink {
         self.encoder
             .send_frame(&self.yuv)
             .map_err(|e| MediaError::Encode {
-                path: self.out.final_path().to_path_buf(),
+                path: self.out.path().to_path_buf(),
                 cause: format!("{} refused frame {}: {e}", self.encoder_name, f.index),
             })?;
         self.frames += 1;
@@ -499,7 +528,7 @@ impl VideoSink {
                 Err(ffmpeg::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),
                 Err(e) => {
                     return Err(MediaError::Encode {
-                        path: self.out.final_path().to_path_buf(),
+                        path: self.out.path().to_path_buf(),
                         cause: e.to_string(),
                     })
                 }
@@ -515,7 +544,7 @@ impl VideoSink {
         route
             .write(p.packet, &mut self.octx)
             .map_err(|e| MediaError::Unwritable {
-                path: self.out.final_path().to_path_buf(),
+                path: self.out.path().to_path_buf(),
                 cause: format!("audio track {}: {e}", p.track),
             })
     }
@@ -532,7 +561,7 @@ impl VideoSink {
             self.audio[i]
                 .finish(&mut self.octx)
                 .map_err(|e| MediaError::Unwritable {
-                    path: self.out.final_path().to_path_buf(),
+                    path: self.out.path().to_path_buf(),
                     cause: format!("audio track {i}: {e}"),
                 })?;
         }
@@ -556,7 +585,7 @@ impl VideoSink {
             return Err(self.write_error(ffmpeg::Error::from(rc)));
         }
         let summary = OutputSummary {
-            path: self.out.final_path().to_path_buf(),
+            path: self.out.path().to_path_buf(),
             container: self.container.clone(),
             video_codec: super::probe::codec_name(self.encoder.id()),
             encoder: self.encoder_name.clone(),
@@ -568,11 +597,76 @@ impl VideoSink {
             adjusted_timestamps: self.adjusted,
         };
         let VideoSink { out, .. } = self;
-        out.commit().map_err(|e| MediaError::Unwritable {
-            path: summary.path.clone(),
-            cause: e.to_string(),
-        })?;
+        if let Dest::Temp(out) = out {
+            out.commit().map_err(|e| MediaError::Unwritable {
+                path: summary.path.clone(),
+                cause: e.to_string(),
+            })?;
+        }
         Ok(summary)
+    }
+}
+
+/// Opens a file output under its temporary name; the muxer is `muxer` or guessed from the
+/// real name's extension (`shown`).
+fn open_file(
+    tmp_name: &str,
+    muxer: Option<&str>,
+    shown: &str,
+) -> Result<std::result::Result<format::context::Output, ffmpeg::Error>> {
+    if let Some(m) = muxer {
+        return Ok(format::output_as(&tmp_name, m));
+    }
+    let unknown = || {
+        MediaError::Settings(format!(
+            "{shown}: unknown output container; use .mp4, .mkv, .mov, .webm or .ts"
+        ))
+    };
+    let guess = std::ffi::CString::new(shown).map_err(|_| unknown())?;
+    let fmt = unsafe { ffi::av_guess_format(std::ptr::null(), guess.as_ptr(), std::ptr::null()) };
+    if fmt.is_null() {
+        return Err(unknown());
+    }
+    let name = unsafe {
+        std::ffi::CStr::from_ptr((*fmt).name)
+            .to_string_lossy()
+            .into_owned()
+    };
+    Ok(format::output_as(&tmp_name, &name))
+}
+
+/// Opens a live target: its muxer, and an I/O context unless the muxer opens its own files
+/// (HLS writes its playlist and segments itself, into a folder created here).
+fn open_live(target: &OutputTarget) -> std::result::Result<format::context::Output, String> {
+    if let OutputTarget::Hls { playlist } = target {
+        if let Some(dir) = playlist.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
+        }
+    }
+    let name = std::ffi::CString::new(target.ffmpeg_name())
+        .map_err(|_| "the name holds a NUL byte".to_string())?;
+    let muxer = std::ffi::CString::new(target.muxer().unwrap_or("mpegts")).expect("static name");
+    unsafe {
+        let mut ps = std::ptr::null_mut();
+        let rc = ffi::avformat_alloc_output_context2(
+            &mut ps,
+            std::ptr::null_mut(),
+            muxer.as_ptr(),
+            name.as_ptr(),
+        );
+        if rc < 0 || ps.is_null() {
+            return Err(ffmpeg::Error::from(rc).to_string());
+        }
+        // Wrapped at once, so every early return frees the context.
+        let octx = format::context::Output::wrap(ps);
+        if (*(*ps).oformat).flags & ffi::AVFMT_NOFILE == 0 {
+            let rc = ffi::avio_open(&mut (*ps).pb, name.as_ptr(), ffi::AVIO_FLAG_WRITE);
+            if rc < 0 {
+                return Err(ffmpeg::Error::from(rc).to_string());
+            }
+        }
+        Ok(octx)
     }
 }
 

@@ -46,6 +46,15 @@ pub enum MediaError {
     #[error("{path}: cannot read: {cause}")]
     Read { path: Location, cause: String },
 
+    /// A live input stopped delivering (stall timeout, connection lost, interrupted) after
+    /// `time` seconds of video.
+    #[error("{path}: the input stopped after t = {time:.3} s: {cause}")]
+    InputLost {
+        path: Location,
+        time: f64,
+        cause: String,
+    },
+
     #[error("{}: cannot write output: {cause}", path.display())]
     Unwritable { path: PathBuf, cause: String },
 
@@ -72,6 +81,7 @@ impl MediaError {
                 | MediaError::Corrupt { .. }
                 | MediaError::Truncated { .. }
                 | MediaError::Read { .. }
+                | MediaError::InputLost { .. }
         )
     }
 }

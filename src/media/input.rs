@@ -3,6 +3,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ffmpeg_next::format;
 
@@ -85,11 +88,62 @@ fn looks_like_url(s: &str) -> bool {
     false
 }
 
+/// How a live input is read (`ctxd stream`).
+#[derive(Debug, Clone, Default)]
+pub struct LiveOptions {
+    /// A file still being written: keep reading as it grows (FFmpeg's `follow`).
+    pub follow: bool,
+    /// No new data for this long fails the read (a stalled source). Pipes and stdin block
+    /// until their writer closes them, whatever this says.
+    pub stall_timeout: Option<Duration>,
+    /// Set it to abort a blocked open or read (shutdown).
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl LiveOptions {
+    /// FFmpeg's protocol options for `spec`.
+    fn dictionary(&self, spec: &InputSpec) -> ffmpeg_next::Dictionary<'static> {
+        let mut d = ffmpeg_next::Dictionary::new();
+        let micros = self.stall_timeout.map(|t| t.as_micros().max(1).to_string());
+        if let Some(us) = &micros {
+            // Every protocol: the longest a read may wait without data.
+            d.set("rw_timeout", us);
+        }
+        match spec {
+            InputSpec::File(_) if self.follow => d.set("follow", "1"),
+            InputSpec::Url(u) => {
+                let scheme = u.split(':').next().unwrap_or_default();
+                // `timeout` means a socket timeout in microseconds for these (for rtmp it
+                // would mean "listen", so it is not set there).
+                if let (Some(us), true) = (
+                    &micros,
+                    matches!(scheme, "udp" | "tcp" | "http" | "https" | "rtsp"),
+                ) {
+                    d.set("timeout", us);
+                }
+                if matches!(scheme, "http" | "https") {
+                    d.set("reconnect", "1");
+                }
+            }
+            _ => {}
+        }
+        d
+    }
+}
+
 /// Opens the container and reads stream information.
 ///
 /// # Errors
 /// `NotFound`, `Empty`, `NotMedia` (with FFmpeg's own explanation when it gave one).
 pub(crate) fn open(spec: &InputSpec) -> Result<format::context::Input> {
+    open_with(spec, None)
+}
+
+/// `open`, for a live input: protocol options and an interrupt flag.
+pub(crate) fn open_with(
+    spec: &InputSpec,
+    live: Option<&LiveOptions>,
+) -> Result<format::context::Input> {
     super::init();
     let name = spec.to_string();
     if let InputSpec::File(path) = spec {
@@ -106,13 +160,24 @@ pub(crate) fn open(spec: &InputSpec) -> Result<format::context::Input> {
                 cause: "it is a directory".into(),
             });
         }
-        if meta.len() == 0 {
+        if meta.len() == 0 && !live.is_some_and(|l| l.follow) {
             return Err(MediaError::Empty(name));
         }
     }
     let ffmpeg_name = spec.ffmpeg_name()?;
     log::clear();
-    format::input(&ffmpeg_name).map_err(|e| {
+    let opened = match live {
+        None => format::input(&ffmpeg_name),
+        Some(l) => {
+            let flag = l.interrupt.clone();
+            format::input_with_interrupt_and_dictionary(
+                &ffmpeg_name,
+                move || flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)),
+                l.dictionary(spec),
+            )
+        }
+    };
+    opened.map_err(|e| {
         let said = log::last_message();
         let cause = match (said, e) {
             (Some(m), _) if m.contains("moov atom not found") && *spec == InputSpec::Stdin => {

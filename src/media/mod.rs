@@ -1,6 +1,7 @@
 //! The media layer: everything that touches FFmpeg.
 //!
-//! - `input`: naming and opening inputs (file, `-` for stdin, URL)
+//! - `input`: naming and opening inputs (file, `-` for stdin, URL; live options)
+//! - `output`: naming outputs (file, `-` for stdout, HLS folder, URL)
 //! - `probe`: what an input holds (`ctxd probe`)
 //! - `decode`: streaming decode to upright RGB24 frames with exact timestamps; audio packets
 //!   handed through untouched
@@ -20,6 +21,7 @@ pub mod error;
 pub mod frame;
 pub mod input;
 mod log;
+pub mod output;
 pub mod probe;
 pub mod scale;
 pub mod still;
@@ -29,7 +31,8 @@ pub use decode::{AudioPacket, SourceLayout, VideoSource};
 pub use encode::{EncodeSettings, OutputSummary, VideoSink};
 pub use error::MediaError;
 pub use frame::RgbFrame;
-pub use input::InputSpec;
+pub use input::{InputSpec, LiveOptions};
+pub use output::OutputTarget;
 pub use probe::{probe, Probe};
 
 /// Initialises FFmpeg once per process (idempotent, thread-safe).
