@@ -1,0 +1,671 @@
+//! Job specs: the command line's values ([`CliOverrides`]) and the merge of the preset,
+//! `_defaults.toml`, the sidecar and the command line into a [`JobSpec`] of resolved
+//! [`Edit`]s, with the layer that set each value.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::check::{non_empty, Checker};
+use super::names::{edit_name, unique_name};
+use super::prompt_file::sidecar_candidates;
+use super::{
+    find_sidecar, ser_context, EditSpec, Overrides, Preset, PromptFile, SpecError, DEFAULTS_FILE,
+    DEFAULT_PRESET,
+};
+use crate::diffusion::ContextMode;
+
+/// The origin named in errors about command-line values.
+const CLI_ORIGIN: &str = "command line";
+
+/// Values from the command line: the top layer. `None` (or an empty `prompts`) = not given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CliOverrides {
+    /// The preset name or path; [`DEFAULT_PRESET`] when `None`.
+    pub preset: Option<String>,
+    pub source: Option<String>,
+    /// Target prompts; when non-empty they replace every file's `[[edit]]`s.
+    pub prompts: Vec<String>,
+    /// `Some("")` clears a negative prompt set in a file or preset.
+    pub negative: Option<String>,
+    pub guidance: Option<f32>,
+    pub steps: Option<usize>,
+    pub seed: Option<u64>,
+    pub context: Option<ContextMode>,
+    /// Local blending threshold (0 = off).
+    pub blend: Option<f32>,
+}
+
+/// One edit of a job, fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Edit {
+    /// Sanitized and unique within the job: the output is `<stem>.<name>.<ext>`.
+    pub name: String,
+    pub prompt: String,
+    pub negative: Option<String>,
+    pub guidance: f32,
+    pub steps: usize,
+    pub seed: u64,
+    #[serde(serialize_with = "ser_context")]
+    pub context: ContextMode,
+}
+
+/// Everything one video's job needs to know about what to do, merged from all layers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSpec {
+    /// Describes the input video; the inversion prompt.
+    pub source: String,
+    /// At least one; names unique.
+    pub edits: Vec<Edit>,
+    pub preset_name: String,
+    pub window: usize,
+    /// Less than `window`.
+    pub overlap: usize,
+    pub anchor: bool,
+    /// `None` = the native size.
+    pub short_side: Option<u32>,
+    pub multiple: u32,
+    pub eta: f64,
+    /// Local blending threshold (0 = off).
+    pub blend: f32,
+    pub reconstruct: bool,
+    pub bundle: Option<PathBuf>,
+    /// For each resolved key, the layer that set it: `preset:<name>`, `defaults:<path>`,
+    /// `sidecar:<path>` or `cli`. Per-edit keys are `edit.<name>.<key>`.
+    pub provenance: BTreeMap<String, String>,
+}
+
+/// Where a missing source or prompt could have been given, for messages.
+struct Hint {
+    sidecar: String,
+    defaults: String,
+}
+
+impl Hint {
+    fn generic() -> Hint {
+        Hint {
+            sidecar: "the video's sidecar (<stem>.prompt.toml, .json or .txt)".to_owned(),
+            defaults: format!("the folder's {DEFAULTS_FILE}"),
+        }
+    }
+}
+
+/// One layer above the preset.
+struct Layer {
+    label: String,
+    source: Option<String>,
+    settings: Overrides,
+    edits: Vec<EditSpec>,
+}
+
+impl Layer {
+    fn file(kind: &str, file: &PromptFile) -> Layer {
+        Layer {
+            label: format!("{kind}:{}", file.path.display()),
+            source: file.source.clone(),
+            settings: file.settings.clone(),
+            edits: file.edits.clone(),
+        }
+    }
+}
+
+/// The job-level values while merging, with the layer that set each.
+#[derive(Clone)]
+struct Merged {
+    steps: usize,
+    guidance: f32,
+    eta: f64,
+    seed: u64,
+    context: ContextMode,
+    negative: Option<String>,
+    window: usize,
+    overlap: usize,
+    anchor: bool,
+    short_side: Option<u32>,
+    from: BTreeMap<&'static str, String>,
+}
+
+impl Merged {
+    fn from_preset(preset: &Preset, label: &str) -> Merged {
+        let from = [
+            "steps",
+            "guidance",
+            "eta",
+            "seed",
+            "context",
+            "negative",
+            "window",
+            "overlap",
+            "anchor",
+            "short_side",
+        ]
+        .into_iter()
+        .map(|k| (k, label.to_owned()))
+        .collect();
+        Merged {
+            steps: preset.steps,
+            guidance: preset.guidance,
+            eta: preset.eta,
+            seed: preset.seed,
+            context: preset.context,
+            negative: preset.negative.clone(),
+            window: preset.window,
+            overlap: preset.overlap,
+            anchor: preset.anchor,
+            short_side: preset.short_side,
+            from,
+        }
+    }
+
+    fn apply(&mut self, o: &Overrides, label: &str) {
+        macro_rules! take {
+            ($($field:ident),*; $($opt:ident),*) => {
+                $(if let Some(v) = &o.$field {
+                    self.$field = v.clone();
+                    self.from.insert(stringify!($field), label.to_owned());
+                })*
+                $(if let Some(v) = &o.$opt {
+                    self.$opt = Some(v.clone());
+                    self.from.insert(stringify!($opt), label.to_owned());
+                })*
+            };
+        }
+        take!(steps, guidance, eta, seed, context, window, overlap, anchor; negative, short_side);
+    }
+
+    fn apply_edit(&mut self, e: &EditSpec, label: &str) {
+        self.apply(
+            &Overrides {
+                steps: e.steps,
+                guidance: e.guidance,
+                seed: e.seed,
+                context: e.context,
+                negative: e.negative.clone(),
+                ..Overrides::default()
+            },
+            label,
+        );
+    }
+
+    fn negative(&self) -> Option<String> {
+        self.negative.clone().filter(|n| !n.trim().is_empty())
+    }
+}
+
+impl JobSpec {
+    /// Finds and merges everything for `video`: the preset named by `cli.preset` (or
+    /// [`DEFAULT_PRESET`]) in `pipelines_dir`, [`DEFAULTS_FILE`] in the video's folder, the
+    /// video's sidecar ([`find_sidecar`]), and `cli`.
+    ///
+    /// # Errors
+    /// Any error loading those files, or of [`JobSpec::resolve`].
+    pub fn for_video(
+        video: &Path,
+        pipelines_dir: &Path,
+        cli: &CliOverrides,
+    ) -> Result<JobSpec, SpecError> {
+        let folder = video.parent().unwrap_or(Path::new("."));
+        JobSpec::for_video_in(video, folder, None, pipelines_dir, cli)
+    }
+
+    /// Like [`JobSpec::for_video`], with `_defaults.toml` taken from `defaults_dir` (the
+    /// daemon's inbox, wherever the video is now) and, when `prompt` is given, that prompt
+    /// instead of the video's sidecar (a prompt submitted through the API).
+    ///
+    /// # Errors
+    /// As [`JobSpec::for_video`].
+    pub fn for_video_in(
+        video: &Path,
+        defaults_dir: &Path,
+        prompt: Option<PromptFile>,
+        pipelines_dir: &Path,
+        cli: &CliOverrides,
+    ) -> Result<JobSpec, SpecError> {
+        let preset = Preset::load(
+            cli.preset.as_deref().unwrap_or(DEFAULT_PRESET),
+            pipelines_dir,
+        )?;
+        let defaults_path = defaults_dir.join(DEFAULTS_FILE);
+        let defaults = match File::open(&defaults_path) {
+            Ok(file) => Some(PromptFile::parse_reader(file, &defaults_path)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(SpecError::Io {
+                    path: defaults_path,
+                    source,
+                })
+            }
+        };
+        let sidecar = match prompt {
+            Some(p) => Some(p),
+            None => find_sidecar(video)?
+                .map(|p| PromptFile::load(&p))
+                .transpose()?,
+        };
+        let hint = Hint {
+            sidecar: sidecar.as_ref().map_or_else(
+                || sidecar_candidates(video)[0].display().to_string(),
+                |s| s.path.display().to_string(),
+            ),
+            defaults: defaults_path.display().to_string(),
+        };
+        resolve(&preset, defaults.as_ref(), sidecar.as_ref(), cli, hint)
+    }
+
+    /// Merges the layers: `preset` < `defaults` < `sidecar` < `cli` (see the module docs).
+    ///
+    /// # Errors
+    /// [`SpecError::MissingSource`] or [`SpecError::NoEdits`] when no layer gives one,
+    /// [`SpecError::Overlap`] when the merged overlap is not below the merged window,
+    /// [`SpecError::OutOfRange`] or [`SpecError::Empty`] for a bad command-line value, and
+    /// [`SpecError::Conflict`] for `--prompt` with a `reconstruct` preset.
+    pub fn resolve(
+        preset: &Preset,
+        defaults: Option<&PromptFile>,
+        sidecar: Option<&PromptFile>,
+        cli: &CliOverrides,
+    ) -> Result<JobSpec, SpecError> {
+        resolve(preset, defaults, sidecar, cli, Hint::generic())
+    }
+}
+
+fn cli_layer(cli: &CliOverrides) -> Result<Layer, SpecError> {
+    let source = match &cli.source {
+        Some(s) => Some(non_empty(s, CLI_ORIGIN, "source")?),
+        None => None,
+    };
+    let edits = cli
+        .prompts
+        .iter()
+        .map(|p| non_empty(p, CLI_ORIGIN, "prompt").map(EditSpec::from_prompt))
+        .collect::<Result<Vec<_>, _>>()?;
+    let settings = Overrides {
+        steps: cli.steps,
+        guidance: cli.guidance,
+        seed: cli.seed,
+        context: cli.context,
+        negative: cli.negative.clone(),
+        ..Overrides::default()
+    };
+    Checker { origin: CLI_ORIGIN }.overrides(&settings)?;
+    if let Some(b) = cli.blend {
+        Checker { origin: CLI_ORIGIN }.blend(b)?;
+    }
+    Ok(Layer {
+        label: "cli".to_owned(),
+        source,
+        settings,
+        edits,
+    })
+}
+
+fn resolve(
+    preset: &Preset,
+    defaults: Option<&PromptFile>,
+    sidecar: Option<&PromptFile>,
+    cli: &CliOverrides,
+    hint: Hint,
+) -> Result<JobSpec, SpecError> {
+    let preset_label = format!("preset:{}", preset.name);
+    let mut layers = Vec::with_capacity(3);
+    layers.extend(defaults.map(|f| Layer::file("defaults", f)));
+    layers.extend(sidecar.map(|f| Layer::file("sidecar", f)));
+    layers.push(cli_layer(cli)?);
+
+    // merged[k]: the preset plus the first k layers.
+    let mut merged = vec![Merged::from_preset(preset, &preset_label)];
+    for layer in &layers {
+        let mut next = merged[merged.len() - 1].clone();
+        next.apply(&layer.settings, &layer.label);
+        merged.push(next);
+    }
+    let job = &merged[layers.len()];
+    if job.overlap >= job.window {
+        return Err(SpecError::Overlap {
+            overlap: job.overlap,
+            overlap_from: job.from["overlap"].clone(),
+            window: job.window,
+            window_from: job.from["window"].clone(),
+        });
+    }
+
+    let mut provenance: BTreeMap<String, String> = job
+        .from
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    for key in ["multiple", "reconstruct", "bundle"] {
+        provenance.insert(key.to_owned(), preset_label.clone());
+    }
+    let blend_from = if cli.blend.is_some() {
+        "cli".to_owned()
+    } else {
+        preset_label.clone()
+    };
+    provenance.insert("blend".to_owned(), blend_from);
+
+    let (source, source_from) = layers
+        .iter()
+        .rev()
+        .find_map(|l| Some((l.source.clone()?, l.label.clone())))
+        .ok_or_else(|| SpecError::MissingSource {
+            hint: format!(
+                "set `source = \"...\"` in {} or {} (or a `source: ...` line in a .txt \
+                 sidecar), or pass --source",
+                hint.sidecar, hint.defaults
+            ),
+        })?;
+    provenance.insert("source".to_owned(), source_from);
+
+    // The edits, and k such that they came from layers[k - 1] (0 = the preset).
+    let (specs, k) = if preset.reconstruct {
+        if !cli.prompts.is_empty() {
+            return Err(SpecError::Conflict(format!(
+                "--prompt cannot be used with preset `{}`: it sets reconstruct = true, \
+                 which edits with the source prompt",
+                preset.name
+            )));
+        }
+        let mut edit = EditSpec::from_prompt(source.clone());
+        edit.name = Some("reconstruct".to_owned());
+        (vec![edit], 0)
+    } else {
+        let k = (1..=layers.len())
+            .rev()
+            .find(|&k| !layers[k - 1].edits.is_empty())
+            .ok_or_else(|| SpecError::NoEdits {
+                hint: format!(
+                    "add an [[edit]] table with `prompt = \"...\"` to {} or {} (or one prompt \
+                     per line in a .txt sidecar), or pass --prompt",
+                    hint.sidecar, hint.defaults
+                ),
+            })?;
+        (layers[k - 1].edits.clone(), k)
+    };
+    let edits_label = if k == 0 {
+        preset_label
+    } else {
+        layers[k - 1].label.clone()
+    };
+    provenance.insert("edits".to_owned(), edits_label.clone());
+
+    let mut used = HashSet::new();
+    let mut edits = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        // The edit's own values sit just above its file's top level, below later layers.
+        let mut m = merged[k].clone();
+        m.apply_edit(spec, &edits_label);
+        for layer in &layers[k..] {
+            m.apply(&layer.settings, &layer.label);
+        }
+        let name = unique_name(edit_name(spec), &mut used);
+        for key in ["steps", "guidance", "seed", "context", "negative"] {
+            provenance.insert(format!("edit.{name}.{key}"), m.from[key].clone());
+        }
+        provenance.insert(format!("edit.{name}.prompt"), edits_label.clone());
+        edits.push(Edit {
+            name,
+            prompt: spec.prompt.clone(),
+            negative: m.negative(),
+            guidance: m.guidance,
+            steps: m.steps,
+            seed: m.seed,
+            context: m.context,
+        });
+    }
+
+    Ok(JobSpec {
+        source,
+        edits,
+        preset_name: preset.name.clone(),
+        window: job.window,
+        overlap: job.overlap,
+        anchor: job.anchor,
+        short_side: job.short_side.filter(|&s| s > 0),
+        multiple: preset.multiple,
+        eta: job.eta,
+        blend: cli.blend.unwrap_or(preset.blend),
+        reconstruct: preset.reconstruct,
+        bundle: preset.bundle.clone(),
+        provenance,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{cli, pipelines, preset, toml};
+    use super::*;
+
+    #[test]
+    fn precedence_and_provenance() {
+        let p = preset("default");
+        let defaults = toml(
+            "source = \"from defaults\"\nsteps = 20\nguidance = 6\nseed = 1\nwindow = 12\n\
+             [[edit]]\nprompt = \"defaults edit\"\n",
+            "/in/_defaults.toml",
+        );
+        let sidecar = toml(
+            "source = \"from sidecar\"\nguidance = 5\nseed = 2\noverlap = 2\nshort_side = 0\n",
+            "/in/clip.prompt.toml",
+        );
+        let over = CliOverrides {
+            seed: Some(3),
+            ..cli()
+        };
+        let job = JobSpec::resolve(&p, Some(&defaults), Some(&sidecar), &over).unwrap();
+        assert_eq!(job.source, "from sidecar");
+        assert_eq!(
+            job.edits.len(),
+            1,
+            "the sidecar has no edits: the defaults' apply"
+        );
+        let e = &job.edits[0];
+        assert_eq!((e.steps, e.guidance, e.seed), (20, 5.0, 3));
+        assert_eq!(e.context, ContextMode::Source);
+        assert_eq!((job.window, job.overlap, job.short_side), (12, 2, None));
+        assert_eq!(job.preset_name, "default");
+
+        let from = |k: &str| job.provenance[k].as_str();
+        assert_eq!(from("context"), "preset:default");
+        assert_eq!(from("multiple"), "preset:default");
+        assert_eq!(from("steps"), "defaults:/in/_defaults.toml");
+        assert_eq!(from("window"), "defaults:/in/_defaults.toml");
+        assert_eq!(from("edits"), "defaults:/in/_defaults.toml");
+        assert_eq!(from("guidance"), "sidecar:/in/clip.prompt.toml");
+        assert_eq!(from("source"), "sidecar:/in/clip.prompt.toml");
+        assert_eq!(from("short_side"), "sidecar:/in/clip.prompt.toml");
+        assert_eq!(from("seed"), "cli");
+        assert_eq!(from("edit.defaults-edit.seed"), "cli");
+        assert_eq!(
+            from("edit.defaults-edit.guidance"),
+            "sidecar:/in/clip.prompt.toml"
+        );
+
+        // The command line's source and prompts win, and its prompts replace the files' edits.
+        let over = CliOverrides {
+            source: Some("from cli".into()),
+            prompts: vec!["a cat".into(), "a cat".into()],
+            steps: Some(5),
+            context: Some(ContextMode::X0Pred),
+            ..cli()
+        };
+        let job = JobSpec::resolve(&p, Some(&defaults), Some(&sidecar), &over).unwrap();
+        assert_eq!(job.source, "from cli");
+        let names: Vec<_> = job.edits.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a-cat", "a-cat-2"]);
+        assert!(job
+            .edits
+            .iter()
+            .all(|e| e.steps == 5 && e.context == ContextMode::X0Pred));
+        assert_eq!(job.provenance["edits"], "cli");
+        assert_eq!(job.provenance["source"], "cli");
+    }
+
+    #[test]
+    fn per_edit_values_override_their_file_but_not_higher_layers() {
+        let p = preset("default");
+        let sidecar = toml(
+            r#"
+source = "a dog"
+guidance = 4
+negative = "blurry"
+[[edit]]
+prompt = "a cat"
+guidance = 9
+steps = 25
+negative = ""
+[[edit]]
+prompt = "a fox"
+context = "off"
+"#,
+            "clip.prompt.toml",
+        );
+        let job = JobSpec::resolve(&p, None, Some(&sidecar), &cli()).unwrap();
+        let [cat, fox] = &job.edits[..] else {
+            panic!("two edits")
+        };
+        assert_eq!(
+            (cat.guidance, cat.steps, cat.negative.as_deref()),
+            (9.0, 25, None)
+        );
+        assert_eq!((fox.guidance, fox.steps), (4.0, 50));
+        assert_eq!(fox.negative.as_deref(), Some("blurry"));
+        assert_eq!(
+            (cat.context, fox.context),
+            (ContextMode::Source, ContextMode::Off)
+        );
+
+        let over = CliOverrides {
+            guidance: Some(2.0),
+            ..cli()
+        };
+        let job = JobSpec::resolve(&p, None, Some(&sidecar), &over).unwrap();
+        assert!(job.edits.iter().all(|e| e.guidance == 2.0));
+        assert_eq!(job.edits[0].steps, 25);
+    }
+
+    #[test]
+    fn overlap_checked_after_merge_names_layers() {
+        let p = preset("default");
+        let sidecar = toml(
+            "source = \"a\"\noverlap = 8\n[[edit]]\nprompt = \"b\"\n",
+            "clip.prompt.toml",
+        );
+        let err = JobSpec::resolve(&p, None, Some(&sidecar), &cli())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "overlap = 8 (sidecar:clip.prompt.toml) must be less than window = 8 (preset:default)"
+        );
+    }
+
+    #[test]
+    fn missing_source_or_edits() {
+        let p = preset("default");
+        let only_edits = toml("[[edit]]\nprompt = \"b\"\n", "clip.prompt.toml");
+        let err = JobSpec::resolve(&p, None, Some(&only_edits), &cli()).unwrap_err();
+        assert!(matches!(err, SpecError::MissingSource { .. }));
+        let err = err.to_string();
+        assert!(
+            err.contains("source = ") && err.contains("--source"),
+            "{err}"
+        );
+
+        let only_source = toml("source = \"a\"\n", "clip.prompt.toml");
+        let err = JobSpec::resolve(&p, None, Some(&only_source), &cli()).unwrap_err();
+        assert!(matches!(err, SpecError::NoEdits { .. }));
+        let err = err.to_string();
+        assert!(
+            err.contains("[[edit]]") && err.contains("--prompt"),
+            "{err}"
+        );
+
+        let err = JobSpec::resolve(&p, None, None, &cli()).unwrap_err();
+        assert!(matches!(err, SpecError::MissingSource { .. }));
+    }
+
+    #[test]
+    fn reconstruct_edits_with_the_source_prompt() {
+        let p = preset("reconstruct");
+        let sidecar = toml(
+            "source = \"a man walking a dog\"\n[[edit]]\nprompt = \"a tiger\"\n",
+            "clip.prompt.toml",
+        );
+        let job = JobSpec::resolve(&p, None, Some(&sidecar), &cli()).unwrap();
+        assert!(job.reconstruct);
+        assert_eq!(job.edits.len(), 1);
+        let e = &job.edits[0];
+        assert_eq!(e.name, "reconstruct");
+        assert_eq!(e.prompt, "a man walking a dog");
+        assert_eq!((e.guidance, e.steps), (1.0, 50));
+        assert_eq!(job.provenance["edits"], "preset:reconstruct");
+
+        // No sidecar edits needed; a source is.
+        let over = CliOverrides {
+            source: Some("a dog".into()),
+            ..cli()
+        };
+        assert_eq!(
+            JobSpec::resolve(&p, None, None, &over).unwrap().edits[0].prompt,
+            "a dog"
+        );
+        let over = CliOverrides {
+            prompts: vec!["a tiger".into()],
+            ..over
+        };
+        let err = JobSpec::resolve(&p, None, None, &over).unwrap_err();
+        assert!(matches!(err, SpecError::Conflict(_)), "{err}");
+    }
+
+    #[test]
+    fn for_video_finds_defaults_and_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let video = dir.path().join("clip.mp4");
+        std::fs::write(dir.path().join(DEFAULTS_FILE), "steps = 12\n").unwrap();
+        std::fs::write(dir.path().join("clip.prompt.txt"), "source: a dog\na cat\n").unwrap();
+        let over = CliOverrides {
+            preset: Some("fast".into()),
+            ..cli()
+        };
+        let job = JobSpec::for_video(&video, &pipelines(), &over).unwrap();
+        assert_eq!(job.preset_name, "fast");
+        assert_eq!(job.source, "a dog");
+        assert_eq!(job.edits[0].steps, 12);
+        assert_eq!(job.edits[0].name, "a-cat");
+        assert!(job.provenance["edits"].starts_with("sidecar:"));
+        assert!(job.provenance["steps"].starts_with("defaults:"));
+
+        // Without a sidecar, the message points at where one would go.
+        let other = dir.path().join("other.mp4");
+        let err = JobSpec::for_video(&other, &pipelines(), &cli())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("other.prompt.toml") && err.contains(DEFAULTS_FILE),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("clip.prompt.json"), "{}").unwrap();
+        let err = JobSpec::for_video(&video, &pipelines(), &cli()).unwrap_err();
+        assert!(matches!(err, SpecError::AmbiguousSidecar { .. }), "{err}");
+    }
+
+    #[test]
+    fn job_spec_serializes_context_by_name() {
+        let p = preset("default");
+        let over = CliOverrides {
+            source: Some("a".into()),
+            prompts: vec!["b".into()],
+            context: Some(ContextMode::X0Pred),
+            ..cli()
+        };
+        let job = JobSpec::resolve(&p, None, None, &over).unwrap();
+        let json = serde_json::to_value(&job).unwrap();
+        assert_eq!(json["edits"][0]["context"], "x0_pred");
+        assert_eq!(json["provenance"]["context"], "cli");
+    }
+}
