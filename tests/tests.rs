@@ -9,6 +9,7 @@ mod media_probe;
 mod media_roundtrip;
 mod models_cli;
 mod pipeline_edit;
+mod pipeline_stream;
 mod quality_edit;
 mod quality_heldout;
 mod sampler;

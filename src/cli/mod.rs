@@ -8,6 +8,7 @@
 //! Errors print as one line: `ctxd: <what>: <cause>`.
 
 pub mod edit;
+pub mod stream;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,6 +43,11 @@ enum Command {
     /// Edit a video with text prompts: one output per prompt, sharing one decode, one VAE
     /// encode and one inversion; a JSON report beside each output.
     Edit(Box<edit::EditArgs>),
+    /// Edit a live or piped stream window by window (stdin, a pipe, a growing file, a URL)
+    /// into stdout, a file, an HLS folder or a URL; the prompt file is watched and a change
+    /// takes effect at the next window. SIGINT/SIGTERM finish the window in flight and close
+    /// the output, exit 0.
+    Stream(Box<stream::StreamArgs>),
     /// Watch inbox folders and edit what is dropped there (see watch/ctxd-watch.toml). Stops
     /// on SIGINT/SIGTERM after running jobs finish (or the grace period ends), exit 0.
     Watch {
@@ -252,7 +258,7 @@ pub fn main() -> ExitCode {
     init_logging(
         cli.verbose,
         cli.quiet,
-        matches!(cli.command, Command::Watch { .. }),
+        matches!(cli.command, Command::Watch { .. } | Command::Stream(_)),
     );
     let quiet = cli.quiet;
     let result = match cli.command {
@@ -296,6 +302,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Edit(_) => unreachable!("handled in main"),
+        Command::Stream(args) => run_stream(&args),
         Command::Watch { config } => {
             let home = edit::home();
             let path = config.unwrap_or_else(|| home.join("watch/ctxd-watch.toml"));
@@ -450,6 +457,49 @@ fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn run_stream(args: &stream::StreamArgs) -> Result<(), Failure> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_signal = stop.clone();
+    let _ = ctrlc_flag(move || on_signal.store(true, Ordering::Relaxed));
+    let job = stream::build_job(args, cancel, stop).map_err(Failure::Usage)?;
+    let output = job.output.to_string();
+    let report = crate::pipeline::stream::run(job).map_err(|e| {
+        use crate::pipeline::graph::PipelineError;
+        match e {
+            PipelineError::Config(_) | PipelineError::Model(_) => Failure::Usage(e.into()),
+            PipelineError::Media(MediaError::Settings(_)) => Failure::Usage(e.into()),
+            e => Failure::Job(e.into()),
+        }
+    })?;
+    if let Some(path) = &args.report {
+        let text = serde_json::to_vec_pretty(&report).map_err(|e| Failure::Job(e.into()))?;
+        crate::atomic::write_atomic(path, &text)
+            .map_err(|e| Failure::Job(anyhow::anyhow!("{}: {e}", path.display())))?;
+    }
+    if report.ended == "reader-gone" {
+        eprintln!(
+            "ctxd: the reader of {output} went away; stopped after {} frames",
+            report.frames
+        );
+    } else {
+        tracing::info!(
+            "stream ended ({}): {} frames in {:.1} s, {:.2} fps, delay median {:.2} s p99 {:.2} s, {} windows dropped, {} prompt changes",
+            report.ended,
+            report.frames,
+            report.wall_s,
+            report.fps,
+            report.delay.median_s,
+            report.delay.p99_s,
+            report.dropped_windows,
+            report.prompt.changes
+        );
+    }
+    Ok(())
 }
 
 /// Runs `on_signal` on the first SIGINT/SIGTERM; a second one exits at once with status 130.

@@ -87,6 +87,9 @@ pub struct VideoSource {
     /// Added to every timestamp handed out, in seconds (a reconnected source continues the
     /// timeline of the one before it).
     offset_s: f64,
+    /// A live input's read failed: the decoder is drained of the frames it holds, then this
+    /// is returned.
+    lost: Option<MediaError>,
 }
 
 /// Damaged packets in a row after which the input is declared unreadable.
@@ -227,6 +230,7 @@ impl VideoSource {
                 || matches!(spec, InputSpec::Url(u) if u.starts_with("pipe:")),
             live: live.is_some(),
             offset_s: 0.0,
+            lost: None,
         })
     }
 
@@ -364,14 +368,17 @@ impl VideoSource {
                     }
                 }
                 Err(e) if self.live => {
-                    return Err(MediaError::InputLost {
+                    // Drain the frames the decoder holds first; the loss is reported after.
+                    self.lost = Some(MediaError::InputLost {
                         path: self.name.clone(),
                         time: self.last_time(),
                         cause: match log::last_message() {
                             Some(m) => format!("{e} ({m})"),
                             None => e.to_string(),
                         },
-                    })
+                    });
+                    self.eof_sent = true;
+                    return self.decoder.send_eof().map_err(|e| self.corrupt(e));
                 }
                 Err(e) => {
                     return Err(MediaError::Truncated {
@@ -554,6 +561,9 @@ impl Iterator for VideoSource {
                 Err(ffmpeg::Error::Eof) => {
                     self.done = true;
                     self.audio_tx = None;
+                    if let Some(lost) = self.lost.take() {
+                        return Some(Err(lost));
+                    }
                     return self.check_complete().err().map(Err);
                 }
                 Err(ffmpeg::Error::Other { errno }) if errno == libc::EAGAIN => {

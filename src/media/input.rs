@@ -104,6 +104,9 @@ impl LiveOptions {
     /// FFmpeg's protocol options for `spec`.
     fn dictionary(&self, spec: &InputSpec) -> ffmpeg_next::Dictionary<'static> {
         let mut d = ffmpeg_next::Dictionary::new();
+        // Start after a second of input, not five: a live source's first window should not
+        // wait for the demuxer's stream analysis.
+        d.set("analyzeduration", "1000000");
         let micros = self.stall_timeout.map(|t| t.as_micros().max(1).to_string());
         if let Some(us) = &micros {
             // Every protocol: the longest a read may wait without data.

@@ -1,27 +1,28 @@
-//! Wires the stages (`stages`) into the graph of DESIGN.md and runs one job: every stage on
-//! its own thread, joined by bounded channels carrying one window at a time, so memory stays
-//! proportional to the window whatever the video's length. The calling thread muxes. Outputs
-//! are committed only when every stage succeeded; otherwise nothing is left behind.
+//! The engine every run shares (`ctxd edit`, `ctxd stream`, the daemon): the stages of
+//! `stages` on their own threads, joined by bounded channels carrying one window at a time,
+//! so memory stays proportional to the window whatever the input's length (a file is a
+//! stream that ends). The calling thread muxes, through a callback; what it writes to, and
+//! when a run's outputs are committed, is the caller's business (`edit`, `stream`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use super::clip::{self, ClipAccumulator, ClipScorer};
-use super::job::{EditJob, Progress};
-use super::report::{
-    report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
-};
+use super::clip::ClipScorer;
+use super::prompts::PromptFeed;
 use super::stages::{
-    self, BlendSetup, EditCondition, PrepareConfig, SamplerSetup, StageError, StageStats,
+    self, BlendSetup, DecodeConfig, DropLate, FrameFeed, PrepareConfig, SamplerSetup, StageError,
+    StageStats, WindowOutput,
 };
-use crate::diffusion::{Conditioning, ContextConfig, FinalK, Schedule};
-use crate::media::scale::{Letterbox, Resizer};
-use crate::media::{AudioPacket, MediaError, VideoSink, VideoSource};
+use crate::diffusion::{ContextConfig, ContextMode, FinalK, Schedule};
+use crate::media::scale::Resizer;
+use crate::media::MediaError;
 use crate::model::denoise::{Adapter, Unet};
-use crate::model::{Bundle, Kind, ModelError};
+use crate::model::{Bundle, Kind, ModelError, Network, RuntimeOptions};
+
+pub use super::edit::run;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -35,250 +36,225 @@ pub enum PipelineError {
     Config(String),
 }
 
-/// Runs `job`; returns the reports (also written beside each output).
+/// The sampler settings both diffusion stages share, checked against the bundle.
 ///
 /// # Errors
-/// The first failure, by stage order, naming the stage (or the file) and the cause. No output
-/// is left on error or cancellation.
-pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>, PipelineError> {
-    let started = Instant::now();
-    if job.edits.is_empty() {
-        return Err(PipelineError::Config(
-            "nothing to do: no edit prompts".into(),
-        ));
-    }
-    let bundle = Bundle::open(&job.bundle_dir)?;
-    bundle.verify()?;
-    let m = bundle.manifest().clone();
-    let opts = &job.runtime;
-
-    let mut source = VideoSource::open(&job.input)?;
-    let layout = source.layout().clone();
-    let audio_rx = source.take_audio();
-    let v = &layout.video;
-    let geometry = Letterbox::fit(
-        v.width,
-        v.height,
-        job.short_side,
-        job.multiple.max(m.latent.downsampling as u32),
-    );
-
-    // Prompts → text states, once, up front (cheap next to the UNet; cached per prompt).
-    let mut text = bundle.text_encoder(opts)?;
-    let source_states = text.encode(&[&job.source_prompt])?;
-    let mut conds = Vec::new();
-    for e in &job.edits {
-        let mut c = Conditioning::new(text.encode(&[&e.prompt])?);
-        if e.guidance != 1.0 {
-            c.uncond = Some(text.encode(&[e.negative.as_deref().unwrap_or("")])?);
-            c.guidance = e.guidance;
-        }
-        conds.push(EditCondition {
-            cond: c,
-            seed: e.seed,
-            blend: e.blend,
-        });
-    }
-
+/// A context mode the bundle cannot serve (no adapter), or a bad step count.
+pub fn sampler_setup(
+    bundle: &Bundle,
+    steps: usize,
+    eta: f64,
+    mode: ContextMode,
+    blend: f32,
+) -> Result<SamplerSetup, PipelineError> {
+    let m = bundle.manifest();
     let context = ContextConfig {
         k: m.context.k_schedule(),
         final_k: FinalK::Zero,
         convention: m.context.convention(),
-        mode: job.context,
+        mode,
     };
     if context.active() && !bundle.has(Kind::ContextAdapter) {
         return Err(PipelineError::Config(format!(
-            "context mode {:?} needs a context adapter, and bundle {} has none; use --context off",
-            job.context,
+            "context mode {mode:?} needs a context adapter, and bundle {} has none; use --context off",
             bundle.name()
         )));
     }
-    let schedule = Schedule::ddim(&m.schedule.noise_config(), job.steps)
+    let schedule = Schedule::ddim(&m.schedule.noise_config(), steps)
         .map_err(|e| PipelineError::Config(e.to_string()))?;
-    let setup = SamplerSetup {
+    Ok(SamplerSetup {
         schedule,
         context,
-        eta: job.eta,
-        blend: (job.blend > 0.0).then(|| BlendSetup {
-            threshold: job.blend,
-            source: source_states.clone(),
-        }),
-    };
-    // Sessions, one set per stage (built before any thread starts, so a bad bundle fails first).
-    // Stages run at the same time, so they share the cores: unless the user fixed a thread
-    // count, each stage's sessions get half of them (the two UNet stages dominate), where one
-    // stage at a time (the sequential baseline) gets them all.
-    let stage_opts = stage_runtime(&job.runtime, job.sequential);
-    let opts = &stage_opts;
-    let vae_enc = bundle.load(Kind::VaeEncoder, opts)?;
-    let vae_dec = bundle.load(Kind::VaeDecoder, opts)?;
-    let load_adapter = || -> Result<Option<Adapter>, ModelError> {
-        if context.active() {
-            Ok(Some(Adapter(bundle.load(Kind::ContextAdapter, opts)?)))
-        } else {
-            Ok(None)
-        }
-    };
-    let unet_inv = Unet(bundle.load(Kind::Unet, opts)?);
-    let unet_edit = Unet(bundle.load(Kind::Unet, opts)?);
-    let (adapter_inv, adapter_edit) = (load_adapter()?, load_adapter()?);
-    let mut providers = BTreeMap::new();
-    providers.insert("unet".to_string(), unet_inv.0.provider().to_string());
-    providers.insert("vae".to_string(), vae_enc.provider().to_string());
+        eta,
+        blend: (blend > 0.0).then_some(BlendSetup { threshold: blend }),
+    })
+}
 
-    // CLIP-T / CLIP-F when the bundle has a CLIP pair.
-    let clip_scorer = ClipScorer::load(&bundle, opts)?;
-    let mut clip_acc: Vec<Option<ClipAccumulator>> = match &clip_scorer {
-        Some(_) => {
-            let prompts: Vec<&str> = job.edits.iter().map(|e| e.prompt.as_str()).collect();
-            clip::text_embeddings(&bundle, opts, &prompts)?
-                .into_iter()
-                .map(|t| Some(ClipAccumulator::new(t)))
-                .collect()
-        }
-        None => vec![None; job.edits.len()],
-    };
+/// The sessions of every stage, built before any thread starts (so a bad bundle fails first).
+pub struct StageModels {
+    pub vae_enc: Network,
+    pub vae_dec: Network,
+    pub unet_inv: Unet,
+    pub unet_edit: Unet,
+    pub adapter_inv: Option<Adapter>,
+    pub adapter_edit: Option<Adapter>,
+    pub clip: Option<ClipScorer>,
+    /// Execution provider per network family, for reports.
+    pub providers: BTreeMap<String, String>,
+}
 
-    let mut sinks = Vec::new();
-    for e in &job.edits {
-        sinks.push(VideoSink::create(&e.output, &layout, &job.encode)?);
+impl StageModels {
+    /// Stages run at the same time, so they share the cores: unless the user fixed a thread
+    /// count, each stage's sessions get half of them (the two UNet stages dominate), where one
+    /// stage at a time (the sequential baseline) gets them all.
+    ///
+    /// # Errors
+    /// A network that does not load.
+    pub fn load(
+        bundle: &Bundle,
+        user: &RuntimeOptions,
+        setup: &SamplerSetup,
+        sequential: bool,
+    ) -> Result<StageModels, ModelError> {
+        let opts = &stage_runtime(user, sequential);
+        let load_adapter = || -> Result<Option<Adapter>, ModelError> {
+            if setup.context.active() {
+                Ok(Some(Adapter(bundle.load(Kind::ContextAdapter, opts)?)))
+            } else {
+                Ok(None)
+            }
+        };
+        let vae_enc = bundle.load(Kind::VaeEncoder, opts)?;
+        let vae_dec = bundle.load(Kind::VaeDecoder, opts)?;
+        let unet_inv = Unet(bundle.load(Kind::Unet, opts)?);
+        let unet_edit = Unet(bundle.load(Kind::Unet, opts)?);
+        let (adapter_inv, adapter_edit) = (load_adapter()?, load_adapter()?);
+        let mut providers = BTreeMap::new();
+        providers.insert("unet".to_string(), unet_inv.0.provider().to_string());
+        providers.insert("vae".to_string(), vae_enc.provider().to_string());
+        Ok(StageModels {
+            vae_enc,
+            vae_dec,
+            unet_inv,
+            unet_edit,
+            adapter_inv,
+            adapter_edit,
+            clip: ClipScorer::load(bundle, opts)?,
+            providers,
+        })
     }
+}
 
+fn stage_runtime(user: &RuntimeOptions, sequential: bool) -> RuntimeOptions {
+    let mut o = user.clone();
+    if o.intra_threads.is_none() && !sequential {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        o.intra_threads = Some((cores / 2).max(1));
+    }
+    o
+}
+
+/// One run of the stage graph.
+pub struct Graph<'a> {
+    pub frames: FrameFeed<'a>,
+    pub decode: DecodeConfig<'a>,
+    pub prepare: PrepareConfig,
+    pub setup: SamplerSetup,
+    pub models: StageModels,
+    pub prompts: Box<dyn PromptFeed + 'a>,
+    pub late: Option<DropLate<'a>>,
+    pub cancel: &'a AtomicBool,
+    /// Sequential baseline: each window goes through every stage before the next starts.
+    pub sequential: bool,
+}
+
+/// Runs `g`, handing each finished window to `mux` on this thread, in order.
+///
+/// # Errors
+/// The first failure, by stage order, naming the stage and the cause (the mux's after the
+/// others: a failed stage makes the mux see its input end early). A failing mux cancels the
+/// stages upstream.
+pub fn run_graph(
+    g: Graph,
+    mux: &mut dyn FnMut(WindowOutput) -> Result<(), StageError>,
+) -> Result<BTreeMap<String, StageStats>, PipelineError> {
+    let Graph {
+        frames,
+        mut decode,
+        prepare,
+        setup,
+        models,
+        prompts,
+        late,
+        cancel,
+        sequential,
+    } = g;
+    let StageModels {
+        vae_enc,
+        vae_dec,
+        unet_inv,
+        unet_edit,
+        adapter_inv,
+        adapter_edit,
+        clip,
+        ..
+    } = models;
     // Sequential baseline: one token in circulation; decode takes it before each window and
     // the mux returns it after writing that window.
     let (token_tx, token_rx) = bounded::<()>(1);
-    if job.sequential {
+    if sequential {
         token_tx.send(()).expect("fresh channel has room");
+        decode.tokens = Some(token_rx);
     }
-    let tokens = job.sequential.then_some(token_rx);
-    let frames_total = layout.probe.video.frame_count;
+    let scale = prepare.scale_factor;
+    let resizer = Resizer::new(prepare.resizer.geometry());
     let (tx_frames, rx_frames) = bounded(1);
     let (tx_lat, rx_lat) = bounded(1);
     let (tx_inv, rx_inv) = bounded(1);
     let (tx_edit, rx_edit) = bounded(1);
     let (tx_out, rx_out) = bounded(1);
-    let cancel = &*job.cancel;
-    let scale = m.latent.scale_factor;
-    let mut psnr: Vec<PsnrAccumulator> = vec![PsnrAccumulator::default(); job.edits.len()];
-    let mut temporal: Vec<TemporalAccumulator> =
-        vec![TemporalAccumulator::default(); job.edits.len()];
-    let mut frames_written = 0u64;
-    let mut windows = 0usize;
 
     let (results, mux_result) = std::thread::scope(|scope| {
-        let window = job.window.max(1);
+        let setup_edit = setup.clone();
         let handles = vec![
             (
                 "decode",
                 spawn(scope, "decode", move || {
-                    stages::decode(source, window, cancel, tokens, tx_frames)
+                    stages::decode(decode, frames, tx_frames)
                 }),
             ),
             (
                 "encode",
                 spawn(scope, "encode", move || {
-                    stages::prepare_encode(
-                        PrepareConfig {
-                            resizer: Resizer::new(geometry),
-                            scale_factor: scale,
-                            anchor: job.anchor,
-                            overlap: job.overlap,
-                        },
-                        vae_enc,
-                        rx_frames,
-                        tx_lat,
-                    )
+                    stages::prepare_encode(prepare, vae_enc, rx_frames, tx_lat)
                 }),
             ),
-            ("invert", {
-                let setup = setup.clone();
+            (
+                "invert",
                 spawn(scope, "invert", move || {
                     stages::invert(
                         setup,
                         unet_inv,
                         adapter_inv,
-                        source_states,
+                        prompts,
+                        late,
                         cancel,
                         rx_lat,
                         tx_inv,
                     )
-                })
-            }),
-            ("edit", {
-                let setup = setup.clone();
+                }),
+            ),
+            (
+                "edit",
                 spawn(scope, "edit", move || {
-                    stages::edit(
-                        setup,
-                        unet_edit,
-                        adapter_edit,
-                        conds,
-                        cancel,
-                        rx_inv,
-                        tx_edit,
-                    )
-                })
-            }),
+                    stages::edit(setup_edit, unet_edit, adapter_edit, cancel, rx_inv, tx_edit)
+                }),
+            ),
             (
                 "vae-decode",
                 spawn(scope, "vae-decode", move || {
-                    stages::decode_finish(
-                        Resizer::new(geometry),
-                        scale,
-                        vae_dec,
-                        clip_scorer,
-                        rx_edit,
-                        tx_out,
-                    )
+                    stages::decode_finish(resizer, scale, vae_dec, clip, rx_edit, tx_out)
                 }),
             ),
         ];
 
-        // Mux, here: frames in order, audio as far as the decoder has read.
-        let mux = (|| -> Result<StageStats, StageError> {
-            let e = |c: String| StageError {
-                stage: "mux",
-                cause: c,
-            };
-            let mut busy = 0.0;
+        let mux_result = (|| -> Result<StageStats, StageError> {
+            let mut stats = StageStats::default();
             for w in rx_out.iter() {
                 let t0 = Instant::now();
-                for (i, frames) in w.per_edit.iter().enumerate() {
-                    for f in frames {
-                        sinks[i].write_video(f).map_err(|m| e(m.to_string()))?;
-                    }
-                    temporal[i].add_window(frames, &w.sources);
-                    if let (Some(acc), Some(emb)) = (clip_acc[i].as_mut(), w.clip.get(i)) {
-                        acc.add(emb);
-                    }
-                    if job.measure_reconstruction {
-                        for (out, src) in frames.iter().zip(&w.sources) {
-                            psnr[i].add(&out.data, &src.data);
-                        }
-                    }
-                }
-                frames_written += w.sources.len() as u64;
-                windows += 1;
-                progress(Progress {
-                    windows_done: windows,
-                    frames_done: frames_written,
-                    frames_total,
-                });
-                if job.sequential {
+                mux(w)?;
+                stats.windows += 1;
+                if sequential {
                     // The decoder may have finished; then nobody needs the token.
                     let _ = token_tx.try_send(());
                 }
-                while let Ok(p) = audio_rx.try_recv() {
-                    write_audio_all(&mut sinks, p).map_err(|m| e(m.to_string()))?;
-                }
-                busy += t0.elapsed().as_secs_f64();
+                stats.busy_s += t0.elapsed().as_secs_f64();
             }
-            Ok(StageStats {
-                busy_s: busy,
-                onnx_s: 0.0,
-                windows,
-            })
+            Ok(stats)
         })();
-        if mux.is_err() {
+        if mux_result.is_err() {
             // Unblock upstream stages waiting to send.
             cancel.store(true, Ordering::Relaxed);
         }
@@ -297,88 +273,25 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
                 )
             })
             .collect();
-        (results, mux)
+        (results, mux_result)
     });
 
-    // The first failing stage, in pipeline order, is the cause; later ones are consequences.
+    // A failed mux explains the others' "cancelled"; otherwise the first failing stage, in
+    // pipeline order, is the cause and later ones are consequences.
+    let mux_stats = mux_result?;
     let mut stage_stats = BTreeMap::new();
     for (name, r) in results {
         stage_stats.insert(name.to_string(), r?);
     }
-    stage_stats.insert("mux".to_string(), mux_result?);
-    if job.cancel.load(Ordering::Relaxed) {
+    stage_stats.insert("mux".to_string(), mux_stats);
+    if cancel.load(Ordering::Relaxed) {
         return Err(StageError {
             stage: "pipeline",
             cause: "cancelled".into(),
         }
         .into());
     }
-
-    for p in audio_rx.iter() {
-        write_audio_all(&mut sinks, p)?;
-    }
-    let mut reports = Vec::new();
-    let hashes: BTreeMap<String, String> = bundle.hashes().into_iter().collect();
-    for ((((sink, edit), acc), temp), clip_scores) in sinks
-        .into_iter()
-        .zip(&job.edits)
-        .zip(&psnr)
-        .zip(&temporal)
-        .zip(&clip_acc)
-    {
-        let summary = sink.finish()?;
-        let report = EditReport {
-            ctxd_version: env!("CARGO_PKG_VERSION"),
-            output: summary,
-            input: layout.probe.clone(),
-            edit: edit.clone(),
-            source_prompt: job.source_prompt.clone(),
-            job: job.spec_json.clone(),
-            bundle: BundleInfo {
-                name: bundle.name().to_string(),
-                dir: bundle.dir().display().to_string(),
-                sha256: hashes.clone(),
-                providers: providers.clone(),
-            },
-            frames: frames_written,
-            windows,
-            wall_s: started.elapsed().as_secs_f64(),
-            stages: stage_stats.clone(),
-            quality: Quality {
-                temporal: temp.result(),
-                clip: clip_scores.as_ref().and_then(ClipAccumulator::result),
-                reconstruction_psnr_db: if job.measure_reconstruction {
-                    acc.psnr()
-                } else {
-                    None
-                },
-            },
-        };
-        let text =
-            serde_json::to_vec_pretty(&report).map_err(|e| PipelineError::Config(e.to_string()))?;
-        crate::atomic::write_atomic(&report_path(&edit.output), &text).map_err(|e| {
-            MediaError::Unwritable {
-                path: report_path(&edit.output),
-                cause: e.to_string(),
-            }
-        })?;
-        reports.push(report);
-    }
-    Ok(reports)
-}
-
-fn stage_runtime(
-    user: &crate::model::RuntimeOptions,
-    sequential: bool,
-) -> crate::model::RuntimeOptions {
-    let mut o = user.clone();
-    if o.intra_threads.is_none() && !sequential {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        o.intra_threads = Some((cores / 2).max(1));
-    }
-    o
+    Ok(stage_stats)
 }
 
 fn spawn<'scope, F>(
@@ -393,22 +306,4 @@ where
         .name(name.to_string())
         .spawn_scoped(scope, f)
         .expect("spawning a stage thread")
-}
-
-fn write_audio_all(sinks: &mut [VideoSink], p: AudioPacket) -> Result<(), MediaError> {
-    let n = sinks.len();
-    let mut p = Some(p);
-    for (i, s) in sinks.iter_mut().enumerate() {
-        let packet = if i + 1 == n {
-            p.take().expect("one packet per sink")
-        } else {
-            let q = p.as_ref().expect("one packet per sink");
-            AudioPacket {
-                track: q.track,
-                packet: q.packet.clone(),
-            }
-        };
-        s.write_audio(packet)?;
-    }
-    Ok(())
 }

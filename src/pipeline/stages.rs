@@ -6,18 +6,22 @@
 //! (UNet, adapter, per prompt) → vae-decode+finish (VAE decode, scale back) → mux (caller)
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use ndarray::{concatenate, s, Axis};
+use ndarray::s;
 
+pub use super::prompts::EditCondition;
+use super::prompts::{PromptFeed, WindowConditions};
 use super::tensor;
+use super::windows::WindowPlanner;
 use crate::diffusion::{
     self, Blend, Conditioning, ContextConfig, Latent, Models, RunConfig, Schedule, SeededNoise,
 };
 use crate::media::scale::Resizer;
-use crate::media::{RgbFrame, VideoSource};
+use crate::media::{MediaError, RgbFrame};
 use crate::model::denoise::{Adapter, Unet};
 use crate::model::{Input, Network};
 
@@ -43,16 +47,25 @@ fn err(stage: &'static str) -> impl Fn(String) -> StageError {
     move |cause| StageError { stage, cause }
 }
 
+/// Where a window came from: its place in the stream, when its first frame was read (the
+/// start of its delay) and that frame's time.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowMeta {
+    pub index: usize,
+    pub read_at: Instant,
+    pub t: f64,
+}
+
 /// New frames of one window, in presentation order.
 pub struct WindowFrames {
-    pub index: usize,
+    pub meta: WindowMeta,
     pub frames: Vec<RgbFrame>,
 }
 
 /// A window's clean latent, with `context` leading frames (anchor, overlap) that are there for
 /// consistency only and produce no output.
 pub struct WindowLatents {
-    pub index: usize,
+    pub meta: WindowMeta,
     pub frames: Vec<RgbFrame>,
     pub x0: Latent,
     pub context: usize,
@@ -63,22 +76,26 @@ pub struct WindowInverted {
     pub x_t: Latent,
     /// The inversion trajectory (clean latent first), kept only for local blending.
     pub trajectory: Vec<Latent>,
+    /// The prompts this window is edited with (resolved when its inversion started).
+    pub conditions: Arc<WindowConditions>,
 }
 
 pub struct WindowEdited {
-    pub index: usize,
+    pub meta: WindowMeta,
     pub frames: Vec<RgbFrame>,
     pub context: usize,
     pub per_edit: Vec<Latent>,
+    pub conditions: Arc<WindowConditions>,
 }
 
 /// Output frames of one window, per edit, at the source's size and timestamps.
 pub struct WindowOutput {
-    pub index: usize,
+    pub meta: WindowMeta,
     pub sources: Vec<RgbFrame>,
     pub per_edit: Vec<Vec<RgbFrame>>,
     /// CLIP image embeddings of the output frames, per edit (empty without a CLIP pair).
     pub clip: Vec<Vec<Vec<f32>>>,
+    pub conditions: Arc<WindowConditions>,
 }
 
 /// Sends, or reports that downstream is gone (it failed, and says why itself).
@@ -86,57 +103,103 @@ fn send<T>(tx: &Sender<T>, v: T) -> bool {
     tx.send(v).is_ok()
 }
 
-pub fn decode(
-    mut source: VideoSource,
-    window: usize,
-    cancel: &AtomicBool,
-    tokens: Option<Receiver<()>>,
-    tx: Sender<WindowFrames>,
-) -> StageResult {
+/// The frames a run reads: a file's decoder, or a live source that reconnects.
+pub type FrameFeed<'a> = Box<dyn Iterator<Item = Result<RgbFrame, MediaError>> + Send + 'a>;
+
+/// What to do when the pipeline is slower than the input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LagPolicy {
+    /// Stop reading until the pipeline takes the window (a file, a pipe that can wait).
+    Wait,
+    /// Drop a window that finds the pipeline busy while the output already lags the input
+    /// by more than this many seconds of wall clock (a live source that cannot wait).
+    Drop { max_delay_s: f64 },
+}
+
+/// How the decode stage runs.
+pub struct DecodeConfig<'a> {
+    pub window: usize,
+    pub cancel: &'a AtomicBool,
+    /// Set to end the input gracefully: the windows read so far are finished and written.
+    pub stop: Option<&'a AtomicBool>,
+    /// Sequential baseline: one window in flight (a token per window).
+    pub tokens: Option<Receiver<()>>,
+    pub lag: LagPolicy,
+    /// Windows dropped by the lag policy.
+    pub dropped: &'a AtomicU64,
+    /// Seconds per timestamp tick of the frames, for `WindowMeta::t`.
+    pub seconds_per_tick: f64,
+}
+
+pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) -> StageResult {
     let e = err("decode");
     let mut stats = StageStats::default();
     let mut working = Instant::now();
-    let mut batch = Vec::with_capacity(window);
+    let window = cfg.window.max(1);
+    let mut batch: Vec<RgbFrame> = Vec::with_capacity(window);
     let mut index = 0;
-    for frame in source.by_ref() {
-        if cancel.load(Ordering::Relaxed) {
+    let mut read_at = Instant::now();
+    // Wall clock against media time, from the first frame: how far the run lags the input.
+    let mut clock: Option<(Instant, f64)> = None;
+    let stopping = || cfg.stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    let mut emit = |batch: Vec<RgbFrame>, read_at: Instant, stats: &mut StageStats| -> bool {
+        let t = batch[0].pts as f64 * cfg.seconds_per_tick;
+        let (start, t0) = *clock.get_or_insert((read_at, t));
+        let w = WindowFrames {
+            meta: WindowMeta { index, read_at, t },
+            frames: batch,
+        };
+        index += 1;
+        stats.windows += 1;
+        match cfg.lag {
+            LagPolicy::Wait => send(&tx, w),
+            LagPolicy::Drop { max_delay_s } => match tx.try_send(w) {
+                Ok(()) => true,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+                Err(crossbeam_channel::TrySendError::Full(w)) => {
+                    let lag = start.elapsed().as_secs_f64() - (t - t0);
+                    if lag > max_delay_s {
+                        cfg.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "window {} (t = {t:.3} s) dropped: the output lags the input by {lag:.1} s",
+                            w.meta.index
+                        );
+                        true
+                    } else {
+                        send(&tx, w)
+                    }
+                }
+            },
+        }
+    };
+    for frame in frames {
+        if cfg.cancel.load(Ordering::Relaxed) {
             return Err(e("cancelled".into()));
         }
         if batch.is_empty() {
-            if let Some(t) = &tokens {
+            if let Some(t) = &cfg.tokens {
                 // Sequential baseline: wait until the previous window is fully written.
                 if t.recv().is_err() {
                     return Ok(stats);
                 }
             }
+            read_at = Instant::now();
         }
         batch.push(frame.map_err(|m| e(m.to_string()))?);
         if batch.len() == window {
-            stats.windows += 1;
             // Busy = decoding, not waiting for the next stage to take the window.
             stats.busy_s += working.elapsed().as_secs_f64();
-            if !send(
-                &tx,
-                WindowFrames {
-                    index,
-                    frames: std::mem::take(&mut batch),
-                },
-            ) {
+            if !emit(std::mem::take(&mut batch), read_at, &mut stats) {
                 return Ok(stats);
             }
-            index += 1;
             working = Instant::now();
+        }
+        if stopping() && batch.is_empty() {
+            break;
         }
     }
     if !batch.is_empty() {
-        stats.windows += 1;
-        send(
-            &tx,
-            WindowFrames {
-                index,
-                frames: batch,
-            },
-        );
+        emit(batch, read_at, &mut stats);
     }
     stats.busy_s += working.elapsed().as_secs_f64();
     Ok(stats)
@@ -145,8 +208,7 @@ pub fn decode(
 pub struct PrepareConfig {
     pub resizer: Resizer,
     pub scale_factor: f32,
-    pub anchor: bool,
-    pub overlap: usize,
+    pub planner: WindowPlanner,
 }
 
 pub fn prepare_encode(
@@ -157,8 +219,6 @@ pub fn prepare_encode(
 ) -> StageResult {
     let e = err("encode");
     let mut stats = StageStats::default();
-    let mut anchor: Option<Latent> = None;
-    let mut previous: Option<Latent> = None;
     for w in rx.iter() {
         let t0 = Instant::now();
         let canvas: Vec<RgbFrame> = w
@@ -177,41 +237,19 @@ pub fn prepare_encode(
             .into_dimensionality::<ndarray::Ix4>()
             .map_err(|m| e(m.to_string()))?
             * cfg.scale_factor;
-        let new = tensor::to_video_latent(&mean);
-        // Context frames: the first frame of the video (anchor) and the tail of the previous
-        // window (overlap), ahead of this window's new frames.
-        let mut parts: Vec<Latent> = Vec::new();
-        if cfg.anchor && w.index > 0 {
-            if let Some(a) = &anchor {
-                parts.push(a.clone());
-            }
-        }
-        if cfg.overlap > 0 {
-            if let Some(p) = &previous {
-                let f = p.shape()[2];
-                parts.push(
-                    p.slice(s![.., .., f.saturating_sub(cfg.overlap).., .., ..])
-                        .to_owned(),
-                );
-            }
-        }
-        let context: usize = parts.iter().map(|p| p.shape()[2]).sum();
-        parts.push(new.clone());
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        let x0 = concatenate(Axis(2), &views).map_err(|m| e(m.to_string()))?;
-        if anchor.is_none() {
-            anchor = Some(new.slice(s![.., .., 0..1, .., ..]).to_owned());
-        }
-        previous = Some(new);
+        let planned = cfg
+            .planner
+            .plan(tensor::to_video_latent(&mean))
+            .map_err(&e)?;
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
         if !send(
             &tx,
             WindowLatents {
-                index: w.index,
+                meta: w.meta,
                 frames: w.frames,
-                x0,
-                context,
+                x0: planned.x0,
+                context: planned.context,
             },
         ) {
             break;
@@ -231,11 +269,11 @@ pub struct SamplerSetup {
     pub blend: Option<BlendSetup>,
 }
 
-/// Local blending: the mask threshold and the source prompt's states the mask compares with.
+/// Local blending: the mask threshold (the mask compares the window's source and target
+/// prompts).
 #[derive(Clone)]
 pub struct BlendSetup {
     pub threshold: f32,
-    pub source: ndarray::Array3<f32>,
 }
 
 fn progress_cb<'a>(
@@ -254,21 +292,42 @@ fn busy(unet: &Unet, adapter: &Option<Adapter>) -> Duration {
     unet.0.busy().0 + adapter.as_ref().map(|a| a.0.busy().0).unwrap_or_default()
 }
 
+/// Windows whose output would come later than this after their input are dropped before
+/// the expensive stages (live streams); counted in `dropped`.
+pub struct DropLate<'a> {
+    pub max_delay_s: f64,
+    pub dropped: &'a AtomicU64,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn invert(
     setup: SamplerSetup,
     mut unet: Unet,
     mut adapter: Option<Adapter>,
-    source_states: ndarray::Array3<f32>,
+    mut prompts: Box<dyn PromptFeed + '_>,
+    late: Option<DropLate>,
     cancel: &AtomicBool,
     rx: Receiver<WindowLatents>,
     tx: Sender<WindowInverted>,
 ) -> StageResult {
     let e = err("invert");
     let mut stats = StageStats::default();
-    let cond = Conditioning::new(source_states);
     for w in rx.iter() {
+        if let Some(l) = &late {
+            let waited = w.meta.read_at.elapsed().as_secs_f64();
+            if waited > l.max_delay_s {
+                l.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "window {} (t = {:.3} s) dropped: it waited {waited:.1} s for the inversion",
+                    w.meta.index,
+                    w.meta.t
+                );
+                continue;
+            }
+        }
         let t0 = Instant::now();
+        let conditions = prompts.for_window(w.meta.index, w.meta.t).map_err(&e)?;
+        let cond = Conditioning::new(conditions.source.clone());
         let out = diffusion::invert(
             RunConfig {
                 schedule: &setup.schedule,
@@ -296,6 +355,7 @@ pub fn invert(
                 latents: w,
                 x_t: out.latent,
                 trajectory: out.trajectory,
+                conditions,
             },
         ) {
             break;
@@ -305,18 +365,10 @@ pub fn invert(
     Ok(stats)
 }
 
-pub struct EditCondition {
-    pub cond: Conditioning,
-    pub seed: u64,
-    /// Local blending applies (when the setup has it).
-    pub blend: bool,
-}
-
 pub fn edit(
     setup: SamplerSetup,
     mut unet: Unet,
     mut adapter: Option<Adapter>,
-    edits: Vec<EditCondition>,
     cancel: &AtomicBool,
     rx: Receiver<WindowInverted>,
     tx: Sender<WindowEdited>,
@@ -325,11 +377,12 @@ pub fn edit(
     let mut stats = StageStats::default();
     for w in rx.iter() {
         let t0 = Instant::now();
-        let mut per_edit = Vec::with_capacity(edits.len());
-        for ed in &edits {
+        let edits = w.conditions.clone();
+        let mut per_edit = Vec::with_capacity(edits.edits.len());
+        for ed in &edits.edits {
             // A seed per window and edit: reproducible, and windows do not share noise.
             let mut noise = SeededNoise::new(
-                ed.seed ^ (w.latents.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ed.seed ^ (w.latents.meta.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
             let run = RunConfig {
                 schedule: &setup.schedule,
@@ -346,7 +399,7 @@ pub fn edit(
                         &mut unet,
                         &setup.schedule,
                         &w.latents.x0,
-                        &b.source,
+                        &edits.source,
                         &ed.cond.cond,
                         b.threshold,
                     )
@@ -380,14 +433,19 @@ pub fn edit(
         }
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
-        let WindowInverted { latents, .. } = w;
+        let WindowInverted {
+            latents,
+            conditions,
+            ..
+        } = w;
         if !send(
             &tx,
             WindowEdited {
-                index: latents.index,
+                meta: latents.meta,
                 frames: latents.frames,
                 context: latents.context,
                 per_edit,
+                conditions,
             },
         ) {
             break;
@@ -448,10 +506,11 @@ pub fn decode_finish(
         if !send(
             &tx,
             WindowOutput {
-                index: w.index,
+                meta: w.meta,
                 sources: w.frames,
                 per_edit,
                 clip: clip_embeds,
+                conditions: w.conditions,
             },
         ) {
             break;

@@ -1,0 +1,237 @@
+//! One `ctxd edit` job on the engine (`graph`): a finite input, every edit's output written
+//! to a temporary file and committed only when every stage succeeded (otherwise nothing is
+//! left behind), and a JSON report beside each output.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::clip::{self, ClipAccumulator};
+use super::graph::{run_graph, sampler_setup, Graph, PipelineError, StageModels};
+use super::job::{EditJob, Progress};
+use super::prompts::{EditCondition, FixedPrompts, WindowConditions};
+use super::report::{
+    report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
+};
+use super::stages::{DecodeConfig, LagPolicy, PrepareConfig, StageError};
+use super::windows::{Anchor, WindowPlanner};
+use crate::diffusion::Conditioning;
+use crate::media::scale::{Letterbox, Resizer};
+use crate::media::{AudioPacket, MediaError, VideoSink, VideoSource};
+use crate::model::Bundle;
+
+/// Runs `job`; returns the reports (also written beside each output).
+///
+/// # Errors
+/// The first failure, by stage order, naming the stage (or the file) and the cause. No output
+/// is left on error or cancellation.
+pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>, PipelineError> {
+    let started = Instant::now();
+    if job.edits.is_empty() {
+        return Err(PipelineError::Config(
+            "nothing to do: no edit prompts".into(),
+        ));
+    }
+    let bundle = Bundle::open(&job.bundle_dir)?;
+    bundle.verify()?;
+    let m = bundle.manifest().clone();
+
+    let mut source = VideoSource::open(&job.input)?;
+    let layout = source.layout().clone();
+    let audio_rx = source.take_audio();
+    let v = &layout.video;
+    let geometry = Letterbox::fit(
+        v.width,
+        v.height,
+        job.short_side,
+        job.multiple.max(m.latent.downsampling as u32),
+    );
+
+    // Prompts → text states, once, up front (cheap next to the UNet).
+    let mut text = bundle.text_encoder(&job.runtime)?;
+    let mut edits = Vec::new();
+    for e in &job.edits {
+        let mut c = Conditioning::new(text.encode(&[&e.prompt])?);
+        if e.guidance != 1.0 {
+            c.uncond = Some(text.encode(&[e.negative.as_deref().unwrap_or("")])?);
+            c.guidance = e.guidance;
+        }
+        edits.push(EditCondition {
+            cond: c,
+            seed: e.seed,
+            blend: e.blend,
+        });
+    }
+    let conditions = Arc::new(WindowConditions {
+        version: 0,
+        source: text.encode(&[&job.source_prompt])?,
+        edits,
+        prompts: job.edits.iter().map(|e| e.prompt.clone()).collect(),
+    });
+    drop(text);
+
+    let setup = sampler_setup(&bundle, job.steps, job.eta, job.context, job.blend)?;
+    let models = StageModels::load(&bundle, &job.runtime, &setup, job.sequential)?;
+    let providers = models.providers.clone();
+    // CLIP-T / CLIP-F when the bundle has a CLIP pair.
+    let mut clip_acc: Vec<Option<ClipAccumulator>> = match &models.clip {
+        Some(_) => {
+            let prompts: Vec<&str> = job.edits.iter().map(|e| e.prompt.as_str()).collect();
+            clip::text_embeddings(&bundle, &job.runtime, &prompts)?
+                .into_iter()
+                .map(|t| Some(ClipAccumulator::new(t)))
+                .collect()
+        }
+        None => vec![None; job.edits.len()],
+    };
+
+    let mut sinks = Vec::new();
+    for e in &job.edits {
+        sinks.push(VideoSink::create(&e.output, &layout, &job.encode)?);
+    }
+
+    let frames_total = layout.probe.video.frame_count;
+    let mut psnr: Vec<PsnrAccumulator> = vec![PsnrAccumulator::default(); job.edits.len()];
+    let mut temporal: Vec<TemporalAccumulator> =
+        vec![TemporalAccumulator::default(); job.edits.len()];
+    let mut frames_written = 0u64;
+    let mut windows = 0usize;
+    let dropped = AtomicU64::new(0);
+    let tb = layout.video.time_base;
+
+    let graph = Graph {
+        frames: Box::new(source),
+        decode: DecodeConfig {
+            window: job.window,
+            cancel: &job.cancel,
+            stop: None,
+            tokens: None,
+            lag: LagPolicy::Wait,
+            dropped: &dropped,
+            seconds_per_tick: tb.numerator() as f64 / tb.denominator().max(1) as f64,
+        },
+        prepare: PrepareConfig {
+            resizer: Resizer::new(geometry),
+            scale_factor: m.latent.scale_factor,
+            planner: WindowPlanner::new(
+                if job.anchor {
+                    Anchor::First
+                } else {
+                    Anchor::None
+                },
+                job.overlap,
+            ),
+        },
+        setup,
+        models,
+        prompts: Box::new(FixedPrompts(conditions)),
+        late: None,
+        cancel: &job.cancel,
+        sequential: job.sequential,
+    };
+    // Mux, here: frames in order, audio as far as the decoder has read.
+    let mut mux = |w: super::stages::WindowOutput| -> Result<(), StageError> {
+        let e = |c: String| StageError {
+            stage: "mux",
+            cause: c,
+        };
+        for (i, frames) in w.per_edit.iter().enumerate() {
+            for f in frames {
+                sinks[i].write_video(f).map_err(|m| e(m.to_string()))?;
+            }
+            temporal[i].add_window(frames, &w.sources);
+            if let (Some(acc), Some(emb)) = (clip_acc[i].as_mut(), w.clip.get(i)) {
+                acc.add(emb);
+            }
+            if job.measure_reconstruction {
+                for (out, src) in frames.iter().zip(&w.sources) {
+                    psnr[i].add(&out.data, &src.data);
+                }
+            }
+        }
+        frames_written += w.sources.len() as u64;
+        windows += 1;
+        progress(Progress {
+            windows_done: windows,
+            frames_done: frames_written,
+            frames_total,
+        });
+        while let Ok(p) = audio_rx.try_recv() {
+            write_audio_all(&mut sinks, p).map_err(|m| e(m.to_string()))?;
+        }
+        Ok(())
+    };
+    let stage_stats = run_graph(graph, &mut mux)?;
+
+    for p in audio_rx.iter() {
+        write_audio_all(&mut sinks, p)?;
+    }
+    let mut reports = Vec::new();
+    let hashes: BTreeMap<String, String> = bundle.hashes().into_iter().collect();
+    for ((((sink, edit), acc), temp), clip_scores) in sinks
+        .into_iter()
+        .zip(&job.edits)
+        .zip(&psnr)
+        .zip(&temporal)
+        .zip(&clip_acc)
+    {
+        let summary = sink.finish()?;
+        let report = EditReport {
+            ctxd_version: env!("CARGO_PKG_VERSION"),
+            output: summary,
+            input: layout.probe.clone(),
+            edit: edit.clone(),
+            source_prompt: job.source_prompt.clone(),
+            job: job.spec_json.clone(),
+            bundle: BundleInfo {
+                name: bundle.name().to_string(),
+                dir: bundle.dir().display().to_string(),
+                sha256: hashes.clone(),
+                providers: providers.clone(),
+            },
+            frames: frames_written,
+            windows,
+            wall_s: started.elapsed().as_secs_f64(),
+            stages: stage_stats.clone(),
+            quality: Quality {
+                temporal: temp.result(),
+                clip: clip_scores.as_ref().and_then(ClipAccumulator::result),
+                reconstruction_psnr_db: if job.measure_reconstruction {
+                    acc.psnr()
+                } else {
+                    None
+                },
+            },
+        };
+        let text =
+            serde_json::to_vec_pretty(&report).map_err(|e| PipelineError::Config(e.to_string()))?;
+        crate::atomic::write_atomic(&report_path(&edit.output), &text).map_err(|e| {
+            MediaError::Unwritable {
+                path: report_path(&edit.output),
+                cause: e.to_string(),
+            }
+        })?;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Writes one audio packet to every sink (a copy each but the last).
+pub fn write_audio_all(sinks: &mut [VideoSink], p: AudioPacket) -> Result<(), MediaError> {
+    let n = sinks.len();
+    let mut p = Some(p);
+    for (i, s) in sinks.iter_mut().enumerate() {
+        let packet = if i + 1 == n {
+            p.take().expect("one packet per sink")
+        } else {
+            let q = p.as_ref().expect("one packet per sink");
+            AudioPacket {
+                track: q.track,
+                packet: q.packet.clone(),
+            }
+        };
+        s.write_audio(packet)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! The window planner: which context frames join each window's new frames. Context frames
+//! are there for temporal consistency only (the UNet's sparse-causal attention makes every
+//! frame attend to a window's first frame); they are edited with the window and dropped before
+//! output.
+//!
+//! - `Anchor::First`: the video's first frame leads every window (`ctxd edit`: one shot).
+//! - `Anchor::Rolling`: the previous window's last frame leads the next one, so an endless
+//!   stream that changes scene is tied to its recent past, not to a frame minutes old.
+//! - `overlap`: the previous window's last `overlap` frames, after the anchor.
+
+use ndarray::{concatenate, s, Axis};
+
+use crate::diffusion::Latent;
+
+/// Which frame ties windows together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anchor {
+    None,
+    First,
+    Rolling,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Anchor, String> {
+        match s {
+            "none" | "off" => Ok(Anchor::None),
+            "first" => Ok(Anchor::First),
+            "rolling" => Ok(Anchor::Rolling),
+            _ => Err(format!("unknown anchor '{s}': use first, rolling or none")),
+        }
+    }
+}
+
+/// Builds each window's clean latent `[1, C, F, h, w]` from its new frames' latents.
+pub struct WindowPlanner {
+    anchor: Anchor,
+    overlap: usize,
+    first: Option<Latent>,
+    previous: Option<Latent>,
+}
+
+/// A planned window: the latent and how many leading frames are context.
+pub struct Planned {
+    pub x0: Latent,
+    pub context: usize,
+}
+
+impl WindowPlanner {
+    pub fn new(anchor: Anchor, overlap: usize) -> WindowPlanner {
+        WindowPlanner {
+            anchor,
+            overlap,
+            first: None,
+            previous: None,
+        }
+    }
+
+    /// The next window, given its new frames' latents (frames on axis 2).
+    ///
+    /// # Errors
+    /// Latents whose shapes do not match the previous window's (a source that changed size).
+    pub fn plan(&mut self, new: Latent) -> Result<Planned, String> {
+        let mut parts: Vec<Latent> = Vec::new();
+        let frames = |l: &Latent| l.shape()[2];
+        match (self.anchor, &self.first, &self.previous) {
+            (Anchor::First, Some(a), _) => parts.push(a.clone()),
+            // The overlap already starts with the previous window's tail: an anchor there
+            // would repeat its last frame.
+            (Anchor::Rolling, _, Some(p)) if self.overlap == 0 => {
+                let f = frames(p);
+                parts.push(p.slice(s![.., .., f - 1..f, .., ..]).to_owned());
+            }
+            _ => {}
+        }
+        if self.overlap > 0 {
+            if let Some(p) = &self.previous {
+                let f = frames(p);
+                parts.push(
+                    p.slice(s![.., .., f.saturating_sub(self.overlap).., .., ..])
+                        .to_owned(),
+                );
+            }
+        }
+        let context: usize = parts.iter().map(frames).sum();
+        parts.push(new.clone());
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        let x0 = concatenate(Axis(2), &views).map_err(|e| e.to_string())?;
+        if self.first.is_none() {
+            self.first = Some(new.slice(s![.., .., 0..1, .., ..]).to_owned());
+        }
+        self.previous = Some(new);
+        Ok(Planned { x0, context })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array5;
+
+    fn frames(values: &[f32]) -> Latent {
+        Array5::from_shape_fn((1, 1, values.len(), 1, 1), |(_, _, f, _, _)| values[f])
+    }
+
+    fn seq(p: &Planned) -> Vec<f32> {
+        p.x0.iter().copied().collect()
+    }
+
+    #[test]
+    fn first_anchor_leads_every_later_window() {
+        let mut w = WindowPlanner::new(Anchor::First, 0);
+        let a = w.plan(frames(&[1., 2.])).unwrap();
+        assert_eq!((seq(&a), a.context), (vec![1., 2.], 0));
+        let b = w.plan(frames(&[3., 4.])).unwrap();
+        assert_eq!((seq(&b), b.context), (vec![1., 3., 4.], 1));
+        let c = w.plan(frames(&[5.])).unwrap();
+        assert_eq!((seq(&c), c.context), (vec![1., 5.], 1));
+    }
+
+    #[test]
+    fn rolling_anchor_is_the_previous_windows_last_frame() {
+        let mut w = WindowPlanner::new(Anchor::Rolling, 0);
+        w.plan(frames(&[1., 2.])).unwrap();
+        let b = w.plan(frames(&[3., 4.])).unwrap();
+        assert_eq!((seq(&b), b.context), (vec![2., 3., 4.], 1));
+        let c = w.plan(frames(&[5., 6.])).unwrap();
+        assert_eq!((seq(&c), c.context), (vec![4., 5., 6.], 1));
+    }
+
+    #[test]
+    fn overlap_follows_the_anchor_and_rolling_does_not_repeat_it() {
+        let mut w = WindowPlanner::new(Anchor::First, 2);
+        w.plan(frames(&[1., 2., 3.])).unwrap();
+        let b = w.plan(frames(&[4.])).unwrap();
+        assert_eq!((seq(&b), b.context), (vec![1., 2., 3., 4.], 3));
+        let mut r = WindowPlanner::new(Anchor::Rolling, 1);
+        r.plan(frames(&[1., 2.])).unwrap();
+        let b = r.plan(frames(&[3.])).unwrap();
+        assert_eq!((seq(&b), b.context), (vec![2., 3.], 1));
+    }
+}

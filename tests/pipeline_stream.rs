@@ -1,0 +1,321 @@
+//! `ctxd stream` end to end: real processes, real pipes, loopback only.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A gray clip as MPEG-TS (streamable), with a tone when asked.
+fn gray_ts(d: &Dir, name: &str, seconds: f64, with_audio: bool) -> PathBuf {
+    let mut a = vec![
+        "-f".to_string(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("color=c=0x808080:size=64x48:rate=10:duration={seconds}"),
+    ];
+    if with_audio {
+        a.extend(tone(seconds, 48000));
+    }
+    let mut tail = vec!["-c:v", "libx264", "-pix_fmt", "yuv444p", "-g", "10"];
+    if with_audio {
+        tail.extend(["-c:a", "aac", "-shortest"]);
+    }
+    tail.extend(["-f", "mpegts"]);
+    d.ffmpeg(name, &strs(&args(&[&a], &tail)))
+}
+
+fn stream_cmd(input: &str, output: &str) -> std::process::Command {
+    let mut c = ctxd();
+    c.args(["stream", "-i", input, "-o", output]).args([
+        "--bundle",
+        "models/oracle",
+        "--steps",
+        "4",
+        "--window",
+        "4",
+        "--short-side",
+        "0",
+    ]);
+    c
+}
+
+/// Mean RGB of each frame of `path`.
+fn frame_means(path: &Path) -> Vec<[f64; 3]> {
+    let (w, h, rgb) = rgb_frames(path);
+    let n = (w * h) as usize;
+    rgb.chunks_exact(n * 3)
+        .map(|f| {
+            let mut m = [0.0; 3];
+            for p in f.chunks_exact(3) {
+                for c in 0..3 {
+                    m[c] += p[c] as f64;
+                }
+            }
+            m.map(|s| s / n as f64)
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Clone, Copy)]
+enum Tint {
+    Red,
+    Blue,
+    Between,
+    Other,
+}
+
+fn tint(m: [f64; 3]) -> Tint {
+    let [r, g, b] = m;
+    if r > g + 20.0 && r > b + 20.0 {
+        Tint::Red
+    } else if b > g + 20.0 && b > r + 20.0 {
+        Tint::Blue
+    } else if r > g + 10.0 && b > g + 10.0 {
+        // Halfway between red and blue: magenta.
+        Tint::Between
+    } else {
+        Tint::Other
+    }
+}
+
+/// Reads a child's stdout into a shared buffer on a thread.
+fn drain(child: &mut Child) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+    let mut out = child.stdout.take().unwrap();
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    let h = std::thread::spawn(move || {
+        let mut chunk = [0u8; 65536];
+        while let Ok(n) = out.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, h)
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stdin_to_stdout_follows_a_prompt_change_with_no_blank_frame() {
+    let d = Dir::new();
+    let src = gray_ts(&d, "in.ts", 6.0, true);
+    let bytes = std::fs::read(&src).unwrap();
+    let prompt = d.path("prompt.txt");
+    std::fs::write(&prompt, "source: a gray video\na red video\n").unwrap();
+    let report = d.path("report.json");
+    let mut child = stream_cmd("-", "-")
+        .arg("--prompt-file")
+        .arg(&prompt)
+        .arg("--report")
+        .arg(&report)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, reader) = drain(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    // The first half, then wait until edited output comes back: the stream is live.
+    let half = bytes.len() / 2 / 188 * 188;
+    stdin.write_all(&bytes[..half]).unwrap();
+    stdin.flush().unwrap();
+    wait_for("the first edited frames", Duration::from_secs(120), || {
+        out.lock().unwrap().len() > 4096
+    });
+    // An invalid change is refused (the red prompt stays), then a valid one.
+    std::fs::write(&prompt, "source: a gray video\na red video\na blue video\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&prompt, "source: a gray video\na blue video\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stdin.write_all(&bytes[half..]).unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "ctxd stream failed: {err}");
+
+    let ts = d.path("out.ts");
+    std::fs::write(&ts, &*out.lock().unwrap()).unwrap();
+    let tints: Vec<Tint> = frame_means(&ts).into_iter().map(tint).collect();
+    assert_eq!(tints.len(), 60, "every frame out: {tints:?}");
+    // Red first, then at most one window (4 frames) between, then blue to the end; never a
+    // frame that is neither (gray, black, blank), never red again after blue.
+    let first_blue = tints.iter().position(|t| *t == Tint::Blue).expect("blue");
+    let last_red = tints.iter().rposition(|t| *t == Tint::Red).expect("red");
+    assert!(last_red < first_blue, "{tints:?}");
+    assert!(
+        first_blue - last_red - 1 <= 4,
+        "transition too long: {tints:?}"
+    );
+    assert!(!tints.contains(&Tint::Other), "{tints:?}");
+    assert!(
+        tints[first_blue..].iter().all(|t| *t == Tint::Blue),
+        "{tints:?}"
+    );
+    assert!(err.contains("prompt change refused"), "{err}");
+    assert!(err.contains("prompt changed at window"), "{err}");
+
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["ended"], "eof");
+    assert_eq!(r["frames"], 60);
+    assert_eq!(r["prompt"]["changes"], 1);
+    assert_eq!(r["prompt"]["refused"], 1);
+    assert_eq!(r["prompt"]["prompt"], "a blue video");
+    // Audio passes through, in step with the video.
+    let p = ffprobe(&ts);
+    let audio = streams_of(&p, "audio");
+    assert_eq!(audio.len(), 1, "audio kept");
+    let times = frame_times(&ts);
+    let src_times = frame_times(&src);
+    assert_eq!(times.len(), src_times.len());
+    for (a, b) in times.iter().zip(&src_times) {
+        assert!((a - b).abs() < 1e-3, "timestamps kept: {a} vs {b}");
+    }
+}
+
+#[test]
+fn a_growing_file_is_followed_until_it_stalls() {
+    let d = Dir::new();
+    let src = gray_ts(&d, "whole.ts", 3.0, false);
+    let bytes = std::fs::read(&src).unwrap();
+    let growing = d.path("growing.ts");
+    let half = bytes.len() / 2 / 188 * 188;
+    std::fs::write(&growing, &bytes[..half]).unwrap();
+    let out = d.path("out.mkv");
+    let report = d.path("r.json");
+    let child = stream_cmd(growing.to_str().unwrap(), out.to_str().unwrap())
+        .args(["--prompt", "a red video", "--source", "gray"])
+        .args(["--follow", "--stall-timeout", "2"])
+        .arg("--report")
+        .arg(&report)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&growing)
+        .unwrap()
+        .write_all(&bytes[half..])
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("ending the stream"), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["ended"], "input-stalled");
+    assert_eq!(r["frames"], 30, "{r}");
+    assert_eq!(frame_times(&out).len(), 30);
+}
+
+#[test]
+fn sigint_finishes_the_window_in_flight_and_closes_the_output() {
+    let d = Dir::new();
+    let src = gray_ts(&d, "in.ts", 4.0, false);
+    let out = d.path("hls");
+    let mut child = stream_cmd("-", &format!("{}/", out.display()))
+        .args(["--prompt", "a red video", "--source", "gray"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Input that never ends: the file, then nothing, with stdin held open.
+    stdin.write_all(&std::fs::read(&src).unwrap()).unwrap();
+    let playlist = out.join("index.m3u8");
+    wait_for("the HLS playlist", Duration::from_secs(120), || {
+        playlist.exists()
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // stdin blocks until its writer closes it: close it, as a shell would on ^C.
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let text = std::fs::read_to_string(&playlist).unwrap();
+    assert!(text.contains("#EXT-X-ENDLIST"), "closed properly: {text}");
+    assert!(text.contains("segment_"), "{text}");
+}
+
+#[test]
+fn a_reader_that_goes_away_stops_the_stream_cleanly() {
+    let d = Dir::new();
+    // Busy content at a lossless quality: far more output than a pipe's buffer holds.
+    let src = d.ffmpeg(
+        "busy.ts",
+        &strs(&args(&[&pattern("160x120", "10", 10.0)], &["-f", "mpegts"])),
+    );
+    let mut child = stream_cmd(src.to_str().unwrap(), "-")
+        .args(["--prompt", "a red video", "--source", "gray", "--crf", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 188];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("went away"), "{err}");
+}
+
+#[test]
+fn a_udp_source_is_read_and_errors_name_the_cause() {
+    let d = Dir::new();
+    // A prompt file with two edits cannot drive one stream.
+    let two = d.path("two.txt");
+    std::fs::write(&two, "source: gray\nred\nblue\n").unwrap();
+    let (code, err) = run_err(stream_cmd("-", "-").arg("--prompt-file").arg(&two));
+    assert_eq!(code, 2);
+    assert!(err.contains("one output"), "{err}");
+
+    let src = gray_ts(&d, "in.ts", 3.0, false);
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let out = d.path("udp.mkv");
+    let reader = stream_cmd(&format!("udp://127.0.0.1:{port}"), out.to_str().unwrap())
+        .args(["--prompt", "a blue video", "--source", "gray"])
+        .args(["--stall-timeout", "5", "--reconnect", "0", "--lag", "wait"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // ffmpeg serves the clip in real time on loopback.
+    let sent = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-re", "-i"])
+        .arg(&src)
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(format!("udp://127.0.0.1:{port}?pkt_size=1316"))
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let o = reader.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let n = frame_times(&out).len();
+    // UDP on loopback may lose the first packets before the reader joins a keyframe.
+    assert!((20..=30).contains(&n), "{n} frames: {err}");
+    let blue = frame_means(&out).into_iter().all(|m| tint(m) == Tint::Blue);
+    assert!(blue, "every frame edited");
+}
