@@ -95,6 +95,7 @@ pub fn media(args: &MediaBenchArgs) -> Result<()> {
             preset: Some(args.preset.clone()),
             pix_fmt: None,
             tune: None,
+            gop: None,
         },
         ..Default::default()
     };

@@ -197,6 +197,7 @@ impl EncodeArgs {
             preset: self.preset.clone(),
             pix_fmt: self.pix_fmt.clone(),
             tune: None,
+            gop: None,
         }
     }
 }

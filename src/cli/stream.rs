@@ -227,6 +227,6 @@ pub fn build_job(
         cancel,
         stop,
         status: Arc::new(Mutex::new(Default::default())),
-        pusher: Arc::new(Mutex::new(None)),
+        inbox: Arc::new(Mutex::new(None)),
     })
 }

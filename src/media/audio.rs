@@ -113,12 +113,21 @@ pub(crate) fn add_route(
         cause,
     };
     let codec_id = track.parameters.id();
-    let muxer_can = unsafe {
+    // 1: it fits; 0: it does not; negative: the muxer keeps no list (MPEG-TS), and then the
+    // codecs it is known to carry.
+    let muxer_can = match unsafe {
         ffi::avformat_query_codec(
             (*octx.as_ptr()).oformat,
             codec_id.into(),
             ffi::FF_COMPLIANCE_NORMAL,
-        ) == 1
+        )
+    } {
+        1 => true,
+        0 => false,
+        _ => matches!(
+            track.codec.as_str(),
+            "aac" | "mp3" | "mp2" | "ac3" | "eac3" | "opus"
+        ),
     };
     let copy = copyable(family, &track.codec).unwrap_or(muxer_can) && muxer_can;
     let matroska = unsafe {

@@ -34,6 +34,10 @@ pub struct EncodeSettings {
     /// x264/x265 tune, e.g. `zerolatency` (no frame lookahead: what live outputs use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tune: Option<String>,
+    /// Frames between keyframes (live outputs: a viewer can join, an HLS segment can end,
+    /// every this many frames). Default: the encoder's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gop: Option<u32>,
 }
 
 /// What was written, for reports and tests.
@@ -245,12 +249,14 @@ impl VideoSink {
                 "video encoder '{requested}' is not in this FFmpeg build"
             ))
         })?;
+        // 1: it fits; 0: it does not; negative: the muxer keeps no list (MPEG-TS, FLV, HLS
+        // take what they take), so the muxer itself is the judge when the header is written.
         let fits = unsafe {
             ffi::avformat_query_codec(
                 (*octx.as_ptr()).oformat,
                 enc_codec.id().into(),
                 ffi::FF_COMPLIANCE_NORMAL,
-            ) == 1
+            ) != 0
         };
         if !fits {
             return Err(MediaError::Settings(format!(
@@ -310,6 +316,9 @@ impl VideoSink {
         enc.set_height(v.height);
         enc.set_format(pix);
         enc.set_time_base(v.time_base);
+        if let Some(g) = settings.gop {
+            enc.set_gop(g.max(1));
+        }
         if v.frame_rate.numerator() > 0 {
             enc.set_frame_rate(Some(v.frame_rate));
         }

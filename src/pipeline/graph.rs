@@ -30,7 +30,7 @@ pub enum PipelineError {
     Media(#[from] MediaError),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("{0}")]
+    #[error(transparent)]
     Stage(#[from] StageError),
     #[error("{0}")]
     Config(String),

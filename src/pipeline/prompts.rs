@@ -62,6 +62,10 @@ pub struct StreamPrompt {
     pub guidance: f32,
 }
 
+/// Where a new prompt is pushed from another thread (the daemon's API); taken at the next
+/// window.
+pub type PromptInbox = Arc<Mutex<Option<StreamPrompt>>>;
+
 /// Reads and validates a prompt file into a `StreamPrompt` (the command line's layers
 /// included), or says why not in one line.
 pub type PromptResolver = Box<dyn Fn(&std::path::Path) -> Result<StreamPrompt, String> + Send>;
@@ -91,14 +95,13 @@ pub struct LivePrompts {
     seen: Option<(Option<SystemTime>, u64)>,
     current: StreamPrompt,
     conditions: Arc<WindowConditions>,
-    /// Set by the daemon's API; taken at the next window.
-    pushed: Arc<Mutex<Option<StreamPrompt>>>,
+    pushed: PromptInbox,
     status: Arc<Mutex<PromptStatus>>,
 }
 
 impl LivePrompts {
     /// Starts with `initial` (already validated). With `file`, the file is watched and each
-    /// change goes through `resolver`.
+    /// change goes through `resolver`; a prompt put in `inbox` wins over the file.
     ///
     /// # Errors
     /// Encoding the initial prompt failed.
@@ -106,6 +109,7 @@ impl LivePrompts {
         mut text: TextEncoder,
         initial: StreamPrompt,
         file: Option<(PathBuf, PromptResolver)>,
+        inbox: PromptInbox,
         seed: u64,
     ) -> Result<LivePrompts, String> {
         let conditions = Arc::new(encode(&mut text, &initial, 0, seed)?);
@@ -127,14 +131,9 @@ impl LivePrompts {
             seen,
             current: initial,
             conditions,
-            pushed: Arc::new(Mutex::new(None)),
+            pushed: inbox,
             status: Arc::new(Mutex::new(status)),
         })
-    }
-
-    /// Where a new prompt can be pushed from another thread (the daemon's API).
-    pub fn pusher(&self) -> Arc<Mutex<Option<StreamPrompt>>> {
-        self.pushed.clone()
     }
 
     pub fn status(&self) -> Arc<Mutex<PromptStatus>> {
@@ -154,11 +153,16 @@ impl LivePrompts {
         if self.seen == Some(now) {
             return None;
         }
-        self.seen = Some(now);
         match resolver(file) {
-            Ok(p) if p == self.current => None,
-            Ok(p) => Some(p),
+            Ok(p) => {
+                self.seen = Some(now);
+                (p != self.current).then_some(p)
+            }
+            // Written a moment ago: perhaps half-saved (an editor truncates, then writes);
+            // asked again at the next window before it counts as refused.
+            Err(_) if recently_modified(now.0) => None,
             Err(e) => {
+                self.seen = Some(now);
                 tracing::warn!(
                     "{}: prompt change refused, keeping \"{}\": {e}",
                     file.display(),
@@ -202,6 +206,11 @@ impl PromptFeed for LivePrompts {
         });
         Ok(transition)
     }
+}
+
+fn recently_modified(t: Option<SystemTime>) -> bool {
+    t.and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < std::time::Duration::from_millis(500))
 }
 
 /// The file's modification time and length: a change in either means "read it again".

@@ -22,7 +22,7 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use super::graph::{run_graph, sampler_setup, Graph, PipelineError, StageModels};
-use super::prompts::{LivePrompts, PromptResolver, PromptStatus, StreamPrompt};
+use super::prompts::{LivePrompts, PromptInbox, PromptResolver, PromptStatus, StreamPrompt};
 use super::report::{Temporal, TemporalAccumulator};
 use super::stages::{DecodeConfig, DropLate, LagPolicy, PrepareConfig, StageError, WindowOutput};
 use super::windows::{Anchor, WindowPlanner};
@@ -71,8 +71,8 @@ pub struct StreamJob {
     pub stop: Arc<AtomicBool>,
     /// Live numbers, for logs and the daemon's status API.
     pub status: Arc<Mutex<StreamStatus>>,
-    /// Where a new prompt can be pushed (the daemon's API), filled in by `run`.
-    pub pusher: Arc<Mutex<Option<Arc<Mutex<Option<StreamPrompt>>>>>>,
+    /// Where a new prompt can be pushed (the daemon's API; validated by the pusher).
+    pub inbox: PromptInbox,
 }
 
 /// Delay from reading a window's first frame to writing it, in seconds.
@@ -92,7 +92,7 @@ pub struct StreamStatus {
     /// Windows dropped by the lag policy.
     pub dropped_windows: u64,
     pub reconnects: u64,
-    /// Output frames per second of wall clock since the first window was written.
+    /// Output frames per second of wall clock since the stream started running.
     pub fps: f64,
     pub delay_last_s: f64,
     pub prompt: PromptStatus,
@@ -147,15 +147,29 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         job.multiple.max(m.latent.downsampling as u32),
     );
     let text = bundle.text_encoder(&job.runtime)?;
-    let prompts = LivePrompts::new(text, job.prompt.clone(), job.prompt_file, job.seed)
-        .map_err(PipelineError::Config)?;
-    if let Ok(mut p) = job.pusher.lock() {
-        *p = Some(prompts.pusher());
-    }
+    let prompts = LivePrompts::new(
+        text,
+        job.prompt.clone(),
+        job.prompt_file,
+        job.inbox.clone(),
+        job.seed,
+    )
+    .map_err(PipelineError::Config)?;
     let prompt_status = prompts.status();
     let setup = sampler_setup(&bundle, job.steps, job.eta, job.context, job.blend)?;
     let models = StageModels::load(&bundle, &job.runtime, &setup, false)?;
-    let mut sink = VideoSink::open(&job.output, &layout, &job.encode)?;
+    let mut encode = job.encode.clone();
+    if job.output.is_live() && encode.gop.is_none() {
+        // A keyframe every HLS segment's length: segments can end, viewers can join.
+        let fps = layout.video.frame_rate;
+        let per_s = fps.numerator() as f64 / fps.denominator().max(1) as f64;
+        encode.gop = Some(
+            (per_s * f64::from(crate::media::output::HLS_SEGMENT_SECONDS))
+                .round()
+                .max(1.0) as u32,
+        );
+    }
+    let mut sink = VideoSink::open(&job.output, &layout, &encode)?;
 
     let dropped = AtomicU64::new(0);
     let reconnects = Arc::new(AtomicU64::new(0));
@@ -203,6 +217,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
     };
 
     set_state(&job.status, "running");
+    let running_since = Instant::now();
     let reader_gone = AtomicBool::new(false);
     let mut delays: Vec<f64> = Vec::new();
     let mut temporal = TemporalAccumulator::default();
@@ -230,14 +245,14 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         let delay = w.meta.read_at.elapsed().as_secs_f64();
         delays.push(delay);
         frames += out.len() as u64;
-        let since = *first_write.get_or_insert_with(Instant::now);
+        first_write.get_or_insert_with(Instant::now);
         let status = {
             let mut s = job.status.lock().unwrap_or_else(|p| p.into_inner());
             s.frames = frames;
             s.windows += 1;
             s.dropped_windows = dropped.load(Ordering::Relaxed);
             s.reconnects = reconnects.load(Ordering::Relaxed);
-            s.fps = rate(frames, since);
+            s.fps = rate(frames, running_since);
             s.delay_last_s = delay;
             if let Ok(p) = prompt_status.lock() {
                 s.prompt = p.clone();
@@ -298,7 +313,9 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         dropped_windows: dropped.load(Ordering::Relaxed),
         reconnects: reconnects.load(Ordering::Relaxed),
         wall_s: started.elapsed().as_secs_f64(),
-        fps: first_write.map(|t| rate(frames, t)).unwrap_or(0.0),
+        fps: first_write
+            .map(|_| rate(frames, running_since))
+            .unwrap_or(0.0),
         delay: delay_summary(&mut delays),
         temporal: temporal.result(),
         prompt,
