@@ -1,23 +1,17 @@
 //! `ctxd stream`: flags → the preset and prompt file merged by `spec` → `pipeline::stream`.
 //! The prompt file is watched while the stream runs; SIGINT/SIGTERM end it gracefully.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use super::edit::home;
 use super::{EncodeArgs, RuntimeArgs};
-use crate::diffusion::ContextMode;
-use crate::media::{InputSpec, LiveOptions, OutputTarget};
-use crate::pipeline::prompts::{PromptResolver, StreamPrompt};
-use crate::pipeline::spec::{self, CliOverrides, JobSpec, Preset, PromptFile};
-use crate::pipeline::stages::LagPolicy;
-use crate::pipeline::stream::{Reconnect, StreamJob};
-use crate::pipeline::windows::Anchor;
+use crate::pipeline::stream::StreamJob;
+use crate::pipeline::stream_spec::{self, StreamSettings};
 
 #[derive(Args, Debug)]
 pub struct StreamArgs {
@@ -48,8 +42,8 @@ pub struct StreamArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// off, source or x0_pred.
-    #[arg(long, value_parser = |s: &str| s.parse::<ContextMode>())]
-    pub context: Option<ContextMode>,
+    #[arg(long)]
+    pub context: Option<String>,
     /// Pipeline preset (a name in pipelines/ or a TOML file).
     #[arg(long)]
     pub preset: Option<String>,
@@ -61,8 +55,8 @@ pub struct StreamArgs {
     pub window: Option<usize>,
     /// What ties windows together: rolling (the previous window's last frame; default),
     /// first (the stream's first frame, as `ctxd edit`), none.
-    #[arg(long, default_value = "rolling")]
-    pub anchor: Anchor,
+    #[arg(long, value_parser = ["rolling", "first", "none"])]
+    pub anchor: Option<String>,
     /// Processing resolution: the short side in pixels (0: native size).
     #[arg(long)]
     pub short_side: Option<u32>,
@@ -71,18 +65,18 @@ pub struct StreamArgs {
     #[arg(long, value_parser = ["drop", "wait"])]
     pub lag: Option<String>,
     /// Seconds the output may lag the input before windows are dropped (--lag drop).
-    #[arg(long, default_value_t = 10.0)]
-    pub max_delay: f64,
+    #[arg(long)]
+    pub max_delay: Option<f64>,
     /// The input file is still being written: keep reading as it grows.
     #[arg(long)]
     pub follow: bool,
     /// Seconds without new data after which the input counts as stalled: a URL is reopened,
     /// a file or pipe ends the stream. 0: wait forever.
-    #[arg(long, default_value_t = 10.0)]
-    pub stall_timeout: f64,
+    #[arg(long)]
+    pub stall_timeout: Option<f64>,
     /// Reconnection attempts in a row for a URL input (back-off 1 s doubling to 30 s).
-    #[arg(long, default_value_t = 10)]
-    pub reconnect: u32,
+    #[arg(long)]
+    pub reconnect: Option<u32>,
     /// Write the stream's JSON report here when it ends.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -92,141 +86,46 @@ pub struct StreamArgs {
     pub encode: EncodeArgs,
 }
 
-/// The one edit of a resolved spec, as a stream's prompt.
-fn stream_prompt(spec: &JobSpec) -> Result<StreamPrompt, String> {
-    match spec.edits.as_slice() {
-        [e] => Ok(StreamPrompt {
-            source: spec.source.clone(),
-            prompt: e.prompt.clone(),
-            negative: e.negative.clone(),
-            guidance: e.guidance,
-        }),
-        edits => Err(format!(
-            "a stream has one output, and this gives {} edits; keep one",
-            edits.len()
-        )),
+impl StreamArgs {
+    fn settings(&self) -> StreamSettings {
+        StreamSettings {
+            name: String::new(),
+            input: self.input.clone(),
+            output: self.output.clone(),
+            prompt_file: self.prompt_file.clone(),
+            prompt: self.prompt.clone(),
+            source: self.source.clone(),
+            negative: self.negative.clone(),
+            guidance: self.guidance,
+            steps: self.steps,
+            seed: self.seed,
+            context: self.context.clone(),
+            preset: self.preset.clone(),
+            bundle: self.bundle.clone(),
+            window: self.window,
+            anchor: self.anchor.clone(),
+            short_side: self.short_side,
+            lag: self.lag.clone(),
+            max_delay: self.max_delay,
+            follow: self.follow,
+            stall_timeout: self.stall_timeout,
+            reconnect: self.reconnect,
+            encode: self.encode.settings(),
+        }
     }
 }
 
-/// Resolves the prompt file over the preset and the command line (everything but the prompt
-/// comes from the first resolution: steps, window and the rest are fixed for the stream).
-fn resolver(preset: Preset, cli: CliOverrides) -> PromptResolver {
-    Box::new(move |path: &Path| {
-        let pf = PromptFile::load(path).map_err(|e| e.to_string())?;
-        let spec = JobSpec::resolve(&preset, None, Some(&pf), &cli).map_err(|e| e.to_string())?;
-        stream_prompt(&spec)
-    })
-}
-
-/// Resolves everything into a `StreamJob` (errors here are configuration errors).
+/// Resolves the flags into a `StreamJob` (errors here are configuration errors).
 pub fn build_job(
     args: &StreamArgs,
     cancel: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<StreamJob> {
-    let home = home();
-    let preset = Preset::load(
-        args.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
-        &home.join("pipelines"),
-    )?;
-    let cli = CliOverrides {
-        preset: args.preset.clone(),
-        source: args.source.clone(),
-        prompts: args.prompt.iter().cloned().collect(),
-        negative: args.negative.clone(),
-        guidance: args.guidance,
-        steps: args.steps,
-        seed: args.seed,
-        context: args.context,
-        blend: None,
-    };
-    let spec = match &args.prompt_file {
-        Some(f) => {
-            let pf = PromptFile::load(f)?;
-            JobSpec::resolve(&preset, None, Some(&pf), &cli)?
-        }
-        None if args.prompt.is_none() => {
-            bail!("say what to edit: --prompt TEXT or --prompt-file FILE")
-        }
-        None => JobSpec::resolve(&preset, None, None, &cli)?,
-    };
-    let prompt = stream_prompt(&spec).map_err(anyhow::Error::msg)?;
-    let edit = &spec.edits[0];
-    let input = InputSpec::parse(&args.input);
-    let output = OutputTarget::parse(&args.output);
-    if let (InputSpec::File(i), OutputTarget::File(o)) = (&input, &output) {
-        if i == o {
-            bail!("{}: the output would overwrite the input", o.display());
-        }
-    }
-    let lag = match args.lag.as_deref() {
-        Some("drop") => true,
-        Some(_) => false,
-        None => matches!(input, InputSpec::Url(ref u) if !u.starts_with("pipe:")),
-    };
-    let window = args.window.unwrap_or(spec.window);
-    if window == 0 {
-        bail!("--window must be at least 1");
-    }
-    let mut encode = args.encode.settings();
-    if output.is_live() {
-        // Live outputs: no lookahead, so a frame leaves the encoder as soon as it is in.
-        encode.preset.get_or_insert_with(|| "veryfast".into());
-        encode.tune.get_or_insert_with(|| "zerolatency".into());
-    }
-    let bundle_dir = args
-        .bundle
-        .clone()
-        .or_else(|| spec.bundle.clone())
-        .or_else(|| std::env::var_os("CTXD_BUNDLE").map(PathBuf::from))
-        .unwrap_or_else(|| home.join("models/oracle"));
-    let prompt_file = args
-        .prompt_file
-        .clone()
-        .map(|f| (f, resolver(preset, cli.clone())));
-    Ok(StreamJob {
-        live: LiveOptions {
-            follow: args.follow,
-            stall_timeout: (args.stall_timeout > 0.0)
-                .then(|| Duration::from_secs_f64(args.stall_timeout)),
-            interrupt: Some(stop.clone()),
-        },
-        reconnect: Reconnect {
-            attempts: args.reconnect,
-            first_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-        },
-        input,
-        output,
-        bundle_dir,
-        runtime: args.runtime.options(),
-        prompt,
-        prompt_file,
-        seed: edit.seed,
-        steps: edit.steps,
-        eta: spec.eta,
-        context: edit.context,
-        window,
-        overlap: spec.overlap.min(window.saturating_sub(1)),
-        anchor: args.anchor,
-        short_side: match args.short_side {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => spec.short_side,
-        },
-        multiple: spec.multiple,
-        blend: spec.blend,
-        encode,
-        lag: if lag {
-            LagPolicy::Drop {
-                max_delay_s: args.max_delay,
-            }
-        } else {
-            LagPolicy::Wait
-        },
+    stream_spec::build_job(
+        &args.settings(),
+        &home(),
+        args.runtime.options(),
         cancel,
         stop,
-        status: Arc::new(Mutex::new(Default::default())),
-        inbox: Arc::new(Mutex::new(None)),
-    })
+    )
 }

@@ -6,7 +6,11 @@
 //! - `POST /jobs`: `{"path": "clip.mp4", "mapping"?, "folder"?: "inbox"|"done"|"failed", "prompt"?:
 //!   {sidecar fields}, "redo"?: bool}` queues a file that is already in a configured folder;
 //! - `DELETE /jobs/{id}`: cancels a queued or running job;
-//! - `GET /metrics`: Prometheus text.
+//! - `GET /metrics`: Prometheus text;
+//! - `GET /streams`, `GET /streams/{name}`: each `[[stream]]`'s state, frames, fps, delay,
+//!   drops, restarts and the prompt in force;
+//! - `PATCH /streams/{name}`: `{"prompt": "...", "source"?, "negative"?, "guidance"?}`: a new
+//!   prompt, checked as a prompt file is, in force from the stream's next window.
 //!
 //! A submitted path is one file name inside the mapping's inbox (or done or failed folder): absolute
 //! paths, `..`, subfolders and symlinks are refused, so no request can reach outside the
@@ -31,6 +35,8 @@ use super::live::{Live, LiveJob};
 use super::run::Waker;
 use super::stable::is_temporary;
 use super::store::{Enqueued, Job, State, Store, StoreError};
+use super::streams::{StreamView, Streams};
+use crate::pipeline::stream_spec::PushedPrompt;
 
 struct Shared {
     store: Mutex<Store>,
@@ -40,6 +46,7 @@ struct Shared {
     paths: Arc<Paths>,
     token: Option<String>,
     waker: Waker,
+    streams: Arc<Streams>,
 }
 
 type Api = Arc<Shared>;
@@ -279,11 +286,47 @@ async fn submit_job(
 
 async fn metrics(Ext(api): Ext<Api>) -> Result<Response, Failure> {
     let counts = lock(&api).counts()?;
+    let mut text = api.live.metrics(&counts);
+    text.push_str(&api.streams.metrics());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn list_streams(Ext(api): Ext<Api>) -> Json<Vec<StreamView>> {
+    Json(api.streams.views())
+}
+
+async fn get_stream(
+    Ext(api): Ext<Api>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<StreamView>, Failure> {
+    api.streams
+        .get(&name)
+        .map(|h| Json(h.view()))
+        .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no stream '{name}'")))
+}
+
+/// A new prompt for a running stream, checked as a prompt file is; it takes effect at the
+/// stream's next window (after one window of transition).
+async fn patch_stream(
+    Ext(api): Ext<Api>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<PushedPrompt>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), Failure> {
+    let Json(pushed) = body.map_err(|e| Failure(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let handle = api
+        .streams
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no stream '{name}'")))?;
+    // Checking loads the preset from disk: off the async thread.
+    let accepted = tokio::task::spawn_blocking(move || handle.push(&pushed))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        api.live.metrics(&counts),
-    )
-        .into_response())
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "accepted": accepted, "takes_effect": "next window" })),
+    ))
 }
 
 /// Every route but `/healthz` needs `Authorization: Bearer <token>` when a token is set.
@@ -340,6 +383,7 @@ pub fn start(
     mappings: Vec<Mapping>,
     paths: Arc<Paths>,
     waker: Waker,
+    streams: Arc<Streams>,
 ) -> anyhow::Result<Server> {
     let listener = std::net::TcpListener::bind(&cfg.listen)
         .map_err(|e| anyhow::anyhow!("status API: cannot listen on {}: {e}", cfg.listen))?;
@@ -353,11 +397,14 @@ pub fn start(
         paths,
         token: cfg.token.clone(),
         waker,
+        streams,
     });
     let app = Router::new()
         .route("/jobs", get(list_jobs).post(submit_job))
         .route("/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/metrics", get(metrics))
+        .route("/streams", get(list_streams))
+        .route("/streams/{name}", get(get_stream).patch(patch_stream))
         .route_layer(middleware::from_fn_with_state(shared.clone(), auth))
         .route("/healthz", get(healthz))
         .with_state(shared);

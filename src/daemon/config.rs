@@ -29,7 +29,11 @@ pub struct WatchConfig {
     pub warm_minutes: f64,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
     pub mapping: Vec<Mapping>,
+    /// Live streams edited from the daemon's start (`ctxd stream`'s settings, plus a name).
+    #[serde(default)]
+    pub stream: Vec<crate::pipeline::stream_spec::StreamSettings>,
 }
 
 /// The status API: on by default, on the loopback interface only.
@@ -115,6 +119,13 @@ fn default_max_mb() -> u64 {
     4096
 }
 
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+}
+
 impl WatchConfig {
     /// Reads `path`; relative paths inside are taken from the file's folder. Creates the
     /// folders it names.
@@ -136,8 +147,35 @@ impl WatchConfig {
                 base.join(p)
             }
         };
-        if c.mapping.is_empty() {
-            return Err(format!("{}: no [[mapping]]", path.display()));
+        if c.mapping.is_empty() && c.stream.is_empty() {
+            return Err(format!(
+                "{}: no [[mapping]] and no [[stream]]",
+                path.display()
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for st in &mut c.stream {
+            if !valid_name(&st.name) || !names.insert(st.name.clone()) {
+                return Err(format!(
+                    "{}: stream name '{}' must be unique and letters, digits, - or _",
+                    path.display(),
+                    st.name
+                ));
+            }
+            // Files named in the config are found from the config's folder, as folders are.
+            let local = |s: &str| s != "-" && !s.contains("://") && !s.contains(':');
+            if local(&st.input) {
+                st.input = abs(Path::new(&st.input)).display().to_string();
+            }
+            if local(&st.output) {
+                let trailing = st.output.ends_with('/');
+                st.output = abs(Path::new(&st.output)).display().to_string();
+                if trailing && !st.output.ends_with('/') {
+                    st.output.push('/');
+                }
+            }
+            st.prompt_file = st.prompt_file.as_deref().map(abs);
+            st.bundle = st.bundle.as_deref().map(abs);
         }
         c.state_dir = abs(&c.state_dir);
         for m in &mut c.mapping {
@@ -146,12 +184,7 @@ impl WatchConfig {
             m.failed = abs(&m.failed);
             m.done = m.done.as_deref().map(abs);
             m.bundle = m.bundle.as_deref().map(abs);
-            if m.name.is_empty()
-                || !m
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-            {
+            if !valid_name(&m.name) {
                 return Err(format!(
                     "{}: mapping name '{}' must be letters, digits, - or _",
                     path.display(),

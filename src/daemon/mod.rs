@@ -6,6 +6,7 @@
 //! - `intake`: admitting a file (limits, prompt spec, hash, dedupe), for the scan and the API
 //! - `live`: running jobs' progress and the metrics counters
 //! - `api`: the HTTP status API (axum)
+//! - `streams`: `[[stream]]` entries: live streams supervised and restarted with back-off
 //! - `run`: the loop: watch, queue, run, file the results, stop gracefully
 
 pub mod api;
@@ -15,3 +16,4 @@ pub mod live;
 pub mod run;
 pub mod stable;
 pub mod store;
+pub mod streams;

@@ -341,6 +341,10 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
         // Each job loads the UNet twice (inversion and editing run side by side).
         crate::model::warm::enable(2 * cfg.concurrency);
     }
+    let streams = Arc::new(super::streams::Streams::start(
+        &cfg.stream,
+        crate::cli::edit::home(),
+    ));
     let api = if cfg.api.enabled {
         let server = super::api::start(
             &cfg.api,
@@ -349,6 +353,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
             cfg.mapping.clone(),
             paths.clone(),
             control.waker(),
+            streams.clone(),
         )?;
         // Port 0 picks a free port: say which, for scripts and tests.
         crate::atomic::write_atomic(
@@ -472,6 +477,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
         let _ = control.rx.recv_timeout(if busy { poll } else { rescan });
     }
     drop(watcher);
+    streams.stop();
     if let Some(server) = api {
         server.stop();
     }

@@ -9,6 +9,7 @@
 //! - `prompts`: prompt resolution per window (fixed, or live from a watched prompt file)
 //! - `edit`: `ctxd edit` on the engine (files committed whole, JSON reports)
 //! - `stream`: `ctxd stream` on the engine (live input and output, prompt changes, lag)
+//! - `stream_spec`: a stream's settings (flags or the daemon's `[[stream]]`) resolved into a job
 //! - `clip`, `report`, `tensor`: CLIP scores, reports, frame ↔ tensor conversions
 
 pub mod clip;
@@ -20,5 +21,6 @@ pub mod report;
 pub mod spec;
 pub mod stages;
 pub mod stream;
+pub mod stream_spec;
 pub mod tensor;
 pub mod windows;

@@ -1,0 +1,268 @@
+//! What a stream runs, as the command line and the daemon's `[[stream]]` entries say it
+//! (`StreamSettings`), resolved over the preset and the prompt file into a `StreamJob`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+
+use super::prompts::{PromptResolver, StreamPrompt};
+use super::spec::{self, CliOverrides, JobSpec, Preset, PromptFile};
+use super::stages::LagPolicy;
+use super::stream::{Reconnect, StreamJob};
+use super::windows::Anchor;
+use crate::diffusion::ContextMode;
+use crate::media::{EncodeSettings, InputSpec, LiveOptions, OutputTarget};
+use crate::model::RuntimeOptions;
+
+/// One stream's settings. Every field but `input` and `output` is optional; the flags of
+/// `ctxd stream` have the same names (with dashes).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// The daemon's name for the stream (`/streams/{name}`); unused on the command line.
+    #[serde(default)]
+    pub name: String,
+    pub input: String,
+    pub output: String,
+    pub prompt_file: Option<PathBuf>,
+    pub prompt: Option<String>,
+    pub source: Option<String>,
+    pub negative: Option<String>,
+    pub guidance: Option<f32>,
+    pub steps: Option<usize>,
+    pub seed: Option<u64>,
+    /// off, source or x0_pred.
+    pub context: Option<String>,
+    pub preset: Option<String>,
+    pub bundle: Option<PathBuf>,
+    pub window: Option<usize>,
+    /// rolling (default), first or none.
+    pub anchor: Option<String>,
+    pub short_side: Option<u32>,
+    /// drop or wait (default: drop for network URLs, wait otherwise).
+    pub lag: Option<String>,
+    /// Seconds (default 10).
+    pub max_delay: Option<f64>,
+    #[serde(default)]
+    pub follow: bool,
+    /// Seconds (default 10; 0 waits forever).
+    pub stall_timeout: Option<f64>,
+    /// Attempts in a row (default 10).
+    pub reconnect: Option<u32>,
+    #[serde(default)]
+    pub encode: EncodeSettings,
+}
+
+/// The one edit of a resolved spec, as a stream's prompt.
+fn stream_prompt(spec: &JobSpec) -> Result<StreamPrompt, String> {
+    match spec.edits.as_slice() {
+        [e] => Ok(StreamPrompt {
+            source: spec.source.clone(),
+            prompt: e.prompt.clone(),
+            negative: e.negative.clone(),
+            guidance: e.guidance,
+        }),
+        edits => Err(format!(
+            "a stream has one output, and this gives {} edits; keep one",
+            edits.len()
+        )),
+    }
+}
+
+/// Resolves the prompt file over the preset and the command line (everything but the prompt
+/// comes from the first resolution: steps, window and the rest are fixed for the stream).
+fn resolver(preset: Preset, cli: CliOverrides) -> PromptResolver {
+    Box::new(move |path: &Path| {
+        let pf = PromptFile::load(path).map_err(|e| e.to_string())?;
+        let spec = JobSpec::resolve(&preset, None, Some(&pf), &cli).map_err(|e| e.to_string())?;
+        stream_prompt(&spec)
+    })
+}
+
+/// A prompt pushed while the stream runs (the daemon's `PATCH /streams/{name}`), checked as
+/// the prompt file would be: the same layers, ranges and refusals. `source` defaults to the
+/// one in force.
+///
+/// # Errors
+/// One line naming the field and the cause.
+pub fn check_pushed(
+    args: &StreamSettings,
+    home: &Path,
+    pushed: &PushedPrompt,
+    current_source: &str,
+) -> Result<StreamPrompt, String> {
+    let preset = Preset::load(
+        args.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
+        &home.join("pipelines"),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut file = serde_json::json!({
+        "source": pushed.source.as_deref().unwrap_or(current_source),
+        "edit": [{ "prompt": pushed.prompt }],
+    });
+    if let Some(n) = &pushed.negative {
+        file["negative"] = n.clone().into();
+    }
+    if let Some(g) = pushed.guidance {
+        file["guidance"] = g.into();
+    }
+    let pf = PromptFile::parse(
+        file.to_string().as_bytes(),
+        Path::new("PATCH body"),
+        super::spec::PromptFormat::Json,
+    )
+    .map_err(|e| e.to_string())?;
+    let spec = JobSpec::resolve(&preset, None, Some(&pf), &CliOverrides::default())
+        .map_err(|e| e.to_string())?;
+    stream_prompt(&spec)
+}
+
+/// The body of a prompt change pushed through the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushedPrompt {
+    pub prompt: String,
+    pub source: Option<String>,
+    pub negative: Option<String>,
+    pub guidance: Option<f32>,
+}
+
+/// Resolves everything into a `StreamJob` (errors here are configuration errors). `home`
+/// holds `pipelines/` and the default bundle.
+pub fn build_job(
+    args: &StreamSettings,
+    home: &Path,
+    runtime: RuntimeOptions,
+    cancel: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Result<StreamJob> {
+    let context = match args.context.as_deref() {
+        Some(c) => Some(c.parse::<ContextMode>().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let anchor: Anchor = args
+        .anchor
+        .as_deref()
+        .unwrap_or("rolling")
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    if args.prompt.is_some() && args.prompt_file.is_some() {
+        bail!("give a prompt or a prompt file, not both (the prompt would hide every change to the file)");
+    }
+    if let Some(l) = args
+        .lag
+        .as_deref()
+        .filter(|l| !matches!(*l, "drop" | "wait"))
+    {
+        bail!("unknown lag policy '{l}': use drop or wait");
+    }
+    let preset = Preset::load(
+        args.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
+        &home.join("pipelines"),
+    )?;
+    let cli = CliOverrides {
+        preset: args.preset.clone(),
+        source: args.source.clone(),
+        prompts: args.prompt.iter().cloned().collect(),
+        negative: args.negative.clone(),
+        guidance: args.guidance,
+        steps: args.steps,
+        seed: args.seed,
+        context,
+        blend: None,
+    };
+    let spec = match &args.prompt_file {
+        Some(f) => {
+            let pf = PromptFile::load(f)?;
+            JobSpec::resolve(&preset, None, Some(&pf), &cli)?
+        }
+        None if args.prompt.is_none() => {
+            bail!("say what to edit: --prompt TEXT or --prompt-file FILE")
+        }
+        None => JobSpec::resolve(&preset, None, None, &cli)?,
+    };
+    let prompt = stream_prompt(&spec).map_err(anyhow::Error::msg)?;
+    let edit = &spec.edits[0];
+    let input = InputSpec::parse(&args.input);
+    let output = OutputTarget::parse(&args.output);
+    if let (InputSpec::File(i), OutputTarget::File(o)) = (&input, &output) {
+        if i == o {
+            bail!("{}: the output would overwrite the input", o.display());
+        }
+    }
+    let lag = match args.lag.as_deref() {
+        Some("drop") => true,
+        Some(_) => false,
+        None => matches!(input, InputSpec::Url(ref u) if !u.starts_with("pipe:")),
+    };
+    let window = args.window.unwrap_or(spec.window);
+    if window == 0 {
+        bail!("--window must be at least 1");
+    }
+    let mut encode = args.encode.clone();
+    if output.is_live() {
+        // Live outputs: no lookahead, so a frame leaves the encoder as soon as it is in.
+        encode.preset.get_or_insert_with(|| "veryfast".into());
+        encode.tune.get_or_insert_with(|| "zerolatency".into());
+    }
+    let bundle_dir = args
+        .bundle
+        .clone()
+        .or_else(|| spec.bundle.clone())
+        .or_else(|| std::env::var_os("CTXD_BUNDLE").map(PathBuf::from))
+        .unwrap_or_else(|| home.join("models/oracle"));
+    let prompt_file = args
+        .prompt_file
+        .clone()
+        .map(|f| (f, resolver(preset, cli.clone())));
+    Ok(StreamJob {
+        live: LiveOptions {
+            follow: args.follow,
+            stall_timeout: Some(args.stall_timeout.unwrap_or(10.0))
+                .filter(|s| *s > 0.0)
+                .map(Duration::from_secs_f64),
+            interrupt: Some(stop.clone()),
+        },
+        reconnect: Reconnect {
+            attempts: args.reconnect.unwrap_or(10),
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        },
+        input,
+        output,
+        bundle_dir,
+        runtime,
+        prompt,
+        prompt_file,
+        seed: edit.seed,
+        steps: edit.steps,
+        eta: spec.eta,
+        context: edit.context,
+        window,
+        overlap: spec.overlap.min(window.saturating_sub(1)),
+        anchor,
+        short_side: match args.short_side {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => spec.short_side,
+        },
+        multiple: spec.multiple,
+        blend: spec.blend,
+        encode,
+        lag: if lag {
+            LagPolicy::Drop {
+                max_delay_s: args.max_delay.unwrap_or(10.0),
+            }
+        } else {
+            LagPolicy::Wait
+        },
+        cancel,
+        stop,
+        status: Arc::new(Mutex::new(Default::default())),
+        inbox: Arc::new(Mutex::new(None)),
+    })
+}
