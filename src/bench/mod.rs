@@ -8,9 +8,11 @@
 //!    the ratio should stay near 1 (memory must not grow with length).
 
 mod quality;
+mod stream;
 mod watch;
 
 pub use quality::{quality, QualityBenchArgs};
+pub use stream::{run as stream, StreamBenchArgs};
 pub use watch::{cpu_seconds, watch, WatchBenchArgs};
 
 use std::path::{Path, PathBuf};
@@ -171,7 +173,7 @@ pub fn media(args: &MediaBenchArgs) -> Result<()> {
 }
 
 /// The given folder (created), or a temporary one removed when the guard drops.
-fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+pub(crate) fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
     match given {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -443,7 +445,7 @@ struct PipelineBench {
     memory: Option<Memory>,
 }
 
-fn edit_job(
+pub(crate) fn edit_job(
     input: &Path,
     bundle: &Path,
     out: &Path,
@@ -619,7 +621,7 @@ pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn wait_rss(pid: libc::pid_t) -> Result<f64> {
+pub(crate) fn wait_rss(pid: libc::pid_t) -> Result<f64> {
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };

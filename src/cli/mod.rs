@@ -119,6 +119,10 @@ enum BenchCommand {
     /// The staged pipeline against the same stages without overlap; ONNX Runtime's share;
     /// peak memory for a short versus a long input.
     Pipeline(crate::bench::PipelineBenchArgs),
+    /// `ctxd stream` on content that changes scene: fps against `ctxd edit`, delay, the change
+    /// across window boundaries against inside them per anchor mode, prompt-change delay, A/V
+    /// drift, peak memory of a short and a long stream.
+    Stream(crate::bench::StreamBenchArgs),
     /// Jobs per minute through `ctxd watch` against `ctxd edit` once per clip; idle CPU.
     Watch(crate::bench::WatchBenchArgs),
     /// What a bundle trained on the demo domain really edits: each held-out clip's colour,
@@ -412,6 +416,7 @@ fn run(command: Command) -> Result<(), Failure> {
             BenchCommand::Media(args) => crate::bench::media(&args).map_err(Failure::Job),
             BenchCommand::Sampler(args) => crate::bench::sampler(&args).map_err(Failure::Job),
             BenchCommand::Pipeline(args) => crate::bench::pipeline(&args).map_err(Failure::Job),
+            BenchCommand::Stream(args) => crate::bench::stream(&args).map_err(Failure::Job),
             BenchCommand::Watch(args) => crate::bench::watch(&args).map_err(Failure::Job),
             BenchCommand::Quality(args) => crate::bench::quality(&args).map_err(Failure::Job),
         },

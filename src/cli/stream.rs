@@ -70,6 +70,10 @@ pub struct StreamArgs {
     /// The input file is still being written: keep reading as it grows.
     #[arg(long)]
     pub follow: bool,
+    /// Read the input at its own frame rate, as `ffmpeg -re` does (publish a file as a live
+    /// stream); otherwise as fast as editing goes.
+    #[arg(long)]
+    pub realtime: bool,
     /// Seconds without new data after which the input counts as stalled: a URL is reopened,
     /// a file or pipe ends the stream. 0: wait forever.
     #[arg(long)]
@@ -108,6 +112,7 @@ impl StreamArgs {
             lag: self.lag.clone(),
             max_delay: self.max_delay,
             follow: self.follow,
+            realtime: self.realtime,
             stall_timeout: self.stall_timeout,
             reconnect: self.reconnect,
             encode: self.encode.settings(),

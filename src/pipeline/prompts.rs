@@ -83,6 +83,8 @@ pub struct PromptStatus {
     /// Window index and first timestamp where the prompt in force took effect.
     pub since_window: usize,
     pub since_t: f64,
+    /// Seconds from the prompt file's change to the window that took it (file changes only).
+    pub pickup_s: Option<f64>,
 }
 
 /// Per-window prompts of a stream.
@@ -147,7 +149,7 @@ impl LivePrompts {
     }
 
     /// A new valid prompt from the file, if it changed; refusals are logged once per change.
-    fn poll_file(&mut self) -> Option<StreamPrompt> {
+    fn poll_file(&mut self) -> Option<(StreamPrompt, Option<f64>)> {
         let (file, resolver) = (self.file.as_ref()?, self.resolver.as_ref()?);
         let now = stamp(file);
         if self.seen == Some(now) {
@@ -156,7 +158,11 @@ impl LivePrompts {
         match resolver(file) {
             Ok(p) => {
                 self.seen = Some(now);
-                (p != self.current).then_some(p)
+                let age = now
+                    .0
+                    .and_then(|t| t.elapsed().ok())
+                    .map(|a| a.as_secs_f64());
+                (p != self.current).then_some((p, age))
             }
             // Written a moment ago: perhaps half-saved (an editor truncates, then writes);
             // asked again at the next window before it counts as refused.
@@ -181,7 +187,7 @@ impl LivePrompts {
 impl PromptFeed for LivePrompts {
     fn for_window(&mut self, index: usize, t: f64) -> Result<Arc<WindowConditions>, String> {
         let pushed = self.pushed.lock().ok().and_then(|mut p| p.take());
-        let Some(next) = pushed.or_else(|| self.poll_file()) else {
+        let Some((next, pickup)) = pushed.map(|p| (p, None)).or_else(|| self.poll_file()) else {
             return Ok(self.conditions.clone());
         };
         let version = self.conditions.version + 1;
@@ -203,6 +209,7 @@ impl PromptFeed for LivePrompts {
             s.changes += 1;
             s.since_window = index;
             s.since_t = t;
+            s.pickup_s = pickup;
         });
         Ok(transition)
     }

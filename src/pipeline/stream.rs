@@ -47,6 +47,8 @@ pub struct StreamJob {
     pub input: InputSpec,
     pub live: LiveOptions,
     pub reconnect: Reconnect,
+    /// Pace the reading at the input's own frame rate (`ffmpeg -re`).
+    pub realtime: bool,
     pub output: OutputTarget,
     pub bundle_dir: PathBuf,
     pub runtime: RuntimeOptions,
@@ -185,6 +187,10 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         reconnects: reconnects.clone(),
         stalled: stalled.clone(),
         size: (layout.video.width, layout.video.height),
+        pace: job.realtime.then(|| Pace {
+            seconds_per_tick: tb.numerator() as f64 / tb.denominator().max(1) as f64,
+            origin: None,
+        }),
     };
     let graph = Graph {
         frames: Box::new(feed),
@@ -366,6 +372,29 @@ struct LiveFeed {
     reconnects: Arc<AtomicU64>,
     stalled: Arc<AtomicBool>,
     size: (u32, u32),
+    pace: Option<Pace>,
+}
+
+/// Real-time reading: frame `t` is handed out no earlier than `t - t0` after the first.
+struct Pace {
+    seconds_per_tick: f64,
+    origin: Option<(Instant, f64)>,
+}
+
+impl Pace {
+    /// Waits for `f`'s time; false when the stream stops meanwhile.
+    fn wait(&mut self, f: &RgbFrame, stop: &AtomicBool) -> bool {
+        let t = f.pts as f64 * self.seconds_per_tick;
+        let (start, t0) = *self.origin.get_or_insert((Instant::now(), t));
+        let due = start + Duration::from_secs_f64((t - t0).max(0.0));
+        while Instant::now() < due {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep((due - Instant::now()).min(Duration::from_millis(50)));
+        }
+        true
+    }
 }
 
 impl LiveFeed {
@@ -450,6 +479,14 @@ impl Iterator for LiveFeed {
                         Ok(false) => return None,
                         Err(e) => return Some(Err(e)),
                     }
+                }
+                Some(Ok(f)) => {
+                    if let Some(p) = &mut self.pace {
+                        if !p.wait(&f, &self.stop) {
+                            return None;
+                        }
+                    }
+                    return Some(Ok(f));
                 }
                 other => return other,
             }

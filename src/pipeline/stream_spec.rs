@@ -49,6 +49,10 @@ pub struct StreamSettings {
     pub max_delay: Option<f64>,
     #[serde(default)]
     pub follow: bool,
+    /// Read the input at its own frame rate, as `ffmpeg -re` does (publishing a file as a
+    /// live stream); otherwise as fast as the pipeline takes it.
+    #[serde(default)]
+    pub realtime: bool,
     /// Seconds (default 10; 0 waits forever).
     pub stall_timeout: Option<f64>,
     /// Attempts in a row (default 10).
@@ -234,6 +238,7 @@ pub fn build_job(
         },
         input,
         output,
+        realtime: args.realtime,
         bundle_dir,
         runtime,
         prompt,
