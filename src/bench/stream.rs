@@ -72,6 +72,8 @@ struct Memory {
     short_peak_rss_mib: f64,
     long_peak_rss_mib: f64,
     ratio: f64,
+    /// A/V drift at the end of the long stream's output.
+    long_av_drift_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,6 +143,29 @@ fn make_content(dir: &Path, seconds: u32, scene: u32) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Long content: one cycle of the four scenes, looped (stream copy) to `seconds`.
+fn make_long(dir: &Path, seconds: u32, scene: u32) -> Result<PathBuf> {
+    let path = dir.join(format!("long-{seconds}s.ts"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let cycle = 4 * scene.max(1);
+    let base = make_content(dir, cycle, scene)?;
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-y", "-v", "error", "-stream_loop"])
+        .arg((seconds / cycle + 1).to_string())
+        .arg("-i")
+        .arg(&base)
+        .args(["-t", &seconds.to_string(), "-c", "copy", "-f", "mpegts"])
+        .arg(&path)
+        .status()
+        .context("running ffmpeg to loop the benchmark content")?;
+    if !status.success() {
+        bail!("ffmpeg failed to make {}", path.display());
+    }
+    Ok(path)
+}
+
 fn settings(args: &StreamBenchArgs, input: &Path, output: &Path, anchor: Anchor) -> StreamSettings {
     StreamSettings {
         input: input.display().to_string(),
@@ -201,6 +226,14 @@ fn av_ends(path: &Path) -> Result<Option<(f64, f64)>> {
     })
 }
 
+/// |(last video - last audio) of `out` - the same of `src`|, seconds.
+fn drift(out: &Path, src: &Path) -> Result<Option<f64>> {
+    Ok(match (av_ends(out)?, av_ends(src)?) {
+        (Some((vo, ao)), Some((vs, as_))) => Some(((vo - ao) - (vs - as_)).abs()),
+        _ => None,
+    })
+}
+
 pub fn run(args: &StreamBenchArgs) -> Result<()> {
     let (dir, _tmp) = super::work_dir(args.work_dir.as_deref())?;
     let content = make_content(&dir, args.seconds, args.scene_seconds)?;
@@ -250,10 +283,7 @@ pub fn run(args: &StreamBenchArgs) -> Result<()> {
     let changer = std::thread::spawn(move || change_prompt_midway(&status, &prompt_file));
     let live: StreamReport = stream::run(j)?;
     let _ = changer.join();
-    let av_drift = match (av_ends(&out)?, av_ends(&content)?) {
-        (Some((vo, ao)), Some((vs, as_))) => Some(((vo - ao) - (vs - as_)).abs()),
-        _ => None,
-    };
+    let av_drift = drift(&out, &content)?;
 
     let memory = if args.no_memory {
         None
@@ -261,9 +291,9 @@ pub fn run(args: &StreamBenchArgs) -> Result<()> {
         let [short, long] = args.memory_minutes[..] else {
             bail!("--memory-minutes takes two lengths, e.g. 2,20");
         };
-        let rss = |minutes: f64| -> Result<f64> {
+        let rss = |minutes: f64| -> Result<(f64, Option<f64>)> {
             let seconds = (minutes * 60.0).round() as u32;
-            let input = make_content(&dir, seconds, args.scene_seconds)?;
+            let input = make_long(&dir, seconds, args.scene_seconds)?;
             let out = dir.join(format!("mem-{seconds}.ts"));
             let exe = std::env::current_exe()?;
             let child = Command::new(exe)
@@ -278,15 +308,17 @@ pub fn run(args: &StreamBenchArgs) -> Result<()> {
                 .args(["--window", &args.window.to_string()])
                 .args(["--short-side", &args.short_side.to_string()])
                 .spawn()?;
-            super::wait_rss(child.id() as libc::pid_t)
+            let rss = super::wait_rss(child.id() as libc::pid_t)?;
+            Ok((rss, drift(&out, &input)?))
         };
-        let (a, b) = (rss(short)?, rss(long)?);
+        let ((a, _), (b, long_drift)) = (rss(short)?, rss(long)?);
         Some(Memory {
             short_minutes: short,
             long_minutes: long,
             short_peak_rss_mib: a,
             long_peak_rss_mib: b,
             ratio: b / a,
+            long_av_drift_s: long_drift,
         })
     };
 
@@ -339,8 +371,9 @@ pub fn run(args: &StreamBenchArgs) -> Result<()> {
     println!("  A/V drift at the end: {} s", f(r.av_drift_s));
     if let Some(m) = &r.memory {
         println!(
-            "  peak RSS: {} min stream {:.1} MiB, {} min stream {:.1} MiB, ratio {:.2}",
-            m.short_minutes, m.short_peak_rss_mib, m.long_minutes, m.long_peak_rss_mib, m.ratio
+            "  peak RSS: {} min stream {:.1} MiB, {} min stream {:.1} MiB, ratio {:.2}; A/V drift at the end of the long one {} s",
+            m.short_minutes, m.short_peak_rss_mib, m.long_minutes, m.long_peak_rss_mib, m.ratio,
+            f(m.long_av_drift_s)
         );
     }
     Ok(())

@@ -113,6 +113,8 @@ pub struct StreamReport {
     pub windows: u64,
     pub dropped_windows: u64,
     pub reconnects: u64,
+    /// Frames FFmpeg decoded with concealed damage (corrupt packets are skipped and logged).
+    pub corrupt_frames: u64,
     pub wall_s: f64,
     pub fps: f64,
     pub delay: Delay,
@@ -175,6 +177,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
 
     let dropped = AtomicU64::new(0);
     let reconnects = Arc::new(AtomicU64::new(0));
+    let corrupt = Arc::new(AtomicU64::new(0));
     let stalled = Arc::new(AtomicBool::new(false));
     let tb = layout.video.time_base;
     let feed = LiveFeed {
@@ -185,6 +188,8 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         audio_tx: (!layout.audio.is_empty()).then_some(audio_tx),
         stop: job.stop.clone(),
         reconnects: reconnects.clone(),
+        corrupt: corrupt.clone(),
+        corrupt_before: 0,
         stalled: stalled.clone(),
         size: (layout.video.width, layout.video.height),
         pace: job.realtime.then(|| Pace {
@@ -318,6 +323,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         windows: status.windows,
         dropped_windows: dropped.load(Ordering::Relaxed),
         reconnects: reconnects.load(Ordering::Relaxed),
+        corrupt_frames: corrupt.load(Ordering::Relaxed),
         wall_s: started.elapsed().as_secs_f64(),
         fps: first_write
             .map(|_| rate(frames, running_since))
@@ -370,6 +376,9 @@ struct LiveFeed {
     audio_tx: Option<Sender<AudioPacket>>,
     stop: Arc<AtomicBool>,
     reconnects: Arc<AtomicU64>,
+    corrupt: Arc<AtomicU64>,
+    /// Corrupt frames of the sources before a reconnect.
+    corrupt_before: u64,
     stalled: Arc<AtomicBool>,
     size: (u32, u32),
     pace: Option<Pace>,
@@ -440,6 +449,7 @@ impl LiveFeed {
                     if let Some(tx) = &self.audio_tx {
                         s.send_audio_to(tx.clone());
                     }
+                    self.corrupt_before += self.source.corrupt_frames();
                     self.source = s;
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("{}: reconnected", self.spec);
@@ -481,6 +491,10 @@ impl Iterator for LiveFeed {
                     }
                 }
                 Some(Ok(f)) => {
+                    self.corrupt.store(
+                        self.corrupt_before + self.source.corrupt_frames(),
+                        Ordering::Relaxed,
+                    );
                     if let Some(p) = &mut self.pace {
                         if !p.wait(&f, &self.stop) {
                             return None;
