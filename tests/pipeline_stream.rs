@@ -28,17 +28,14 @@ fn gray_ts(d: &Dir, name: &str, seconds: f64, with_audio: bool) -> PathBuf {
 }
 
 fn stream_cmd(input: &str, output: &str) -> std::process::Command {
+    stream_steps(input, output, 4)
+}
+
+fn stream_steps(input: &str, output: &str, steps: u32) -> std::process::Command {
     let mut c = ctxd();
-    c.args(["stream", "-i", input, "-o", output]).args([
-        "--bundle",
-        "models/oracle",
-        "--steps",
-        "4",
-        "--window",
-        "4",
-        "--short-side",
-        "0",
-    ]);
+    c.args(["stream", "-i", input, "-o", output])
+        .args(["--bundle", "models/oracle", "--steps", &steps.to_string()])
+        .args(["--window", "4", "--short-side", "0"]);
     c
 }
 
@@ -330,4 +327,41 @@ fn a_udp_source_is_read_and_errors_name_the_cause() {
     assert!((20..=30).contains(&n), "{n} frames: {err}");
     let blue = frame_means(&out).into_iter().all(|m| tint(m) == Tint::Blue);
     assert!(blue, "every frame edited");
+}
+
+#[test]
+fn a_live_source_faster_than_editing_drops_windows_and_says_so() {
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "big.ts",
+        &strs(&args(
+            &[&pattern("320x240", "20", 6.0)],
+            &["-g", "20", "-f", "mpegts"],
+        )),
+    );
+    let report = d.path("r.json");
+    let out = d.path("out.ts");
+    let o = stream_steps(src.to_str().unwrap(), out.to_str().unwrap(), 20)
+        .args(["--prompt", "a red video", "--source", "gray"])
+        .args(["--realtime", "--lag", "drop", "--max-delay", "0.5"])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let dropped = r["dropped_windows"].as_u64().unwrap();
+    let frames = r["frames"].as_u64().unwrap();
+    assert!(
+        dropped > 0,
+        "editing 320x240 at 20 steps keeps up with 20 fps? {r}"
+    );
+    assert_eq!(
+        frames + 4 * dropped,
+        120,
+        "every window written or dropped: {r}"
+    );
+    assert!(err.contains("dropped"), "{err}");
+    assert_eq!(frame_times(&out).len() as u64, frames);
 }
