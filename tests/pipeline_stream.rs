@@ -365,3 +365,103 @@ fn a_live_source_faster_than_editing_drops_windows_and_says_so() {
     assert!(err.contains("dropped"), "{err}");
     assert_eq!(frame_times(&out).len() as u64, frames);
 }
+
+fn free_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+#[test]
+fn an_http_source_served_by_ffmpeg_is_edited() {
+    let d = Dir::new();
+    let src = gray_ts(&d, "in.ts", 3.0, true);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/live.ts");
+    let mut server = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-re", "-i"])
+        .arg(&src)
+        .args(["-c", "copy", "-f", "mpegts", "-listen", "1"])
+        .arg(&url)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let out = d.path("out.mkv");
+    let o = stream_cmd(&url, out.to_str().unwrap())
+        .args([
+            "--prompt",
+            "a blue video",
+            "--source",
+            "gray",
+            "--reconnect",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(frame_times(&out).len(), 30, "{err}");
+    assert_eq!(streams_of(&ffprobe(&out), "audio").len(), 1);
+}
+
+#[test]
+fn a_udp_source_that_pauses_is_reconnected_and_its_timeline_continues() {
+    let d = Dir::new();
+    let src = gray_ts(&d, "in.ts", 2.0, false);
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let out = d.path("out.mkv");
+    let report = d.path("r.json");
+    let reader = stream_cmd(&format!("udp://127.0.0.1:{port}"), out.to_str().unwrap())
+        .args(["--prompt", "a blue video", "--source", "gray"])
+        .args([
+            "--stall-timeout",
+            "1.5",
+            "--reconnect",
+            "1",
+            "--lag",
+            "wait",
+        ])
+        .arg("--report")
+        .arg(&report)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let send = || {
+        let ok = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-re", "-i"])
+            .arg(&src)
+            .args(["-c", "copy", "-f", "mpegts"])
+            .arg(format!("udp://127.0.0.1:{port}?pkt_size=1316"))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    send();
+    // The source goes quiet long enough to stall, then comes back once; then the stream is
+    // stopped (a URL stream runs until stopped, or until its source is gone for good).
+    std::thread::sleep(Duration::from_millis(2500));
+    send();
+    std::thread::sleep(Duration::from_millis(3000));
+    unsafe { libc::kill(reader.id() as i32, libc::SIGINT) };
+    let o = reader.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(r["reconnects"].as_u64().unwrap() >= 1, "{r}\n{err}");
+    let times = frame_times(&out);
+    // Each play is 20 frames; UDP may lose the start of a play before a keyframe.
+    assert!(
+        times.len() > 20,
+        "both plays edited: {} frames\n{err}",
+        times.len()
+    );
+    assert!(
+        times.windows(2).all(|w| w[1] > w[0]),
+        "the timeline continues across the reconnect: {times:?}"
+    );
+}

@@ -184,7 +184,8 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         spec: job.input.clone(),
         live: job.live.clone(),
         reconnect: job.reconnect,
-        source,
+        source: Some(source),
+        ended_at: 0.0,
         audio_tx: (!layout.audio.is_empty()).then_some(audio_tx),
         stop: job.stop.clone(),
         reconnects: reconnects.clone(),
@@ -372,7 +373,10 @@ struct LiveFeed {
     spec: InputSpec,
     live: LiveOptions,
     reconnect: Reconnect,
-    source: VideoSource,
+    /// None after a reconnection failed for good.
+    source: Option<VideoSource>,
+    /// Where the last source's timeline ended (seconds), for the next one to continue.
+    ended_at: f64,
     audio_tx: Option<Sender<AudioPacket>>,
     stop: Arc<AtomicBool>,
     reconnects: Arc<AtomicU64>,
@@ -414,6 +418,11 @@ impl LiveFeed {
     /// Reopens the URL (true), or stops trying because the stream is stopping (false), or
     /// says why it could not.
     fn reopen(&mut self, lost: &MediaError) -> Result<bool, MediaError> {
+        // Closed first: a UDP or TCP listener holds its port until then.
+        if let Some(old) = self.source.take() {
+            self.ended_at = old.end_time();
+            self.corrupt_before += old.corrupt_frames();
+        }
         let mut backoff = self.reconnect.first_backoff;
         let mut last = lost.to_string();
         for attempt in 1..=self.reconnect.attempts {
@@ -437,7 +446,7 @@ impl LiveFeed {
                     if (v.width, v.height) != self.size {
                         return Err(MediaError::InputLost {
                             path: self.spec.to_string(),
-                            time: self.source.end_time(),
+                            time: self.ended_at,
                             cause: format!(
                                 "after reconnecting the video is {}x{}, not {}x{}",
                                 v.width, v.height, self.size.0, self.size.1
@@ -445,22 +454,22 @@ impl LiveFeed {
                         });
                     }
                     let start = s.layout().probe.start_time.unwrap_or(0.0).max(0.0);
-                    s.shift_time(self.source.end_time() - start);
+                    s.shift_time(self.ended_at - start);
                     if let Some(tx) = &self.audio_tx {
                         s.send_audio_to(tx.clone());
                     }
-                    self.corrupt_before += self.source.corrupt_frames();
-                    self.source = s;
+                    self.source = Some(s);
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("{}: reconnected", self.spec);
                     return Ok(true);
                 }
+                Err(_) if self.stopping() => return Ok(false),
                 Err(e) => last = e.to_string(),
             }
         }
         Err(MediaError::InputLost {
             path: self.spec.to_string(),
-            time: self.source.end_time(),
+            time: self.ended_at,
             cause: format!(
                 "gave up after {} reconnection attempts: {last}",
                 self.reconnect.attempts
@@ -474,7 +483,8 @@ impl Iterator for LiveFeed {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            match self.source.next() {
+            let source = self.source.as_mut()?;
+            match source.next() {
                 Some(Err(e @ MediaError::InputLost { .. })) => {
                     if self.stopping() {
                         return None;
@@ -492,7 +502,7 @@ impl Iterator for LiveFeed {
                 }
                 Some(Ok(f)) => {
                     self.corrupt.store(
-                        self.corrupt_before + self.source.corrupt_frames(),
+                        self.corrupt_before + source.corrupt_frames(),
                         Ordering::Relaxed,
                     );
                     if let Some(p) = &mut self.pace {
