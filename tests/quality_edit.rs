@@ -2,7 +2,8 @@
 //! bundle (models/demo) on three held-out clips, one colour, one shape and one background
 //! edit, judged by the analyser: the asked-for attribute must appear, and the object count and
 //! the motion (median distance from the labelled path <= 1.5 px) must be kept. Without
-//! models/demo this fails, naming it. Ignored until such a bundle is committed (see below).
+//! models/demo this fails, naming it. The full check is ignored until the bundle keeps the
+//! scene (see below); a weaker one, what the shipped bundle does today, runs always.
 //! `CTXD_DEMO_BUNDLE=DIR` runs it against another bundle of the same contract (a fresh
 //! training run, say).
 
@@ -25,12 +26,12 @@ fn demo_bundle() -> PathBuf {
     dir
 }
 
-// Ignored until a models/demo that edits is committed (issue 11): the first bundle trained by
-// models/train (3462 steps, one CPU core, an hour) reconstructs its input but does not follow
-// the target prompt, so it is not shipped. Run it against a trained bundle with
+// Ignored until models/demo keeps the scene and edits shapes (issue 11): the shipped bundle
+// (third run) changes colour and background but redraws the object beside a ghost and never
+// changes a shape. Run it against a trained bundle with
 // `CTXD_DEMO_BUNDLE=DIR cargo test --locked -- --ignored demo_edits`.
 #[test]
-#[ignore = "needs a trained models/demo that edits (issue 11); CTXD_DEMO_BUNDLE=DIR cargo test -- --ignored"]
+#[ignore = "needs a models/demo that keeps the scene and edits shapes (issue 11); CTXD_DEMO_BUNDLE=DIR cargo test -- --ignored"]
 fn demo_edits_change_what_was_asked_and_keep_count_and_motion() {
     let bundle = demo_bundle();
     let set = load_heldout();
@@ -101,6 +102,56 @@ fn demo_edits_change_what_was_asked_and_keep_count_and_motion() {
         }
         if !cmp.motion_error_px.is_some_and(|m| m <= 1.5) {
             failures.push(format!("the motion was not kept: {what}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What the shipped models/demo does today (README, "A trained demo bundle"): on the first
+/// one-object held-out clip, the colour and the background edits show the asked-for
+/// attribute. It asks nothing about the rest of the scene, which this bundle does not keep yet.
+#[test]
+fn the_shipped_demo_bundle_changes_colour_and_background() {
+    let bundle = demo_bundle();
+    let set = load_heldout();
+    let analyser = Analyser::new(set.palette.clone(), AnalyserConfig::default());
+    let clip = set
+        .clips
+        .iter()
+        .find(|c| c.labels.objects.len() == 1)
+        .expect("a one-object clip");
+    let d = Dir::new();
+    let mut failures = Vec::new();
+    for kind in [EditKind::Colour, EditKind::Background] {
+        let edit = clip.edit(kind).expect("an edit of each kind");
+        let out = d.path(&format!("{}.mp4", kind.name()));
+        run_ok(
+            ctxd()
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .arg("-q")
+                .arg("edit")
+                .arg(set.path_of(clip))
+                .args(["--preset", "demo", "--bundle"])
+                .arg(&bundle)
+                .args(["--source", &clip.caption, "--prompt", &edit.prompt])
+                .arg("-o")
+                .arg(&out),
+        );
+        let frames = quality::read_frames(&out).expect("decode the edited clip");
+        let cmp = score::compare(&analyser.clip(&frames), &clip.expected_after(edit));
+        if !cmp.success(kind, edit.target) {
+            failures.push(format!(
+                "{} {} edit {:?}: saw a {} {} background and objects {:?}",
+                clip.file,
+                kind.name(),
+                edit.prompt,
+                cmp.texture,
+                cmp.background,
+                cmp.objects
+                    .iter()
+                    .map(|o| o.colour.as_deref().unwrap_or("?").to_string())
+                    .collect::<Vec<_>>()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

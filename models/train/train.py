@@ -608,6 +608,9 @@ def main(argv=None) -> int:
     p.add_argument("--k-schedule", choices=["scaled_sqrt_one_minus_abar", "one_minus_sqrt_abar"], default=None,
                    help="override the config's k schedule (CONTEXTDIFF.md §1)")
     p.add_argument("--k-scale", type=float, default=None, help="override the config's k scale")
+    p.add_argument("--full-weights", action="store_true",
+                   help="keep float32 weights on disk (default: large files store float16 weights, "
+                        "computed in float32; models/export/compact.py)")
     p.add_argument("--whiten-upto", type=int, default=None,
                    help="patch PCA: whiten the first N components (0: one global scale, as the first two runs)")
     p.add_argument("--clips-only", action="store_true",
@@ -695,7 +698,13 @@ def main(argv=None) -> int:
                f"VAE held-out reconstruction PSNR {vae_psnr:.2f} dB; scale_factor {scale:.4f}.",
                "Process at 64 px (pipelines/demo.toml): the networks never saw other sizes."])
     export_bundle(comps, args.out, command=f"python -m models.train.train --config {args.config}",
-                  readme_extra="")
+                  readme_extra="" if args.full_weights else
+                  "Large files store float16 weights with a Cast to float32 in front (folded by "
+                  "ONNX Runtime at load; compute stays float32): models/export/compact.py.")
+    if not args.full_weights:
+        from models.export.compact import compact_bundle
+
+        compact_bundle(args.out)  # float16 storage of the large files: half the size on disk
     timings["export"] = time.time() - t
     timings["total"] = time.time() - t_start
     summary = {"config": args.config, "seed": args.seed, "threads": args.threads,
