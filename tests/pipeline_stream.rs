@@ -298,10 +298,7 @@ fn a_udp_source_is_read_and_errors_name_the_cause() {
     assert!(err.contains("one output"), "{err}");
 
     let src = gray_ts(&d, "in.ts", 3.0, false);
-    let port = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    };
+    let port = udp_port();
     let out = d.path("udp.mkv");
     let reader = stream_cmd(&format!("udp://127.0.0.1:{port}"), out.to_str().unwrap())
         .args(["--prompt", "a blue video", "--source", "gray"])
@@ -311,14 +308,7 @@ fn a_udp_source_is_read_and_errors_name_the_cause() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // ffmpeg serves the clip in real time on loopback.
-    let sent = std::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-re", "-i"])
-        .arg(&src)
-        .args(["-c", "copy", "-f", "mpegts"])
-        .arg(format!("udp://127.0.0.1:{port}?pkt_size=1316"))
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    send_udp(&src, port);
     let o = reader.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -366,6 +356,23 @@ fn a_live_source_faster_than_editing_drops_windows_and_says_so() {
     assert_eq!(frame_times(&out).len() as u64, frames);
 }
 
+fn udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// Sends `clip` to a UDP port on loopback in real time with the ffmpeg CLI.
+fn send_udp(clip: &Path, port: u16) {
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-re", "-i"])
+        .arg(clip)
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(format!("udp://127.0.0.1:{port}?pkt_size=1316"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
 fn free_port() -> u16 {
     let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap().port()
@@ -409,10 +416,7 @@ fn an_http_source_served_by_ffmpeg_is_edited() {
 fn a_udp_source_that_pauses_is_reconnected_and_its_timeline_continues() {
     let d = Dir::new();
     let src = gray_ts(&d, "in.ts", 2.0, false);
-    let port = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    };
+    let port = udp_port();
     let out = d.path("out.mkv");
     let report = d.path("r.json");
     let reader = stream_cmd(&format!("udp://127.0.0.1:{port}"), out.to_str().unwrap())
@@ -431,21 +435,11 @@ fn a_udp_source_that_pauses_is_reconnected_and_its_timeline_continues() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let send = || {
-        let ok = std::process::Command::new("ffmpeg")
-            .args(["-nostdin", "-v", "error", "-re", "-i"])
-            .arg(&src)
-            .args(["-c", "copy", "-f", "mpegts"])
-            .arg(format!("udp://127.0.0.1:{port}?pkt_size=1316"))
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    send();
+    send_udp(&src, port);
     // The source goes quiet long enough to stall, then comes back once; then the stream is
     // stopped (a URL stream runs until stopped, or until its source is gone for good).
     std::thread::sleep(Duration::from_millis(2500));
-    send();
+    send_udp(&src, port);
     std::thread::sleep(Duration::from_millis(3000));
     unsafe { libc::kill(reader.id() as i32, libc::SIGINT) };
     let o = reader.wait_with_output().unwrap();

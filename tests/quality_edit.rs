@@ -26,6 +26,29 @@ fn demo_bundle() -> PathBuf {
     dir
 }
 
+/// `ctxd edit` of a held-out clip with the demo preset; the edited frames.
+fn edit_clip(
+    bundle: &std::path::Path,
+    clip: &std::path::Path,
+    source: &str,
+    prompt: &str,
+    out: &std::path::Path,
+) -> Vec<ctxd::media::RgbFrame> {
+    run_ok(
+        ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("-q")
+            .arg("edit")
+            .arg(clip)
+            .args(["--preset", "demo", "--bundle"])
+            .arg(bundle)
+            .args(["--source", source, "--prompt", prompt])
+            .arg("-o")
+            .arg(out),
+    );
+    quality::read_frames(out).expect("decode the edited clip")
+}
+
 // Ignored until models/demo keeps the scene and edits shapes (issue 11): the shipped bundle
 // (third run) changes colour and background but redraws the object beside a ghost and never
 // changes a shape. Run it against a trained bundle with
@@ -58,19 +81,13 @@ fn demo_edits_change_what_was_asked_and_keep_count_and_motion() {
             clip.file.trim_end_matches(".mp4"),
             kind.name()
         ));
-        run_ok(
-            ctxd()
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .arg("-q")
-                .arg("edit")
-                .arg(set.path_of(clip))
-                .args(["--preset", "demo", "--bundle"])
-                .arg(&bundle)
-                .args(["--source", &clip.caption, "--prompt", &edit.prompt])
-                .arg("-o")
-                .arg(&out),
+        let frames = edit_clip(
+            &bundle,
+            &set.path_of(clip),
+            &clip.caption,
+            &edit.prompt,
+            &out,
         );
-        let frames = quality::read_frames(&out).expect("decode the edited clip");
         let expected = clip.expected_after(edit);
         let cmp = score::compare(&analyser.clip(&frames), &expected);
         let what = format!(
@@ -125,19 +142,13 @@ fn the_shipped_demo_bundle_changes_colour_and_background() {
     for kind in [EditKind::Colour, EditKind::Background] {
         let edit = clip.edit(kind).expect("an edit of each kind");
         let out = d.path(&format!("{}.mp4", kind.name()));
-        run_ok(
-            ctxd()
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .arg("-q")
-                .arg("edit")
-                .arg(set.path_of(clip))
-                .args(["--preset", "demo", "--bundle"])
-                .arg(&bundle)
-                .args(["--source", &clip.caption, "--prompt", &edit.prompt])
-                .arg("-o")
-                .arg(&out),
+        let frames = edit_clip(
+            &bundle,
+            &set.path_of(clip),
+            &clip.caption,
+            &edit.prompt,
+            &out,
         );
-        let frames = quality::read_frames(&out).expect("decode the edited clip");
         let cmp = score::compare(&analyser.clip(&frames), &clip.expected_after(edit));
         if !cmp.success(kind, edit.target) {
             failures.push(format!(

@@ -11,7 +11,6 @@ is left as it was), and rewrites the file's sha256 in bundle.toml.
 """
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -19,6 +18,8 @@ import sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from .bundle import sha256_file
 
 
 def half_weights(model: onnx.ModelProto, min_elements: int = 256) -> int:
@@ -75,14 +76,6 @@ def compare(original: str, compacted: str) -> float:
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         worst = max(worst, float(np.sqrt(((x - y) ** 2).mean()) / max(np.sqrt((x ** 2).mean()), 1e-12)))
     return worst
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compact_bundle(bundle: str, min_mb: float = 1.0, tolerance: float = 1e-2) -> dict:

@@ -37,6 +37,17 @@ pub struct StreamBenchArgs {
     pub scene_seconds: u32,
     #[arg(long, default_value_t = 4)]
     pub steps: usize,
+    /// What the content shows (the inversion prompt).
+    #[arg(long, default_value = "a video")]
+    pub source: String,
+    /// The edit's prompt (the live run changes it once, to --prompt-after).
+    #[arg(long, default_value = "a red video")]
+    pub prompt: String,
+    #[arg(long, default_value = "a blue video")]
+    pub prompt_after: String,
+    /// Guidance (default: the preset's).
+    #[arg(long)]
+    pub guidance: Option<f32>,
     #[arg(long, default_value_t = 8)]
     pub window: usize,
     /// Processing short side.
@@ -170,8 +181,9 @@ fn settings(args: &StreamBenchArgs, input: &Path, output: &Path, anchor: Anchor)
     StreamSettings {
         input: input.display().to_string(),
         output: output.display().to_string(),
-        prompt: Some("a red video".into()),
-        source: Some("a video".into()),
+        prompt: Some(args.prompt.clone()),
+        source: Some(args.source.clone()),
+        guidance: args.guidance,
         bundle: Some(args.bundle.clone()),
         steps: Some(args.steps),
         window: Some(args.window),
@@ -274,13 +286,17 @@ pub fn run(args: &StreamBenchArgs) -> Result<()> {
     // Delay, a prompt change and A/V sync: the content read in real time, as a live source.
     let out = dir.join("stream-live.mkv");
     let prompt_file = dir.join("prompt.txt");
-    std::fs::write(&prompt_file, "source: a video\na red video\n")?;
+    std::fs::write(
+        &prompt_file,
+        format!("source: {}\n{}\n", args.source, args.prompt),
+    )?;
     let mut s = settings(args, &content, &out, Anchor::Rolling);
     s.prompt = None;
     s.prompt_file = Some(prompt_file.clone());
     let j = job(&s)?;
     let status = j.status.clone();
-    let changer = std::thread::spawn(move || change_prompt_midway(&status, &prompt_file));
+    let after = format!("source: {}\n{}\n", args.source, args.prompt_after);
+    let changer = std::thread::spawn(move || change_prompt_midway(&status, &prompt_file, &after));
     let live: StreamReport = stream::run(j)?;
     let _ = changer.join();
     let av_drift = drift(&out, &content)?;
@@ -303,7 +319,7 @@ pub fn run(args: &StreamBenchArgs) -> Result<()> {
                 .arg(&out)
                 .arg("--bundle")
                 .arg(&args.bundle)
-                .args(["--source", "a video", "--prompt", "a red video"])
+                .args(["--source", &args.source, "--prompt", &args.prompt])
                 .args(["--steps", &args.steps.to_string()])
                 .args(["--window", &args.window.to_string()])
                 .args(["--short-side", &args.short_side.to_string()])
@@ -380,7 +396,7 @@ pub fn run(args: &StreamBenchArgs) -> Result<()> {
 }
 
 /// Changes the prompt once the stream has written three windows (or after a minute).
-fn change_prompt_midway(status: &Mutex<stream::StreamStatus>, file: &Path) {
+fn change_prompt_midway(status: &Mutex<stream::StreamStatus>, file: &Path, text: &str) {
     for _ in 0..600 {
         let s = crate::sync::lock(status).clone();
         if s.windows >= 3 || s.state.starts_with("eof") {
@@ -388,5 +404,5 @@ fn change_prompt_midway(status: &Mutex<stream::StreamStatus>, file: &Path) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = std::fs::write(file, "source: a video\na blue video\n");
+    let _ = std::fs::write(file, text);
 }

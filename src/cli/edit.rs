@@ -177,12 +177,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
                 .collect()
         }
     };
-    let bundle_dir = args
-        .bundle
-        .clone()
-        .or_else(|| spec.bundle.clone())
-        .or_else(|| std::env::var_os("CTXD_BUNDLE").map(PathBuf::from))
-        .unwrap_or_else(|| home.join("models/oracle"));
+    let bundle_dir = spec::bundle_dir(args.bundle.as_deref(), spec.bundle.as_deref(), &home);
     let short_side = match args.short_side {
         Some(0) => None,
         Some(n) => Some(n),

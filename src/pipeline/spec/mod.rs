@@ -84,7 +84,7 @@ mod test_support;
 pub use names::{output_path, sanitize_name};
 pub use preset::Preset;
 pub use prompt_file::{find_sidecar, EditSpec, Overrides, PromptFile, PromptFormat};
-pub use resolve::{CliOverrides, Edit, JobSpec};
+pub use resolve::{bundle_dir, CliOverrides, Edit, JobSpec};
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -21,6 +21,15 @@ use crate::diffusion::ContextMode;
 /// The origin named in errors about command-line values.
 const CLI_ORIGIN: &str = "command line";
 
+/// The bundle folder a job uses: the command line's, else the preset's, else `$CTXD_BUNDLE`,
+/// else `models/oracle` under `home`.
+pub fn bundle_dir(cli: Option<&Path>, preset: Option<&Path>, home: &Path) -> PathBuf {
+    cli.or(preset)
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("CTXD_BUNDLE").map(PathBuf::from))
+        .unwrap_or_else(|| home.join("models/oracle"))
+}
+
 /// Values from the command line: the top layer. `None` (or an empty `prompts`) = not given.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CliOverrides {
