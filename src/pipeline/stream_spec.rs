@@ -213,7 +213,7 @@ pub fn build_job(
         encode.preset.get_or_insert_with(|| "veryfast".into());
         encode.tune.get_or_insert_with(|| "zerolatency".into());
     }
-    let bundle_dir = spec::bundle_dir(args.bundle.as_deref(), spec.bundle.as_deref(), &home);
+    let bundle_dir = spec::bundle_dir(args.bundle.as_deref(), spec.bundle.as_deref(), home);
     let prompt_file = args
         .prompt_file
         .clone()
