@@ -459,3 +459,43 @@ fn a_udp_source_that_pauses_is_reconnected_and_its_timeline_continues() {
         "the timeline continues across the reconnect: {times:?}"
     );
 }
+
+#[test]
+fn named_pipes_in_and_out() {
+    let d = Dir::new();
+    let src = gray_ts(&d, "in.ts", 2.0, false);
+    let (fifo_in, fifo_out) = (d.path("in.fifo"), d.path("out.fifo"));
+    for f in [&fifo_in, &fifo_out] {
+        let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    let child = stream_cmd(fifo_in.to_str().unwrap(), fifo_out.to_str().unwrap())
+        .args(["--prompt", "a red video", "--source", "gray"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader of the output pipe, as another program would be.
+    let reader = std::thread::spawn({
+        let fifo_out = fifo_out.clone();
+        move || {
+            let mut bytes = Vec::new();
+            std::fs::File::open(&fifo_out)
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            bytes
+        }
+    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo_in)
+        .unwrap()
+        .write_all(&std::fs::read(&src).unwrap())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let out = d.path("out.ts");
+    std::fs::write(&out, reader.join().unwrap()).unwrap();
+    assert_eq!(frame_times(&out).len(), 20, "{err}");
+}

@@ -163,7 +163,8 @@ pub(crate) fn open_with(
                 cause: "it is a directory".into(),
             });
         }
-        if meta.len() == 0 && !live.is_some_and(|l| l.follow) {
+        // A named pipe has no length; a file being followed may not have one yet.
+        if meta.len() == 0 && meta.file_type().is_file() && !live.is_some_and(|l| l.follow) {
             return Err(MediaError::Empty(name));
         }
     }

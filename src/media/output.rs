@@ -15,7 +15,8 @@ pub enum OutputTarget {
     /// A folder (existing, or named with a trailing `/`) or a `.m3u8` path: an HLS playlist
     /// `index.m3u8` with a rolling window of segments beside it.
     Hls { playlist: PathBuf },
-    /// `udp://`, `tcp://`, `srt://`, `rtmp://`...: pushed as it is written.
+    /// `udp://`, `tcp://`, `srt://`, `rtmp://`... (and `file:` for a named pipe): written as
+    /// it goes.
     Url(String),
 }
 
@@ -40,6 +41,10 @@ impl OutputTarget {
             .is_some_and(|e| e.eq_ignore_ascii_case("m3u8"));
         if is_playlist {
             return OutputTarget::Hls { playlist: p };
+        }
+        if is_fifo(&p) {
+            // A named pipe: MPEG-TS written into it as it goes, like stdout.
+            return OutputTarget::Url(format!("file:{s}"));
         }
         if s.ends_with('/') || p.is_dir() {
             return OutputTarget::Hls {
@@ -104,6 +109,11 @@ impl OutputTarget {
         }
         o
     }
+}
+
+fn is_fifo(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_fifo())
 }
 
 impl fmt::Display for OutputTarget {
