@@ -499,3 +499,40 @@ fn named_pipes_in_and_out() {
     std::fs::write(&out, reader.join().unwrap()).unwrap();
     assert_eq!(frame_times(&out).len(), 20, "{err}");
 }
+
+#[test]
+fn a_damaged_stream_goes_on() {
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "t.ts",
+        &strs(&args(
+            &[&pattern("160x120", "10", 4.0)],
+            &["-g", "10", "-f", "mpegts"],
+        )),
+    );
+    // Six packets of garbage a third of the way in.
+    let mut bytes = std::fs::read(&src).unwrap();
+    let at = bytes.len() / 3;
+    for (i, b) in bytes[at..at + 188 * 6].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    let bad = d.path("bad.ts");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = d.path("out.mkv");
+    let report = d.path("r.json");
+    let o = stream_cmd(bad.to_str().unwrap(), out.to_str().unwrap())
+        .args(["--prompt", "a red video", "--source", "gray"])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let frames = r["frames"].as_u64().unwrap();
+    assert!(
+        (30..=40).contains(&frames),
+        "the frames around the damage kept: {r}"
+    );
+    assert_eq!(frame_times(&out).len() as u64, frames);
+}

@@ -77,6 +77,8 @@ pub struct VideoSource {
     eof_sent: bool,
     done: bool,
     corrupt_frames: u64,
+    /// Damaged packets the demuxer skipped (it resyncs after them).
+    skipped_packets: u64,
     /// Time, in seconds, of the last packet sent: where a decode error happened.
     last_packet_time: f64,
     /// Read from stdin or a pipe: no seeking back.
@@ -225,6 +227,7 @@ impl VideoSource {
             eof_sent: false,
             done: false,
             corrupt_frames: 0,
+            skipped_packets: 0,
             last_packet_time: 0.0,
             spec_is_pipe: matches!(spec, InputSpec::Stdin)
                 || matches!(spec, InputSpec::Url(u) if u.starts_with("pipe:")),
@@ -278,6 +281,11 @@ impl VideoSource {
         self.corrupt_frames
     }
 
+    /// Damage met so far: frames FFmpeg concealed plus packets the demuxer skipped.
+    pub fn damage(&self) -> u64 {
+        self.corrupt_frames + self.skipped_packets
+    }
+
     fn seconds(&self, ts: i64) -> f64 {
         let tb = self.layout.video.time_base;
         ts as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64
@@ -304,10 +312,20 @@ impl VideoSource {
                         if let Some(ts) = packet.pts().or(packet.dts()) {
                             self.last_packet_time = self.seconds(ts);
                         }
-                        return self
-                            .decoder
-                            .send_packet(&packet)
-                            .map_err(|e| self.corrupt(e));
+                        return match self.decoder.send_packet(&packet) {
+                            // A live stream goes on past a packet the decoder refuses: skipped,
+                            // counted, logged.
+                            Err(e) if self.live => {
+                                self.skipped_packets += 1;
+                                tracing::warn!(
+                                    "{}: skipped a damaged video packet near t = {:.3} s ({e})",
+                                    self.name,
+                                    self.last_packet_time
+                                );
+                                continue;
+                            }
+                            r => r.map_err(|e| self.corrupt(e)),
+                        };
                     }
                     if let (Some(Some(track)), Some(tx)) =
                         (self.audio_tracks.get(idx), self.audio_tx.as_ref())
@@ -341,6 +359,7 @@ impl VideoSource {
                 // samples), so a run of them ends the read.
                 Err(ffmpeg::Error::InvalidData) => {
                     skipped += 1;
+                    self.skipped_packets += 1;
                     if skipped == 1 {
                         tracing::warn!(
                             "{}: skipped damaged data near t = {:.3} s",

@@ -113,8 +113,9 @@ pub struct StreamReport {
     pub windows: u64,
     pub dropped_windows: u64,
     pub reconnects: u64,
-    /// Frames FFmpeg decoded with concealed damage (corrupt packets are skipped and logged).
-    pub corrupt_frames: u64,
+    /// Damage met and passed over: frames FFmpeg concealed plus damaged packets skipped (each
+    /// run of them logged once).
+    pub damaged: u64,
     pub wall_s: f64,
     pub fps: f64,
     pub delay: Delay,
@@ -324,7 +325,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         windows: status.windows,
         dropped_windows: dropped.load(Ordering::Relaxed),
         reconnects: reconnects.load(Ordering::Relaxed),
-        corrupt_frames: corrupt.load(Ordering::Relaxed),
+        damaged: corrupt.load(Ordering::Relaxed),
         wall_s: started.elapsed().as_secs_f64(),
         fps: first_write
             .map(|_| rate(frames, running_since))
@@ -421,7 +422,7 @@ impl LiveFeed {
         // Closed first: a UDP or TCP listener holds its port until then.
         if let Some(old) = self.source.take() {
             self.ended_at = old.end_time();
-            self.corrupt_before += old.corrupt_frames();
+            self.corrupt_before += old.damage();
         }
         let mut backoff = self.reconnect.first_backoff;
         let mut last = lost.to_string();
@@ -501,10 +502,8 @@ impl Iterator for LiveFeed {
                     }
                 }
                 Some(Ok(f)) => {
-                    self.corrupt.store(
-                        self.corrupt_before + source.corrupt_frames(),
-                        Ordering::Relaxed,
-                    );
+                    self.corrupt
+                        .store(self.corrupt_before + source.damage(), Ordering::Relaxed);
                     if let Some(p) = &mut self.pace {
                         if !p.wait(&f, &self.stop) {
                             return None;
