@@ -104,6 +104,11 @@ fn read_into(
     (buf, h)
 }
 
+/// The JSON report `--report` wrote.
+fn read_report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ok() {
@@ -181,7 +186,7 @@ fn stdin_to_stdout_follows_a_prompt_change_with_no_blank_frame() {
     assert!(err.contains("prompt change refused"), "{err}");
     assert!(err.contains("prompt changed at window"), "{err}");
 
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     assert_eq!(r["ended"], "eof");
     assert_eq!(r["frames"], 60);
     assert_eq!(r["prompt"]["changes"], 1);
@@ -228,7 +233,7 @@ fn a_growing_file_is_followed_until_it_stalls() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("ending the stream"), "{err}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     assert_eq!(r["ended"], "input-stalled");
     assert_eq!(r["frames"], 30, "{r}");
     assert_eq!(frame_times(&out).len(), 30);
@@ -340,7 +345,7 @@ fn a_live_source_faster_than_editing_drops_windows_and_says_so() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     let dropped = r["dropped_windows"].as_u64().unwrap();
     let frames = r["frames"].as_u64().unwrap();
     assert!(
@@ -445,7 +450,7 @@ fn a_udp_source_that_pauses_is_reconnected_and_its_timeline_continues() {
     let o = reader.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     assert!(r["reconnects"].as_u64().unwrap() >= 1, "{r}\n{err}");
     let times = frame_times(&out);
     // Each play is 20 frames; UDP may lose the start of a play before a keyframe.
@@ -528,7 +533,7 @@ fn a_damaged_stream_goes_on() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     let frames = r["frames"].as_u64().unwrap();
     assert!(
         (30..=40).contains(&frames),

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::clip::{self, ClipAccumulator};
-use super::graph::{run_graph, sampler_setup, Graph, PipelineError, StageModels};
+use super::graph::{
+    geometry, run_graph, sampler_setup, seconds_per_tick, Graph, PipelineError, StageModels,
+};
 use super::job::{EditJob, Progress};
 use super::prompts::{EditCondition, FixedPrompts, WindowConditions};
 use super::report::{
@@ -17,7 +19,7 @@ use super::report::{
 use super::stages::{DecodeConfig, LagPolicy, PrepareConfig, StageError};
 use super::windows::{Anchor, WindowPlanner};
 use crate::diffusion::Conditioning;
-use crate::media::scale::{Letterbox, Resizer};
+use crate::media::scale::Resizer;
 use crate::media::{AudioPacket, MediaError, VideoSink, VideoSource};
 use crate::model::Bundle;
 
@@ -35,18 +37,12 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     }
     let bundle = Bundle::open(&job.bundle_dir)?;
     bundle.verify()?;
-    let m = bundle.manifest().clone();
+    let scale_factor = bundle.manifest().latent.scale_factor;
 
     let mut source = VideoSource::open(&job.input)?;
     let layout = source.layout().clone();
     let audio_rx = source.take_audio();
-    let v = &layout.video;
-    let geometry = Letterbox::fit(
-        v.width,
-        v.height,
-        job.short_side,
-        job.multiple.max(m.latent.downsampling as u32),
-    );
+    let geometry = geometry(&layout.video, job.short_side, job.multiple, &bundle);
 
     // Prompts → text states, once, up front (cheap next to the UNet).
     let mut text = bundle.text_encoder(&job.runtime)?;
@@ -109,11 +105,11 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             tokens: None,
             lag: LagPolicy::Wait,
             dropped: &dropped,
-            seconds_per_tick: tb.numerator() as f64 / tb.denominator().max(1) as f64,
+            seconds_per_tick: seconds_per_tick(tb),
         },
         prepare: PrepareConfig {
             resizer: Resizer::new(geometry),
-            scale_factor: m.latent.scale_factor,
+            scale_factor,
             planner: WindowPlanner::new(
                 if job.anchor {
                     Anchor::First

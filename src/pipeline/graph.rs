@@ -70,6 +70,27 @@ pub fn sampler_setup(
     })
 }
 
+/// The processing canvas for a source of `video`'s size: `short_side` (None: native), padded
+/// to `multiple` and to the bundle's downsampling.
+pub fn geometry(
+    video: &crate::media::decode::VideoLayout,
+    short_side: Option<u32>,
+    multiple: u32,
+    bundle: &Bundle,
+) -> crate::media::scale::Letterbox {
+    crate::media::scale::Letterbox::fit(
+        video.width,
+        video.height,
+        short_side,
+        multiple.max(bundle.manifest().latent.downsampling as u32),
+    )
+}
+
+/// Seconds per tick of a stream's time base.
+pub fn seconds_per_tick(tb: ffmpeg_next::Rational) -> f64 {
+    tb.numerator() as f64 / tb.denominator().max(1) as f64
+}
+
 /// The sessions of every stage, built before any thread starts (so a bad bundle fails first).
 pub struct StageModels {
     pub vae_enc: Network,

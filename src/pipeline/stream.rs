@@ -21,13 +21,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
-use super::graph::{run_graph, sampler_setup, Graph, PipelineError, StageModels};
+use super::graph::{
+    geometry, run_graph, sampler_setup, seconds_per_tick, Graph, PipelineError, StageModels,
+};
 use super::prompts::{LivePrompts, PromptInbox, PromptResolver, PromptStatus, StreamPrompt};
 use super::report::{Temporal, TemporalAccumulator};
 use super::stages::{DecodeConfig, DropLate, LagPolicy, PrepareConfig, StageError, WindowOutput};
 use super::windows::{Anchor, WindowPlanner};
 use crate::diffusion::ContextMode;
-use crate::media::scale::{Letterbox, Resizer};
+use crate::media::scale::Resizer;
 use crate::media::{
     AudioPacket, EncodeSettings, InputSpec, LiveOptions, MediaError, OutputTarget, RgbFrame,
     VideoSink, VideoSource,
@@ -135,7 +137,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
     let started = Instant::now();
     let bundle = Bundle::open(&job.bundle_dir)?;
     bundle.verify()?;
-    let m = bundle.manifest().clone();
+    let scale_factor = bundle.manifest().latent.scale_factor;
 
     set_state(&job.status, "opening");
     let mut source = VideoSource::open_live(&job.input, &job.live)?;
@@ -144,13 +146,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
     if !layout.audio.is_empty() {
         source.send_audio_to(audio_tx.clone());
     }
-    let v = &layout.video;
-    let geometry = Letterbox::fit(
-        v.width,
-        v.height,
-        job.short_side,
-        job.multiple.max(m.latent.downsampling as u32),
-    );
+    let geometry = geometry(&layout.video, job.short_side, job.multiple, &bundle);
     let text = bundle.text_encoder(&job.runtime)?;
     let prompts = LivePrompts::new(
         text,
@@ -195,7 +191,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         stalled: stalled.clone(),
         size: (layout.video.width, layout.video.height),
         pace: job.realtime.then(|| Pace {
-            seconds_per_tick: tb.numerator() as f64 / tb.denominator().max(1) as f64,
+            seconds_per_tick: seconds_per_tick(tb),
             origin: None,
         }),
     };
@@ -208,11 +204,11 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
             tokens: None,
             lag: job.lag,
             dropped: &dropped,
-            seconds_per_tick: tb.numerator() as f64 / tb.denominator().max(1) as f64,
+            seconds_per_tick: seconds_per_tick(tb),
         },
         prepare: PrepareConfig {
             resizer: Resizer::new(geometry),
-            scale_factor: m.latent.scale_factor,
+            scale_factor,
             planner: WindowPlanner::new(job.anchor, job.overlap),
         },
         setup,
@@ -234,7 +230,6 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
     let reader_gone = AtomicBool::new(false);
     let mut delays: Vec<f64> = Vec::new();
     let mut temporal = TemporalAccumulator::default();
-    let mut first_write: Option<Instant> = None;
     let mut frames = 0u64;
     let mut last_log = Instant::now();
     let mut mux = |w: WindowOutput| -> Result<(), StageError> {
@@ -258,7 +253,6 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         let delay = w.meta.read_at.elapsed().as_secs_f64();
         delays.push(delay);
         frames += out.len() as u64;
-        first_write.get_or_insert_with(Instant::now);
         let status = {
             let mut s = job.status.lock().unwrap_or_else(|p| p.into_inner());
             s.frames = frames;
@@ -327,9 +321,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         reconnects: reconnects.load(Ordering::Relaxed),
         damaged: corrupt.load(Ordering::Relaxed),
         wall_s: started.elapsed().as_secs_f64(),
-        fps: first_write
-            .map(|_| rate(frames, running_since))
-            .unwrap_or(0.0),
+        fps: rate(frames, running_since),
         delay: delay_summary(&mut delays),
         temporal: temporal.result(),
         prompt,
