@@ -9,6 +9,8 @@
 //! - [`diffusion`]: the ContextDiff sampler: schedules, DDIM/DDPM with the context bias,
 //!   inversion, guidance (ndarray only; networks come in through traits).
 //! - [`pipeline`]: `ctxd edit`: job specs and presets, the stage graph, reports.
+//! - [`cache`]: the inversion cache: inverted latents per window on disk, keyed by content,
+//!   bundle and settings, so a second prompt over the same video skips the inversion.
 //! - [`daemon`]: `ctxd watch`: the watch-folder daemon, its job store and status API.
 //! - [`quality`]: what an edit of the demo domain shows (background, objects, shapes,
 //!   colours, paths), read back from its frames and scored against the held-out labels;
@@ -22,6 +24,7 @@
 
 pub mod atomic;
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod daemon;
 pub mod diffusion;

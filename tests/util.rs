@@ -85,9 +85,11 @@ pub fn strs(v: &[String]) -> Vec<&str> {
 
 pub fn ctxd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ctxd"));
-    // No optimized-model cache in the user's home: a test that wants one sets CTXD_ORT_CACHE.
+    // No optimized-model or inversion cache in the user's home: a test that wants one sets
+    // CTXD_ORT_CACHE or CTXD_CACHE_DIR.
     c.env_remove("CTXD_LOG")
         .env("CTXD_ORT_CACHE", "off")
+        .env("CTXD_CACHE_DIR", "off")
         .stdin(Stdio::null());
     c
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
-use super::{EncodeArgs, RuntimeArgs};
+use super::{CacheArgs, EncodeArgs, RuntimeArgs};
 use crate::diffusion::ContextMode;
 use crate::media::InputSpec;
 use crate::pipeline::graph;
@@ -65,6 +65,8 @@ pub struct EditArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub encode: EncodeArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 fn parse_context(s: &str) -> Result<ContextMode, String> {
@@ -193,6 +195,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         cancel,
     );
     job.short_side = short_side;
+    job.cache = args.cache.open()?;
     Ok(job)
 }
 

@@ -102,6 +102,14 @@ enum Command {
         #[arg(long)]
         scale: Option<u32>,
     },
+    /// The inversion cache: its size and entries, pruning to a size, clearing.
+    Cache {
+        #[command(subcommand)]
+        what: CacheCommand,
+        /// The cache folder (default: $CTXD_CACHE_DIR, else ~/.cache/ctxd/inversions).
+        #[arg(long, value_name = "DIR", global = true)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Benchmarks (ratios against baselines measured in the same run).
     Bench {
         #[command(subcommand)]
@@ -130,6 +138,23 @@ enum BenchCommand {
     /// success with the scene kept, ghost frames, motion error, flicker, reconstruction PSNR,
     /// CLIP-T/F), one markdown table per context mode.
     Quality(crate::bench::QualityBenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Entries, total size, the cap and how recently entries were used.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the least recently used entries until the cache is at most SIZE (e.g. 5G).
+    Prune {
+        #[arg(value_parser = crate::cache::parse_size)]
+        size: u64,
+    },
+    /// Remove every entry.
+    Clear,
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +198,45 @@ impl RuntimeArgs {
             optimized_cache: None,
         }
         .with_default_cache()
+    }
+}
+
+/// The inversion cache, for every command that edits files.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Inversion cache folder (default: $CTXD_CACHE_DIR, else ~/.cache/ctxd/inversions; `off`
+    /// for none).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Always invert; read and write no cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+    /// The cache's size cap, e.g. 20G or 512M (default: $CTXD_CACHE_MAX, else 20G); the least
+    /// recently used entries go first.
+    #[arg(long, value_name = "SIZE", value_parser = crate::cache::parse_size)]
+    pub cache_max: Option<u64>,
+}
+
+impl CacheArgs {
+    /// The cache these flags (and the environment) select; None when off.
+    ///
+    /// # Errors
+    /// A cache folder that cannot be created.
+    pub fn open(&self) -> anyhow::Result<Option<crate::cache::InversionCache>> {
+        use crate::cache::{self, InversionCache};
+        if self.no_cache {
+            return Ok(None);
+        }
+        let Some(dir) = self
+            .cache_dir
+            .clone()
+            .filter(|d| d.as_os_str() != "off")
+            .or_else(|| self.cache_dir.is_none().then(cache::default_dir).flatten())
+        else {
+            return Ok(None);
+        };
+        let max = self.cache_max.unwrap_or_else(cache::max_from_env);
+        Ok(Some(InversionCache::open(&dir, max)?))
     }
 }
 
@@ -319,6 +383,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let paths = crate::daemon::run::Paths {
                 pipelines: home.join("pipelines"),
                 default_bundle: home.join("models/oracle"),
+                inversion_cache: crate::cache::InversionCache::from_env(),
             };
             tracing::info!(
                 "watching {} mapping(s) from {}",
@@ -412,6 +477,46 @@ fn run(command: Command) -> Result<(), Failure> {
                 Ok(())
             }
         },
+        Command::Cache { what, cache_dir } => {
+            let dir = cache_dir
+                .or_else(crate::cache::default_dir)
+                .ok_or_else(|| {
+                    Failure::Usage(anyhow::anyhow!(
+                        "no inversion cache folder: CTXD_CACHE_DIR is off and no --cache-dir given"
+                    ))
+                })?;
+            let cache = crate::cache::InversionCache::open(&dir, crate::cache::max_from_env())
+                .map_err(|e| Failure::Job(e.into()))?;
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            match what {
+                CacheCommand::Stats { json } => {
+                    let s = cache.stats();
+                    if json {
+                        return print_json(&s);
+                    }
+                    println!(
+                        "{}: {} entries, {:.1} MiB of {:.1} MiB{}",
+                        s.dir.display(),
+                        s.entries,
+                        mib(s.bytes),
+                        mib(s.max_bytes),
+                        s.oldest_use_age_s
+                            .zip(s.newest_use_age_s)
+                            .map(|(o, n)| format!("; last used {n:.0} s to {o:.0} s ago"))
+                            .unwrap_or_default()
+                    );
+                }
+                CacheCommand::Prune { size } => {
+                    let r = cache.prune(size);
+                    println!("removed {} entries ({:.1} MiB)", r.entries, mib(r.bytes));
+                }
+                CacheCommand::Clear => {
+                    let r = cache.clear();
+                    println!("removed {} entries ({:.1} MiB)", r.entries, mib(r.bytes));
+                }
+            }
+            Ok(())
+        }
         Command::Bench { what } => match what {
             BenchCommand::Media(args) => crate::bench::media(&args).map_err(Failure::Job),
             BenchCommand::Sampler(args) => crate::bench::sampler(&args).map_err(Failure::Job),

@@ -14,6 +14,8 @@ use crate::pipeline::spec::{self, CliOverrides, JobSpec, PromptFile, PromptForma
 pub struct Paths {
     pub pipelines: PathBuf,
     pub default_bundle: PathBuf,
+    /// Shared by every job (and with `ctxd edit` and `ctxd batch` on this host).
+    pub inversion_cache: Option<crate::cache::InversionCache>,
 }
 
 /// Why a file was not admitted.

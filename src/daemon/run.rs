@@ -208,6 +208,8 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
         EncodeSettings::default(),
         cancel,
     );
+    let mut edit_job = edit_job;
+    edit_job.cache = paths.inversion_cache.clone();
     let progress =
         |p: crate::pipeline::job::Progress| live.progress(job.id, p.frames_done, p.frames_total);
     match graph::run(&edit_job, &progress) {

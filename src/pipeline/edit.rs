@@ -16,7 +16,7 @@ use super::prompts::{EditCondition, FixedPrompts, WindowConditions};
 use super::report::{
     report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
 };
-use super::stages::{DecodeConfig, LagPolicy, PrepareConfig, StageError};
+use super::stages::{CacheUse, DecodeConfig, LagPolicy, PrepareConfig, StageError};
 use super::windows::{Anchor, WindowPlanner};
 use crate::diffusion::Conditioning;
 use crate::media::scale::Resizer;
@@ -68,6 +68,13 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     drop(text);
 
     let setup = sampler_setup(&bundle, job.steps, job.eta, job.context, job.blend)?;
+    let cache = match &job.cache {
+        Some(c) => Some(CacheUse {
+            cache: c.clone(),
+            settings: inversion_settings(&bundle, job, &geometry)?,
+        }),
+        None => None,
+    };
     let models = StageModels::load(&bundle, &job.runtime, &setup, job.sequential)?;
     let providers = models.providers.clone();
     // CLIP-T / CLIP-F when the bundle has a CLIP pair.
@@ -106,6 +113,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             lag: LagPolicy::Wait,
             dropped: &dropped,
             seconds_per_tick: seconds_per_tick(tb),
+            hash_content: cache.is_some(),
         },
         prepare: PrepareConfig {
             resizer: Resizer::new(geometry),
@@ -123,6 +131,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         models,
         prompts: Box::new(FixedPrompts(conditions)),
         late: None,
+        cache,
         cancel: &job.cancel,
         sequential: job.sequential,
     };
@@ -190,6 +199,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             windows,
             wall_s: started.elapsed().as_secs_f64(),
             stages: stage_stats.clone(),
+            inversion_cache: stage_stats.get("invert").and_then(|s| s.cache),
             quality: Quality {
                 temporal: temp.result(),
                 clip: clip_scores.as_ref().and_then(ClipAccumulator::result),
@@ -211,6 +221,42 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// The digest of everything but the frames that a window's inversion depends on: the
+/// bundle (its manifest, which holds every network's hash, the schedule and the latent
+/// scale, and its tokenizer), the inversion prompt and settings, the processing size and the
+/// window plan. With the frames' content chain (`stages::CacheUse::key`) it keys the cache.
+///
+/// # Errors
+/// The bundle's manifest or tokenizer cannot be read.
+pub fn inversion_settings(
+    bundle: &Bundle,
+    job: &EditJob,
+    geometry: &crate::media::scale::Letterbox,
+) -> Result<[u8; 32], PipelineError> {
+    use sha2::{Digest, Sha256};
+    let read = |p: std::path::PathBuf| {
+        std::fs::read(&p).map_err(|e| PipelineError::Config(format!("{}: {e}", p.display())))
+    };
+    let manifest = read(bundle.dir().join("bundle.toml"))?;
+    let tokenizer = read(bundle.dir().join(&bundle.manifest().text.tokenizer))?;
+    let settings = serde_json::json!({
+        "format": 1,
+        "ctxd": env!("CARGO_PKG_VERSION"),
+        "manifest": format!("{:x}", Sha256::digest(&manifest)),
+        "tokenizer": format!("{:x}", Sha256::digest(&tokenizer)),
+        "source": job.source_prompt,
+        "steps": job.steps,
+        "context": crate::pipeline::spec::context_name(job.context),
+        "trajectory": job.blend > 0.0,
+        "window": job.window,
+        "overlap": job.overlap,
+        "anchor": job.anchor,
+        "canvas": [geometry.src_w, geometry.src_h, geometry.content_w, geometry.content_h,
+                   geometry.canvas_w, geometry.canvas_h],
+    });
+    Ok(Sha256::digest(settings.to_string().as_bytes()).into())
 }
 
 /// Writes one audio packet to every sink (a copy each but the last).

@@ -13,8 +13,8 @@ use crossbeam_channel::bounded;
 use super::clip::ClipScorer;
 use super::prompts::PromptFeed;
 use super::stages::{
-    self, BlendSetup, DecodeConfig, DropLate, FrameFeed, PrepareConfig, SamplerSetup, StageError,
-    StageStats, WindowOutput,
+    self, BlendSetup, CacheUse, DecodeConfig, DropLate, FrameFeed, PrepareConfig, SamplerSetup,
+    StageError, StageStats, WindowOutput,
 };
 use crate::diffusion::{ContextConfig, ContextMode, FinalK, Schedule};
 use crate::media::scale::Resizer;
@@ -166,6 +166,8 @@ pub struct Graph<'a> {
     pub models: StageModels,
     pub prompts: Box<dyn PromptFeed + 'a>,
     pub late: Option<DropLate<'a>>,
+    /// The inversion cache (finite inputs only; `decode.hash_content` must be on).
+    pub cache: Option<CacheUse>,
     pub cancel: &'a AtomicBool,
     /// Sequential baseline: each window goes through every stage before the next starts.
     pub sequential: bool,
@@ -189,6 +191,7 @@ pub fn run_graph(
         models,
         prompts,
         late,
+        cache,
         cancel,
         sequential,
     } = g;
@@ -241,6 +244,7 @@ pub fn run_graph(
                         adapter_inv,
                         prompts,
                         late,
+                        cache,
                         cancel,
                         rx_lat,
                         tx_inv,

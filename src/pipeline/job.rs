@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::spec::JobSpec;
+use crate::cache::InversionCache;
 use crate::diffusion::ContextMode;
 use crate::media::{EncodeSettings, InputSpec};
 use crate::model::RuntimeOptions;
@@ -58,6 +59,8 @@ pub struct EditJob {
     /// Benchmark baseline: each window goes through every stage before the next one starts
     /// (the same stages and threads, with the overlap removed).
     pub sequential: bool,
+    /// Where inverted windows are looked up and kept (None: always invert).
+    pub cache: Option<InversionCache>,
 }
 
 /// Progress, reported after each window is written.
@@ -117,6 +120,7 @@ impl EditJob {
             spec_json: serde_json::to_value(spec).unwrap_or_default(),
             cancel,
             sequential: false,
+            cache: None,
         }
     }
 }

@@ -106,6 +106,10 @@ pub struct EditReport {
     pub wall_s: f64,
     /// Busy time per stage (working, not waiting) and the part of it inside ONNX Runtime.
     pub stages: BTreeMap<String, StageStats>,
+    /// Windows whose inversion came from the cache (hits) or was computed (misses); absent
+    /// when the run used no cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inversion_cache: Option<crate::cache::CacheCounts>,
     pub quality: Quality,
 }
 

@@ -17,6 +17,7 @@ pub use super::prompts::EditCondition;
 use super::prompts::{PromptFeed, WindowConditions};
 use super::tensor;
 use super::windows::WindowPlanner;
+use crate::cache::{CacheCounts, InversionCache, Inverted};
 use crate::diffusion::{
     self, Blend, Conditioning, ContextConfig, Latent, Models, RunConfig, Schedule, SeededNoise,
 };
@@ -40,7 +41,18 @@ pub type StageResult = Result<StageStats, StageError>;
 pub struct StageStats {
     pub busy_s: f64,
     pub onnx_s: f64,
+    /// Windows this stage worked on.
     pub windows: usize,
+    /// Windows served from the inversion cache instead (the invert stage; not in `windows`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cached: usize,
+    /// What the invert stage did with the inversion cache, when one is in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheCounts>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn err(stage: &'static str) -> impl Fn(String) -> StageError {
@@ -54,6 +66,10 @@ pub struct WindowMeta {
     pub index: usize,
     pub read_at: Instant,
     pub t: f64,
+    /// SHA-256 chained over every decoded frame up to the end of this window (when the
+    /// inversion cache is on): with the anchor and overlap frames, what the window's
+    /// inversion sees comes from these frames and nothing else.
+    pub content: Option<[u8; 32]>,
 }
 
 /// New frames of one window, in presentation order.
@@ -129,6 +145,8 @@ pub struct DecodeConfig<'a> {
     pub dropped: &'a AtomicU64,
     /// Seconds per timestamp tick of the frames, for `WindowMeta::t`.
     pub seconds_per_tick: f64,
+    /// Chain a content hash through the frames (`WindowMeta::content`).
+    pub hash_content: bool,
 }
 
 pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) -> StageResult {
@@ -142,11 +160,22 @@ pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) ->
     // Wall clock against media time, from the first frame: how far the run lags the input.
     let mut clock: Option<(Instant, f64)> = None;
     let stopping = || cfg.stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    let mut chain = [0u8; 32];
+    let hash_content = cfg.hash_content;
     let mut emit = |batch: Vec<RgbFrame>, read_at: Instant, stats: &mut StageStats| -> bool {
         let t = batch[0].pts as f64 * cfg.seconds_per_tick;
         let (start, t0) = *clock.get_or_insert((read_at, t));
+        let content = hash_content.then(|| {
+            chain = chain_frames(&chain, &batch);
+            chain
+        });
         let w = WindowFrames {
-            meta: WindowMeta { index, read_at, t },
+            meta: WindowMeta {
+                index,
+                read_at,
+                t,
+                content,
+            },
             frames: batch,
         };
         index += 1;
@@ -203,6 +232,20 @@ pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) ->
     }
     stats.busy_s += working.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// The next link of the content chain: the previous one, then each frame's size and pixels
+/// (timestamps do not change what is inverted).
+fn chain_frames(prev: &[u8; 32], frames: &[RgbFrame]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(prev);
+    for f in frames {
+        h.update(f.width.to_le_bytes());
+        h.update(f.height.to_le_bytes());
+        h.update(&f.data);
+    }
+    h.finalize().into()
 }
 
 pub struct PrepareConfig {
@@ -292,6 +335,24 @@ fn busy(unet: &Unet, adapter: &Option<Adapter>) -> Duration {
     unet.0.busy().0 + adapter.as_ref().map(|a| a.0.busy().0).unwrap_or_default()
 }
 
+/// The inversion cache as the invert stage uses it: the cache, and the digest of everything
+/// but the content that the inversion depends on (`pipeline::edit::inversion_settings`).
+pub struct CacheUse {
+    pub cache: InversionCache,
+    pub settings: [u8; 32],
+}
+
+impl CacheUse {
+    /// The key of a window with this content chain.
+    pub fn key(&self, content: &[u8; 32]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.settings);
+        h.update(content);
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// Windows whose output would come later than this after their input are dropped before
 /// the expensive stages (live streams); counted in `dropped`.
 pub struct DropLate<'a> {
@@ -306,12 +367,14 @@ pub fn invert(
     mut adapter: Option<Adapter>,
     mut prompts: Box<dyn PromptFeed + '_>,
     late: Option<DropLate>,
+    cache: Option<CacheUse>,
     cancel: &AtomicBool,
     rx: Receiver<WindowLatents>,
     tx: Sender<WindowInverted>,
 ) -> StageResult {
     let e = err("invert");
     let mut stats = StageStats::default();
+    let mut counts = CacheCounts::default();
     for w in rx.iter() {
         if let Some(l) = &late {
             let waited = w.meta.read_at.elapsed().as_secs_f64();
@@ -327,6 +390,40 @@ pub fn invert(
         }
         let t0 = Instant::now();
         let conditions = prompts.for_window(w.meta.index, w.meta.t).map_err(&e)?;
+        let key = cache
+            .as_ref()
+            .zip(w.meta.content.as_ref())
+            .map(|(c, content)| c.key(content));
+        if let (Some(c), Some(key)) = (&cache, &key) {
+            let keep = setup.blend.is_some();
+            let found = c.cache.get(key, &mut counts).filter(|hit| {
+                // A sound entry of the wrong shape would be a key collision: never use it.
+                let fits = hit.x_t.dim() == w.x0.dim()
+                    && (!keep || hit.trajectory.len() == setup.schedule.timesteps().len() + 1);
+                if !fits {
+                    tracing::warn!(
+                        "inversion cache: entry {key} does not fit this window; recomputing"
+                    );
+                }
+                fits
+            });
+            if let Some(hit) = found {
+                stats.busy_s += t0.elapsed().as_secs_f64();
+                stats.cached += 1;
+                if !send(
+                    &tx,
+                    WindowInverted {
+                        latents: w,
+                        x_t: hit.x_t,
+                        trajectory: if keep { hit.trajectory } else { Vec::new() },
+                        conditions,
+                    },
+                ) {
+                    break;
+                }
+                continue;
+            }
+        }
         let cond = Conditioning::new(conditions.source.clone());
         let out = diffusion::invert(
             RunConfig {
@@ -347,14 +444,21 @@ pub fn invert(
             &mut progress_cb(cancel),
         )
         .map_err(|m| e(m.to_string()))?;
+        let value = Inverted {
+            x_t: out.latent,
+            trajectory: out.trajectory,
+        };
+        if let (Some(c), Some(key)) = (&cache, &key) {
+            c.cache.put(key, &value, &mut counts);
+        }
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
         if !send(
             &tx,
             WindowInverted {
                 latents: w,
-                x_t: out.latent,
-                trajectory: out.trajectory,
+                x_t: value.x_t,
+                trajectory: value.trajectory,
                 conditions,
             },
         ) {
@@ -362,6 +466,7 @@ pub fn invert(
         }
     }
     stats.onnx_s = busy(&unet, &adapter).as_secs_f64();
+    stats.cache = cache.is_some().then_some(counts);
     Ok(stats)
 }
 

@@ -205,6 +205,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
             lag: job.lag,
             dropped: &dropped,
             seconds_per_tick: seconds_per_tick(tb),
+            hash_content: false,
         },
         prepare: PrepareConfig {
             resizer: Resizer::new(geometry),
@@ -221,6 +222,8 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
             }),
             LagPolicy::Wait => None,
         },
+        // Live content rarely repeats; a stream would only fill the cache.
+        cache: None,
         cancel: &job.cancel,
         sequential: false,
     };
