@@ -56,6 +56,7 @@ pub fn job(
         spec_json: serde_json::Value::Null,
         cancel: Arc::new(AtomicBool::new(false)),
         sequential: false,
+        cache: None,
     }
 }
 

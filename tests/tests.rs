@@ -4,6 +4,7 @@
 mod util;
 
 mod daemon;
+mod inversion_cache;
 mod media_errors;
 mod media_probe;
 mod media_roundtrip;

@@ -1,0 +1,145 @@
+//! The inversion cache through the real engine (tiny bundle: real ONNX networks): a second
+//! prompt skips the inversion (proven by the stage's counters and its ONNX time, not by wall
+//! time), a hit gives the output a recompute gives, a damaged entry is recomputed, the cap
+//! evicts, and other content or settings miss.
+
+use std::path::{Path, PathBuf};
+
+use ctxd::cache::InversionCache;
+use ctxd::diffusion::ContextMode;
+use ctxd::pipeline::graph;
+use ctxd::pipeline::report::EditReport;
+
+use crate::pipeline_edit::job;
+use crate::util::{rgb_frames, strs, Dir};
+
+fn clip(d: &Dir, name: &str, pattern: &str) -> PathBuf {
+    d.ffmpeg(
+        name,
+        &strs(&[
+            "-f".into(),
+            "lavfi".into(),
+            "-i".into(),
+            format!("{pattern}=size=64x48:rate=12:duration=1"),
+            "-c:v".into(),
+            "libx264".into(),
+            "-pix_fmt".into(),
+            "yuv444p".into(),
+        ]),
+    )
+}
+
+fn edit(
+    input: &Path,
+    out: PathBuf,
+    prompt: &str,
+    cache: Option<&InversionCache>,
+    blend: f32,
+) -> EditReport {
+    let mut j = job(
+        input.to_path_buf(),
+        "tiny",
+        &[("e", prompt, out)],
+        "a video",
+        4,
+    );
+    j.context = ContextMode::Source;
+    j.blend = blend;
+    j.cache = cache.cloned();
+    graph::run(&j, &|_| {}).unwrap().remove(0)
+}
+
+fn invert_stage(r: &EditReport) -> (usize, usize, f64) {
+    let s = &r.stages["invert"];
+    (s.windows, s.cached, s.onnx_s)
+}
+
+#[test]
+fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
+    let d = Dir::new();
+    let src = clip(&d, "a.mp4", "testsrc2");
+    let cache = InversionCache::open(&d.path("cache"), u64::MAX).unwrap();
+
+    // 12 frames, windows of 4: three windows inverted and stored.
+    let first = edit(&src, d.path("red.mp4"), "red", Some(&cache), 0.0);
+    let c = first.inversion_cache.unwrap();
+    assert_eq!((c.hits, c.misses, c.stored), (0, 3, 3));
+    assert_eq!(invert_stage(&first).0, 3);
+    assert_eq!(cache.stats().entries, 3);
+
+    // Another prompt: every window from the cache, the inversion UNet never ran.
+    let second = edit(&src, d.path("blue.mp4"), "blue", Some(&cache), 0.0);
+    let c = second.inversion_cache.unwrap();
+    assert_eq!((c.hits, c.misses, c.stored), (3, 0, 0));
+    let (windows, cached, onnx_s) = invert_stage(&second);
+    assert_eq!((windows, cached), (0, 3));
+    assert_eq!(onnx_s, 0.0, "no ONNX Runtime call in the invert stage");
+    assert!(
+        second.stages["edit"].onnx_s > 0.0,
+        "the edit stage still ran"
+    );
+
+    // The same prompt from the cache gives exactly what the uncached run wrote.
+    let again = edit(&src, d.path("red2.mp4"), "red", Some(&cache), 0.0);
+    assert_eq!(again.inversion_cache.unwrap().hits, 3);
+    let plain = edit(&src, d.path("red3.mp4"), "red", None, 0.0);
+    assert!(plain.inversion_cache.is_none());
+    let frames = |p: &str| rgb_frames(&d.path(p)).2;
+    assert_eq!(frames("red.mp4"), frames("red2.mp4"));
+    assert_eq!(frames("red.mp4"), frames("red3.mp4"));
+
+    // Damage one entry: it is detected, removed and recomputed; the output is unchanged.
+    let victim = cache.entries().into_iter().next().unwrap().path;
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let repaired = edit(&src, d.path("red4.mp4"), "red", Some(&cache), 0.0);
+    let c = repaired.inversion_cache.unwrap();
+    assert_eq!((c.hits, c.corrupt, c.stored), (2, 1, 1));
+    assert_eq!(
+        invert_stage(&repaired).0,
+        1,
+        "only the damaged window inverted"
+    );
+    assert_eq!(frames("red.mp4"), frames("red4.mp4"));
+
+    // Other content misses; so do other inversion settings (local blending keeps the
+    // trajectory, a separate entry).
+    let other = clip(&d, "b.mp4", "rgbtestsrc");
+    let c = edit(&other, d.path("b.red.mp4"), "red", Some(&cache), 0.0)
+        .inversion_cache
+        .unwrap();
+    assert_eq!((c.hits, c.misses), (0, 3));
+    let blended = edit(&src, d.path("blend1.mp4"), "red", Some(&cache), 0.3);
+    assert_eq!(blended.inversion_cache.unwrap().misses, 3);
+    let blended2 = edit(&src, d.path("blend2.mp4"), "blue", Some(&cache), 0.3);
+    assert_eq!(blended2.inversion_cache.unwrap().hits, 3);
+    let plain_blend = edit(&src, d.path("blend3.mp4"), "blue", None, 0.3);
+    assert!(plain_blend.inversion_cache.is_none());
+    assert_eq!(frames("blend2.mp4"), frames("blend3.mp4"));
+}
+
+#[test]
+fn the_cap_evicts_the_least_recently_used() {
+    let d = Dir::new();
+    let src = clip(&d, "a.mp4", "testsrc2");
+    let cache = InversionCache::open(&d.path("cache"), u64::MAX).unwrap();
+    edit(&src, d.path("one.mp4"), "red", Some(&cache), 0.0);
+    // Room for all but one of the three windows of a clip.
+    let cap = cache.stats().bytes - 1;
+    let capped = InversionCache::open(&d.path("cache2"), cap).unwrap();
+    let r = edit(&src, d.path("two.mp4"), "red", Some(&capped), 0.0);
+    let c = r.inversion_cache.unwrap();
+    assert_eq!(c.stored, 3);
+    assert_eq!(c.evicted, 1);
+    let s = capped.stats();
+    assert_eq!(s.entries, 2);
+    assert!(s.bytes <= cap);
+    // The evicted window is the first one (least recently used): a rerun (without the cap,
+    // so it evicts nothing itself) recomputes it only.
+    let uncapped = InversionCache::open(&d.path("cache2"), u64::MAX).unwrap();
+    let r = edit(&src, d.path("three.mp4"), "blue", Some(&uncapped), 0.0);
+    let c = r.inversion_cache.unwrap();
+    assert_eq!((c.hits, c.misses), (2, 1));
+}
