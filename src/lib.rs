@@ -12,6 +12,8 @@
 //! - [`cache`]: the inversion cache: inverted latents per window on disk, keyed by content,
 //!   bundle and settings, so a second prompt over the same video skips the inversion.
 //! - [`daemon`]: `ctxd watch`: the watch-folder daemon, its job store and status API.
+//! - [`batch`]: `ctxd batch`: archives re-edited N jobs at a time, resumable, with a summary
+//!   and an HTML report.
 //! - [`quality`]: what an edit of the demo domain shows (background, objects, shapes,
 //!   colours, paths), read back from its frames and scored against the held-out labels;
 //!   contact sheets.
@@ -23,6 +25,7 @@
 //! Streams and batch build on these (DESIGN.md, the open issues).
 
 pub mod atomic;
+pub mod batch;
 pub mod bench;
 pub mod cache;
 pub mod cli;

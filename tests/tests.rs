@@ -3,6 +3,7 @@
 
 mod util;
 
+mod batch;
 mod daemon;
 mod inversion_cache;
 mod media_errors;

@@ -7,6 +7,7 @@
 //!
 //! Errors print as one line: `ctxd: <what>: <cause>`.
 
+pub mod batch;
 pub mod edit;
 pub mod stream;
 
@@ -48,6 +49,11 @@ enum Command {
     /// takes effect at the next window. SIGINT/SIGTERM finish the window in flight and close
     /// the output, exit 0.
     Stream(Box<stream::StreamArgs>),
+    /// Re-edit whole archives: walk folders (or read a manifest), mirror the tree under
+    /// --out, N jobs at a time, resumable (a rerun skips what is done and redoes what was
+    /// cut off), with summary.csv/.jsonl and report.html. A second prompt over the same
+    /// videos takes the inversions from the cache. Exit 1 when any job failed.
+    Batch(Box<batch::BatchArgs>),
     /// Watch inbox folders and edit what is dropped there (see watch/ctxd-watch.toml). Stops
     /// on SIGINT/SIGTERM after running jobs finish (or the grace period ends), exit 0.
     Watch {
@@ -343,6 +349,20 @@ pub fn main() -> ExitCode {
                 }
             })
         }
+        Command::Batch(args) => {
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = cancel.clone();
+            let _ = ctrlc_flag(move || flag.store(true, Ordering::Relaxed));
+            match batch::run(&args, cancel, quiet) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Failure::Job(anyhow::anyhow!(
+                    "batch: not every job is done (see {})",
+                    args.out.join("summary.csv").display()
+                ))),
+                Err((true, e)) => Err(Failure::Usage(e)),
+                Err((false, e)) => Err(Failure::Job(e)),
+            }
+        }
         other => run(other),
     };
     match result {
@@ -370,7 +390,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Edit(_) => unreachable!("handled in main"),
+        Command::Edit(_) | Command::Batch(_) => unreachable!("handled in main"),
         Command::Stream(args) => run_stream(&args),
         Command::Watch { config } => {
             let home = edit::home();
