@@ -163,10 +163,7 @@ fn a_tree_is_mirrored_a_bad_file_fails_alone_reruns_skip_and_a_second_prompt_hit
     for rel in ["a/one.mp4", "a/b/two.mp4", "c/dup.mp4"] {
         let r = row(&rows, rel);
         assert_eq!(r["status"], "done");
-        assert_eq!(
-            r["outputs"][0].as_str().unwrap().ends_with(".blue.mp4"),
-            true
-        );
+        assert!(r["outputs"][0].as_str().unwrap().ends_with(".blue.mp4"));
         assert_eq!(
             (r["cache_hits"].as_u64(), r["cache_misses"].as_u64()),
             (Some(3), Some(0)),
@@ -230,7 +227,7 @@ fn kill_9_mid_batch_then_a_rerun_leaves_exactly_one_output_set_per_clip() {
     assert!(missing >= 2, "killed mid-batch: {missing} outputs missing");
 
     run_ok(
-        &mut batch(&d)
+        batch(&d)
             .arg(d.path("src"))
             .args(["--prompt", "red", "--source", "a video"]),
     );

@@ -161,7 +161,7 @@ fn sweep_temporaries(dir: &Path) -> usize {
         }
         let pid = name
             .trim_end_matches(".part")
-            .rsplitn(3, '.')
+            .rsplit('.')
             .nth(1)
             .and_then(|p| p.parse::<i32>().ok());
         // SAFETY: kill with signal 0 only checks that the process exists.
@@ -512,4 +512,48 @@ fn run_one(
         clip_f: first.quality.clip.as_ref().map(|c| c.clip_f),
         canvas_pixels: g.canvas_w as u64 * g.canvas_h as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_batch_per_output_folder_and_only_dead_writers_temporaries_go() {
+        let d = tempfile::tempdir().unwrap();
+        let held = lock_folder(d.path(), d.path()).unwrap();
+        let e = lock_folder(d.path(), d.path()).err().unwrap().to_string();
+        assert!(e.contains("another ctxd batch"), "{e}");
+        drop(held);
+        assert!(lock_folder(d.path(), d.path()).is_ok());
+
+        let sub = d.path().join("a");
+        std::fs::create_dir_all(&sub).unwrap();
+        // pid 0x7fff_fff0 does not exist; ours does.
+        let dead = sub.join(".v.red.mp4.2147483632.0.part");
+        let live = sub.join(format!(".v.red.mp4.{}.0.part", std::process::id()));
+        let other = sub.join("v.red.mp4");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(sweep_temporaries(d.path()), 1);
+        assert!(!dead.exists() && live.exists() && other.exists());
+    }
+
+    #[test]
+    fn estimates_use_the_median_rate_of_each_kind_of_job() {
+        let job = |wall_s: f64, hits: u64, inverted: u64| JobResult {
+            frames: 10,
+            canvas_pixels: 1_000_000,
+            wall_s,
+            cache_hits: hits,
+            inverted_windows: inverted,
+            ..Default::default()
+        };
+        let h = [job(10.0, 0, 3), job(20.0, 0, 3), job(30.0, 0, 3), job(5.0, 3, 0)];
+        let (full, cached) = measured_rates(&h);
+        assert_eq!(full, Some(2.0));
+        assert_eq!(cached, Some(0.5));
+        assert_eq!(measured_rates(&[]), (None, None));
+    }
 }
