@@ -300,6 +300,8 @@ pub fn run(opts: &BatchOptions, on: &(dyn Fn(Event) + Sync)) -> Result<Outcome, 
         return Ok(outcome);
     }
 
+    // Keep sessions warm from job to job (each job holds two of the UNet: invert and edit).
+    crate::model::warm::enable(2 * opts.jobs.max(1));
     on(Event::Planned {
         jobs: todo.len(),
         frames: todo.iter().map(|(_, f)| f).sum(),

@@ -8,9 +8,11 @@
 //!    the ratio should stay near 1 (memory must not grow with length).
 
 mod quality;
+mod batch;
 mod stream;
 mod watch;
 
+pub use batch::{batch, BatchBenchArgs};
 pub use quality::{quality, QualityBenchArgs};
 pub use stream::{run as stream, StreamBenchArgs};
 pub use watch::{cpu_seconds, watch, WatchBenchArgs};

@@ -65,7 +65,7 @@ struct WatchBench {
 }
 
 /// Cuts `n` clips of `seconds` each from one moving pattern into `dir`.
-fn make_clips(dir: &Path, n: usize, seconds: f64) -> Result<Vec<PathBuf>> {
+pub(crate) fn make_clips(dir: &Path, n: usize, seconds: f64) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let status = Command::new("ffmpeg")
         .args(["-nostdin", "-y", "-v", "error", "-f", "lavfi", "-i"])

@@ -139,6 +139,10 @@ enum BenchCommand {
     Stream(crate::bench::StreamBenchArgs),
     /// Jobs per minute through `ctxd watch` against `ctxd edit` once per clip; idle CPU.
     Watch(crate::bench::WatchBenchArgs),
+    /// `ctxd batch` over an archive with a first and a second prompt (the second takes every
+    /// inversion from the cache): cost ratio, clips/hour against a loop of `ctxd edit`, cache
+    /// size per clip-second.
+    Batch(crate::bench::BatchBenchArgs),
     /// What a bundle trained on the demo domain really edits: each held-out clip's colour,
     /// shape and background edits through the engine, read back by the analyser (success,
     /// success with the scene kept, ghost frames, motion error, flicker, reconstruction PSNR,
@@ -543,6 +547,7 @@ fn run(command: Command) -> Result<(), Failure> {
             BenchCommand::Pipeline(args) => crate::bench::pipeline(&args).map_err(Failure::Job),
             BenchCommand::Stream(args) => crate::bench::stream(&args).map_err(Failure::Job),
             BenchCommand::Watch(args) => crate::bench::watch(&args).map_err(Failure::Job),
+            BenchCommand::Batch(args) => crate::bench::batch(&args).map_err(Failure::Job),
             BenchCommand::Quality(args) => crate::bench::quality(&args).map_err(Failure::Job),
         },
         Command::Sheet {

@@ -233,6 +233,27 @@ impl Live {
             "Loaded sessions waiting for the next job.",
             &[(String::new(), crate::model::warm::idle_count() as f64)],
         );
+        let c = crate::cache::process_counts();
+        family(
+            "ctxd_inversion_cache_windows_total",
+            "counter",
+            "Windows looked up in the inversion cache: found (hit; the inversion was skipped) or computed (miss).",
+            &[
+                (label("result", "hit"), c.hits as f64),
+                (label("result", "miss"), c.misses as f64),
+            ],
+        );
+        family(
+            "ctxd_inversion_cache_events_total",
+            "counter",
+            "Inversion cache entries stored, evicted (least recently used, over the cap), found corrupt (removed and recomputed), or not stored (write failed).",
+            &[
+                (label("event", "stored"), c.stored as f64),
+                (label("event", "evicted"), c.evicted as f64),
+                (label("event", "corrupt"), c.corrupt as f64),
+                (label("event", "store_error"), c.store_errors as f64),
+            ],
+        );
         family(
             "ctxd_uptime_seconds",
             "gauge",
@@ -266,6 +287,7 @@ mod tests {
             "ctxd_stage_seconds_total{stage=\"invert\"} 1.5",
             "ctxd_jobs_finished_total{outcome=\"done\"} 1",
             "ctxd_jobs_finished_total{outcome=\"failed\"} 0",
+            "# TYPE ctxd_inversion_cache_windows_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
