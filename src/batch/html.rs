@@ -170,11 +170,12 @@ pub fn render(title: &str, rows: &[SummaryRow]) -> String {
         ));
     }
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head>\n<body>\n<h1>{t}</h1>\n<p class=\"counts\"><span>{n} jobs</span><span class=\"status-done\">{done} done</span><span class=\"status-failed\">{failed} failed</span><span>{pending} not run</span><span>{frames} frames</span></p>\n<p>Previews loop before | after; open <em>frames</em> for the source and every edit, frames across. Click a column to sort.</p>\n<table id=\"jobs\"><thead><tr><th>preview</th><th>input</th><th>status</th><th data-type=\"num\">frames</th><th data-type=\"num\">wall s</th><th data-type=\"num\">cache hits</th><th data-type=\"num\">CLIP-T</th><th data-type=\"num\">CLIP-F</th><th>outputs</th><th>error</th></tr></thead>\n<tbody>\n{body}</tbody></table>\n<script>{SCRIPT}</script>\n</body></html>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head>\n<body>\n<h1>{t}</h1>\n<p class=\"counts\"><span>{n} jobs</span><span class=\"status-done\">{done} done</span><span class=\"{failed_class}\">{failed} failed</span><span>{pending} not run</span><span>{frames} frames</span></p>\n<p>Previews loop before | after; open <em>frames</em> for the source and every edit, frames across. Click a column to sort.</p>\n<table id=\"jobs\"><thead><tr><th>preview</th><th>input</th><th>status</th><th data-type=\"num\">frames</th><th data-type=\"num\">wall s</th><th data-type=\"num\">cache hits</th><th data-type=\"num\">CLIP-T</th><th data-type=\"num\">CLIP-F</th><th>outputs</th><th>error</th></tr></thead>\n<tbody>\n{body}</tbody></table>\n<script>{SCRIPT}</script>\n</body></html>\n",
         t = esc(title),
         n = rows.len(),
         done = count(JobState::Done),
         failed = count(JobState::Failed),
+        failed_class = if count(JobState::Failed) > 0 { "status-failed" } else { "" },
         pending = count(JobState::Pending) + count(JobState::Running),
         frames = rows.iter().filter_map(|r| r.frames).sum::<u64>(),
     )

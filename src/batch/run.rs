@@ -552,7 +552,12 @@ mod tests {
             inverted_windows: inverted,
             ..Default::default()
         };
-        let h = [job(10.0, 0, 3), job(20.0, 0, 3), job(30.0, 0, 3), job(5.0, 3, 0)];
+        let h = [
+            job(10.0, 0, 3),
+            job(20.0, 0, 3),
+            job(30.0, 0, 3),
+            job(5.0, 3, 0),
+        ];
         let (full, cached) = measured_rates(&h);
         assert_eq!(full, Some(2.0));
         assert_eq!(cached, Some(0.5));

@@ -117,7 +117,9 @@ pub fn batch(args: &BatchBenchArgs) -> Result<()> {
     let t = Instant::now();
     for clip in &clips {
         let mut c = Command::new(&exe);
-        c.arg("edit").arg(clip).args(["--prompt", "red", "--no-cache"]);
+        c.arg("edit")
+            .arg(clip)
+            .args(["--prompt", "red", "--no-cache"]);
         common(&mut c);
         run(c.arg("--out-dir").arg(&loop_out), "ctxd edit")?;
     }

@@ -7,8 +7,8 @@
 //! 2. Memory: peak RSS of `ctxd transcode` on a short and on a long input of the same kind;
 //!    the ratio should stay near 1 (memory must not grow with length).
 
-mod quality;
 mod batch;
+mod quality;
 mod stream;
 mod watch;
 
