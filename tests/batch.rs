@@ -344,3 +344,58 @@ fn the_report_loads_sorts_and_shows_every_picture_in_a_real_browser() {
     // The failure's reason is on the page.
     assert!(dom.contains("not a media file"));
 }
+
+#[test]
+fn two_processes_share_one_cache_and_the_cache_command_reports_and_prunes_it() {
+    let d = Dir::new();
+    let src = clip(&d, "a.mp4", "testsrc2", 1.0);
+    std::fs::write(d.path("preset.toml"), PRESET).unwrap();
+    let edit = |prompt: &str| {
+        let mut c = ctxd();
+        c.arg("edit")
+            .arg(&src)
+            .args(["--source", "a video", "--prompt", prompt, "-q"])
+            .arg("--bundle")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"))
+            .arg("--preset")
+            .arg(d.path("preset.toml"))
+            .arg("--cache-dir")
+            .arg(d.path("cache"))
+            .arg("--out-dir")
+            .arg(d.root());
+        c
+    };
+    // Two writers of the same entries at once: both finish, nothing torn.
+    let a = edit("red").spawn().unwrap();
+    let b = edit("blue").spawn().unwrap();
+    for mut child in [a, b] {
+        assert!(child.wait().unwrap().success());
+    }
+    run_ok(&mut edit("green"));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(d.path("a.green.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["inversion_cache"]["hits"], 3,
+        "{}",
+        report["inversion_cache"]
+    );
+    assert_eq!(report["inversion_cache"]["corrupt"], 0);
+
+    let cache = |args: &[&str]| {
+        let mut c = ctxd();
+        c.arg("cache")
+            .args(args)
+            .arg("--cache-dir")
+            .arg(d.path("cache"));
+        String::from_utf8(run_ok(&mut c).stdout).unwrap()
+    };
+    let stats: Value = serde_json::from_str(&cache(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["entries"], 3);
+    let bytes = stats["bytes"].as_u64().unwrap();
+    assert!(bytes > 0);
+    let out = cache(&["prune", &(bytes - 1).to_string()]);
+    assert!(out.starts_with("removed 1 entries"), "{out}");
+    assert!(cache(&["clear"]).starts_with("removed 2 entries"));
+    let stats: Value = serde_json::from_str(&cache(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["entries"], 0);
+}

@@ -61,14 +61,14 @@ fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
     let cache = InversionCache::open(&d.path("cache"), u64::MAX).unwrap();
 
     // 12 frames, windows of 4: three windows inverted and stored.
-    let first = edit(&src, d.path("red.mp4"), "red", Some(&cache), 0.0);
+    let first = edit(&src, d.path("red.mkv"), "red", Some(&cache), 0.0);
     let c = first.inversion_cache.unwrap();
     assert_eq!((c.hits, c.misses, c.stored), (0, 3, 3));
     assert_eq!(invert_stage(&first).0, 3);
     assert_eq!(cache.stats().entries, 3);
 
     // Another prompt: every window from the cache, the inversion UNet never ran.
-    let second = edit(&src, d.path("blue.mp4"), "blue", Some(&cache), 0.0);
+    let second = edit(&src, d.path("blue.mkv"), "blue", Some(&cache), 0.0);
     let c = second.inversion_cache.unwrap();
     assert_eq!((c.hits, c.misses, c.stored), (3, 0, 0));
     let (windows, cached, onnx_s) = invert_stage(&second);
@@ -80,13 +80,13 @@ fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
     );
 
     // The same prompt from the cache gives exactly what the uncached run wrote.
-    let again = edit(&src, d.path("red2.mp4"), "red", Some(&cache), 0.0);
+    let again = edit(&src, d.path("red2.mkv"), "red", Some(&cache), 0.0);
     assert_eq!(again.inversion_cache.unwrap().hits, 3);
-    let plain = edit(&src, d.path("red3.mp4"), "red", None, 0.0);
+    let plain = edit(&src, d.path("red3.mkv"), "red", None, 0.0);
     assert!(plain.inversion_cache.is_none());
     let frames = |p: &str| rgb_frames(&d.path(p)).2;
-    assert_eq!(frames("red.mp4"), frames("red2.mp4"));
-    assert_eq!(frames("red.mp4"), frames("red3.mp4"));
+    assert_eq!(frames("red.mkv"), frames("red2.mkv"));
+    assert_eq!(frames("red.mkv"), frames("red3.mkv"));
 
     // Damage one entry: it is detected, removed and recomputed; the output is unchanged.
     let victim = cache.entries().into_iter().next().unwrap().path;
@@ -94,7 +94,7 @@ fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&victim, &bytes).unwrap();
-    let repaired = edit(&src, d.path("red4.mp4"), "red", Some(&cache), 0.0);
+    let repaired = edit(&src, d.path("red4.mkv"), "red", Some(&cache), 0.0);
     let c = repaired.inversion_cache.unwrap();
     assert_eq!((c.hits, c.corrupt, c.stored), (2, 1, 1));
     assert_eq!(
@@ -102,22 +102,22 @@ fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
         1,
         "only the damaged window inverted"
     );
-    assert_eq!(frames("red.mp4"), frames("red4.mp4"));
+    assert_eq!(frames("red.mkv"), frames("red4.mkv"));
 
     // Other content misses; so do other inversion settings (local blending keeps the
     // trajectory, a separate entry).
     let other = clip(&d, "b.mp4", "rgbtestsrc");
-    let c = edit(&other, d.path("b.red.mp4"), "red", Some(&cache), 0.0)
+    let c = edit(&other, d.path("b.red.mkv"), "red", Some(&cache), 0.0)
         .inversion_cache
         .unwrap();
     assert_eq!((c.hits, c.misses), (0, 3));
-    let blended = edit(&src, d.path("blend1.mp4"), "red", Some(&cache), 0.3);
+    let blended = edit(&src, d.path("blend1.mkv"), "red", Some(&cache), 0.3);
     assert_eq!(blended.inversion_cache.unwrap().misses, 3);
-    let blended2 = edit(&src, d.path("blend2.mp4"), "blue", Some(&cache), 0.3);
+    let blended2 = edit(&src, d.path("blend2.mkv"), "blue", Some(&cache), 0.3);
     assert_eq!(blended2.inversion_cache.unwrap().hits, 3);
-    let plain_blend = edit(&src, d.path("blend3.mp4"), "blue", None, 0.3);
+    let plain_blend = edit(&src, d.path("blend3.mkv"), "blue", None, 0.3);
     assert!(plain_blend.inversion_cache.is_none());
-    assert_eq!(frames("blend2.mp4"), frames("blend3.mp4"));
+    assert_eq!(frames("blend2.mkv"), frames("blend3.mkv"));
 }
 
 #[test]
@@ -125,11 +125,11 @@ fn the_cap_evicts_the_least_recently_used() {
     let d = Dir::new();
     let src = clip(&d, "a.mp4", "testsrc2");
     let cache = InversionCache::open(&d.path("cache"), u64::MAX).unwrap();
-    edit(&src, d.path("one.mp4"), "red", Some(&cache), 0.0);
+    edit(&src, d.path("one.mkv"), "red", Some(&cache), 0.0);
     // Room for all but one of the three windows of a clip.
     let cap = cache.stats().bytes - 1;
     let capped = InversionCache::open(&d.path("cache2"), cap).unwrap();
-    let r = edit(&src, d.path("two.mp4"), "red", Some(&capped), 0.0);
+    let r = edit(&src, d.path("two.mkv"), "red", Some(&capped), 0.0);
     let c = r.inversion_cache.unwrap();
     assert_eq!(c.stored, 3);
     assert_eq!(c.evicted, 1);
@@ -139,7 +139,7 @@ fn the_cap_evicts_the_least_recently_used() {
     // The evicted window is the first one (least recently used): a rerun (without the cap,
     // so it evicts nothing itself) recomputes it only.
     let uncapped = InversionCache::open(&d.path("cache2"), u64::MAX).unwrap();
-    let r = edit(&src, d.path("three.mp4"), "blue", Some(&uncapped), 0.0);
+    let r = edit(&src, d.path("three.mkv"), "blue", Some(&uncapped), 0.0);
     let c = r.inversion_cache.unwrap();
     assert_eq!((c.hits, c.misses), (2, 1));
 }
