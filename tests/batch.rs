@@ -211,11 +211,19 @@ fn kill_9_mid_batch_then_a_rerun_leaves_exactly_one_output_set_per_clip() {
     let mut child = cmd.spawn().unwrap();
     let out = d.path("out");
     let outputs: Vec<PathBuf> = (0..4).map(|i| out.join(format!("v{i}.red.mp4"))).collect();
+    // Kill while the second job is writing its output (its temporary file exists).
+    let partial = || {
+        std::fs::read_dir(&out).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.starts_with(".v1.red.mp4.") && n.ends_with(".part"))
+        })
+    };
     let t0 = Instant::now();
-    while !outputs[0].exists() {
+    while partial().is_none() {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
-            "the first job never finished"
+            "the second job never started"
         );
         assert!(child.try_wait().unwrap().is_none(), "the batch ended early");
         std::thread::sleep(Duration::from_millis(20));
@@ -223,8 +231,8 @@ fn kill_9_mid_batch_then_a_rerun_leaves_exactly_one_output_set_per_clip() {
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let missing = outputs.iter().filter(|o| !o.exists()).count();
-    assert!(missing >= 2, "killed mid-batch: {missing} outputs missing");
+    assert!(outputs[0].exists() && !outputs[1].exists());
+    assert!(partial().is_some(), "the kill left a partial file behind");
 
     run_ok(
         batch(&d)
@@ -245,9 +253,15 @@ fn kill_9_mid_batch_then_a_rerun_leaves_exactly_one_output_set_per_clip() {
     assert!(rows
         .iter()
         .all(|r| r["status"] == "done" && r["frames"] == 24));
-    assert!(
-        rows.iter().any(|r| r["attempts"] == 2),
-        "the job cut off by the kill was redone: {rows:?}"
+    assert_eq!(
+        row(&rows, "v0.mp4")["attempts"],
+        1,
+        "a finished job is not redone"
+    );
+    assert_eq!(
+        row(&rows, "v1.mp4")["attempts"],
+        2,
+        "the job cut off by the kill was redone"
     );
     assert_eq!(
         row(&rows, "v0.mp4")["attempts"],
