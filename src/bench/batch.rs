@@ -86,16 +86,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 pub fn batch(args: &BatchBenchArgs) -> Result<()> {
     let (dir, _tmp) = super::work_dir(args.work_dir.as_deref())?;
-    let exe = std::env::current_exe()?;
-    let bundle = std::fs::canonicalize(&args.bundle)
-        .with_context(|| format!("bundle {}", args.bundle.display()))?;
-    let preset = dir.join("bench-preset.toml");
-    std::fs::write(
-        &preset,
-        format!(
-            "steps = {}\nguidance = {}\ncontext = \"source\"\nwindow = 8\nshort_side = {}\nmultiple = 16\n",
-            args.steps, args.guidance, args.short_side
-        ),
+    let (exe, bundle, preset) = super::binary_bench_setup(
+        &dir,
+        &args.bundle,
+        args.steps,
+        args.guidance,
+        args.short_side,
     )?;
     let archive = dir.join("archive");
     let clips = super::watch::make_clips(&archive, args.clips, args.seconds)?;

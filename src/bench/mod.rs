@@ -188,6 +188,29 @@ pub(crate) fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile
     }
 }
 
+/// What the benchmarks that drive the real binary share: the binary, the bundle's absolute
+/// path, and a preset file in `dir` (context `source`, windows of 8).
+pub(crate) fn binary_bench_setup(
+    dir: &Path,
+    bundle: &Path,
+    steps: usize,
+    guidance: f32,
+    short_side: u32,
+) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    use anyhow::Context;
+    let exe = std::env::current_exe()?;
+    let bundle = std::fs::canonicalize(bundle)
+        .with_context(|| format!("bundle {}", bundle.display()))?;
+    let preset = dir.join("bench-preset.toml");
+    std::fs::write(
+        &preset,
+        format!(
+            "steps = {steps}\nguidance = {guidance:?}\ncontext = \"source\"\nwindow = 8\nshort_side = {short_side}\nmultiple = 16\n"
+        ),
+    )?;
+    Ok((exe, bundle, preset))
+}
+
 /// A 1280x720 30 fps clip with a moving test pattern and a stereo AAC tone.
 fn generate_clip(dir: &Path, seconds: u32) -> Result<PathBuf> {
     let path = dir.join(format!("bench-720p-{seconds}s.mp4"));

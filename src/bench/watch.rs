@@ -125,17 +125,8 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 
 pub fn watch(args: &WatchBenchArgs) -> Result<()> {
     let (dir, _tmp) = super::work_dir(args.work_dir.as_deref())?;
-    let exe = std::env::current_exe()?;
-    let bundle = std::fs::canonicalize(&args.bundle)
-        .with_context(|| format!("bundle {}", args.bundle.display()))?;
-    let preset = dir.join("bench-preset.toml");
-    std::fs::write(
-        &preset,
-        format!(
-            "steps = {}\nguidance = 1.0\ncontext = \"source\"\nwindow = 8\nshort_side = 96\nmultiple = 16\n",
-            args.steps
-        ),
-    )?;
+    let (exe, bundle, preset) =
+        super::binary_bench_setup(&dir, &args.bundle, args.steps, 1.0, 96)?;
     let defaults = "source = \"a test pattern\"\n[[edit]]\nprompt = \"red\"\n";
     let clips = make_clips(&dir.join("clips"), args.clips, args.seconds)?;
 
