@@ -289,3 +289,27 @@ fn mp4_on_stdin_needs_its_index_in_front() {
         "{err}"
     );
 }
+
+#[test]
+fn a_frame_over_the_size_limit_is_refused_before_decoding() {
+    // Regression: no frame-size cap, so a small file could declare frames of gigabytes.
+    let d = Dir::new();
+    let p = d.ffmpeg(
+        "wide.nut",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=gray:size=16400x16:duration=0.04:rate=25",
+            "-c:v",
+            "ffv1",
+        ],
+    );
+    let (code, err) = transcode_err(&d, &p);
+    assert_eq!(code, 1);
+    assert_one_line(&err);
+    assert!(
+        err.contains("wide.nut: frame size 16400x16 is over ctxd's limit"),
+        "{err}"
+    );
+}

@@ -201,6 +201,36 @@ fn cli_edit_keeps_timing_and_audio_and_writes_reports() {
 }
 
 #[test]
+fn cli_edit_makes_a_missing_output_folder() {
+    // Regression: `--out-dir out` failed when `out` did not exist yet.
+    let d = Dir::new();
+    let src = gray_clip(&d, "clip.mp4", 0.5, false);
+    run_ok(quick(
+        ctxd()
+            .arg("edit")
+            .arg(&src)
+            .args(["--source", "gray", "--prompt", "red", "--out-dir"])
+            .arg(d.path("new/sub")),
+    ));
+    assert!(d.path("new/sub/clip.red.mp4").is_file());
+    assert!(d.path("new/sub/clip.red.json").is_file());
+    // Where a folder cannot be made, one line says which and why.
+    std::fs::write(d.path("file"), "x").unwrap();
+    let (code, err) = run_err(quick(
+        ctxd()
+            .arg("edit")
+            .arg(&src)
+            .args(["--source", "gray", "--prompt", "red", "--out-dir"])
+            .arg(d.path("file/sub")),
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("file/sub: cannot create the output folder"),
+        "{err}"
+    );
+}
+
+#[test]
 fn cli_edit_prompt_files_and_their_errors() {
     let d = Dir::new();
     let src = gray_clip(&d, "car.mp4", 1.0, false);

@@ -199,8 +199,8 @@ pub(crate) fn binary_bench_setup(
 ) -> Result<(PathBuf, PathBuf, PathBuf)> {
     use anyhow::Context;
     let exe = std::env::current_exe()?;
-    let bundle = std::fs::canonicalize(bundle)
-        .with_context(|| format!("bundle {}", bundle.display()))?;
+    let bundle =
+        std::fs::canonicalize(bundle).with_context(|| format!("bundle {}", bundle.display()))?;
     let preset = dir.join("bench-preset.toml");
     std::fs::write(
         &preset,

@@ -125,8 +125,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 
 pub fn watch(args: &WatchBenchArgs) -> Result<()> {
     let (dir, _tmp) = super::work_dir(args.work_dir.as_deref())?;
-    let (exe, bundle, preset) =
-        super::binary_bench_setup(&dir, &args.bundle, args.steps, 1.0, 96)?;
+    let (exe, bundle, preset) = super::binary_bench_setup(&dir, &args.bundle, args.steps, 1.0, 96)?;
     let defaults = "source = \"a test pattern\"\n[[edit]]\nprompt = \"red\"\n";
     let clips = make_clips(&dir.join("clips"), args.clips, args.seconds)?;
 

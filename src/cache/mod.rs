@@ -218,6 +218,11 @@ impl InversionCache {
         self.dir.join(&key[..2]).join(format!("{key}.{SUFFIX}"))
     }
 
+    /// Whether an entry for `key` is there (not checked: `get` does that).
+    pub fn contains(&self, key: &str) -> bool {
+        is_key(key) && self.path(key).is_file()
+    }
+
     /// The entry for `key`, if there is a sound one; a damaged one is removed (and counted).
     pub fn get(&self, key: &str, counts: &mut CacheCounts) -> Option<Inverted> {
         if !is_key(key) {

@@ -185,6 +185,14 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         Some(n) => Some(n),
         None => spec.short_side,
     };
+    // A demanding user names a folder that does not exist yet; make it (and say so if not).
+    for dir in outputs.iter().filter_map(|o| o.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("{}: cannot create the output folder: {e}", dir.display())
+            })?;
+        }
+    }
     let mut job = EditJob::from_spec(
         &spec,
         input,

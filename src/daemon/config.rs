@@ -231,8 +231,52 @@ impl WatchConfig {
                 ));
             }
         }
+        // Every duration becomes a `Duration`, which panics on NaN, infinity, negatives and
+        // overflow: refuse those here, naming the key.
+        let year = 366.0 * 86400.0;
+        let mut durations = vec![
+            ("poll_seconds".to_string(), Some(c.poll_seconds)),
+            ("rescan_seconds".to_string(), Some(c.rescan_seconds)),
+            (
+                "shutdown_grace_seconds".to_string(),
+                Some(c.shutdown_grace_seconds),
+            ),
+            ("warm_minutes".to_string(), Some(c.warm_minutes * 60.0)),
+        ];
+        for m in &c.mapping {
+            let key = |k: &str| format!("mapping '{}': {k}", m.name);
+            durations.push((key("settle_seconds"), Some(m.settle_seconds)));
+            durations.push((key("sidecar_grace_seconds"), Some(m.sidecar_grace_seconds)));
+            durations.push((key("max_duration_seconds"), m.max_duration_seconds));
+            durations.push((key("max_job_seconds"), m.max_job_seconds));
+        }
+        for (key, v) in durations {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && (0.0..=year).contains(v))) {
+                return Err(format!(
+                    "{}: {key} = {v} is out of range (0 to one year)",
+                    path.display()
+                ));
+            }
+        }
+        // `max_input_mb` is multiplied into bytes: keep that product in range (1 EiB).
+        if let Some(m) = c.mapping.iter().find(|m| m.max_input_mb > (1 << 40)) {
+            return Err(format!(
+                "{}: mapping '{}': max_input_mb = {} is out of range (at most {})",
+                path.display(),
+                m.name,
+                m.max_input_mb,
+                1u64 << 40
+            ));
+        }
+        // An empty token would match a bare `Bearer ` header: never a valid secret.
+        if c.api.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(format!(
+                "{}: [api] token is empty; give a secret or remove the key",
+                path.display()
+            ));
+        }
         if let Ok(token) = std::env::var("CTXD_API_TOKEN") {
-            c.api.token = Some(token).filter(|t| !t.is_empty());
+            c.api.token = Some(token).filter(|t| !t.trim().is_empty());
         }
         if c.api.enabled {
             let addr: std::net::SocketAddr = c.api.listen.parse().map_err(|_| {
@@ -320,6 +364,33 @@ mod tests {
         assert!(e.contains("cannot also be"), "{e}");
         let e = load(&format!("{m}max_job_seconds = 0\n")).unwrap_err();
         assert!(e.contains("max_job_seconds"), "{e}");
+        // Durations that would panic in `Duration::from_secs_f64`, a byte limit that would
+        // overflow, an empty token: refused, naming the key.
+        for bad in [
+            "poll_seconds = -1\n",
+            "shutdown_grace_seconds = inf\n",
+            "rescan_seconds = nan\n",
+            "warm_minutes = 1e300\n",
+        ] {
+            let e = load(&format!("{bad}{m}")).unwrap_err();
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.contains(key) && e.contains("out of range"), "{e}");
+        }
+        for bad in [
+            "settle_seconds = -0.5",
+            "sidecar_grace_seconds = inf",
+            "max_job_seconds = inf",
+        ] {
+            let e = load(&format!("{m}{bad}\n")).unwrap_err();
+            assert!(
+                e.contains("mapping 'a'") && e.contains(bad.split(' ').next().unwrap()),
+                "{e}"
+            );
+        }
+        let e = load(&format!("{m}max_input_mb = 9223372036854775807\n")).unwrap_err();
+        assert!(e.contains("max_input_mb"), "{e}");
+        let e = load(&format!("[api]\ntoken = \"\"\n{m}")).unwrap_err();
+        assert!(e.contains("token is empty"), "{e}");
         let e = load("[api]\nlisten = \"nowhere\"\n[[mapping]]\nname = \"a b\"\ninbox = \"i\"\noutbox = \"o\"\nfailed = \"f\"\n").unwrap_err();
         assert!(e.contains("letters, digits"), "{e}");
     }

@@ -12,6 +12,11 @@ use super::input::{self, InputSpec, LiveOptions};
 use super::log;
 use super::probe::{self, Probe};
 
+/// The largest frame ctxd decodes: 16384 pixels a side, 8192x8192 in all (an 8K UHD frame
+/// is 33 megapixels; one RGB frame at the limit is 200 MB).
+pub const MAX_SIDE: u32 = 16384;
+pub const MAX_PIXELS: u64 = 8192 * 8192;
+
 /// What an output needs to know about its source: timing, size, colour, audio tracks, tags.
 #[derive(Clone)]
 pub struct SourceLayout {
@@ -150,6 +155,14 @@ impl VideoSource {
             })?;
         let rotation = probe.video.rotation;
         let (w, h) = (decoder.width(), decoder.height());
+        // A few bytes can declare a frame of gigabytes: refuse before decoding one.
+        if w > MAX_SIDE || h > MAX_SIDE || w as u64 * h as u64 > MAX_PIXELS {
+            return Err(MediaError::TooLarge {
+                path: name,
+                width: w,
+                height: h,
+            });
+        }
         let (dw, dh) = if rotation % 180 == 90 { (h, w) } else { (w, h) };
         let sar = decoder.aspect_ratio();
         let sar = if rotation % 180 == 90 && sar.numerator() > 0 {

@@ -43,6 +43,12 @@ pub enum MediaError {
         detail: String,
     },
 
+    #[error("{path}: frame size {width}x{height} is over ctxd's limit ({} pixels a side, {} megapixels)", super::decode::MAX_SIDE, super::decode::MAX_PIXELS / 1_000_000)]
+    TooLarge {
+        path: Location,
+        width: u32,
+        height: u32,
+    },
     #[error("{path}: cannot read: {cause}")]
     Read { path: Location, cause: String },
 
@@ -78,6 +84,7 @@ impl MediaError {
                 | MediaError::NotMedia { .. }
                 | MediaError::NoVideo { .. }
                 | MediaError::UnsupportedCodec { .. }
+                | MediaError::TooLarge { .. }
                 | MediaError::Corrupt { .. }
                 | MediaError::Truncated { .. }
                 | MediaError::Read { .. }

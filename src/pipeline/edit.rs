@@ -75,7 +75,8 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         }),
         None => None,
     };
-    let models = StageModels::load(&bundle, &job.runtime, &setup, job.sequential)?;
+    let cached = cache.as_ref().is_some_and(|c| first_window_cached(job, c));
+    let models = StageModels::load(&bundle, &job.runtime, &setup, job.sequential, cached)?;
     let providers = models.providers.clone();
     // CLIP-T / CLIP-F when the bundle has a CLIP pair.
     let mut clip_acc: Vec<Option<ClipAccumulator>> = match &models.clip {
@@ -221,6 +222,25 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Whether the first window's inversion is in the cache (a second prompt over the same
+/// video): then the edit stage will be the only busy one. Reads the first window of a file
+/// once more; never a stream (stdin, URL) that cannot be read twice.
+fn first_window_cached(job: &EditJob, c: &CacheUse) -> bool {
+    if job.input.as_path().is_none() {
+        return false;
+    }
+    let Ok(source) = VideoSource::open(&job.input) else {
+        return false;
+    };
+    let frames: Vec<_> = source
+        .take(job.window.max(1))
+        .map_while(Result::ok)
+        .collect();
+    !frames.is_empty()
+        && c.cache
+            .contains(&c.key(&super::stages::chain_frames(&[0; 32], &frames)))
 }
 
 /// The digest of everything but the frames that a window's inversion depends on: the

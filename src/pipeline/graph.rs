@@ -107,7 +107,9 @@ pub struct StageModels {
 impl StageModels {
     /// Stages run at the same time, so they share the cores: unless the user fixed a thread
     /// count, each stage's sessions get half of them (the two UNet stages dominate), where one
-    /// stage at a time (the sequential baseline) gets them all.
+    /// stage at a time (the sequential baseline) gets them all. When the inversions are
+    /// expected from the cache (`inversion_cached`), the edit stage is the only busy one and
+    /// gets them all too.
     ///
     /// # Errors
     /// A network that does not load.
@@ -116,9 +118,12 @@ impl StageModels {
         user: &RuntimeOptions,
         setup: &SamplerSetup,
         sequential: bool,
+        inversion_cached: bool,
     ) -> Result<StageModels, ModelError> {
         let opts = &stage_runtime(user, sequential);
+        let edit_opts = &stage_runtime(user, sequential || inversion_cached);
         let load_adapter = || -> Result<Option<Adapter>, ModelError> {
+            // The invert stage's adapter.
             if setup.context.active() {
                 Ok(Some(Adapter(bundle.load(Kind::ContextAdapter, opts)?)))
             } else {
@@ -128,8 +133,12 @@ impl StageModels {
         let vae_enc = bundle.load(Kind::VaeEncoder, opts)?;
         let vae_dec = bundle.load(Kind::VaeDecoder, opts)?;
         let unet_inv = Unet(bundle.load(Kind::Unet, opts)?);
-        let unet_edit = Unet(bundle.load(Kind::Unet, opts)?);
-        let (adapter_inv, adapter_edit) = (load_adapter()?, load_adapter()?);
+        let unet_edit = Unet(bundle.load(Kind::Unet, edit_opts)?);
+        let adapter_inv = load_adapter()?;
+        let adapter_edit = match setup.context.active() {
+            true => Some(Adapter(bundle.load(Kind::ContextAdapter, edit_opts)?)),
+            false => None,
+        };
         let mut providers = BTreeMap::new();
         providers.insert("unet".to_string(), unet_inv.0.provider().to_string());
         providers.insert("vae".to_string(), vae_enc.provider().to_string());

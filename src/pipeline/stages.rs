@@ -236,7 +236,7 @@ pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) ->
 
 /// The next link of the content chain: the previous one, then each frame's size and pixels
 /// (timestamps do not change what is inverted).
-fn chain_frames(prev: &[u8; 32], frames: &[RgbFrame]) -> [u8; 32] {
+pub(crate) fn chain_frames(prev: &[u8; 32], frames: &[RgbFrame]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(prev);

@@ -158,7 +158,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
     .map_err(PipelineError::Config)?;
     let prompt_status = prompts.status();
     let setup = sampler_setup(&bundle, job.steps, job.eta, job.context, job.blend)?;
-    let models = StageModels::load(&bundle, &job.runtime, &setup, false)?;
+    let models = StageModels::load(&bundle, &job.runtime, &setup, false, false)?;
     let mut encode = job.encode.clone();
     if job.output.is_live() && encode.gop.is_none() {
         // A keyframe every HLS segment's length: segments can end, viewers can join.

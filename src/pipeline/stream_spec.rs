@@ -204,8 +204,11 @@ pub fn build_job(
         None => matches!(input, InputSpec::Url(ref u) if !u.starts_with("pipe:")),
     };
     let window = args.window.unwrap_or(spec.window);
-    if window == 0 {
-        bail!("--window must be at least 1");
+    if !(1..=crate::pipeline::spec::MAX_WINDOW).contains(&window) {
+        bail!(
+            "--window {window}: give 1 to {}",
+            crate::pipeline::spec::MAX_WINDOW
+        );
     }
     let mut encode = args.encode.clone();
     if output.is_live() {

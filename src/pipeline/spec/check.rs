@@ -8,6 +8,9 @@ use super::{Overrides, SpecError};
 const STEPS: RangeInclusive<usize> = 1..=1000;
 const GUIDANCE: RangeInclusive<f32> = 0.0..=50.0;
 const SHORT_SIDE: RangeInclusive<u32> = 0..=8192;
+/// A window's frames are held decoded and go through the UNet at once: beyond this a window
+/// only buys memory (a huge one from a sidecar or `POST /jobs` aborted the process).
+const WINDOW: RangeInclusive<usize> = 1..=super::MAX_WINDOW;
 pub(super) const MULTIPLE: RangeInclusive<u32> = 1..=1024;
 
 /// Range checks; `origin` names the file (and `[[edit]]`) or the command line.
@@ -58,11 +61,7 @@ impl Checker<'_> {
     }
 
     pub(super) fn window(&self, v: usize) -> Result<(), SpecError> {
-        if v >= 1 {
-            Ok(())
-        } else {
-            Err(self.out_of_range("window", v, ">= 1"))
-        }
+        self.range("window", v, WINDOW)
     }
 
     pub(super) fn short_side(&self, v: u32) -> Result<(), SpecError> {

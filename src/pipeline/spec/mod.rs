@@ -32,7 +32,7 @@
 //! | `seed` | integer `0..=2^63-1` (TOML) | `0` | P F E C | Seed of the noise source (used when `eta > 0`). |
 //! | `context` | `"off"`, `"source"`, `"x0_pred"` | `"source"` | P F E C | ContextDiff context mode ([`ContextMode`], CONTEXTDIFF.md): none, the adapter on the source latent once, or on each step's x0 estimate. |
 //! | `negative` | string | none | P F E C | Negative prompt (the unconditional branch of guidance); `""` clears one set below. |
-//! | `window` | integer `>= 1` | `8` | P F | Frames per temporal window. |
+//! | `window` | integer `1..=64` | `8` | P F | Frames per temporal window. |
 //! | `overlap` | integer `< window` | `0` | P F | Frames shared with the previous window. |
 //! | `anchor` | bool | `true` | P F | Include the video's first frame in every window as a shared anchor. |
 //! | `short_side` | integer `0..=8192` | `0` | P F | Processing resolution: scale so the short side is this; 0 = the native size. |
@@ -103,6 +103,9 @@ pub const SIDECAR_SUFFIXES: [&str; 3] = [".prompt.toml", ".prompt.json", ".promp
 /// The preset used when none is named. (`pipelines/demo.toml` is for a bundle trained by
 /// models/train at its native 64 px; it becomes the default once such a bundle edits.)
 pub const DEFAULT_PRESET: &str = "default";
+
+/// The largest temporal window, in frames (the default is 8).
+pub const MAX_WINDOW: usize = 64;
 
 /// The longest output name [`sanitize_name`] produces.
 pub const MAX_NAME_LEN: usize = 48;

@@ -392,6 +392,21 @@ context = "off"
     }
 
     #[test]
+    fn a_huge_window_is_refused_before_it_can_reserve_memory() {
+        // Regression: `window` was bounded only below, and decode reserved that many frames.
+        let err = toml_err(
+            "source = \"a\"\nwindow = 100000000000\n",
+            "clip.prompt.toml",
+        );
+        assert_eq!(
+            err,
+            "clip.prompt.toml: window = 100000000000 is out of range (1..=64)"
+        );
+        let f = toml("window = 64\n", "clip.prompt.toml");
+        assert_eq!(f.settings.window, Some(64));
+    }
+
+    #[test]
     fn txt_prompt_file() {
         let text = "\u{feff}# edits for clip.mp4\nsource: a man walking a dog\n\n\
                     a man walking a tiger\r\n  # not a prompt\na robot walking a dog  \n";
