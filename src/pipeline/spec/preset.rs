@@ -269,7 +269,7 @@ mod tests {
         );
         assert_eq!(
             parse("steps = 10\nguidance = 1\nwindow = 0\n"),
-            "pipelines/fast.toml: window = 0 is out of range (>= 1)"
+            "pipelines/fast.toml: window = 0 is out of range (1..=64)"
         );
         let err = parse("steps = 10\nguidance = 1\nwindow = 4\noverlap = 4\n");
         assert!(err.contains("overlap = 4"), "{err}");
