@@ -107,6 +107,9 @@ pub const DEFAULT_PRESET: &str = "default";
 /// The largest temporal window, in frames (the default is 8).
 pub const MAX_WINDOW: usize = 64;
 
+/// The largest prompt file read (sidecars, `_defaults.toml`, `--prompt-file`).
+pub const MAX_PROMPT_FILE: u64 = 1 << 20;
+
 /// The longest output name [`sanitize_name`] produces.
 pub const MAX_NAME_LEN: usize = 48;
 
@@ -123,6 +126,10 @@ pub enum SpecError {
         #[source]
         source: io::Error,
     },
+    /// A prompt file that is not a regular file of a sane size (a named pipe would block, a
+    /// link could lead out of the folder, a huge file would fill memory).
+    #[error("{}: {cause}", path.display())]
+    Unusable { path: PathBuf, cause: String },
     /// A file is not UTF-8; `line` is where the first bad byte is.
     #[error("{}: not valid UTF-8 (line {line})", path.display())]
     Utf8 { path: PathBuf, line: usize },

@@ -2,7 +2,6 @@
 //! folder's `_defaults.toml` ([`PromptFile`]), their `[[edit]]`s ([`EditSpec`]) and
 //! top-level [`Overrides`], and finding a video's sidecar ([`find_sidecar`]).
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -146,11 +145,18 @@ impl PromptFile {
     /// # Errors
     /// As [`PromptFile::parse_reader`].
     pub fn load(path: &Path) -> Result<PromptFile, SpecError> {
-        let file = File::open(path).map_err(|source| SpecError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        PromptFile::parse_reader(file, path)
+        let bytes = read_prompt_bytes(path, true)?;
+        PromptFile::parse(&bytes, path, PromptFormat::from_path(path)?)
+    }
+
+    /// Like [`PromptFile::load`] for a file found beside a video (a sidecar or
+    /// `_defaults.toml`): a symbolic link there is refused, not followed.
+    ///
+    /// # Errors
+    /// As [`PromptFile::load`].
+    pub fn load_found(path: &Path) -> Result<PromptFile, SpecError> {
+        let bytes = read_prompt_bytes(path, false)?;
+        PromptFile::parse(&bytes, path, PromptFormat::from_path(path)?)
     }
 
     /// Parses a prompt file from a reader; `path` gives the format (its extension) and
@@ -274,9 +280,11 @@ fn parse_txt(text: &str, path: &Path) -> Result<RawPromptFile, SpecError> {
 /// # Errors
 /// [`SpecError::AmbiguousSidecar`] when more than one exists.
 pub fn find_sidecar(video: &Path) -> Result<Option<PathBuf>, SpecError> {
+    // Anything by a sidecar's name counts (a link, a pipe), so loading it says what is wrong
+    // instead of the sidecar being silently ignored.
     let mut found: Vec<PathBuf> = sidecar_candidates(video)
         .into_iter()
-        .filter(|p| p.is_file())
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
         .collect();
     match found.len() {
         0 => Ok(None),
@@ -286,6 +294,64 @@ pub fn find_sidecar(video: &Path) -> Result<Option<PathBuf>, SpecError> {
             found,
         }),
     }
+}
+
+/// A prompt file's bytes: opened without blocking (a named pipe with no writer would hang the
+/// caller), then checked on the open file (no swap between check and read): a regular file,
+/// at most [`super::MAX_PROMPT_FILE`] bytes. `follow`: whether a symbolic link is followed.
+///
+/// # Errors
+/// [`SpecError::Io`] (missing, unreadable) or [`SpecError::Unusable`].
+pub(super) fn read_prompt_bytes(path: &Path, follow: bool) -> Result<Vec<u8>, SpecError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let unusable = |cause: String| SpecError::Unusable {
+        path: path.to_owned(),
+        cause,
+    };
+    let flags = libc::O_NONBLOCK | if follow { 0 } else { libc::O_NOFOLLOW };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|source| {
+            if source.raw_os_error() == Some(libc::ELOOP) {
+                unusable("is a symbolic link; a prompt file here must be a regular file".into())
+            } else {
+                SpecError::Io {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+    let meta = file.metadata().map_err(|source| SpecError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file (a pipe, socket or device)"
+        };
+        return Err(unusable(format!(
+            "is {kind}; a prompt file must be a regular file"
+        )));
+    }
+    let max = super::MAX_PROMPT_FILE;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| SpecError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    if bytes.len() as u64 > max {
+        return Err(unusable(format!(
+            "is over {} KiB; a prompt file is a few lines",
+            max / 1024
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Where `video`'s sidecars would be, in [`SIDECAR_SUFFIXES`] order.

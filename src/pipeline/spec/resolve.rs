@@ -3,7 +3,6 @@
 //! [`Edit`]s, with the layer that set each value.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -238,20 +237,15 @@ impl JobSpec {
             pipelines_dir,
         )?;
         let defaults_path = defaults_dir.join(DEFAULTS_FILE);
-        let defaults = match File::open(&defaults_path) {
-            Ok(file) => Some(PromptFile::parse_reader(file, &defaults_path)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(SpecError::Io {
-                    path: defaults_path,
-                    source,
-                })
-            }
+        let defaults = match PromptFile::load_found(&defaults_path) {
+            Ok(f) => Some(f),
+            Err(SpecError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
         };
         let sidecar = match prompt {
             Some(p) => Some(p),
             None => find_sidecar(video)?
-                .map(|p| PromptFile::load(&p))
+                .map(|p| PromptFile::load_found(&p))
                 .transpose()?,
         };
         let hint = Hint {
@@ -661,6 +655,51 @@ context = "off"
         std::fs::write(dir.path().join("clip.prompt.json"), "{}").unwrap();
         let err = JobSpec::for_video(&video, &pipelines(), &cli()).unwrap_err();
         assert!(matches!(err, SpecError::AmbiguousSidecar { .. }), "{err}");
+    }
+
+    #[test]
+    fn prompt_files_that_are_pipes_links_or_huge_are_refused_without_blocking() {
+        // Regression: `_defaults.toml` was opened with no type check (a named pipe blocked the
+        // daemon's loop forever), sidecars followed links, reads had no size cap.
+        let dir = tempfile::tempdir().unwrap();
+        let video = dir.path().join("clip.mp4");
+        let fifo = dir.path().join(DEFAULTS_FILE);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let v = video.clone();
+        std::thread::spawn(move || {
+            let _ =
+                tx.send(JobSpec::for_video(&v, &pipelines(), &cli()).map_err(|e| e.to_string()));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a named pipe as _defaults.toml must not block")
+            .unwrap_err();
+        assert!(
+            err.contains("_defaults.toml: is not a regular file"),
+            "{err}"
+        );
+        std::fs::remove_file(&fifo).unwrap();
+
+        // A sidecar that is a link (here to a file outside the folder) is refused.
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("secret.txt");
+        std::fs::write(&target, "source: a\nb\n").unwrap();
+        let link = dir.path().join("clip.prompt.txt");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = JobSpec::for_video(&video, &pipelines(), &cli())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clip.prompt.txt: is a symbolic link"), "{err}");
+        std::fs::remove_file(&link).unwrap();
+
+        // A huge one is refused, and named.
+        std::fs::write(&link, "a\n".repeat(600_000)).unwrap();
+        let err = JobSpec::for_video(&video, &pipelines(), &cli())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clip.prompt.txt: is over 1024 KiB"), "{err}");
     }
 
     #[test]
