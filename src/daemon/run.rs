@@ -332,9 +332,22 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
     }
     let db = cfg.state_dir.join("jobs.db");
     let mut store = Store::open(&db)?;
-    let recovered = store.recover()?;
+    let (recovered, crashed) = store.recover(cfg.max_attempts)?;
     if recovered > 0 {
         tracing::info!("resuming {recovered} interrupted job(s)");
+    }
+    // Jobs that were running at every one of their attempts' crashes: filed as failed.
+    for job in crashed {
+        if let Some(m) = cfg.mapping.iter().find(|m| m.name == job.mapping) {
+            let moved = file_failure(
+                Path::new(&job.input_path),
+                &m.failed,
+                "crash",
+                job.error.as_deref().unwrap_or("crashed"),
+                job.attempts,
+            );
+            store.set_input_path(job.id, &moved.display().to_string())?;
+        }
     }
     let paths = Arc::new(paths);
     let live = Arc::new(Live::default());
@@ -574,7 +587,7 @@ fn file_outcome(
         }
         Err(_) if cancelled && stopping => {
             // Stopped by shutdown: back to the queue for the next start.
-            store.fail(id, "shutdown", "interrupted by shutdown", true, u32::MAX)?;
+            store.requeue_after_shutdown(id)?;
             live.ended(id, "retried", &none);
             return Ok(());
         }

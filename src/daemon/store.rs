@@ -378,14 +378,56 @@ impl Store {
     }
 
     /// After a restart: jobs left `running` by a crash go back to the queue (their attempt
-    /// stays counted). Returns how many.
-    pub fn recover(&self) -> Result<usize> {
-        self.conn
+    /// stays counted), unless they have used all `max_attempts`: a job that takes the daemon
+    /// down every time must not do so forever. Those fail (stage `crash`) and are returned,
+    /// for their inputs to be filed; the count is of those requeued.
+    pub fn recover(&self, max_attempts: u32) -> Result<(usize, Vec<Job>)> {
+        let t = now();
+        let spent: Vec<i64> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT id FROM jobs WHERE state = 'running' AND attempts >= ?1")
+                .map_err(|e| self.sql(e))?;
+            let ids = st
+                .query_map(params![max_attempts], |r| r.get(0))
+                .map_err(|e| self.sql(e))?;
+            ids.collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.sql(e))?
+        };
+        let mut failed = Vec::new();
+        for id in spent {
+            let attempts = self.get(id)?.attempts;
+            self.update(
+                id,
+                "UPDATE jobs SET state = 'failed', stage = 'crash', error = ?2, updated_at = ?3,
+                                 finished_at = ?3 WHERE id = ?1 AND state = 'running'",
+                params![
+                    id,
+                    format!("the daemon stopped during this job {attempts} time(s) (max_attempts); not retried"),
+                    t
+                ],
+            )?;
+            failed.push(self.get(id)?);
+        }
+        let requeued = self
+            .conn
             .execute(
                 "UPDATE jobs SET state = 'queued', stage = NULL, updated_at = ?1 WHERE state = 'running'",
-                params![now()],
+                params![t],
             )
-            .map_err(|e| self.sql(e))
+            .map_err(|e| self.sql(e))?;
+        Ok((requeued, failed))
+    }
+
+    /// A job stopped by a graceful shutdown: queued again, and that attempt not counted (it
+    /// did not fail; only crashes and failures use up `max_attempts`).
+    pub fn requeue_after_shutdown(&self, id: i64) -> Result<()> {
+        self.update(
+            id,
+            "UPDATE jobs SET state = 'queued', stage = NULL, attempts = MAX(attempts - 1, 0),
+                             updated_at = ?2 WHERE id = ?1 AND state = 'running'",
+            params![id, now()],
+        )
     }
 
     pub fn get(&self, id: i64) -> Result<Job> {
@@ -510,13 +552,46 @@ mod tests {
             // dropped here without finishing b: the process died
         }
         let mut s = store(&d);
-        assert_eq!(s.recover().unwrap(), 1);
+        assert_eq!(s.recover(3).unwrap().0, 1);
         let b = s.claim_next().unwrap().unwrap();
         assert_eq!(b.input_path, "b.mp4");
         assert_eq!(b.attempts, 2, "the interrupted attempt counts");
         // The finished job is not redone.
         assert!(s.claim_next().unwrap().is_none());
         assert_eq!(s.get(1).unwrap().state, State::Done);
+    }
+
+    #[test]
+    fn a_job_that_crashes_the_daemon_every_time_fails_at_the_cap() {
+        // Regression: `recover` requeued a crashing job forever and `max_attempts` never
+        // applied, so one bad job crash-looped the daemon.
+        let d = tempfile::tempdir().unwrap();
+        for crash in 1..=3 {
+            let mut s = store(&d);
+            if crash == 1 {
+                s.enqueue("m", "bad.mp4", "h", "p", None).unwrap();
+            }
+            let (requeued, failed) = s.recover(3).unwrap();
+            assert_eq!((requeued, failed.len()), (usize::from(crash > 1), 0));
+            let job = s.claim_next().unwrap().unwrap();
+            assert_eq!(job.attempts, crash);
+            // the daemon dies here, with the job running
+        }
+        let s = store(&d);
+        let (requeued, failed) = s.recover(3).unwrap();
+        assert_eq!((requeued, failed.len()), (0, 1));
+        let job = s.get(failed[0].id).unwrap();
+        assert_eq!(job.state, State::Failed);
+        assert_eq!(job.stage.as_deref(), Some("crash"));
+        assert!(job.error.unwrap().contains("3 time(s)"));
+
+        // A graceful shutdown does not use up an attempt.
+        let mut s = store(&d);
+        s.enqueue("m", "ok.mp4", "h2", "p", None).unwrap();
+        let j = s.claim_next().unwrap().unwrap();
+        s.requeue_after_shutdown(j.id).unwrap();
+        let again = s.claim_next().unwrap().unwrap();
+        assert_eq!((again.id, again.attempts), (j.id, 1));
     }
 
     #[test]
