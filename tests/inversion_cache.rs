@@ -49,6 +49,25 @@ fn edit(
     graph::run(&j, &|_| {}).unwrap().remove(0)
 }
 
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y) as f64)
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+/// The same picture up to float noise. A cache entry round-trips bit-exactly (the cache's
+/// unit tests), but two runs of the engine are not always bit-identical: under a loaded
+/// machine (the whole test suite in parallel) a run without the cache has differed from the
+/// one before it, and the edit stage gets another thread count after a hit. A wrong entry
+/// (another window, another clip) gives another picture: tens of levels apart.
+fn same_picture(a: &[u8], b: &[u8]) {
+    let d = mean_abs_diff(a, b);
+    assert!(d < 1.0, "mean absolute difference {d:.3} levels");
+}
+
 fn invert_stage(r: &EditReport) -> (usize, usize, f64) {
     let s = &r.stages["invert"];
     (s.windows, s.cached, s.onnx_s)
@@ -79,14 +98,14 @@ fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
         "the edit stage still ran"
     );
 
-    // The same prompt from the cache gives exactly what the uncached run wrote.
+    // The same prompt from the cache gives what the uncached run wrote.
     let again = edit(&src, d.path("red2.mkv"), "red", Some(&cache), 0.0);
     assert_eq!(again.inversion_cache.unwrap().hits, 3);
     let plain = edit(&src, d.path("red3.mkv"), "red", None, 0.0);
     assert!(plain.inversion_cache.is_none());
     let frames = |p: &str| rgb_frames(&d.path(p)).2;
-    assert_eq!(frames("red.mkv"), frames("red2.mkv"));
-    assert_eq!(frames("red.mkv"), frames("red3.mkv"));
+    same_picture(&frames("red.mkv"), &frames("red2.mkv"));
+    same_picture(&frames("red.mkv"), &frames("red3.mkv"));
 
     // Damage one entry: it is detected, removed and recomputed; the output is unchanged.
     let victim = cache.entries().into_iter().next().unwrap().path;
@@ -102,7 +121,7 @@ fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
         1,
         "only the damaged window inverted"
     );
-    assert_eq!(frames("red.mkv"), frames("red4.mkv"));
+    same_picture(&frames("red.mkv"), &frames("red4.mkv"));
 
     // Other content misses; so do other inversion settings (local blending keeps the
     // trajectory, a separate entry).
@@ -117,7 +136,10 @@ fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
     assert_eq!(blended2.inversion_cache.unwrap().hits, 3);
     let plain_blend = edit(&src, d.path("blend3.mkv"), "blue", None, 0.3);
     assert!(plain_blend.inversion_cache.is_none());
-    assert_eq!(frames("blend2.mkv"), frames("blend3.mkv"));
+    same_picture(&frames("blend2.mkv"), &frames("blend3.mkv"));
+    // ...while the latents of another clip give another picture, so the check can fail.
+    let other = mean_abs_diff(&frames("red.mkv"), &frames("b.red.mkv"));
+    assert!(other > 5.0, "{other}");
 }
 
 #[test]
