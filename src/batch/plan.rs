@@ -388,20 +388,7 @@ pub fn plan(found: Vec<Found>, out_dir: &Path, how: &Resolve) -> Vec<Planned> {
             let defaults = defaults_dir(&f.input, &f.root);
             JobSpec::for_video_in(&f.input, &defaults, prompt_file.cloned(), pipelines, &o)
                 .map_err(|e| e.to_string())
-                .and_then(|s| {
-                    let first = &s.edits[0];
-                    match s
-                        .edits
-                        .iter()
-                        .find(|e| e.steps != first.steps || e.context != first.context)
-                    {
-                        Some(e) => Err(format!(
-                            "edits '{}' and '{}' differ in steps or context mode; edits of one video share one inversion",
-                            first.name, e.name
-                        )),
-                        None => Ok(s),
-                    }
-                })
+                .and_then(|s| s.check_shared_inversion().map(|()| s))
         });
         let bundle = spec::bundle_dir(
             bundle_flag,

@@ -123,19 +123,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
             JobSpec::resolve(&preset, None, None, &cli)?
         }
     };
-    // One inversion serves every edit, so they must agree on what shapes it.
-    let first = &spec.edits[0];
-    if let Some(e) = spec
-        .edits
-        .iter()
-        .find(|e| e.steps != first.steps || e.context != first.context)
-    {
-        bail!(
-            "edits '{}' and '{}' differ in steps or context mode; edits of one video share one inversion, so give them the same",
-            first.name,
-            e.name
-        );
-    }
+    spec.check_shared_inversion().map_err(anyhow::Error::msg)?;
 
     let (stem, ext) = match input.as_path() {
         Some(p) => (

@@ -258,6 +258,26 @@ impl JobSpec {
         resolve(&preset, defaults.as_ref(), sidecar.as_ref(), cli, hint)
     }
 
+    /// One inversion serves every edit of a video, so the edits must agree on what shapes
+    /// it (steps and context mode).
+    ///
+    /// # Errors
+    /// A message naming two edits that differ.
+    pub fn check_shared_inversion(&self) -> Result<(), String> {
+        let first = &self.edits[0];
+        match self
+            .edits
+            .iter()
+            .find(|e| e.steps != first.steps || e.context != first.context)
+        {
+            Some(e) => Err(format!(
+                "edits '{}' and '{}' differ in steps or context mode; edits of one video share one inversion, so give them the same",
+                first.name, e.name
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Merges the layers: `preset` < `defaults` < `sidecar` < `cli` (see the module docs).
     ///
     /// # Errors
