@@ -35,38 +35,62 @@ impl Guide {
         })
     }
 
-    /// The UNet's raw output under guidance: one call, batch [uncond, cond] (§2). The guided
-    /// combination is written over the cond half of the UNet's own output.
+    /// The UNet's raw output under guidance, written into `out` (the latent's shape): one
+    /// call, batch [uncond, cond] (§2), combined straight from the UNet's output buffer.
     pub(crate) fn output(
         &mut self,
         unet: &mut dyn NoisePredictor,
         x: &Latent,
         t: i64,
         cond: &Conditioning,
-    ) -> Result<Latent, DiffusionError> {
+        out: &mut Latent,
+    ) -> Result<(), DiffusionError> {
         let tf = t as f32;
+        let mut shape_err = None;
         let (Some(text), Some(xx)) = (&self.text, &mut self.xx) else {
-            return unet.predict(x, tf, &cond.cond);
+            unet.predict_with(x, tf, &cond.cond, &mut |o| {
+                if o.shape() == out.shape() {
+                    out.assign(&o);
+                } else {
+                    shape_err = Some(o.shape().to_vec());
+                }
+            })?;
+            return match shape_err {
+                None => Ok(()),
+                Some(got) => Err(DiffusionError::Shape(format!(
+                    "UNet output has shape {got:?}, the latent {:?}",
+                    out.shape()
+                ))),
+            };
         };
         // x has the shape of the run's start latent, which xx was made from.
         let b = x.shape()[0];
         xx.slice_mut(s![..b, .., .., .., ..]).assign(x);
         xx.slice_mut(s![b.., .., .., .., ..]).assign(x);
-        let mut out = unet.predict(xx, tf, text)?;
-        if out.shape()[0] != 2 * b {
-            return Err(DiffusionError::Shape(format!(
-                "UNet returned batch {} for {}",
-                out.shape()[0],
-                2 * b
-            )));
-        }
         let w = cond.guidance as f64;
-        {
-            let (u, mut c) = out.view_mut().split_at(Axis(0), b);
-            Zip::from(&mut c).and(&u).for_each(|c, &u| {
-                *c = (u as f64 + w * (*c as f64 - u as f64)) as f32;
+        unet.predict_with(xx, tf, text, &mut |o| {
+            if o.shape() != xx_shape(out.shape(), 2 * b).as_slice() {
+                shape_err = Some(o.shape().to_vec());
+                return;
+            }
+            let (u, c) = o.split_at(Axis(0), b);
+            zip_for_each!(Zip::from(&mut *out).and(&u).and(&c), |r, &u, &c| {
+                *r = (u as f64 + w * (c as f64 - u as f64)) as f32;
             });
+        })?;
+        match shape_err {
+            None => Ok(()),
+            Some(got) => Err(DiffusionError::Shape(format!(
+                "UNet returned shape {got:?} for a guided batch of {}",
+                2 * b
+            ))),
         }
-        Ok(out.slice_move(s![b.., .., .., .., ..]))
     }
+}
+
+/// `shape` with its batch axis set to `batch`.
+fn xx_shape(shape: &[usize], batch: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    s[0] = batch;
+    s
 }

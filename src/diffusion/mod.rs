@@ -11,6 +11,24 @@
 //! - `blend`: local blending (edit where the prompts disagree, keep the source elsewhere)
 //! - `latent_io`: saving and loading inverted latents
 
+/// Runs an ndarray `Zip` over the cores when it is large enough to pay for the hand-off, else
+/// on this thread. Each element's arithmetic is the same either way, so results are
+/// bit-identical whatever the thread count.
+macro_rules! zip_for_each {
+    ($zip:expr, $f:expr) => {{
+        let zip = $zip;
+        if zip.size() >= $crate::diffusion::PARALLEL_MIN_ELEMENTS {
+            zip.par_for_each($f)
+        } else {
+            zip.for_each($f)
+        }
+    }};
+}
+
+/// Below this many elements a step's arithmetic stays on one thread (a 64x64x4 latent of
+/// 8 frames has 131072).
+pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 32 * 1024;
+
 pub mod blend;
 pub mod context;
 mod guide;

@@ -16,7 +16,7 @@
 
 use std::ops::ControlFlow;
 
-use ndarray::{Array3, Array5, Zip};
+use ndarray::{Array3, Array5, ArrayView5, Zip};
 
 use super::blend::{self, Blend};
 use super::context::{ContextConfig, ContextMode};
@@ -38,6 +38,20 @@ pub trait NoisePredictor {
         t: f32,
         text: &TextStates,
     ) -> Result<Latent, DiffusionError>;
+
+    /// `predict` with the output lent to `read` instead of returned: a predictor with a
+    /// buffer of its own (the ONNX UNet) then allocates no latent per call.
+    fn predict_with(
+        &mut self,
+        sample: &Latent,
+        t: f32,
+        text: &TextStates,
+        read: &mut dyn FnMut(ArrayView5<f32>),
+    ) -> Result<(), DiffusionError> {
+        let out = self.predict(sample, t, text)?;
+        read(out.view());
+        Ok(())
+    }
 }
 
 /// The context adapter: `r` for a clean-latent estimate under `text` at timestep `t`.
@@ -280,11 +294,14 @@ fn run_loop(
         check_shape(&r, start, "context")?;
     }
 
-    let mut x = start.clone();
+    // In standard layout, so ONNX Runtime reads it in place at every step (a latent sliced or
+    // permuted upstream would otherwise be copied per call).
+    let mut x = start.as_standard_layout().into_owned();
     // Each step writes the next latent and its x0 estimate into these and swaps them in.
     let mut next = Latent::zeros(start.raw_dim());
     let mut x0 = Latent::zeros(start.raw_dim());
     let mut guide = Guide::new(start, cond)?;
+    let mut out = Latent::zeros(start.raw_dim());
     let mut trajectory = Vec::new();
     if run.keep_trajectory {
         trajectory.push(x.clone());
@@ -298,8 +315,7 @@ fn run_loop(
                 .context(&x0_est, &cond.cond, t as f32)?;
             check_shape(&r, start, "context")?;
         }
-        let out = guide.output(&mut *unet, &x, t, cond)?;
-        check_shape(&out, start, "UNet output")?;
+        guide.output(&mut *unet, &x, t, cond, &mut out)?;
         let a_t = sched.abar_of(t);
         let k_t = if ctx.active() {
             ctx.k_at(sched, t)
@@ -351,12 +367,9 @@ fn run_loop(
                     a_p.sqrt() * beta_t / (1.0 - a_t),
                     (1.0 - beta_t).sqrt() * (1.0 - a_p) / (1.0 - a_t),
                 );
-                Zip::from(&mut next)
-                    .and(&mut x0)
-                    .and(&x)
-                    .and(&out)
-                    .and(&r)
-                    .for_each(|n, x0v, &xv, &o, &rv| {
+                zip_for_each!(
+                    Zip::from(&mut next).and(&mut x0).and(&x).and(&out).and(&r),
+                    |n, x0v, &xv, &o, &rv| {
                         let (xv, o, rv) = (xv as f64, o as f64, rv as f64);
                         let y = xv - k_t * rv;
                         let (x0h, eps) = if v_pred {
@@ -370,9 +383,10 @@ fn run_loop(
                         } else {
                             (sa_p * x0h + k_p * rv + dir_coef * eps) as f32
                         };
-                    });
+                    }
+                );
                 if let Some(z) = z {
-                    Zip::from(&mut next).and(&z).for_each(|n, &zv| {
+                    zip_for_each!(Zip::from(&mut next).and(&z), |n, &zv| {
                         *n = (*n as f64 + sigma * zv as f64) as f32;
                     });
                 }
@@ -392,12 +406,9 @@ fn run_loop(
                     a_c.sqrt(),
                     (1.0 - a_c).sqrt(),
                 );
-                Zip::from(&mut next)
-                    .and(&mut x0)
-                    .and(&x)
-                    .and(&out)
-                    .and(&r)
-                    .for_each(|n, x0v, &xv, &o, &rv| {
+                zip_for_each!(
+                    Zip::from(&mut next).and(&mut x0).and(&x).and(&out).and(&r),
+                    |n, x0v, &xv, &o, &rv| {
                         let (xv, o, rv) = (xv as f64, o as f64, rv as f64);
                         let eps = if v_pred {
                             sa_t * o + s1a_t * (xv - k_t * rv)
@@ -407,7 +418,8 @@ fn run_loop(
                         let x0h = (xv - k_c * rv - s1a_c * eps) / sa_c;
                         *x0v = x0h as f32;
                         *n = (sa_t * x0h + k_t * rv + s1a_t * eps) as f32;
-                    });
+                    }
+                );
             }
         }
         std::mem::swap(&mut x, &mut next);

@@ -2,7 +2,7 @@
 //! `diffusion::ContextAdapter`): tensors in by the contract's names, the adapter fed only the
 //! inputs its ONNX file declares.
 
-use ndarray::{Array1, Ix5};
+use ndarray::{Array1, ArrayView5, Ix5};
 
 use super::network::{Input, Network};
 use crate::diffusion::{ContextAdapter, DiffusionError, Latent, NoisePredictor, TextStates};
@@ -41,6 +41,39 @@ impl NoisePredictor for Unet {
             )
             .map_err(model_err)?;
         to_latent(out, "out_sample")
+    }
+
+    /// The output straight from the buffer ONNX Runtime wrote (kept for the next step).
+    fn predict_with(
+        &mut self,
+        sample: &Latent,
+        t: f32,
+        text: &TextStates,
+        read: &mut dyn FnMut(ArrayView5<f32>),
+    ) -> Result<(), DiffusionError> {
+        let b = sample.shape()[0];
+        self.0
+            .run_one_with(
+                vec![
+                    ("sample", Input::F32View(sample.view().into_dyn())),
+                    ("timestep", Input::F32(Array1::from_elem(b, t).into_dyn())),
+                    (
+                        "encoder_hidden_states",
+                        Input::F32View(text.view().into_dyn()),
+                    ),
+                ],
+                "out_sample",
+                |v| match v.into_dimensionality::<Ix5>() {
+                    Ok(v) => {
+                        read(v);
+                        Ok(())
+                    }
+                    Err(e) => Err(DiffusionError::Shape(format!(
+                        "out_sample must be 5-D: {e}"
+                    ))),
+                },
+            )
+            .map_err(model_err)?
     }
 }
 

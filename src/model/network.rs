@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use half::f16;
 use ndarray::ArrayD;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, TensorRef};
 
 use super::contract::{self, Declared, Kind};
@@ -47,6 +47,8 @@ pub struct Network {
     /// Time spent inside ONNX Runtime, for reports and benchmarks.
     busy: Duration,
     calls: u64,
+    /// The run options of `run_one_with`: only the named output is computed.
+    only: Option<(String, RunOptions<HasSelectedOutputs>)>,
 }
 
 impl Network {
@@ -77,6 +79,7 @@ impl Network {
             outputs,
             busy: Duration::ZERO,
             calls: 0,
+            only: None,
         })
     }
 
@@ -127,16 +130,98 @@ impl Network {
     /// without a copy (these are the largest buffers of a step).
     pub fn run<'a>(
         &mut self,
-        mut inputs: Vec<(&str, Input<'a>)>,
+        inputs: Vec<(&str, Input<'a>)>,
     ) -> Result<BTreeMap<String, ArrayD<f32>>> {
-        let run_err = |cause: String| ModelError::Run {
-            network: self.kind.name().to_string(),
-            cause,
-        };
+        let feed = self.feed(inputs)?;
+        let start = Instant::now();
+        let kind = self.kind;
+        let session = self.session.as_mut().expect("present until dropped");
+        let outputs = session
+            .run(feed)
+            .map_err(|e| run_error(kind, e.to_string()))?;
+        let mut result = BTreeMap::new();
+        for d in &self.outputs {
+            let Some(v) = outputs.get(&d.name) else {
+                continue;
+            };
+            let arr = match d.elem {
+                TensorElementType::Float16 => {
+                    v.try_extract_array::<f16>().map(|a| a.mapv(f16::to_f32))
+                }
+                TensorElementType::Float32 => v.try_extract_array::<f32>().map(|a| a.to_owned()),
+                _ => continue,
+            }
+            .map_err(|e| run_error(kind, format!("output '{}': {e}", d.name)))?;
+            result.insert(d.name.clone(), arr);
+        }
+        drop(outputs);
+        self.busy += start.elapsed();
+        self.calls += 1;
+        Ok(result)
+    }
+
+    /// Runs and hands the f32 output `output` to `read` as a view of ONNX Runtime's own
+    /// buffer, with no copy; other outputs are not computed. The buffer comes from the
+    /// session's arena and goes back to it, so a step allocates no fresh latent-sized memory
+    /// (fresh buffers every step cost more in page faults than the oracle's networks cost to
+    /// run). An fp16 output goes through `run_one`.
+    ///
+    /// # Errors
+    /// As `run`.
+    pub fn run_one_with<R>(
+        &mut self,
+        inputs: Vec<(&str, Input<'_>)>,
+        output: &str,
+        read: impl FnOnce(ndarray::ArrayViewD<'_, f32>) -> R,
+    ) -> Result<R> {
+        let f32_out = self
+            .outputs
+            .iter()
+            .any(|d| d.name == output && d.elem == TensorElementType::Float32);
+        if !f32_out {
+            let owned = self.run_one(inputs, output)?;
+            return Ok(read(owned.view()));
+        }
+        let feed = self.feed(inputs)?;
+        let kind = self.kind;
+        if self.only.as_ref().is_none_or(|(name, _)| name != output) {
+            let options = RunOptions::new()
+                .map_err(|e| run_error(kind, e.to_string()))?
+                .with_outputs(OutputSelector::no_default().with(output));
+            self.only = Some((output.to_string(), options));
+        }
+        let options = &self.only.as_ref().expect("made above").1;
+        let start = Instant::now();
+        let session = self.session.as_mut().expect("present until dropped");
+        let outputs = session
+            .run_with_options(feed, options)
+            .map_err(|e| run_error(kind, e.to_string()))?;
+        let view = outputs
+            .get(output)
+            .ok_or_else(|| run_error(kind, format!("no output '{output}'")))?
+            .try_extract_array::<f32>()
+            .map_err(|e| run_error(kind, format!("output '{output}': {e}")))?;
+        let r = read(view);
+        drop(outputs);
+        self.busy += start.elapsed();
+        self.calls += 1;
+        Ok(r)
+    }
+
+    fn run_err(&self, cause: String) -> ModelError {
+        run_error(self.kind, cause)
+    }
+
+    /// The inputs in the graph's order, converted to what it declares. An f32 input the graph
+    /// wants as f32 moves into ONNX Runtime (or is read in place) without a copy.
+    fn feed<'a>(
+        &self,
+        mut inputs: Vec<(&str, Input<'a>)>,
+    ) -> Result<Vec<(String, SessionInputValue<'a>)>> {
         let mut feed: Vec<(String, SessionInputValue<'a>)> = Vec::with_capacity(self.inputs.len());
         for d in &self.inputs {
             let Some(at) = inputs.iter().position(|(n, _)| *n == d.name) else {
-                return Err(run_err(format!("input '{}' was not provided", d.name)));
+                return Err(self.run_err(format!("input '{}' was not provided", d.name)));
             };
             let (_, value) = inputs.swap_remove(at);
             let v: SessionInputValue<'a> = match (value, d.elem) {
@@ -158,31 +243,10 @@ impl Network {
                 }
                 (Input::Ids(a), _) => Tensor::from_array(a).map(Into::into),
             }
-            .map_err(|e| run_err(format!("input '{}': {e}", d.name)))?;
+            .map_err(|e| self.run_err(format!("input '{}': {e}", d.name)))?;
             feed.push((d.name.clone(), v));
         }
-        let start = Instant::now();
-        let session = self.session.as_mut().expect("present until dropped");
-        let outputs = session.run(feed).map_err(|e| run_err(e.to_string()))?;
-        let mut result = BTreeMap::new();
-        for d in &self.outputs {
-            let Some(v) = outputs.get(&d.name) else {
-                continue;
-            };
-            let arr = match d.elem {
-                TensorElementType::Float16 => {
-                    v.try_extract_array::<f16>().map(|a| a.mapv(f16::to_f32))
-                }
-                TensorElementType::Float32 => v.try_extract_array::<f32>().map(|a| a.to_owned()),
-                _ => continue,
-            }
-            .map_err(|e| run_err(format!("output '{}': {e}", d.name)))?;
-            result.insert(d.name.clone(), arr);
-        }
-        drop(outputs);
-        self.busy += start.elapsed();
-        self.calls += 1;
-        Ok(result)
+        Ok(feed)
     }
 
     /// Runs and takes one named output.
@@ -194,6 +258,13 @@ impl Network {
                 network: kind.name().to_string(),
                 cause: format!("no output '{output}'"),
             })
+    }
+}
+
+fn run_error(kind: Kind, cause: String) -> ModelError {
+    ModelError::Run {
+        network: kind.name().to_string(),
+        cause,
     }
 }
 

@@ -271,19 +271,16 @@ pub fn prepare_encode(
             .collect::<Result<_, _>>()
             .map_err(|m| e(m.to_string()))?;
         let pixels = tensor::frames_to_tensor(&canvas);
-        let mean = vae
-            .run_one(
+        let scale = cfg.scale_factor;
+        let latent = vae
+            .run_one_with(
                 vec![("sample", Input::F32(pixels.into_dyn()))],
                 "latent_mean",
+                |mean| tensor::to_video_latent(mean, scale),
             )
             .map_err(|m| e(m.to_string()))?
-            .into_dimensionality::<ndarray::Ix4>()
-            .map_err(|m| e(m.to_string()))?
-            * cfg.scale_factor;
-        let planned = cfg
-            .planner
-            .plan(tensor::to_video_latent(&mean))
             .map_err(&e)?;
+        let planned = cfg.planner.plan(latent).map_err(&e)?;
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
         if !send(
@@ -576,14 +573,7 @@ pub fn decode_finish(
         let mut clip_embeds = Vec::new();
         for lat in &w.per_edit {
             let frames_lat =
-                tensor::to_frame_latents(&lat.slice(s![.., .., w.context.., .., ..]).to_owned())
-                    / scale_factor;
-            let pixels = vae
-                .run_one(
-                    vec![("latent_sample", Input::F32(frames_lat.into_dyn()))],
-                    "sample",
-                )
-                .map_err(|m| e(m.to_string()))?;
+                tensor::to_frame_latents(lat.slice(s![.., .., w.context.., .., ..])) / scale_factor;
             let g = resizer.geometry();
             let canvas_like: Vec<RgbFrame> = w
                 .frames
@@ -595,7 +585,15 @@ pub fn decode_finish(
                     ..*f
                 })
                 .collect();
-            let canvas = tensor::tensor_to_frames(&pixels, &canvas_like).map_err(&e)?;
+            // Read in place from the decoder's output buffer.
+            let canvas = vae
+                .run_one_with(
+                    vec![("latent_sample", Input::F32(frames_lat.into_dyn()))],
+                    "sample",
+                    |pixels| tensor::tensor_to_frames(pixels, &canvas_like),
+                )
+                .map_err(|m| e(m.to_string()))?
+                .map_err(&e)?;
             let restored: Vec<RgbFrame> = canvas
                 .iter()
                 .map(|f| resizer.restore(f))

@@ -1,7 +1,7 @@
 //! Frames ↔ tensors: RGB24 frames to `[N, 3, H, W]` in [-1, 1] for the VAE encoder, and the
 //! decoder's output back to RGB24; VAE latents `[N, C, h, w]` ↔ the UNet's `[1, C, F, h, w]`.
 
-use ndarray::{Array4, Array5, ArrayD, Axis, Ix4};
+use ndarray::{Array4, Array5, ArrayView5, ArrayViewD, Axis, Ix4};
 
 use crate::media::RgbFrame;
 
@@ -9,13 +9,13 @@ use crate::media::RgbFrame;
 pub fn frames_to_tensor(frames: &[RgbFrame]) -> Array4<f32> {
     let (w, h) = (frames[0].width as usize, frames[0].height as usize);
     let mut t = Array4::<f32>::zeros((frames.len(), 3, h, w));
-    for (n, f) in frames.iter().enumerate() {
-        for y in 0..h {
-            for x in 0..w {
-                let p = (y * w + x) * 3;
-                for c in 0..3 {
-                    t[[n, c, y, x]] = f.data[p + c] as f32 / 127.5 - 1.0;
-                }
+    for (mut planes, f) in t.outer_iter_mut().zip(frames) {
+        // One channel plane at a time, walking the packed pixels in order: no index arithmetic
+        // or bounds check per sample.
+        for (c, mut plane) in planes.outer_iter_mut().enumerate() {
+            let px = f.data[c..].iter().step_by(3);
+            for (dst, &v) in plane.iter_mut().zip(px) {
+                *dst = v as f32 / 127.5 - 1.0;
             }
         }
     }
@@ -24,9 +24,11 @@ pub fn frames_to_tensor(frames: &[RgbFrame]) -> Array4<f32> {
 
 /// `[N, 3, H, W]` in about [-1, 1] back to RGB24 frames (clamped, rounded), taking index,
 /// timestamps from `like`.
-pub fn tensor_to_frames(t: &ArrayD<f32>, like: &[RgbFrame]) -> Result<Vec<RgbFrame>, String> {
+pub fn tensor_to_frames(
+    t: ArrayViewD<'_, f32>,
+    like: &[RgbFrame],
+) -> Result<Vec<RgbFrame>, String> {
     let t = t
-        .view()
         .into_dimensionality::<Ix4>()
         .map_err(|e| format!("decoder output must be [N, 3, H, W]: {e}"))?;
     let (n, c, h, w) = t.dim();
@@ -38,15 +40,13 @@ pub fn tensor_to_frames(t: &ArrayD<f32>, like: &[RgbFrame]) -> Result<Vec<RgbFra
     }
     Ok(like
         .iter()
-        .enumerate()
-        .map(|(i, src)| {
+        .zip(t.outer_iter())
+        .map(|(src, planes)| {
             let mut f = RgbFrame::new(src.index, src.pts, src.duration, w as u32, h as u32);
-            for y in 0..h {
-                for x in 0..w {
-                    for ch in 0..3 {
-                        let v = (t[[i, ch, y, x]] + 1.0) * 127.5;
-                        f.data[(y * w + x) * 3 + ch] = v.round().clamp(0.0, 255.0) as u8;
-                    }
+            for (ch, plane) in planes.outer_iter().enumerate() {
+                let px = f.data[ch..].iter_mut().step_by(3);
+                for (dst, &v) in px.zip(plane.iter()) {
+                    *dst = ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
                 }
             }
             f
@@ -54,20 +54,24 @@ pub fn tensor_to_frames(t: &ArrayD<f32>, like: &[RgbFrame]) -> Result<Vec<RgbFra
         .collect())
 }
 
-/// VAE latents `[F, C, h, w]` (frames in the batch axis) as the UNet's `[1, C, F, h, w]`.
-pub fn to_video_latent(l: &Array4<f32>) -> Array5<f32> {
+/// VAE latents `[F, C, h, w]` (frames in the batch axis), times `scale`, as the UNet's
+/// `[1, C, F, h, w]`.
+pub fn to_video_latent(l: ArrayViewD<'_, f32>, scale: f32) -> Result<Array5<f32>, String> {
+    let l = l
+        .into_dimensionality::<Ix4>()
+        .map_err(|e| format!("encoder output must be [F, C, h, w]: {e}"))?;
     let (f, c, h, w) = l.dim();
     let mut v = Array5::<f32>::zeros((1, c, f, h, w));
     for fi in 0..f {
         v.index_axis_mut(Axis(0), 0)
             .index_axis_mut(Axis(1), fi)
-            .assign(&l.index_axis(Axis(0), fi));
+            .zip_mut_with(&l.index_axis(Axis(0), fi), |d, &s| *d = s * scale);
     }
-    v
+    Ok(v)
 }
 
 /// `[1, C, F, h, w]` back to `[F, C, h, w]` for the VAE decoder.
-pub fn to_frame_latents(v: &Array5<f32>) -> Array4<f32> {
+pub fn to_frame_latents(v: ArrayView5<'_, f32>) -> Array4<f32> {
     let (_, c, f, h, w) = v.dim();
     let mut l = Array4::<f32>::zeros((f, c, h, w));
     for fi in 0..f {
@@ -90,7 +94,7 @@ mod tests {
         let t = frames_to_tensor(std::slice::from_ref(&f));
         assert_eq!(t.dim(), (1, 3, 2, 3));
         assert!(t.iter().all(|v| (-1.0..=1.0).contains(v)));
-        let back = tensor_to_frames(&t.into_dyn(), std::slice::from_ref(&f)).unwrap();
+        let back = tensor_to_frames(t.into_dyn().view(), std::slice::from_ref(&f)).unwrap();
         assert_eq!(back[0], f);
     }
 
@@ -99,9 +103,9 @@ mod tests {
         let l = Array4::from_shape_fn((3, 4, 2, 2), |(f, c, y, x)| {
             (f * 100 + c * 10 + y * 2 + x) as f32
         });
-        let v = to_video_latent(&l);
+        let v = to_video_latent(l.view().into_dyn(), 1.0).unwrap();
         assert_eq!(v.dim(), (1, 4, 3, 2, 2));
         assert_eq!(v[[0, 2, 1, 0, 1]], l[[1, 2, 0, 1]]);
-        assert_eq!(to_frame_latents(&v), l);
+        assert_eq!(to_frame_latents(v.view()), l);
     }
 }

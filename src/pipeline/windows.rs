@@ -84,8 +84,11 @@ impl WindowPlanner {
             }
         }
         let context: usize = parts.iter().map(frames).sum();
-        parts.push(new.clone());
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        let views: Vec<_> = parts
+            .iter()
+            .map(|p| p.view())
+            .chain(std::iter::once(new.view()))
+            .collect();
         let x0 = concatenate(Axis(2), &views).map_err(|e| e.to_string())?;
         if self.first.is_none() {
             self.first = Some(new.slice(s![.., .., 0..1, .., ..]).to_owned());
