@@ -184,7 +184,7 @@ impl Network {
         }
         let feed = self.feed(inputs)?;
         let kind = self.kind;
-        if self.only.as_ref().is_none_or(|(name, _)| name != output) {
+        if !matches!(&self.only, Some((name, _)) if name == output) {
             let options = RunOptions::new()
                 .map_err(|e| run_error(kind, e.to_string()))?
                 .with_outputs(OutputSelector::no_default().with(output));
