@@ -143,7 +143,9 @@ pub fn default_optimized_cache() -> Option<PathBuf> {
 
 /// The cache file for `path` under these options: keyed by the model file's identity (its
 /// canonical path, size and modification time, so an edited or replaced file misses), ONNX
-/// Runtime's API level and the optimization level.
+/// Runtime's API level, the optimization level and this CPU: level 3 writes kernels chosen
+/// for the CPU's instruction set (NCHWc layouts), which another CPU sharing the cache folder
+/// (a home directory on NFS) might not run.
 fn optimized_path(dir: &Path, path: &Path) -> Option<PathBuf> {
     use sha2::{Digest, Sha256};
     let canon = path.canonicalize().ok()?;
@@ -159,10 +161,28 @@ fn optimized_path(dir: &Path, path: &Path) -> Option<PathBuf> {
     h.update(mtime.as_nanos().to_le_bytes());
     h.update(ort::MINOR_VERSION.to_le_bytes());
     h.update(b"cpu level3");
+    h.update(cpu_identity().as_bytes());
     let digest = h.finalize();
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     let stem = path.file_stem()?.to_string_lossy().into_owned();
     Some(dir.join(format!("{stem}-{hex}.onnx")))
+}
+
+/// The CPU's model name and feature flags as the kernel reports them (empty where there is no
+/// /proc/cpuinfo).
+fn cpu_identity() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        format!("{}|{}", field("model name"), field("flags"))
+    })
 }
 
 fn environment() -> Result<Environment> {
@@ -311,6 +331,14 @@ fn first_line(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_is_part_of_the_optimized_models_key() {
+        let id = cpu_identity();
+        if std::path::Path::new("/proc/cpuinfo").exists() {
+            assert!(id.len() > 10 && id.contains('|'), "{id}");
+        }
+    }
 
     #[test]
     fn devices_parse() {

@@ -122,23 +122,36 @@ impl StageModels {
     ) -> Result<StageModels, ModelError> {
         let opts = &stage_runtime(user, sequential);
         let edit_opts = &stage_runtime(user, sequential || inversion_cached);
-        let load_adapter = || -> Result<Option<Adapter>, ModelError> {
-            // The invert stage's adapter.
-            if setup.context.active() {
-                Ok(Some(Adapter(bundle.load(Kind::ContextAdapter, opts)?)))
-            } else {
-                Ok(None)
+        let active = setup.context.active();
+        // Every session at once: building one is mostly single-threaded work inside ONNX
+        // Runtime (reading, resolving and pre-packing the graph), so a cold start takes about
+        // as long as the largest network instead of the sum of all of them.
+        let adapter = |o: &RuntimeOptions| -> Result<Option<Adapter>, ModelError> {
+            match active {
+                true => Ok(Some(Adapter(bundle.load(Kind::ContextAdapter, o)?))),
+                false => Ok(None),
             }
         };
-        let vae_enc = bundle.load(Kind::VaeEncoder, opts)?;
-        let vae_dec = bundle.load(Kind::VaeDecoder, opts)?;
-        let unet_inv = Unet(bundle.load(Kind::Unet, opts)?);
-        let unet_edit = Unet(bundle.load(Kind::Unet, edit_opts)?);
-        let adapter_inv = load_adapter()?;
-        let adapter_edit = match setup.context.active() {
-            true => Some(Adapter(bundle.load(Kind::ContextAdapter, edit_opts)?)),
-            false => None,
-        };
+        let adapter = &adapter;
+        let (vae_enc, vae_dec, unet_inv, unet_edit, adapter_inv, adapter_edit, clip) =
+            std::thread::scope(|s| {
+                let vae_enc = s.spawn(|| bundle.load(Kind::VaeEncoder, opts));
+                let vae_dec = s.spawn(|| bundle.load(Kind::VaeDecoder, opts));
+                let unet_inv = s.spawn(|| bundle.load(Kind::Unet, opts));
+                let unet_edit = s.spawn(|| bundle.load(Kind::Unet, edit_opts));
+                let adapter_inv = s.spawn(|| adapter(opts));
+                let adapter_edit = s.spawn(|| adapter(edit_opts));
+                let clip = s.spawn(|| ClipScorer::load(bundle, opts));
+                Ok::<_, ModelError>((
+                    joined(vae_enc)?,
+                    joined(vae_dec)?,
+                    Unet(joined(unet_inv)?),
+                    Unet(joined(unet_edit)?),
+                    joined(adapter_inv)?,
+                    joined(adapter_edit)?,
+                    joined(clip)?,
+                ))
+            })?;
         let mut providers = BTreeMap::new();
         providers.insert("unet".to_string(), unet_inv.0.provider().to_string());
         providers.insert("vae".to_string(), vae_enc.provider().to_string());
@@ -149,10 +162,15 @@ impl StageModels {
             unet_edit,
             adapter_inv,
             adapter_edit,
-            clip: ClipScorer::load(bundle, opts)?,
+            clip,
             providers,
         })
     }
+}
+
+/// A scoped thread's result; its panic, if it had one, goes on in this thread.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 fn stage_runtime(user: &RuntimeOptions, sequential: bool) -> RuntimeOptions {
