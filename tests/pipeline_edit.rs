@@ -414,3 +414,62 @@ fn cli_reconstruct_preset_reports_psnr() {
     // The oracle inverts and resamples a flat gray almost exactly (a few 8-bit levels at 4 steps).
     assert!(psnr > 30.0, "reconstruction PSNR {psnr}");
 }
+
+/// A UNet past the size limit is loaded once and the invert and edit stages take turns on it
+/// (its weights are not held twice); the edit is the same as with two sessions, and each stage
+/// still reports its own time inside ONNX Runtime.
+#[test]
+fn a_shared_unet_session_edits_like_two() {
+    use ctxd::model::Bundle;
+    use ctxd::pipeline::graph::{sampler_setup, StageModels};
+    let bundle =
+        Bundle::open(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny")).unwrap();
+    let setup = sampler_setup(&bundle, 4, 0.0, ContextMode::Source, 0.0).unwrap();
+    let shared_from = |bytes: Option<u64>| RuntimeOptions {
+        share_unet_from: bytes,
+        ..Default::default()
+    };
+    let load = |o: &RuntimeOptions| StageModels::load(&bundle, o, &setup, false, false).unwrap();
+    let m = load(&shared_from(None));
+    assert!(
+        !m.unet_inv.shares_session_with(&m.unet_edit),
+        "tiny: 1.3 MB"
+    );
+    let m = load(&shared_from(Some(0)));
+    assert!(m.unet_inv.shares_session_with(&m.unet_edit));
+    drop(m);
+
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "in.mp4",
+        &strs(&args(&[&pattern("64x48", "12", 1.0)], &["-c:v", "libx264"])),
+    );
+    let run = |name: &str, share: Option<u64>| {
+        let out = d.path(name);
+        let mut j = job(
+            src.clone(),
+            "tiny",
+            &[("e", "a red video", out.clone())],
+            "a video",
+            4,
+        );
+        j.context = ContextMode::Source;
+        j.encode.codec = Some("ffv1".into());
+        j.runtime = shared_from(share);
+        let report = graph::run(&j, &|_| {}).unwrap().remove(0);
+        for stage in ["invert", "edit"] {
+            assert!(report.stages[stage].onnx_s > 0.0, "{stage}");
+        }
+        rgb_frames(&out).2
+    };
+    let (two, one) = (run("two.mkv", None), run("one.mkv", Some(0)));
+    assert_eq!(two.len(), one.len());
+    let mad = two
+        .iter()
+        .zip(&one)
+        .map(|(a, b)| a.abs_diff(*b) as f64)
+        .sum::<f64>()
+        / two.len() as f64;
+    // Float noise at most (threads differ: the shared session gets every core).
+    assert!(mad < 1.0, "mean absolute difference {mad:.3} levels");
+}

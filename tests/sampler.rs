@@ -32,7 +32,7 @@ struct Loaded {
 
 fn load(name: &str, opts: &RuntimeOptions) -> Loaded {
     let bundle = Bundle::open(&root().join("models").join(name)).unwrap();
-    let unet = Unet(bundle.load(Kind::Unet, opts).unwrap());
+    let unet = Unet::new(bundle.load(Kind::Unet, opts).unwrap());
     let adapter = bundle
         .has(Kind::ContextAdapter)
         .then(|| Adapter(bundle.load(Kind::ContextAdapter, opts).unwrap()));

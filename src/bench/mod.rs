@@ -378,7 +378,7 @@ pub fn sampler(args: &SamplerBenchArgs) -> Result<()> {
     let opts = RuntimeOptions::default();
     let bundle = Bundle::open(&args.bundle)?;
     let m = bundle.manifest();
-    let mut unet = Unet(bundle.load(Kind::Unet, &opts)?);
+    let mut unet = Unet::new(bundle.load(Kind::Unet, &opts)?);
     let mut adapter = if bundle.has(Kind::ContextAdapter) {
         Some(Adapter(bundle.load(Kind::ContextAdapter, &opts)?))
     } else {
@@ -427,7 +427,7 @@ pub fn sampler(args: &SamplerBenchArgs) -> Result<()> {
         &mut diffusion::no_progress,
     )?;
     let wall = t.elapsed().as_secs_f64() * 1e3;
-    let unet_ms = unet.0.busy().0.as_secs_f64() * 1e3;
+    let unet_ms = unet.busy().as_secs_f64() * 1e3;
     let adapter_ms = adapter
         .as_ref()
         .map(|a| a.0.busy().0.as_secs_f64() * 1e3)

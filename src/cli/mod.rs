@@ -205,6 +205,7 @@ impl RuntimeArgs {
             device: self.device,
             intra_threads: self.threads,
             inter_threads: None,
+            share_unet_from: None,
             optimized_cache: None,
         }
         .with_default_cache()

@@ -2,9 +2,13 @@
 //! `diffusion::ContextAdapter`): tensors in by the contract's names, the adapter fed only the
 //! inputs its ONNX file declares.
 
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
 use ndarray::{Array1, ArrayView5, Ix5};
 
 use super::network::{Input, Network};
+use super::runtime::Provider;
 use crate::diffusion::{ContextAdapter, DiffusionError, Latent, NoisePredictor, TextStates};
 
 fn model_err(e: super::ModelError) -> DiffusionError {
@@ -16,7 +20,76 @@ fn to_latent(a: ndarray::ArrayD<f32>, what: &str) -> Result<Latent, DiffusionErr
         .map_err(|e| DiffusionError::Shape(format!("{what} must be 5-D: {e}")))
 }
 
-pub struct Unet(pub Network);
+/// The UNet as a sampler sees it. Handles made with `share` run one session in turn: the
+/// invert and edit stages share a large UNet instead of holding its weights twice.
+pub struct Unet {
+    net: Arc<Mutex<Network>>,
+    /// Time this handle spent inside ONNX Runtime (not waiting for the other handle).
+    busy: Duration,
+}
+
+impl Unet {
+    pub fn new(net: Network) -> Unet {
+        Unet {
+            net: Arc::new(Mutex::new(net)),
+            busy: Duration::ZERO,
+        }
+    }
+
+    /// Another handle on the same session.
+    pub fn share(&self) -> Unet {
+        Unet {
+            net: Arc::clone(&self.net),
+            busy: Duration::ZERO,
+        }
+    }
+
+    /// Whether `other` runs the same session.
+    pub fn shares_session_with(&self, other: &Unet) -> bool {
+        Arc::ptr_eq(&self.net, &other.net)
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.lock().provider()
+    }
+
+    /// Seconds this handle's calls spent inside ONNX Runtime.
+    pub fn busy(&self) -> Duration {
+        self.busy
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Network> {
+        // A panic while running leaves nothing half-updated that matters here.
+        self.net.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the session, counting this handle's time inside ONNX Runtime.
+    fn timed<R>(&mut self, f: impl FnOnce(&mut Network) -> R) -> R {
+        let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        let before = net.busy().0;
+        let r = f(&mut net);
+        self.busy += net.busy().0 - before;
+        r
+    }
+
+    fn feed<'a>(
+        sample: &'a Latent,
+        t: f32,
+        text: &'a TextStates,
+    ) -> Vec<(&'static str, Input<'a>)> {
+        vec![
+            ("sample", Input::F32View(sample.view().into_dyn())),
+            (
+                "timestep",
+                Input::F32(Array1::from_elem(sample.shape()[0], t).into_dyn()),
+            ),
+            (
+                "encoder_hidden_states",
+                Input::F32View(text.view().into_dyn()),
+            ),
+        ]
+    }
+}
 
 impl NoisePredictor for Unet {
     fn predict(
@@ -25,25 +98,13 @@ impl NoisePredictor for Unet {
         t: f32,
         text: &TextStates,
     ) -> Result<Latent, DiffusionError> {
-        let b = sample.shape()[0];
         let out = self
-            .0
-            .run_one(
-                vec![
-                    ("sample", Input::F32View(sample.view().into_dyn())),
-                    ("timestep", Input::F32(Array1::from_elem(b, t).into_dyn())),
-                    (
-                        "encoder_hidden_states",
-                        Input::F32View(text.view().into_dyn()),
-                    ),
-                ],
-                "out_sample",
-            )
+            .timed(|net| net.run_one(Unet::feed(sample, t, text), "out_sample"))
             .map_err(model_err)?;
         to_latent(out, "out_sample")
     }
 
-    /// The output straight from the buffer ONNX Runtime wrote (kept for the next step).
+    /// The output read straight from ONNX Runtime's buffer.
     fn predict_with(
         &mut self,
         sample: &Latent,
@@ -51,19 +112,9 @@ impl NoisePredictor for Unet {
         text: &TextStates,
         read: &mut dyn FnMut(ArrayView5<f32>),
     ) -> Result<(), DiffusionError> {
-        let b = sample.shape()[0];
-        self.0
-            .run_one_with(
-                vec![
-                    ("sample", Input::F32View(sample.view().into_dyn())),
-                    ("timestep", Input::F32(Array1::from_elem(b, t).into_dyn())),
-                    (
-                        "encoder_hidden_states",
-                        Input::F32View(text.view().into_dyn()),
-                    ),
-                ],
-                "out_sample",
-                |v| match v.into_dimensionality::<Ix5>() {
+        self.timed(|net| {
+            net.run_one_with(Unet::feed(sample, t, text), "out_sample", |v| {
+                match v.into_dimensionality::<Ix5>() {
                     Ok(v) => {
                         read(v);
                         Ok(())
@@ -71,9 +122,10 @@ impl NoisePredictor for Unet {
                     Err(e) => Err(DiffusionError::Shape(format!(
                         "out_sample must be 5-D: {e}"
                     ))),
-                },
-            )
-            .map_err(model_err)?
+                }
+            })
+        })
+        .map_err(model_err)?
     }
 }
 

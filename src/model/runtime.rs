@@ -77,6 +77,9 @@ pub struct RuntimeOptions {
     pub intra_threads: Option<usize>,
     /// Threads across independent operators.
     pub inter_threads: Option<usize>,
+    /// From this size of UNet weights on, an edit's invert and edit stages share one session
+    /// (None: `$CTXD_SHARED_UNET_BYTES`, else 1 GiB; see `pipeline::graph::StageModels`).
+    pub share_unet_from: Option<u64>,
     /// Folder for ONNX Runtime's optimized models on CPU (None: optimize at every load). See
     /// [`default_optimized_cache`].
     pub optimized_cache: Option<PathBuf>,

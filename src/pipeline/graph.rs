@@ -133,27 +133,50 @@ impl StageModels {
             }
         };
         let adapter = &adapter;
+        // A UNet past SHARED_UNET_BYTES is loaded once, with every core, and the invert and
+        // edit stages take turns on it: two sessions would hold its weights twice (SD 1.5:
+        // 3.4 GB each), for an overlap that buys little when the UNet's calls already fill
+        // the cores.
+        let shared = weights_bytes(bundle, Kind::Unet) >= shared_unet_bytes(user);
+        if shared {
+            tracing::info!(
+                "the invert and edit stages share one UNet session ({:.2} GiB of weights)",
+                weights_bytes(bundle, Kind::Unet) as f64 / (1u64 << 30) as f64
+            );
+        }
+        let shared_opts = &stage_runtime(user, true);
         let (vae_enc, vae_dec, unet_inv, unet_edit, adapter_inv, adapter_edit, clip) =
             std::thread::scope(|s| {
                 let vae_enc = s.spawn(|| bundle.load(Kind::VaeEncoder, opts));
                 let vae_dec = s.spawn(|| bundle.load(Kind::VaeDecoder, opts));
-                let unet_inv = s.spawn(|| bundle.load(Kind::Unet, opts));
-                let unet_edit = s.spawn(|| bundle.load(Kind::Unet, edit_opts));
+                let unet_inv = s.spawn(|| match shared {
+                    true => bundle.load(Kind::Unet, shared_opts),
+                    false => bundle.load(Kind::Unet, opts),
+                });
+                let unet_edit = s.spawn(|| match shared {
+                    true => Ok(None),
+                    false => bundle.load(Kind::Unet, edit_opts).map(Some),
+                });
                 let adapter_inv = s.spawn(|| adapter(opts));
                 let adapter_edit = s.spawn(|| adapter(edit_opts));
                 let clip = s.spawn(|| ClipScorer::load(bundle, opts));
+                let unet_inv = Unet::new(joined(unet_inv)?);
+                let unet_edit = match joined(unet_edit)? {
+                    Some(net) => Unet::new(net),
+                    None => unet_inv.share(),
+                };
                 Ok::<_, ModelError>((
                     joined(vae_enc)?,
                     joined(vae_dec)?,
-                    Unet(joined(unet_inv)?),
-                    Unet(joined(unet_edit)?),
+                    unet_inv,
+                    unet_edit,
                     joined(adapter_inv)?,
                     joined(adapter_edit)?,
                     joined(clip)?,
                 ))
             })?;
         let mut providers = BTreeMap::new();
-        providers.insert("unet".to_string(), unet_inv.0.provider().to_string());
+        providers.insert("unet".to_string(), unet_inv.provider().to_string());
         providers.insert("vae".to_string(), vae_enc.provider().to_string());
         Ok(StageModels {
             vae_enc,
@@ -166,6 +189,31 @@ impl StageModels {
             providers,
         })
     }
+}
+
+/// From this size of weights on (the ONNX file and its external data), the invert and edit
+/// stages share one UNet session (`StageModels::load`): the options' `share_unet_from`, else
+/// `$CTXD_SHARED_UNET_BYTES` (0 shares every UNet, for hosts short of memory), else 1 GiB.
+fn shared_unet_bytes(user: &RuntimeOptions) -> u64 {
+    user.share_unet_from.unwrap_or_else(|| {
+        std::env::var("CTXD_SHARED_UNET_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1 << 30)
+    })
+}
+
+/// Bytes of a network's weights on disk: its file plus its external data.
+fn weights_bytes(bundle: &Bundle, kind: Kind) -> u64 {
+    let Some(entry) = bundle.entry(kind) else {
+        return 0;
+    };
+    let size = |name: &str| {
+        std::fs::metadata(bundle.dir().join(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    size(&entry.file) + entry.external_data.as_deref().map(size).unwrap_or(0)
 }
 
 /// A scoped thread's result; its panic, if it had one, goes on in this thread.

@@ -329,7 +329,7 @@ fn progress_cb<'a>(
 }
 
 fn busy(unet: &Unet, adapter: &Option<Adapter>) -> Duration {
-    unet.0.busy().0 + adapter.as_ref().map(|a| a.0.busy().0).unwrap_or_default()
+    unet.busy() + adapter.as_ref().map(|a| a.0.busy().0).unwrap_or_default()
 }
 
 /// The inversion cache as the invert stage uses it: the cache, and the digest of everything
