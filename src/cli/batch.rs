@@ -124,6 +124,7 @@ pub fn options(args: &BatchArgs, cancel: Arc<AtomicBool>) -> Result<BatchOptions
             seed: args.seed,
             context: args.context,
             blend: args.blend,
+            short_side: None,
         },
         prompt_file,
         bundle: args.bundle.clone(),

@@ -104,6 +104,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         seed: args.seed,
         context: args.context,
         blend: args.blend,
+        short_side: args.short_side,
     };
     let spec = match (&args.prompt_file, input.as_path()) {
         (Some(file), _) => {
@@ -168,11 +169,6 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         }
     };
     let bundle_dir = spec::bundle_dir(args.bundle.as_deref(), spec.bundle.as_deref(), &home);
-    let short_side = match args.short_side {
-        Some(0) => None,
-        Some(n) => Some(n),
-        None => spec.short_side,
-    };
     // A demanding user names a folder that does not exist yet; make it (and say so if not).
     for dir in outputs.iter().filter_map(|o| o.parent()) {
         if !dir.as_os_str().is_empty() && !dir.is_dir() {
@@ -190,7 +186,6 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         args.encode.settings(),
         cancel,
     );
-    job.short_side = short_side;
     job.cache = args.cache.open()?;
     Ok(job)
 }

@@ -178,6 +178,7 @@ pub fn build_job(
         seed: args.seed,
         context,
         blend: None,
+        short_side: args.short_side,
     };
     let spec = match &args.prompt_file {
         Some(f) => {
@@ -248,11 +249,7 @@ pub fn build_job(
         window,
         overlap: spec.overlap.min(window.saturating_sub(1)),
         anchor,
-        short_side: match args.short_side {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => spec.short_side,
-        },
+        short_side: spec.short_side,
         multiple: spec.multiple,
         blend: spec.blend,
         encode,

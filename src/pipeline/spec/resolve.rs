@@ -45,6 +45,8 @@ pub struct CliOverrides {
     pub context: Option<ContextMode>,
     /// Local blending threshold (0 = off).
     pub blend: Option<f32>,
+    /// Processing short side (0 = the native size).
+    pub short_side: Option<u32>,
 }
 
 /// One edit of a job, fully resolved.
@@ -311,6 +313,7 @@ fn cli_layer(cli: &CliOverrides) -> Result<Layer, SpecError> {
         seed: cli.seed,
         context: cli.context,
         negative: cli.negative.clone(),
+        short_side: cli.short_side,
         ..Overrides::default()
     };
     Checker { origin: CLI_ORIGIN }.overrides(&settings)?;
@@ -525,6 +528,25 @@ mod tests {
             .all(|e| e.steps == 5 && e.context == ContextMode::X0Pred));
         assert_eq!(job.provenance["edits"], "cli");
         assert_eq!(job.provenance["source"], "cli");
+
+        // --short-side reaches the spec (and so the report) with its provenance; 0 = native.
+        for (flag, want) in [(256, Some(256)), (0, None)] {
+            let over = CliOverrides {
+                short_side: Some(flag),
+                ..cli()
+            };
+            let job = JobSpec::resolve(&p, Some(&defaults), Some(&sidecar), &over).unwrap();
+            assert_eq!(job.short_side, want);
+            assert_eq!(job.provenance["short_side"], "cli");
+        }
+        let over = CliOverrides {
+            short_side: Some(100_000),
+            ..cli()
+        };
+        let e = JobSpec::resolve(&p, None, None, &over)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("short_side"), "{e}");
     }
 
     #[test]
