@@ -4,6 +4,7 @@
 
 use ndarray::{concatenate, s, Axis, Zip};
 
+use super::pool;
 use super::sampler::{Conditioning, Latent, NoisePredictor, TextStates};
 use super::DiffusionError;
 
@@ -27,8 +28,10 @@ impl Guide {
         })?;
         let text = concatenate(Axis(0), &[uncond.view(), cond.cond.view()])
             .map_err(|e| DiffusionError::Shape(e.to_string()))?;
-        let xx = concatenate(Axis(0), &[x.view(), x.view()])
-            .map_err(|e| DiffusionError::Shape(e.to_string()))?;
+        // Its contents are written at every step.
+        let mut dim = x.raw_dim();
+        dim[0] *= 2;
+        let xx = pool::take(dim);
         Ok(Guide {
             text: Some(text),
             xx: Some(xx),
@@ -84,6 +87,14 @@ impl Guide {
                 "UNet returned shape {got:?} for a guided batch of {}",
                 2 * b
             ))),
+        }
+    }
+}
+
+impl Drop for Guide {
+    fn drop(&mut self) {
+        if let Some(xx) = self.xx.take() {
+            pool::give(xx);
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - `noise`: seeded and fixed noise
 //! - `sampler`: the loops (sample, invert, ddpm)
 //! - `guide`: classifier-free guidance on buffers reused across steps
+//! - `pool`: latent buffers reused across windows, per thread
 //! - `blend`: local blending (edit where the prompts disagree, keep the source elsewhere)
 //! - `latent_io`: saving and loading inverted latents
 
@@ -34,6 +35,7 @@ pub mod context;
 mod guide;
 pub mod latent_io;
 pub mod noise;
+mod pool;
 pub mod sampler;
 pub mod schedule;
 

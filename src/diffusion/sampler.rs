@@ -22,6 +22,7 @@ use super::blend::{self, Blend};
 use super::context::{ContextConfig, ContextMode};
 use super::guide::Guide;
 use super::noise::NoiseSource;
+use super::pool;
 use super::schedule::{Prediction, Schedule};
 use super::DiffusionError;
 
@@ -276,8 +277,8 @@ fn run_loop(
     let total = timesteps.len();
 
     // r: zero when the context is off (or inside the UNet, convention S).
-    let mut r = Latent::zeros(start.raw_dim());
-    let mut x0_est = run.x0_source.cloned().unwrap_or_else(|| start.clone());
+    let mut r = pool::filled(start.raw_dim(), 0.0);
+    let mut x0_est = pool::copy_of(run.x0_source.unwrap_or(start));
     if ctx.active() && adapter.is_none() {
         return Err(DiffusionError::Config(
             "this context mode needs the bundle's context adapter".into(),
@@ -296,12 +297,12 @@ fn run_loop(
 
     // In standard layout, so ONNX Runtime reads it in place at every step (a latent sliced or
     // permuted upstream would otherwise be copied per call).
-    let mut x = start.as_standard_layout().into_owned();
+    let mut x = pool::copy_of(start);
     // Each step writes the next latent and its x0 estimate into these and swaps them in.
-    let mut next = Latent::zeros(start.raw_dim());
-    let mut x0 = Latent::zeros(start.raw_dim());
+    let mut next = pool::take(start.raw_dim());
+    let mut x0 = pool::take(start.raw_dim());
     let mut guide = Guide::new(start, cond)?;
-    let mut out = Latent::zeros(start.raw_dim());
+    let mut out = pool::take(start.raw_dim());
     let mut trajectory = Vec::new();
     if run.keep_trajectory {
         trajectory.push(x.clone());
@@ -428,7 +429,7 @@ fn run_loop(
         }
         std::mem::swap(&mut x0_est, &mut x0);
         if x0.raw_dim() != x.raw_dim() {
-            x0 = Latent::zeros(x.raw_dim()); // x0_est started as a source latent of another shape
+            x0 = pool::take(x.raw_dim()); // x0_est started as a source latent of another shape
         }
         if run.keep_trajectory {
             trajectory.push(x.clone());
@@ -443,6 +444,9 @@ fn run_loop(
         if on_step(&info).is_break() {
             return Err(DiffusionError::Cancelled);
         }
+    }
+    for buffer in [next, x0, x0_est, out, r] {
+        pool::give(buffer);
     }
     Ok(Outcome {
         latent: x,

@@ -155,7 +155,11 @@ impl ContextAdapter for Adapter {
         if self.0.has_input("timestep") {
             feed.push(("timestep", Input::F32(Array1::from_elem(b, t).into_dyn())));
         }
-        let out = self.0.run_one(feed, "context").map_err(model_err)?;
+        // Copied once out of ONNX Runtime's buffer: r lives on across the steps.
+        let out = self
+            .0
+            .run_one_with(feed, "context", |v| v.to_owned())
+            .map_err(model_err)?;
         to_latent(out, "context")
     }
 }

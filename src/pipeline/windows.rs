@@ -8,7 +8,7 @@
 //!   stream that changes scene is tied to its recent past, not to a frame minutes old.
 //! - `overlap`: the previous window's last `overlap` frames, after the anchor.
 
-use ndarray::{concatenate, s, Axis};
+use ndarray::s;
 
 use crate::diffusion::Latent;
 
@@ -84,12 +84,17 @@ impl WindowPlanner {
             }
         }
         let context: usize = parts.iter().map(frames).sum();
-        let views: Vec<_> = parts
-            .iter()
-            .map(|p| p.view())
-            .chain(std::iter::once(new.view()))
-            .collect();
-        let x0 = concatenate(Axis(2), &views).map_err(|e| e.to_string())?;
+        // Assembled in standard layout (ndarray's concatenate along the frame axis gives
+        // another one), so the networks read it in place.
+        let mut dim = new.raw_dim();
+        dim[2] += context;
+        let mut x0 = Latent::zeros(dim);
+        let mut at = 0;
+        for part in parts.iter().chain(std::iter::once(&new)) {
+            let f = frames(part);
+            x0.slice_mut(s![.., .., at..at + f, .., ..]).assign(part);
+            at += f;
+        }
         if self.first.is_none() {
             self.first = Some(new.slice(s![.., .., 0..1, .., ..]).to_owned());
         }
