@@ -57,6 +57,11 @@ impl ClipScorer {
     }
 
     /// Unit-length image embeddings, one per frame.
+    /// Seconds inside ONNX Runtime so far.
+    pub fn busy(&self) -> std::time::Duration {
+        self.image.busy().0
+    }
+
     pub fn embed(&mut self, frames: &[RgbFrame]) -> Result<Vec<Vec<f32>>, String> {
         if frames.is_empty() {
             return Ok(Vec::new());
@@ -75,14 +80,12 @@ impl ClipScorer {
         });
         let ru = r as usize;
         let mut t = Array4::<f32>::zeros((frames.len(), 3, ru, ru));
-        for (n, f) in frames.iter().enumerate() {
+        for (mut planes, f) in t.outer_iter_mut().zip(frames) {
             let small = resizer.to_canvas(f).map_err(|e| e.to_string())?;
-            for y in 0..ru {
-                for x in 0..ru {
-                    for c in 0..3 {
-                        let v = small.data[(y * ru + x) * 3 + c] as f32 / 255.0;
-                        t[[n, c, y, x]] = (v - self.mean[c]) / self.std[c];
-                    }
+            for (c, mut plane) in planes.outer_iter_mut().enumerate() {
+                let (mean, std) = (self.mean[c], self.std[c]);
+                for (dst, &v) in plane.iter_mut().zip(small.data[c..].iter().step_by(3)) {
+                    *dst = (v as f32 / 255.0 - mean) / std;
                 }
             }
         }

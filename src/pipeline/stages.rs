@@ -619,6 +619,8 @@ pub fn decode_finish(
             break;
         }
     }
-    stats.onnx_s = vae.busy().0.as_secs_f64();
+    // CLIP's image encoder runs in this stage too.
+    stats.onnx_s =
+        (vae.busy().0 + clip.as_ref().map(|c| c.busy()).unwrap_or_default()).as_secs_f64();
     Ok(stats)
 }
