@@ -76,7 +76,19 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         None => None,
     };
     let cached = cache.as_ref().is_some_and(|c| first_window_cached(job, c));
-    let models = StageModels::load(&bundle, &job.runtime, &setup, job.sequential, cached)?;
+    // A clip of one window cannot overlap its stages: each then gets every core.
+    let one_window = layout
+        .probe
+        .video
+        .frame_count
+        .is_some_and(|n| n <= job.window as u64);
+    let models = StageModels::load(
+        &bundle,
+        &job.runtime,
+        &setup,
+        job.sequential || one_window,
+        cached,
+    )?;
     let providers = models.providers.clone();
     // CLIP-T / CLIP-F when the bundle has a CLIP pair.
     let mut clip_acc: Vec<Option<ClipAccumulator>> = match &models.clip {

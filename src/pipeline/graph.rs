@@ -107,7 +107,8 @@ pub struct StageModels {
 impl StageModels {
     /// Stages run at the same time, so they share the cores: unless the user fixed a thread
     /// count, each stage's sessions get half of them (the two UNet stages dominate), where one
-    /// stage at a time (the sequential baseline) gets them all. When the inversions are
+    /// stage at a time (`sequential`: the sequential baseline, or a clip of one window, whose
+    /// stages cannot overlap) gets them all. When the inversions are
     /// expected from the cache (`inversion_cached`), the edit stage is the only busy one and
     /// gets them all too.
     ///
