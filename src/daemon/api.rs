@@ -259,7 +259,11 @@ async fn submit_job(
                 Ok((serde_json::json!({ "id": id, "state": "queued", "new": true }), StatusCode::CREATED))
             }
             Ok(Enqueued::Existing(id, st)) if s.redo && !matches!(st, State::Queued | State::Running) => {
-                store.requeue(id)?;
+                if !store.requeue(id)? {
+                    // Queued or running again since the read above (another request): one run.
+                    let now = store.get(id)?.state;
+                    return Ok((serde_json::json!({ "id": id, "state": now, "new": false }), StatusCode::OK));
+                }
                 store.set_input_path(id, &shown)?;
                 tracing::info!("job {id} queued again through the API: {shown}");
                 Ok((serde_json::json!({ "id": id, "state": "queued", "new": false }), StatusCode::OK))

@@ -593,14 +593,22 @@ fn file_outcome(
         }
         Err(failure) => failure,
     };
-    if store.fail(id, &stage, &cause, retry, max_attempts)? == State::Failed {
-        let moved = file_failure(&input, &m.failed, &stage, &cause, a.job.attempts);
-        store.set_input_path(id, &moved.display().to_string())?;
-        let outcome = if a.timed_out { "timed_out" } else { "failed" };
-        live.ended(id, outcome, &none);
-    } else {
-        tracing::warn!("job {id} will be tried again ({stage}): {cause}");
-        live.ended(id, "retried", &none);
+    match store.fail(id, &stage, &cause, retry, max_attempts)? {
+        State::Failed => {
+            let moved = file_failure(&input, &m.failed, &stage, &cause, a.job.attempts);
+            store.set_input_path(id, &moved.display().to_string())?;
+            let outcome = if a.timed_out { "timed_out" } else { "failed" };
+            live.ended(id, outcome, &none);
+        }
+        State::Queued => {
+            tracing::warn!("job {id} will be tried again ({stage}): {cause}");
+            live.ended(id, "retried", &none);
+        }
+        // Cancelled through the API after the check above: it stays cancelled.
+        _ => {
+            tracing::info!("job {id} cancelled");
+            live.ended(id, "cancelled", &none);
+        }
     }
     Ok(())
 }

@@ -284,22 +284,23 @@ impl Store {
         self.get(id).map(Some)
     }
 
+    /// Records a running job's stage (nothing happens to a job that is no longer running).
     pub fn set_stage(&self, id: i64, stage: &str) -> Result<()> {
-        self.update(
-            id,
-            "UPDATE jobs SET stage = ?2, updated_at = ?3 WHERE id = ?1",
+        self.update_if(
+            "UPDATE jobs SET stage = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
             params![id, stage, now()],
         )
+        .map(drop)
     }
 
     /// Marks a running job done with its outputs (a JSON list of paths) and stage timings
-    /// (JSON).
+    /// (JSON). A job cancelled while its outputs were being written is done too: they exist.
     pub fn finish(&self, id: i64, outputs_json: &str, timings_json: &str) -> Result<()> {
         let t = now();
         self.update(
             id,
             "UPDATE jobs SET state = 'done', outputs = ?2, timings = ?3, finished_at = ?4, updated_at = ?4,
-                             stage = NULL, error = NULL WHERE id = ?1",
+                             stage = NULL, error = NULL WHERE id = ?1 AND state IN ('running', 'cancelled')",
             params![id, outputs_json, timings_json, t],
         )
     }
@@ -326,8 +327,10 @@ impl Store {
         )
     }
 
-    /// Records a failure: back to the queue while attempts remain (`retry`), else failed.
-    /// Returns the job's new state.
+    /// Records a failure of a running job: back to the queue while attempts remain (`retry`),
+    /// else failed. Returns the job's new state; a job cancelled meanwhile stays cancelled
+    /// (the write is conditional, so a cancel between the read and the write cannot be
+    /// undone into a retry).
     pub fn fail(
         &self,
         id: i64,
@@ -343,38 +346,46 @@ impl Store {
             State::Failed
         };
         let t = now();
-        self.update(
-            id,
+        let changed = self.update_if(
             "UPDATE jobs SET state = ?2, stage = ?3, error = ?4, updated_at = ?5,
                              finished_at = CASE WHEN ?2 = 'failed' THEN ?5 ELSE NULL END
-             WHERE id = ?1",
+             WHERE id = ?1 AND state = 'running'",
             params![id, state.as_str(), stage, error, t],
         )?;
-        Ok(state)
+        match changed {
+            true => Ok(state),
+            false => Ok(self.get(id)?.state),
+        }
     }
 
     /// Cancels a queued or running job (the worker notices a running one at its next check).
+    /// Returns the job's state after: `Cancelled`, or the state it had already ended in.
     pub fn cancel(&self, id: i64) -> Result<State> {
-        let job = self.get(id)?;
-        if matches!(job.state, State::Queued | State::Running) {
-            self.update(
-                id,
-                "UPDATE jobs SET state = 'cancelled', updated_at = ?2, finished_at = ?2 WHERE id = ?1",
-                params![id, now()],
-            )?;
-            return Ok(State::Cancelled);
+        // One conditional write: a job that ends between a read and a write keeps its end.
+        let changed = self.update_if(
+            "UPDATE jobs SET state = 'cancelled', updated_at = ?2, finished_at = ?2
+             WHERE id = ?1 AND state IN ('queued', 'running')",
+            params![id, now()],
+        )?;
+        match changed {
+            true => Ok(State::Cancelled),
+            false => Ok(self.get(id)?.state),
         }
-        Ok(job.state)
     }
 
-    /// Puts a finished, failed or cancelled job back in the queue (the user asked).
-    pub fn requeue(&self, id: i64) -> Result<()> {
-        self.update(
-            id,
+    /// Puts a finished, failed or cancelled job back in the queue (the user asked). Returns
+    /// false, changing nothing, for a job that is queued or running: requeuing it then would
+    /// run it twice.
+    pub fn requeue(&self, id: i64) -> Result<bool> {
+        let changed = self.update_if(
             "UPDATE jobs SET state = 'queued', attempts = 0, stage = NULL, error = NULL, finished_at = NULL,
-                             updated_at = ?2 WHERE id = ?1",
+                             updated_at = ?2 WHERE id = ?1 AND state IN ('done', 'failed', 'cancelled')",
             params![id, now()],
-        )
+        )?;
+        if !changed {
+            self.get(id)?; // NotFound for an unknown id
+        }
+        Ok(changed)
     }
 
     /// After a restart: jobs left `running` by a crash go back to the queue (their attempt
@@ -422,12 +433,13 @@ impl Store {
     /// A job stopped by a graceful shutdown: queued again, and that attempt not counted (it
     /// did not fail; only crashes and failures use up `max_attempts`).
     pub fn requeue_after_shutdown(&self, id: i64) -> Result<()> {
-        self.update(
-            id,
+        // A job cancelled meanwhile stays cancelled.
+        self.update_if(
             "UPDATE jobs SET state = 'queued', stage = NULL, attempts = MAX(attempts - 1, 0),
                              updated_at = ?2 WHERE id = ?1 AND state = 'running'",
             params![id, now()],
         )
+        .map(drop)
     }
 
     pub fn get(&self, id: i64) -> Result<Job> {
@@ -474,6 +486,11 @@ impl Store {
             .collect()
     }
 
+    /// Runs a conditional UPDATE; whether it changed a row.
+    fn update_if(&self, sql: &str, p: impl rusqlite::Params) -> Result<bool> {
+        Ok(self.conn.execute(sql, p).map_err(|e| self.sql(e))? > 0)
+    }
+
     fn update(&self, id: i64, sql: &str, p: impl rusqlite::Params) -> Result<()> {
         let n = self.conn.execute(sql, p).map_err(|e| self.sql(e))?;
         if n == 0 {
@@ -489,6 +506,41 @@ mod tests {
 
     fn store(dir: &tempfile::TempDir) -> Store {
         Store::open(&dir.path().join("jobs.db")).unwrap()
+    }
+
+    /// Every state change is one conditional write, so what the API does between the daemon's
+    /// read and its write is never undone: a cancel is not turned back into a retry, an ended
+    /// job is not cancelled, a running job is not queued a second time.
+    #[test]
+    fn writes_that_race_a_cancel_or_a_requeue_keep_the_other_side() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(&d);
+        let Enqueued::New(id) = s.enqueue("main", "in/a.mp4", "h1", "p1", None).unwrap() else {
+            panic!("new job expected");
+        };
+        let job = s.claim_next().unwrap().unwrap();
+        assert_eq!((job.id, job.state), (id, State::Running));
+        assert!(!s.requeue(id).unwrap(), "a running job is not queued twice");
+        assert_eq!(s.get(id).unwrap().state, State::Running);
+
+        // The user cancels while the worker fails: the cancel stands.
+        assert_eq!(s.cancel(id).unwrap(), State::Cancelled);
+        assert_eq!(
+            s.fail(id, "edit", "boom", true, 3).unwrap(),
+            State::Cancelled
+        );
+        s.set_stage(id, "edit").unwrap();
+        s.requeue_after_shutdown(id).unwrap();
+        let j = s.get(id).unwrap();
+        assert_eq!((j.state, j.stage), (State::Cancelled, None));
+
+        // A job that ended keeps its end; cancelling it says so.
+        assert!(s.requeue(id).unwrap());
+        s.claim_next().unwrap().unwrap();
+        s.finish(id, "[]", "{}").unwrap();
+        assert_eq!(s.cancel(id).unwrap(), State::Done);
+        assert_eq!(s.get(id).unwrap().state, State::Done);
+        assert!(matches!(s.requeue(99), Err(StoreError::NotFound(99))));
     }
 
     #[test]
