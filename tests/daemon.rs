@@ -712,6 +712,27 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
 }
 
 #[test]
+fn a_second_daemon_on_the_same_state_folder_is_refused_and_the_first_keeps_working() {
+    let d = Daemon::new();
+    let first = d.start();
+    let api = d.api();
+    let (code, err) = run_err(ctxd().args(["watch", "--config"]).arg(&d.config));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("another ctxd watch") && err.contains("state"),
+        "{err}"
+    );
+    // Nothing of the first one was touched: its address file and its API.
+    assert_eq!(
+        std::fs::read_to_string(d.path("state/api.addr")).unwrap(),
+        api
+    );
+    let (status, _) = http(&api, "GET", "/healthz", None, None);
+    assert_eq!(status, 200);
+    stop(first);
+}
+
+#[test]
 fn an_idle_daemon_sleeps() {
     // Regression: the watcher reported our own reads of the inbox, and each scan woke the
     // next (a core busy while idle). A sleeping daemon uses next to no CPU.

@@ -3,6 +3,8 @@
 //! then write the summary, the pictures and `report.html`.
 
 use std::path::{Path, PathBuf};
+
+use crate::sync::{try_lock_file, FileLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -128,26 +130,15 @@ pub enum Event<'a> {
 }
 
 /// Holds the output folder for this process (released when dropped or killed).
-struct FolderLock(#[allow(dead_code)] std::fs::File);
-
-fn lock_folder(state: &Path, out: &Path) -> Result<FolderLock, BatchError> {
-    use std::os::unix::io::AsRawFd;
+fn lock_folder(state: &Path, out: &Path) -> Result<FileLock, BatchError> {
     let path = state.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    // SAFETY: flock on a descriptor we own; no memory is shared.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        return Err(BatchError::Locked {
+    match try_lock_file(&path).map_err(io(&path))? {
+        Some(lock) => Ok(lock),
+        None => Err(BatchError::Locked {
             dir: out.to_path_buf(),
             lock: path,
-        });
+        }),
     }
-    Ok(FolderLock(f))
 }
 
 /// Removes temporary outputs (`.<name>.<pid>.<n>.part`) that a killed process left: those

@@ -318,6 +318,18 @@ fn watch_inboxes(
 /// Only what prevents the daemon from working at all (the store cannot open, the API
 /// address is taken).
 pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Result<()> {
+    // One daemon per state folder: a second one would requeue the first one's running jobs
+    // and sweep its temporary outputs. Checked before anything is touched.
+    let lock_path = cfg.state_dir.join("daemon.lock");
+    let _lock = crate::sync::try_lock_file(&lock_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", lock_path.display()))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: another ctxd watch is using this state folder (it holds {}); stop it, or give this one its own state_dir",
+                cfg.state_dir.display(),
+                lock_path.display()
+            )
+        })?;
     // Temporary outputs left by a killed earlier run (ours are `.NAME.PID.N.part`): their jobs
     // are requeued below and write afresh, so these are garbage.
     for m in &cfg.mapping {
