@@ -11,7 +11,7 @@ use ctxd::pipeline::graph;
 use ctxd::pipeline::report::EditReport;
 
 use crate::pipeline_edit::job;
-use crate::util::{rgb_frames, strs, Dir};
+use crate::util::{mean_abs_diff, rgb_frames, strs, Dir};
 
 fn clip(d: &Dir, name: &str, pattern: &str) -> PathBuf {
     d.ffmpeg(
@@ -47,15 +47,6 @@ fn edit(
     j.blend = blend;
     j.cache = cache.cloned();
     graph::run(&j, &|_| {}).unwrap().remove(0)
-}
-
-fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| x.abs_diff(*y) as f64)
-        .sum::<f64>()
-        / a.len() as f64
 }
 
 /// The same picture up to float noise. A cache entry round-trips bit-exactly (the cache's

@@ -213,6 +213,16 @@ pub fn rgb_frames(path: &Path) -> (u32, u32, Vec<u8>) {
     (w, h, out.stdout)
 }
 
+/// Mean absolute difference of two equally long byte buffers (frames), in levels.
+pub fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y) as f64)
+        .sum::<f64>()
+        / a.len() as f64
+}
+
 pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len(), "frame data sizes differ");
     let mse = a

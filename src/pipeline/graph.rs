@@ -138,11 +138,12 @@ impl StageModels {
         // edit stages take turns on it: two sessions would hold its weights twice (SD 1.5:
         // 3.4 GB each), for an overlap that buys little when the UNet's calls already fill
         // the cores.
-        let shared = weights_bytes(bundle, Kind::Unet) >= shared_unet_bytes(user);
+        let unet_bytes = weights_bytes(bundle, Kind::Unet);
+        let shared = unet_bytes >= shared_unet_bytes(user);
         if shared {
             tracing::info!(
                 "the invert and edit stages share one UNet session ({:.2} GiB of weights)",
-                weights_bytes(bundle, Kind::Unet) as f64 / (1u64 << 30) as f64
+                unet_bytes as f64 / (1u64 << 30) as f64
             );
         }
         let shared_opts = &stage_runtime(user, true);
