@@ -91,13 +91,49 @@ impl Drop for TempOutput {
 /// # Errors
 /// Any I/O error; the destination is then unchanged.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    staged(path, bytes)?.commit().map(|_| ())
+}
+
+/// `bytes` written and flushed under a temporary name beside `path`, not yet in place.
+///
+/// # Errors
+/// Any I/O error; nothing is left behind.
+pub fn staged(path: &Path, bytes: &[u8]) -> io::Result<TempOutput> {
     use std::io::Write;
     let tmp = TempOutput::new(path)?;
     let mut f = File::create(tmp.temp_path())?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    drop(f);
-    tmp.commit().map(|_| ())
+    Ok(tmp)
+}
+
+/// Puts several finished temporaries in place as one set: all of them, or (as far as the
+/// filesystem allows) none. Each is flushed before any is renamed, so the usual late
+/// failure (a full disk) leaves nothing; a rename that fails midway removes the ones
+/// already renamed. Returns the final paths, in order.
+///
+/// # Errors
+/// The first failure, naming its file; the set is then not in place.
+pub fn commit_set(set: Vec<TempOutput>) -> Result<Vec<PathBuf>, (PathBuf, io::Error)> {
+    for t in &set {
+        File::open(&t.temp_path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| (t.final_path.clone(), e))?;
+    }
+    let mut done: Vec<PathBuf> = Vec::with_capacity(set.len());
+    for t in set {
+        let dest = t.final_path.clone();
+        match t.commit() {
+            Ok(p) => done.push(p),
+            Err(e) => {
+                for p in &done {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err((dest, e));
+            }
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -122,6 +158,31 @@ mod tests {
         write_atomic(&out, b"{}").unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"{}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_set_is_put_in_place_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.mp4");
+        let b = dir.path().join("b.mp4");
+        let set = vec![staged(&a, b"a").unwrap(), staged(&b, b"b").unwrap()];
+        assert_eq!(commit_set(set).unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+
+        // The second cannot be renamed (a folder has its name): the first is taken back.
+        let c = dir.path().join("c.mp4");
+        let d = dir.path().join("d.mp4");
+        std::fs::create_dir(&d).unwrap();
+        let set = vec![staged(&c, b"c").unwrap(), staged(&d, b"d").unwrap()];
+        let (failed, _) = commit_set(set).unwrap_err();
+        assert_eq!(failed, d);
+        assert!(!c.exists(), "the first of a failed set is removed");
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.mp4", "b.mp4", "d.mp4"], "no temporaries left");
     }
 
     #[test]

@@ -281,6 +281,49 @@ fn a_batch_with_a_bad_file_and_a_duplicate() {
 }
 
 #[test]
+fn bad_input_found_partway_fails_at_once_and_edits_that_cannot_share_an_inversion_are_refused() {
+    let d = Daemon::with(0.3, 0.3, "max_attempts = 3", "");
+    let child = d.start();
+    // The index is in front, so the file probes whole and fails partway through decoding.
+    let full = d.dir.ffmpeg(
+        "full.mp4",
+        &strs(&args(
+            &[&pattern("160x120", "10", 4.0)],
+            &["-c:v", "libx264", "-movflags", "+faststart", "-f", "mp4"],
+        )),
+    );
+    let bytes = std::fs::read(&full).unwrap();
+    std::fs::write(d.path("cut.tmp"), &bytes[..bytes.len() * 6 / 10]).unwrap();
+    std::fs::rename(d.path("cut.tmp"), d.path("inbox/cut.mp4")).unwrap();
+    // Two edits with different step counts cannot share one inversion.
+    std::fs::write(
+        d.path("inbox/odd.prompt.toml"),
+        "[[edit]]\nprompt = \"red\"\n[[edit]]\nprompt = \"blue\"\nsteps = 6\n",
+    )
+    .unwrap();
+    d.drop_clip("odd.mp4", 1.0);
+    wait_for("both failure records", || {
+        exists(&d.path("failed/cut.mp4.error.json")) && exists(&d.path("failed/odd.mp4.error.json"))
+    });
+    stop(child);
+    let cut = json(&std::fs::read_to_string(d.path("failed/cut.mp4.error.json")).unwrap());
+    assert_eq!(cut["stage"], "input", "{cut}");
+    assert_eq!(cut["attempts"], 1, "a bad file is not tried again: {cut}");
+    assert!(
+        cut["cause"].as_str().unwrap().contains("truncated"),
+        "{cut}"
+    );
+    let odd = json(&std::fs::read_to_string(d.path("failed/odd.mp4.error.json")).unwrap());
+    assert_eq!(odd["stage"], "spec", "{odd}");
+    let cause = odd["cause"].as_str().unwrap();
+    assert!(
+        cause.contains("odd.mp4") && cause.contains("steps") && cause.contains("odd.prompt.toml"),
+        "names the video, the field and the file that set it: {odd}"
+    );
+    assert_eq!(d.list("outbox"), Vec::<String>::new());
+}
+
+#[test]
 fn kill_9_mid_job_then_restart_ends_with_one_output_set() {
     let d = Daemon::new();
     // Slow enough to be caught running: 30 s of video, native size, more steps.

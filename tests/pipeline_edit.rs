@@ -231,6 +231,53 @@ fn cli_edit_makes_a_missing_output_folder() {
 }
 
 #[test]
+fn an_output_set_appears_whole_or_not_at_all() {
+    // Regression: with two edits, a failure putting the second output in place left the
+    // first one's output and report behind the error.
+    let d = Dir::new();
+    let src = gray_clip(&d, "clip.mp4", 0.5, false);
+    std::fs::create_dir_all(d.path("out/clip.blue.mp4")).unwrap();
+    let (code, err) = run_err(quick(
+        ctxd()
+            .arg("edit")
+            .arg(&src)
+            .args(["--source", "gray", "--prompt", "red", "--prompt", "blue"])
+            .arg("--out-dir")
+            .arg(d.path("out")),
+    ));
+    assert_ne!(code, 0);
+    assert!(err.contains("clip.blue.mp4"), "names the output: {err}");
+    let mut left: Vec<String> = std::fs::read_dir(d.path("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["clip.blue.mp4"],
+        "only the folder that was in the way"
+    );
+    // Out of the way: both outputs and both reports.
+    std::fs::remove_dir(d.path("out/clip.blue.mp4")).unwrap();
+    run_ok(quick(
+        ctxd()
+            .arg("edit")
+            .arg(&src)
+            .args(["--source", "gray", "--prompt", "red", "--prompt", "blue"])
+            .arg("--out-dir")
+            .arg(d.path("out")),
+    ));
+    for f in [
+        "clip.red.mp4",
+        "clip.red.json",
+        "clip.blue.mp4",
+        "clip.blue.json",
+    ] {
+        assert!(d.path("out").join(f).is_file(), "{f}");
+    }
+}
+
+#[test]
 fn cli_edit_prompt_files_and_their_errors() {
     let d = Dir::new();
     let src = gray_clip(&d, "car.mp4", 1.0, false);

@@ -58,8 +58,13 @@ pub fn resolve_spec(
         .map(|p| PromptFile::parse(p.as_bytes(), Path::new(SUBMITTED), PromptFormat::Json))
         .transpose()
         .map_err(|e| e.to_string())?;
-    JobSpec::for_video_in(video, &m.inbox, prompt, &paths.pipelines, &cli)
-        .map_err(|e| e.to_string())
+    let spec = JobSpec::for_video_in(video, &m.inbox, prompt, &paths.pipelines, &cli)
+        .map_err(|e| e.to_string())?;
+    // Per-edit steps or context that differ cannot be honoured (one inversion per video):
+    // refused here, as `ctxd edit` refuses them, rather than silently taking the first's.
+    spec.check_shared_inversion()
+        .map_err(|e| format!("{}: {e}", video.display()))?;
+    Ok(spec)
 }
 
 /// The mapping's size and duration limits. Probing also turns a file FFmpeg cannot read

@@ -26,6 +26,7 @@ use crate::model::RuntimeOptions;
 use crate::pipeline::graph::{self, PipelineError};
 use crate::pipeline::job::EditJob;
 use crate::pipeline::spec;
+use crate::pipeline::stages::Fault;
 use crate::sync::lock;
 
 /// Wakes the loop before its next tick: a file event, a finished job, an API call, a stop.
@@ -232,6 +233,9 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
             let (stage, retry) = match &e {
                 PipelineError::Media(m) if m.is_input_error() => ("input".to_string(), false),
                 PipelineError::Media(MediaError::Unwritable { .. }) => ("output".to_string(), true),
+                // Decoding that fails partway: the file is bad; trying again cannot help.
+                PipelineError::Stage(s) if s.fault == Fault::Input => ("input".to_string(), false),
+                PipelineError::Stage(s) if s.fault == Fault::Output => ("output".to_string(), true),
                 PipelineError::Stage(s) => (s.stage.to_string(), true),
                 PipelineError::Model(_) | PipelineError::Config(_) => ("setup".to_string(), false),
                 PipelineError::Media(_) => ("media".to_string(), true),

@@ -563,7 +563,24 @@ impl VideoSink {
     /// # Errors
     /// `Unwritable` when the trailer, the flush to disk or the rename fails (e.g. disk full);
     /// the temporary file is then removed.
-    pub fn finish(mut self) -> Result<OutputSummary> {
+    pub fn finish(self) -> Result<OutputSummary> {
+        let (summary, temp) = self.finish_unpublished()?;
+        if let Some(out) = temp {
+            out.commit().map_err(|e| MediaError::Unwritable {
+                path: summary.path.clone(),
+                cause: e.to_string(),
+            })?;
+        }
+        Ok(summary)
+    }
+
+    /// Finishes the file but leaves it under its temporary name (None for a live target):
+    /// outputs that must appear together are committed as one set
+    /// (`atomic::commit_set`). Dropping the temporary removes it.
+    ///
+    /// # Errors
+    /// As `finish`, but for the rename.
+    pub fn finish_unpublished(mut self) -> Result<(OutputSummary, Option<TempOutput>)> {
         self.encoder.send_eof().map_err(|e| self.write_error(e))?;
         self.drain_video()?;
         for i in 0..self.audio.len() {
@@ -606,13 +623,11 @@ impl VideoSink {
             adjusted_timestamps: self.adjusted,
         };
         let VideoSink { out, .. } = self;
-        if let Dest::Temp(out) = out {
-            out.commit().map_err(|e| MediaError::Unwritable {
-                path: summary.path.clone(),
-                cause: e.to_string(),
-            })?;
-        }
-        Ok(summary)
+        let temp = match out {
+            Dest::Temp(t) => Some(t),
+            Dest::Live(_) => None,
+        };
+        Ok((summary, temp))
     }
 }
 

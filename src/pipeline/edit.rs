@@ -1,6 +1,6 @@
 //! One `ctxd edit` job on the engine (`graph`): a finite input, every edit's output written
-//! to a temporary file and committed only when every stage succeeded (otherwise nothing is
-//! left behind), and a JSON report beside each output.
+//! to a temporary file and the whole set (outputs and their JSON reports) committed only
+//! when every stage and every output succeeded (otherwise nothing is left behind).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -150,13 +150,10 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     };
     // Mux, here: frames in order, audio as far as the decoder has read.
     let mut mux = |w: super::stages::WindowOutput| -> Result<(), StageError> {
-        let e = |c: String| StageError {
-            stage: "mux",
-            cause: c,
-        };
+        let e = |m: MediaError| StageError::media("mux", &m);
         for (i, frames) in w.per_edit.iter().enumerate() {
             for f in frames {
-                sinks[i].write_video(f).map_err(|m| e(m.to_string()))?;
+                sinks[i].write_video(f).map_err(e)?;
             }
             temporal[i].add_window(frames, &w.sources);
             if let (Some(acc), Some(emb)) = (clip_acc[i].as_mut(), w.clip.get(i)) {
@@ -176,7 +173,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             frames_total,
         });
         while let Ok(p) = audio_rx.try_recv() {
-            write_audio_all(&mut sinks, p).map_err(|m| e(m.to_string()))?;
+            write_audio_all(&mut sinks, p).map_err(e)?;
         }
         Ok(())
     };
@@ -186,6 +183,9 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         write_audio_all(&mut sinks, p)?;
     }
     let mut reports = Vec::new();
+    // Every output and its report appear together, or none does (a failure finishing the
+    // second edit must not leave the first edit's file beside the error).
+    let mut set = Vec::new();
     let hashes: BTreeMap<String, String> = bundle.hashes().into_iter().collect();
     for ((((sink, edit), acc), temp), clip_scores) in sinks
         .into_iter()
@@ -194,7 +194,8 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         .zip(&temporal)
         .zip(&clip_acc)
     {
-        let summary = sink.finish()?;
+        let (summary, staged) = sink.finish_unpublished()?;
+        set.extend(staged);
         let report = EditReport {
             ctxd_version: env!("CARGO_PKG_VERSION"),
             output: summary,
@@ -225,14 +226,19 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         };
         let text =
             serde_json::to_vec_pretty(&report).map_err(|e| PipelineError::Config(e.to_string()))?;
-        crate::atomic::write_atomic(&report_path(&edit.output), &text).map_err(|e| {
-            MediaError::Unwritable {
-                path: report_path(&edit.output),
+        let at = report_path(&edit.output);
+        set.push(
+            crate::atomic::staged(&at, &text).map_err(|e| MediaError::Unwritable {
+                path: at.clone(),
                 cause: e.to_string(),
-            }
-        })?;
+            })?,
+        );
         reports.push(report);
     }
+    crate::atomic::commit_set(set).map_err(|(path, e)| MediaError::Unwritable {
+        path,
+        cause: e.to_string(),
+    })?;
     Ok(reports)
 }
 

@@ -367,10 +367,10 @@ pub fn run_graph(
                 (
                     name,
                     h.join().unwrap_or_else(|_| {
-                        Err(StageError {
-                            stage: "pipeline",
-                            cause: format!("the {name} thread panicked"),
-                        })
+                        Err(StageError::new(
+                            "pipeline",
+                            format!("the {name} thread panicked"),
+                        ))
                     }),
                 )
             })
@@ -387,11 +387,7 @@ pub fn run_graph(
     }
     stage_stats.insert("mux".to_string(), mux_stats);
     if cancel.load(Ordering::Relaxed) {
-        return Err(StageError {
-            stage: "pipeline",
-            cause: "cancelled".into(),
-        }
-        .into());
+        return Err(StageError::new("pipeline", "cancelled".into()).into());
     }
     Ok(stage_stats)
 }

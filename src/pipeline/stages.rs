@@ -32,6 +32,45 @@ use crate::model::{Input, Network};
 pub struct StageError {
     pub stage: &'static str,
     pub cause: String,
+    /// Whose fault, so a daemon knows whether trying again can help.
+    pub fault: Fault,
+}
+
+/// Whose fault a stage's failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The input is bad (corrupt or truncated partway): the same file fails again.
+    Input,
+    /// The output could not be written (a full disk): may pass later.
+    Output,
+    /// Anything else (a network's failure, a cancellation).
+    Other,
+}
+
+impl StageError {
+    pub fn new(stage: &'static str, cause: String) -> StageError {
+        StageError {
+            stage,
+            cause,
+            fault: Fault::Other,
+        }
+    }
+
+    /// A media error met in `stage`, keeping whether it is the input's fault.
+    pub fn media(stage: &'static str, m: &MediaError) -> StageError {
+        let fault = if m.is_input_error() {
+            Fault::Input
+        } else if matches!(m, MediaError::Unwritable { .. }) {
+            Fault::Output
+        } else {
+            Fault::Other
+        };
+        StageError {
+            stage,
+            cause: m.to_string(),
+            fault,
+        }
+    }
 }
 
 pub type StageResult = Result<StageStats, StageError>;
@@ -56,7 +95,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 fn err(stage: &'static str) -> impl Fn(String) -> StageError {
-    move |cause| StageError { stage, cause }
+    move |cause| StageError::new(stage, cause)
 }
 
 /// Where a window came from: its place in the stream, when its first frame was read (the
@@ -214,7 +253,8 @@ pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) ->
             }
             read_at = Instant::now();
         }
-        batch.push(frame.map_err(|m| e(m.to_string()))?);
+        // A frame that cannot be decoded partway is the input's fault, not a passing one.
+        batch.push(frame.map_err(|m| StageError::media("decode", &m))?);
         if batch.len() == window {
             // Busy = decoding, not waiting for the next stage to take the window.
             stats.busy_s += working.elapsed().as_secs_f64();

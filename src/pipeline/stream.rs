@@ -240,10 +240,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
             if is_broken_pipe(&cause) {
                 reader_gone.store(true, Ordering::Relaxed);
             }
-            StageError {
-                stage: "mux",
-                cause: cause.to_string(),
-            }
+            StageError::media("mux", &cause)
         };
         let out = w.per_edit.first().map(Vec::as_slice).unwrap_or_default();
         for f in out {

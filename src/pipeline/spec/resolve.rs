@@ -272,10 +272,27 @@ impl JobSpec {
             .iter()
             .find(|e| e.steps != first.steps || e.context != first.context)
         {
-            Some(e) => Err(format!(
-                "edits '{}' and '{}' differ in steps or context mode; edits of one video share one inversion, so give them the same",
-                first.name, e.name
-            )),
+            Some(e) => {
+                // Name the file that set the odd value, so the user knows what to change.
+                let key = if e.steps != first.steps {
+                    "steps"
+                } else {
+                    "context"
+                };
+                let set_by = |name: &str| {
+                    self.provenance
+                        .get(&format!("edit.{name}.{key}"))
+                        .map(|l| format!(" ({l})"))
+                        .unwrap_or_default()
+                };
+                Err(format!(
+                    "edits '{}'{} and '{}'{} differ in {key}; edits of one video share one inversion, so give them the same",
+                    first.name,
+                    set_by(&first.name),
+                    e.name,
+                    set_by(&e.name)
+                ))
+            }
             None => Ok(()),
         }
     }
