@@ -18,6 +18,7 @@
 //!   colours, paths), read back from its frames and scored against the held-out labels;
 //!   contact sheets.
 //! - [`atomic`]: outputs appear complete or not at all (temporary name, fsync, rename).
+//! - [`files`]: opening files others control: no blocking, no links, checked once open.
 //! - [`sync`]: locks that survive a panicked thread.
 //! - [`bench`]: measured, not asserted: ratios against baselines run in the same process.
 //! - [`cli`]: the `ctxd` command line; turns flags into library calls.
@@ -31,6 +32,7 @@ pub mod cache;
 pub mod cli;
 pub mod daemon;
 pub mod diffusion;
+pub mod files;
 pub mod media;
 pub mod model;
 pub mod pipeline;

@@ -323,6 +323,133 @@ fn bad_input_found_partway_fails_at_once_and_edits_that_cannot_share_an_inversio
     assert_eq!(d.list("outbox"), Vec::<String>::new());
 }
 
+/// The state of the job on input file `name` (the newest one), if there is one.
+fn state_of(addr: &str, name: &str) -> Option<String> {
+    let (_, body) = http(addr, "GET", "/jobs", None, None);
+    json(&body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| {
+            j["input_path"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{name}"))
+        })
+        .map(|j| j["state"].as_str().unwrap().to_string())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Regression (issue 16 item 2): the worker re-read prompt files and reopened the input by
+/// name at run time, so a job ran something other than what it was keyed by (and a link
+/// swapped in led out of the inbox); the key held file names but not the bundle.
+#[test]
+fn what_runs_is_what_was_keyed() {
+    let d = Daemon::with(0.3, 0.3, "concurrency = 1", "");
+    d.slow_jobs();
+    // A bundle of its own, to change later.
+    let oracle = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/oracle");
+    let bundle = d.path("bundle");
+    copy_dir(&oracle, &bundle);
+    let config = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace(&oracle.display().to_string(), &bundle.display().to_string());
+    std::fs::write(&d.config, config).unwrap();
+    let outside = d.make_clip("outside.mp4", 0.7);
+    let child = d.start();
+    let addr = d.api();
+    // Long enough to be cancelled while the others wait behind it.
+    d.drop_clip("first.mp4", 60.0);
+    wait_for("the first job to run", || {
+        state_of(&addr, "first.mp4").as_deref() == Some("running")
+    });
+    // Queued behind it: a clip with its sidecar, and a clip that will become a link.
+    std::fs::write(
+        d.path("inbox/b.prompt.toml"),
+        "[[edit]]\nprompt = \"blue\"\n",
+    )
+    .unwrap();
+    d.drop_clip("b.mp4", 0.5);
+    d.drop_clip("c.mp4", 0.6);
+    wait_for("both to be queued", || {
+        state_of(&addr, "b.mp4").as_deref() == Some("queued")
+            && state_of(&addr, "c.mp4").as_deref() == Some("queued")
+    });
+    // Changed while queued: the sidecar's prompt (the job keeps what it was keyed by), and
+    // c.mp4 swapped for a link to a file outside the inbox (never followed).
+    std::fs::write(
+        d.path("inbox/b.prompt.toml"),
+        "[[edit]]\nprompt = \"green\"\n",
+    )
+    .unwrap();
+    std::fs::remove_file(d.path("inbox/c.mp4")).unwrap();
+    std::os::unix::fs::symlink(&outside, d.path("inbox/c.mp4")).unwrap();
+    assert_eq!(http(&addr, "DELETE", "/jobs/1", None, None).0, 200);
+    wait_for("b done and c failed", || {
+        exists(&d.path("outbox/b.blue.mp4")) && exists(&d.path("failed/c.mp4.error.json"))
+    });
+    let c = json(&std::fs::read_to_string(d.path("failed/c.mp4.error.json")).unwrap());
+    assert!(
+        c["cause"].as_str().unwrap().contains("symbolic link"),
+        "{c}"
+    );
+    assert!(!exists(&d.path("outbox/b.green.mp4")));
+    assert!(
+        !exists(&d.path("outbox/c.red.mp4")),
+        "the link was not followed"
+    );
+    assert!(exists(&outside), "the link's target is untouched");
+
+    // The same content and sidecar text under another name: the same job, not redone.
+    std::fs::copy(d.path("done/b.mp4"), d.path("b2.tmp")).unwrap();
+    std::fs::write(
+        d.path("inbox/b2.prompt.toml"),
+        "[[edit]]\nprompt = \"blue\"\n",
+    )
+    .unwrap();
+    std::fs::rename(d.path("b2.tmp"), d.path("inbox/b2.mp4")).unwrap();
+    wait_for("the copy to be set aside", || {
+        exists(&d.path("done/b2.mp4"))
+    });
+    assert!(!exists(&d.path("outbox/b2.blue.mp4")), "not edited twice");
+
+    // A new model is new work: the same file and prompt submitted again run again.
+    let submit = r#"{"path": "b.mp4", "folder": "done", "prompt": {"edit": [{"prompt": "blue"}]}}"#;
+    let (code, body) = http(&addr, "POST", "/jobs", None, Some(submit));
+    assert_eq!(
+        (code, json(&body)["new"].as_bool()),
+        (200, Some(false)),
+        "{body}"
+    );
+    let manifest = bundle.join("bundle.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen("description = \"", "description = \"v2: ", 1),
+    )
+    .unwrap();
+    let (code, body) = http(&addr, "POST", "/jobs", None, Some(submit));
+    assert_eq!(
+        (code, json(&body)["new"].as_bool()),
+        (201, Some(true)),
+        "{body}"
+    );
+    let id = json(&body)["id"].as_i64().unwrap();
+    wait_for("the new model's job", || {
+        json(&http(&addr, "GET", &format!("/jobs/{id}"), None, None).1)["state"] == "done"
+    });
+    stop(child);
+}
+
 #[test]
 fn kill_9_mid_job_then_restart_ends_with_one_output_set() {
     let d = Daemon::new();

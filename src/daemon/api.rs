@@ -259,6 +259,14 @@ async fn submit_job(
                 Ok((serde_json::json!({ "id": id, "state": "queued", "new": true }), StatusCode::CREATED))
             }
             Ok(Enqueued::Existing(id, st)) if s.redo && !matches!(st, State::Queued | State::Running) => {
+                // Cancelled, but its worker is still winding down: queued now, a second
+                // worker would take the same job beside it.
+                if worker.live.job(id).is_some() {
+                    return Err(Failure(
+                        StatusCode::CONFLICT,
+                        format!("job {id} is still stopping; ask again in a moment"),
+                    ));
+                }
                 if !store.requeue(id)? {
                     // Queued or running again since the read above (another request): one run.
                     let now = store.get(id)?.state;
@@ -274,6 +282,10 @@ async fn submit_job(
                     "note": "the same content and prompt already have this job; pass \"redo\": true to edit again",
                 }),
                 StatusCode::OK,
+            )),
+            Ok(Enqueued::Busy(id)) => Err(Failure(
+                StatusCode::CONFLICT,
+                format!("job {id} is running on {shown}; cancel it (DELETE /jobs/{id}) or wait for it to end"),
             )),
             Err(Refusal::Rejected { stage, cause }) => Err(Failure(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use super::config::Mapping;
-use super::store::{Enqueued, Store};
-use crate::media::{self, InputSpec};
-use crate::model::bundle::{sha256_bytes, sha256_file};
+use super::store::{Enqueued, NewJob, Store};
+use crate::files::{identity, open_regular, Refused};
+use crate::media::{self, InputSpec, PinnedFile};
+use crate::model::bundle::{sha256_bytes, sha256_reader};
 use crate::pipeline::spec::{self, CliOverrides, JobSpec, PromptFile, PromptFormat};
 
 /// Where presets and the default bundle come from.
@@ -67,9 +68,33 @@ pub fn resolve_spec(
     Ok(spec)
 }
 
+/// The bundle a job of mapping `m` with `spec` runs on: the mapping's, else the spec's (its
+/// preset's), else the daemon's default.
+pub fn bundle_for(m: &Mapping, spec: &JobSpec, paths: &Paths) -> PathBuf {
+    m.bundle
+        .clone()
+        .or_else(|| spec.bundle.clone())
+        .unwrap_or_else(|| paths.default_bundle.clone())
+}
+
+/// The key of everything but the input's content: every resolved value (no file names) and
+/// the identity of the bundle it runs on, so a new model is new work and a renamed copy is
+/// not.
+///
+/// # Errors
+/// The bundle's manifest or tokenizer cannot be read.
+pub fn job_key(spec: &JobSpec, bundle: &Path) -> Result<String, String> {
+    let identity = crate::model::Bundle::open(bundle)
+        .and_then(|b| b.identity())
+        .map_err(|e| e.to_string())?;
+    let what = serde_json::json!({ "spec": spec.what_runs(), "bundle": identity });
+    Ok(sha256_bytes(what.to_string().as_bytes()))
+}
+
 /// The mapping's size and duration limits. Probing also turns a file FFmpeg cannot read
 /// into one clear refusal before it takes a worker.
-fn check_limits(path: &Path, size: u64, m: &Mapping) -> Result<(), Refusal> {
+fn check_limits(input: &PinnedFile, size: u64, m: &Mapping) -> Result<(), Refusal> {
+    let path = input.path();
     let reject = |cause: String| Refusal::Rejected {
         stage: "input",
         cause,
@@ -82,7 +107,7 @@ fn check_limits(path: &Path, size: u64, m: &Mapping) -> Result<(), Refusal> {
             m.max_input_mb
         )));
     }
-    let probe = media::probe(&InputSpec::File(path.to_path_buf()), true).map_err(|e| {
+    let probe = media::probe(&InputSpec::Pinned(input.clone()), true).map_err(|e| {
         if e.is_input_error() {
             reject(e.to_string())
         } else {
@@ -100,8 +125,27 @@ fn check_limits(path: &Path, size: u64, m: &Mapping) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Opens an input where it lies, never following a link out of the folder; what is probed,
+/// hashed and later run is this open file.
+///
+/// # Errors
+/// `Transient` when it is gone (it may be on its way elsewhere), `Rejected` otherwise.
+pub fn open_input(path: &Path) -> Result<(PinnedFile, std::fs::Metadata), Refusal> {
+    match open_regular(path, false) {
+        Ok((file, meta)) => Ok((PinnedFile::new(file, path.to_path_buf()), meta)),
+        Err(Refused::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Refusal::Transient(format!("{}: {e}", path.display())))
+        }
+        Err(r) => Err(Refusal::Rejected {
+            stage: "input",
+            cause: format!("{}: {r}", path.display()),
+        }),
+    }
+}
+
 /// Checks `path` against the mapping's limits, resolves its spec and queues it (or finds the
-/// job that already has the same content and spec).
+/// job that already has the same content and spec). The job records the resolved spec and
+/// the file's identity, so what runs is what was keyed.
 pub fn admit(
     m: &Mapping,
     path: &Path,
@@ -109,23 +153,28 @@ pub fn admit(
     paths: &Paths,
     prompt: Option<&str>,
 ) -> Result<Enqueued, Refusal> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| Refusal::Transient(format!("{}: {e}", path.display())))?
-        .len();
-    check_limits(path, size, m)?;
+    let (input, meta) = open_input(path)?;
+    check_limits(&input, meta.len(), m)?;
     let spec = resolve_spec(path, m, paths, prompt).map_err(|cause| Refusal::Rejected {
         stage: "spec",
         cause,
     })?;
-    let spec_json = serde_json::to_vec(&spec).map_err(|e| Refusal::Transient(e.to_string()))?;
-    let hash = sha256_file(path).map_err(|e| Refusal::Transient(e.to_string()))?;
+    let key = job_key(&spec, &bundle_for(m, &spec, paths)).map_err(|cause| Refusal::Rejected {
+        stage: "setup",
+        cause,
+    })?;
+    let spec_json = serde_json::to_string(&spec).map_err(|e| Refusal::Transient(e.to_string()))?;
+    let hash = sha256_reader(input.file())
+        .map_err(|e| Refusal::Transient(format!("{}: {e}", path.display())))?;
     store
-        .enqueue(
-            &m.name,
-            &path.display().to_string(),
-            &hash,
-            &sha256_bytes(&spec_json),
+        .enqueue(&NewJob {
+            mapping: &m.name,
+            input_path: &path.display().to_string(),
+            input_hash: &hash,
+            spec_hash: &key,
             prompt,
-        )
+            spec: Some(&spec_json),
+            input_id: Some(&identity(&meta)),
+        })
         .map_err(|e| Refusal::Transient(e.to_string()))
 }

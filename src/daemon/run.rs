@@ -21,7 +21,9 @@ use super::intake::{self, Refusal};
 use super::live::Live;
 use super::stable::{is_temporary, StabilityTracker};
 use super::store::{Enqueued, Job, State, Store};
-use crate::media::{EncodeSettings, InputSpec, MediaError};
+use crate::files::identity;
+use crate::media::{EncodeSettings, InputSpec, MediaError, PinnedFile};
+use crate::model::bundle::sha256_reader;
 use crate::model::RuntimeOptions;
 use crate::pipeline::graph::{self, PipelineError};
 use crate::pipeline::job::EditJob;
@@ -72,8 +74,27 @@ impl Control {
     }
 }
 
-/// What a worker hands back: (stage, cause, retryable) on failure.
-type Outcome = Result<Finished, (String, String, bool)>;
+/// What a worker hands back.
+type Outcome = Result<Finished, WorkError>;
+
+enum WorkError {
+    Failed {
+        stage: String,
+        cause: String,
+        retry: bool,
+    },
+    /// The input is no longer what the job was keyed by (replaced since it was queued):
+    /// the job ends, the file is left to the job its new content makes.
+    Superseded(String),
+}
+
+fn failed(stage: &str, cause: String, retry: bool) -> WorkError {
+    WorkError::Failed {
+        stage: stage.to_string(),
+        cause,
+        retry,
+    }
+}
 
 struct Finished {
     outputs: Vec<PathBuf>,
@@ -170,18 +191,54 @@ fn file_failure(
     moved
 }
 
+/// Opens the job's input as it was admitted: not through a link, the same file (device,
+/// inode, size, time) or at least the same content. What FFmpeg reads is this open file.
+fn pin_input(job: &Job) -> Result<PinnedFile, WorkError> {
+    let video = Path::new(&job.input_path);
+    let (input, meta) = match intake::open_input(video) {
+        Ok(opened) => opened,
+        Err(Refusal::Transient(_)) => {
+            return Err(failed(
+                "input",
+                format!("{} is gone", video.display()),
+                false,
+            ))
+        }
+        Err(Refusal::Rejected { cause, .. }) => return Err(failed("input", cause, false)),
+    };
+    if job
+        .input_id
+        .as_deref()
+        .is_some_and(|id| id != identity(&meta))
+    {
+        // Touched or replaced since it was queued: only its content decides.
+        let hash = sha256_reader(input.file())
+            .map_err(|e| failed("input", format!("{}: {e}", video.display()), true))?;
+        if hash != job.input_hash {
+            return Err(WorkError::Superseded(format!(
+                "{} changed after this job was queued; its new content is a job of its own",
+                video.display()
+            )));
+        }
+    }
+    Ok(input)
+}
+
+/// The spec the job was keyed by (jobs queued by an older ctxd resolve theirs now).
+fn job_spec(job: &Job, m: &Mapping, paths: &Paths) -> Result<spec::JobSpec, WorkError> {
+    match &job.spec {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| failed("setup", format!("the job's stored spec: {e}"), false)),
+        None => intake::resolve_spec(Path::new(&job.input_path), m, paths, job.prompt.as_deref())
+            .map_err(|e| failed("spec", e, false)),
+    }
+}
+
 /// The work of one job, on a worker thread.
 fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &Live) -> Outcome {
-    let video = PathBuf::from(&job.input_path);
-    if !video.exists() {
-        return Err((
-            "input".into(),
-            format!("{} is gone", video.display()),
-            false,
-        ));
-    }
-    let spec = intake::resolve_spec(&video, m, paths, job.prompt.as_deref())
-        .map_err(|e| ("spec".to_string(), e, false))?;
+    let input = pin_input(job)?;
+    let spec = job_spec(job, m, paths)?;
+    let video = input.path().to_path_buf();
     let stem = video
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -195,14 +252,10 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
         .iter()
         .map(|e| spec::output_path(&m.outbox, &stem, &e.name, &ext))
         .collect();
-    let bundle = m
-        .bundle
-        .clone()
-        .or_else(|| spec.bundle.clone())
-        .unwrap_or_else(|| paths.default_bundle.clone());
+    let bundle = intake::bundle_for(m, &spec, paths);
     let edit_job = EditJob::from_spec(
         &spec,
-        InputSpec::File(video.clone()),
+        InputSpec::Pinned(input),
         outputs,
         bundle,
         RuntimeOptions::default().with_default_cache(),
@@ -240,7 +293,7 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
                 PipelineError::Model(_) | PipelineError::Config(_) => ("setup".to_string(), false),
                 PipelineError::Media(_) => ("media".to_string(), true),
             };
-            Err((stage, e.to_string(), retry))
+            Err(failed(&stage, e.to_string(), retry))
         }
     }
 }
@@ -254,6 +307,8 @@ struct Inbox {
     /// Copies of a queued or running job's input (same content and prompt), by that job:
     /// filed with it when it ends.
     copies: HashMap<PathBuf, i64>,
+    /// Files changed while a job runs on them, by that job: not read again until it ends.
+    busy: HashMap<PathBuf, i64>,
 }
 
 impl Inbox {
@@ -420,6 +475,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                 handed: HashMap::new(),
                 waiting: HashMap::new(),
                 copies: HashMap::new(),
+                busy: HashMap::new(),
             };
             (m.name.clone(), inbox)
         })
@@ -492,6 +548,9 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                     )?;
                     continue;
                 };
+                if !keyed_as_queued(&store, &job, &m, &paths)? {
+                    continue;
+                }
                 let a = start_job(job, m, &paths, &live, control.waker())?;
                 // A cancel through the API between the claim and now found no worker to stop.
                 if store.get(a.job.id)?.state == State::Cancelled {
@@ -513,6 +572,41 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
         server.stop();
     }
     Ok(())
+}
+
+/// A claimed job still runs what its key says: if its bundle changed since it was queued
+/// (a new model), it takes the new key, or ends superseded when another job already has
+/// that key. Reads two small files. False when the job will not run.
+fn keyed_as_queued(store: &Store, job: &Job, m: &Mapping, paths: &Paths) -> anyhow::Result<bool> {
+    let Some(Ok(spec)) = job
+        .spec
+        .as_deref()
+        .map(serde_json::from_str::<spec::JobSpec>)
+    else {
+        return Ok(true); // an older job, or a spec error the worker reports
+    };
+    let Ok(key) = intake::job_key(&spec, &intake::bundle_for(m, &spec, paths)) else {
+        return Ok(true); // the worker names the unreadable bundle
+    };
+    if key == job.spec_hash {
+        return Ok(true);
+    }
+    match store.rekey(job.id, &key)? {
+        None => {
+            tracing::info!(
+                "job {}: its bundle changed since it was queued; it runs on the new one",
+                job.id
+            );
+            Ok(true)
+        }
+        Some(other) => {
+            store.supersede(
+                job.id,
+                &format!("the bundle changed since this job was queued; job {other} is this content and prompt on the new bundle"),
+            )?;
+            Ok(false)
+        }
+    }
 }
 
 /// Claims are done; this starts the worker thread.
@@ -561,7 +655,7 @@ fn file_outcome(
     let outcome = a
         .handle
         .join()
-        .unwrap_or_else(|_| Err(("worker".into(), "the worker panicked".into(), true)));
+        .unwrap_or_else(|_| Err(failed("worker", "the worker panicked".into(), true)));
     let none = BTreeMap::new();
     let cancelled = a.cancel.load(Ordering::Relaxed);
     // Through the API, possibly between the claim and the worker's start.
@@ -607,7 +701,18 @@ fn file_outcome(
             live.ended(id, "retried", &none);
             return Ok(());
         }
-        Err(failure) => failure,
+        Err(WorkError::Superseded(cause)) => {
+            // The file now belongs to the job its new content makes: it stays where it is.
+            store.supersede(id, &cause)?;
+            tracing::info!("job {id} superseded: {cause}");
+            live.ended(id, "cancelled", &none);
+            return Ok(());
+        }
+        Err(WorkError::Failed {
+            stage,
+            cause,
+            retry,
+        }) => (stage, cause, retry),
     };
     match store.fail(id, &stage, &cause, retry, max_attempts)? {
         State::Failed => {
@@ -670,6 +775,7 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &
     };
     inbox.handed.retain(|p, _| p.exists());
     inbox.waiting.retain(|p, _| p.exists());
+    inbox.busy.retain(|p, _| p.exists());
     file_copies(m, inbox, store);
     lock(moved).retain(|p| p.exists());
     let now = Instant::now();
@@ -686,6 +792,12 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &
         let stamp = (meta.len(), meta.modified().ok());
         if inbox.handed.get(&path) == Some(&stamp) {
             continue;
+        }
+        if let Some(&id) = inbox.busy.get(&path) {
+            if store.get(id).is_ok_and(|j| j.state == State::Running) {
+                continue;
+            }
+            inbox.busy.remove(&path);
         }
         if !inbox.waiting.contains_key(&path) {
             // Renamed in (complete by convention), or unchanged for the settle interval.
@@ -733,6 +845,12 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &
                 }
             }
             Ok(Enqueued::Existing(..)) => {}
+            Ok(Enqueued::Busy(id)) => {
+                // Changed while job `id` runs on it: looked at again once that job has ended.
+                tracing::info!("{shown}: changed while job {id} runs on it; waiting for it");
+                inbox.handed.remove(&path);
+                inbox.busy.insert(path.clone(), id);
+            }
             Err(Refusal::Rejected { stage, cause }) => {
                 file_failure(&path, &m.failed, stage, &cause, 0);
             }

@@ -96,6 +96,29 @@ pub struct Job {
     /// Seconds per pipeline stage, as JSON text, once done.
     #[serde(skip)]
     pub timings: Option<String>,
+    /// The resolved spec (JSON) the job was keyed by: what runs (None for jobs queued by an
+    /// older ctxd, which resolve it when they start).
+    #[serde(skip)]
+    pub spec: Option<String>,
+    /// The input file's identity when it was admitted (`files::identity`).
+    #[serde(skip)]
+    pub input_id: Option<String>,
+}
+
+/// A job to add: what was admitted, and what it is keyed by.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob<'a> {
+    pub mapping: &'a str,
+    pub input_path: &'a str,
+    pub input_hash: &'a str,
+    /// The key of everything but the input's content: the resolved spec without file names,
+    /// and the bundle's identity.
+    pub spec_hash: &'a str,
+    /// A prompt submitted through the API (JSON, the sidecar format).
+    pub prompt: Option<&'a str>,
+    /// The resolved spec, JSON.
+    pub spec: Option<&'a str>,
+    pub input_id: Option<&'a str>,
 }
 
 pub struct Store {
@@ -128,14 +151,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs     TEXT,
     prompt      TEXT,
     timings     TEXT,
+    spec        TEXT,
+    input_id    TEXT,
     UNIQUE (mapping, input_hash, spec_hash)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_input ON jobs (mapping, input_path);
 ";
 
 const COLUMNS: &str =
     "id, mapping, input_path, input_hash, spec_hash, state, attempts, stage, error, \
-                       created_at, updated_at, started_at, finished_at, outputs, prompt, timings";
+                       created_at, updated_at, started_at, finished_at, outputs, prompt, timings, spec, input_id";
 
 fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -155,6 +181,8 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
         outputs: r.get(13)?,
         prompt: r.get(14)?,
         timings: r.get(15)?,
+        spec: r.get(16)?,
+        input_id: r.get(17)?,
     })
 }
 
@@ -164,6 +192,9 @@ pub enum Enqueued {
     New(i64),
     /// The same input and prompt spec already have a job (in any state).
     Existing(i64, State),
+    /// Another job (another content or prompt) is running on this very file: two jobs must
+    /// not write one output set; try again once it has ended.
+    Busy(i64),
 }
 
 impl Store {
@@ -186,8 +217,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
-        // Databases from before the API: add its columns.
-        for column in ["prompt", "timings"] {
+        // Databases from older versions: add the columns they lack.
+        for column in ["prompt", "timings", "spec", "input_id"] {
             let has: bool = conn
                 .query_row(
                     "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
@@ -211,36 +242,133 @@ impl Store {
         }
     }
 
-    /// Adds a job unless one exists for the same mapping, content and prompt spec.
-    pub fn enqueue(
-        &self,
-        mapping: &str,
-        input_path: &str,
-        input_hash: &str,
-        spec_hash: &str,
-        prompt: Option<&str>,
-    ) -> Result<Enqueued> {
-        let t = now();
-        let inserted = self
-            .conn
-            .execute(
-                "INSERT OR IGNORE INTO jobs (mapping, input_path, input_hash, spec_hash, state, created_at, updated_at, prompt)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6)",
-                params![mapping, input_path, input_hash, spec_hash, t, prompt],
-            )
+    /// Adds a job unless one exists for the same mapping, content and spec (whatever its
+    /// file's name). One file has one live job: a queued job on the same path whose content
+    /// or prompt has since changed is superseded (cancelled, saying by which job), except
+    /// that the scan never supersedes a prompt submitted through the API; a running one
+    /// makes this `Busy`. Checked and written in one transaction, so a scan and a
+    /// `POST /jobs` that race cannot both queue the file.
+    pub fn enqueue(&self, j: &NewJob) -> Result<Enqueued> {
+        self.immediate(|| {
+            let same: Option<(i64, String)> = self
+                .conn
+                .query_row(
+                    "SELECT id, state FROM jobs WHERE mapping = ?1 AND input_hash = ?2 AND spec_hash = ?3",
+                    params![j.mapping, j.input_hash, j.spec_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| self.sql(e))?;
+            if let Some((id, state)) = same {
+                return Ok(Enqueued::Existing(id, State::parse(&state)));
+            }
+            let live: Option<(i64, String, bool)> = self
+                .conn
+                .query_row(
+                    "SELECT id, state, prompt IS NOT NULL FROM jobs
+                     WHERE mapping = ?1 AND input_path = ?2 AND state IN ('queued', 'running')
+                     ORDER BY id LIMIT 1",
+                    params![j.mapping, j.input_path],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(|e| self.sql(e))?;
+            let t = now();
+            let superseded = match live {
+                Some((id, state, _)) if state == "running" => return Ok(Enqueued::Busy(id)),
+                Some((id, _, true)) if j.prompt.is_none() => {
+                    return Ok(Enqueued::Existing(id, State::Queued))
+                }
+                Some((id, ..)) => Some(id),
+                None => None,
+            };
+            self.conn
+                .execute(
+                    "INSERT INTO jobs (mapping, input_path, input_hash, spec_hash, state, created_at, updated_at,
+                                       prompt, spec, input_id)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7, ?8)",
+                    params![
+                        j.mapping,
+                        j.input_path,
+                        j.input_hash,
+                        j.spec_hash,
+                        t,
+                        j.prompt,
+                        j.spec,
+                        j.input_id
+                    ],
+                )
+                .map_err(|e| self.sql(e))?;
+            let id = self.conn.last_insert_rowid();
+            if let Some(old) = superseded {
+                self.conn
+                    .execute(
+                        "UPDATE jobs SET state = 'cancelled', stage = 'superseded', error = ?2,
+                                         updated_at = ?3, finished_at = ?3 WHERE id = ?1",
+                        params![
+                            old,
+                            format!("superseded by job {id}: the file or its prompt changed before it ran"),
+                            t
+                        ],
+                    )
+                    .map_err(|e| self.sql(e))?;
+            }
+            Ok(Enqueued::New(id))
+        })
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction (the write lock taken up front, so what `f`
+    /// read still holds when it writes); rolled back if `f` fails.
+    fn immediate<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| self.sql(e))?;
-        if inserted == 1 {
-            return Ok(Enqueued::New(self.conn.last_insert_rowid()));
+        match f() {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").map_err(|e| self.sql(e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
         }
-        let (id, state): (i64, String) = self
-            .conn
-            .query_row(
-                "SELECT id, state FROM jobs WHERE mapping = ?1 AND input_hash = ?2 AND spec_hash = ?3",
-                params![mapping, input_hash, spec_hash],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(|e| self.sql(e))?;
-        Ok(Enqueued::Existing(id, State::parse(&state)))
+    }
+
+    /// A running job that can no longer run what it was keyed by (its file was replaced):
+    /// cancelled with the reason (stage `superseded`); its input is left where it is.
+    pub fn supersede(&self, id: i64, cause: &str) -> Result<bool> {
+        let t = now();
+        self.update_if(
+            "UPDATE jobs SET state = 'cancelled', stage = 'superseded', error = ?2, updated_at = ?3,
+                             finished_at = ?3 WHERE id = ?1 AND state = 'running'",
+            params![id, cause, t],
+        )
+    }
+
+    /// A running job's new key (its bundle changed after it was queued). Returns the job
+    /// that already has that key, if one does; nothing changes then.
+    pub fn rekey(&self, id: i64, spec_hash: &str) -> Result<Option<i64>> {
+        self.immediate(|| {
+            let job = self.get(id)?;
+            let other: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT id FROM jobs WHERE mapping = ?1 AND input_hash = ?2 AND spec_hash = ?3 AND id != ?4",
+                    params![job.mapping, job.input_hash, spec_hash, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.sql(e))?;
+            if other.is_none() {
+                self.update(
+                    id,
+                    "UPDATE jobs SET spec_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![id, spec_hash, now()],
+                )?;
+            }
+            Ok(other)
+        })
     }
 
     /// Takes the oldest queued job, atomically: marks it running and counts the attempt.
@@ -508,6 +636,17 @@ mod tests {
         Store::open(&dir.path().join("jobs.db")).unwrap()
     }
 
+    /// A job found by the scan (no submitted prompt).
+    fn nj<'a>(mapping: &'a str, path: &'a str, hash: &'a str, spec: &'a str) -> NewJob<'a> {
+        NewJob {
+            mapping,
+            input_path: path,
+            input_hash: hash,
+            spec_hash: spec,
+            ..NewJob::default()
+        }
+    }
+
     /// Every state change is one conditional write, so what the API does between the daemon's
     /// read and its write is never undone: a cancel is not turned back into a retry, an ended
     /// job is not cancelled, a running job is not queued a second time.
@@ -515,7 +654,7 @@ mod tests {
     fn writes_that_race_a_cancel_or_a_requeue_keep_the_other_side() {
         let d = tempfile::tempdir().unwrap();
         let mut s = store(&d);
-        let Enqueued::New(id) = s.enqueue("main", "in/a.mp4", "h1", "p1", None).unwrap() else {
+        let Enqueued::New(id) = s.enqueue(&nj("main", "in/a.mp4", "h1", "p1")).unwrap() else {
             panic!("new job expected");
         };
         let job = s.claim_next().unwrap().unwrap();
@@ -547,21 +686,73 @@ mod tests {
     fn same_file_twice_is_one_job_and_a_changed_prompt_is_another() {
         let d = tempfile::tempdir().unwrap();
         let s = store(&d);
-        let a = s.enqueue("main", "in/clip.mp4", "h1", "p1", None).unwrap();
+        let a = s.enqueue(&nj("main", "in/clip.mp4", "h1", "p1")).unwrap();
         assert!(matches!(a, Enqueued::New(_)));
         let Enqueued::New(id) = a else { unreachable!() };
         assert_eq!(
-            s.enqueue("main", "in/copy.mp4", "h1", "p1", None).unwrap(),
+            s.enqueue(&nj("main", "in/copy.mp4", "h1", "p1")).unwrap(),
             Enqueued::Existing(id, State::Queued)
         );
         assert!(matches!(
-            s.enqueue("main", "in/clip.mp4", "h1", "p2", None).unwrap(),
+            s.enqueue(&nj("main", "in/clip.mp4", "h1", "p2")).unwrap(),
             Enqueued::New(_)
         ));
         assert!(matches!(
-            s.enqueue("main", "in/clip.mp4", "h2", "p1", None).unwrap(),
+            s.enqueue(&nj("main", "in/clip.mp4", "h2", "p1")).unwrap(),
             Enqueued::New(_)
         ));
+    }
+
+    /// Regression (issue 16 item 3): a `POST /jobs` with a prompt racing the scan of the same
+    /// file gave two jobs, which wrote one output set twice or filed a false failure.
+    #[test]
+    fn one_file_has_one_live_job() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(&d);
+        let Enqueued::New(scanned) = s.enqueue(&nj("m", "in/a.mp4", "h", "scan")).unwrap() else {
+            panic!("new job expected");
+        };
+        // The user submits a prompt for the queued file: it replaces the scan's job.
+        let submitted = NewJob {
+            prompt: Some("{}"),
+            ..nj("m", "in/a.mp4", "h", "posted")
+        };
+        let Enqueued::New(posted) = s.enqueue(&submitted).unwrap() else {
+            panic!("new job expected");
+        };
+        let old = s.get(scanned).unwrap();
+        assert_eq!(old.state, State::Cancelled);
+        assert_eq!(old.stage.as_deref(), Some("superseded"));
+        assert!(old.error.unwrap().contains(&format!("job {posted}")));
+        // The scan, racing, never takes a submitted prompt's place.
+        assert_eq!(
+            s.enqueue(&nj("m", "in/a.mp4", "h2", "scan")).unwrap(),
+            Enqueued::Existing(posted, State::Queued)
+        );
+        // Running: another job on the file must wait.
+        assert_eq!(s.claim_next().unwrap().unwrap().id, posted);
+        let other = NewJob {
+            prompt: Some("{\"x\": 1}"),
+            ..nj("m", "in/a.mp4", "h", "posted-again")
+        };
+        assert_eq!(s.enqueue(&other).unwrap(), Enqueued::Busy(posted));
+        assert_eq!(s.counts().unwrap()[0], (State::Queued, 0));
+        // Another file is not held up.
+        assert!(matches!(
+            s.enqueue(&nj("m", "in/b.mp4", "hb", "posted-again"))
+                .unwrap(),
+            Enqueued::New(_)
+        ));
+        // A running job whose file was replaced ends superseded; a new key is taken unless
+        // another job has it.
+        assert_eq!(s.rekey(posted, "posted-again").unwrap(), None);
+        assert_eq!(s.get(posted).unwrap().spec_hash, "posted-again");
+        assert!(s.supersede(posted, "changed").unwrap());
+        assert_eq!(s.get(posted).unwrap().state, State::Cancelled);
+        assert!(
+            !s.supersede(posted, "changed").unwrap(),
+            "only a running job"
+        );
     }
 
     #[test]
@@ -570,7 +761,7 @@ mod tests {
         let mut s1 = store(&d);
         let mut s2 = store(&d); // a second connection, as a second worker would have
         for i in 0..4 {
-            s1.enqueue("m", &format!("{i}.mp4"), &format!("h{i}"), "p", None)
+            s1.enqueue(&nj("m", &format!("{i}.mp4"), &format!("h{i}"), "p"))
                 .unwrap();
         }
         let mut seen = Vec::new();
@@ -595,8 +786,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let mut s = store(&d);
-            s.enqueue("m", "a.mp4", "ha", "p", None).unwrap();
-            s.enqueue("m", "b.mp4", "hb", "p", None).unwrap();
+            s.enqueue(&nj("m", "a.mp4", "ha", "p")).unwrap();
+            s.enqueue(&nj("m", "b.mp4", "hb", "p")).unwrap();
             let a = s.claim_next().unwrap().unwrap();
             s.finish(a.id, "[\"out/a.red.mp4\"]", "{}").unwrap();
             let b = s.claim_next().unwrap().unwrap();
@@ -621,7 +812,7 @@ mod tests {
         for crash in 1..=3 {
             let mut s = store(&d);
             if crash == 1 {
-                s.enqueue("m", "bad.mp4", "h", "p", None).unwrap();
+                s.enqueue(&nj("m", "bad.mp4", "h", "p")).unwrap();
             }
             let (requeued, failed) = s.recover(3).unwrap();
             assert_eq!((requeued, failed.len()), (usize::from(crash > 1), 0));
@@ -639,7 +830,7 @@ mod tests {
 
         // A graceful shutdown does not use up an attempt.
         let mut s = store(&d);
-        s.enqueue("m", "ok.mp4", "h2", "p", None).unwrap();
+        s.enqueue(&nj("m", "ok.mp4", "h2", "p")).unwrap();
         let j = s.claim_next().unwrap().unwrap();
         s.requeue_after_shutdown(j.id).unwrap();
         let again = s.claim_next().unwrap().unwrap();
@@ -650,7 +841,7 @@ mod tests {
     fn retries_stop_at_the_cap() {
         let d = tempfile::tempdir().unwrap();
         let mut s = store(&d);
-        s.enqueue("m", "x.mp4", "hx", "p", None).unwrap();
+        s.enqueue(&nj("m", "x.mp4", "hx", "p")).unwrap();
         for attempt in 1..=3 {
             let j = s.claim_next().unwrap().unwrap();
             assert_eq!(j.attempts, attempt);
@@ -679,8 +870,8 @@ mod tests {
     fn counts_and_cancel() {
         let d = tempfile::tempdir().unwrap();
         let mut s = store(&d);
-        s.enqueue("m", "a", "a", "p", None).unwrap();
-        s.enqueue("m", "b", "b", "p", None).unwrap();
+        s.enqueue(&nj("m", "a", "a", "p")).unwrap();
+        s.enqueue(&nj("m", "b", "b", "p")).unwrap();
         let a = s.claim_next().unwrap().unwrap();
         assert_eq!(s.cancel(2).unwrap(), State::Cancelled);
         s.finish(a.id, "[]", "{}").unwrap();

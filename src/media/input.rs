@@ -16,12 +16,54 @@ use super::log;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputSpec {
     File(PathBuf),
+    /// A file already opened and checked by the caller (`ctxd watch` pins the file it keyed
+    /// a job by): FFmpeg reads this very file, whatever its name points to by then.
+    Pinned(PinnedFile),
     /// `-`: read the container from standard input (it must be streamable: mkv, ts, or an mp4
     /// with its index at the front).
     Stdin,
     /// Anything with a scheme (`rtsp://`, `http://`, `udp://`, `pipe:`...): handed to FFmpeg.
     Url(String),
 }
+
+/// An open file and the name it was opened by (for messages and reports).
+#[derive(Debug, Clone)]
+pub struct PinnedFile {
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+}
+
+impl PinnedFile {
+    pub fn new(file: std::fs::File, path: PathBuf) -> PinnedFile {
+        PinnedFile {
+            file: Arc::new(file),
+            path,
+        }
+    }
+
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A name that opens this very file again (Linux: the descriptor's link in /proc),
+    /// whether or not its original name still leads to it.
+    fn reopen_name(&self) -> String {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", self.file.as_raw_fd())
+    }
+}
+
+impl PartialEq for PinnedFile {
+    fn eq(&self, other: &PinnedFile) -> bool {
+        Arc::ptr_eq(&self.file, &other.file)
+    }
+}
+
+impl Eq for PinnedFile {}
 
 impl InputSpec {
     pub fn parse(s: &str) -> InputSpec {
@@ -39,6 +81,7 @@ impl InputSpec {
     fn ffmpeg_name(&self) -> Result<String> {
         match self {
             InputSpec::File(p) => Ok(format!("file:{}", ffmpeg_safe(p, &self.to_string())?)),
+            InputSpec::Pinned(f) => Ok(format!("file:{}", f.reopen_name())),
             InputSpec::Stdin => Ok("pipe:0".into()),
             InputSpec::Url(u) => Ok(ffmpeg_safe(Path::new(u), u)?.to_string()),
         }
@@ -47,6 +90,7 @@ impl InputSpec {
     pub fn as_path(&self) -> Option<&Path> {
         match self {
             InputSpec::File(p) => Some(p),
+            InputSpec::Pinned(f) => Some(f.path()),
             _ => None,
         }
     }
@@ -56,6 +100,7 @@ impl fmt::Display for InputSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InputSpec::File(p) => write!(f, "{}", p.display()),
+            InputSpec::Pinned(p) => write!(f, "{}", p.path().display()),
             InputSpec::Stdin => write!(f, "<stdin>"),
             InputSpec::Url(u) => write!(f, "{u}"),
         }
@@ -149,8 +194,13 @@ pub(crate) fn open_with(
 ) -> Result<format::context::Input> {
     super::init();
     let name = spec.to_string();
-    if let InputSpec::File(path) = spec {
-        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+    let meta = match spec {
+        InputSpec::File(path) => Some(std::fs::metadata(path)),
+        InputSpec::Pinned(f) => Some(f.file().metadata()),
+        _ => None,
+    };
+    if let Some(meta) = meta {
+        let meta = meta.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => MediaError::NotFound(name.clone()),
             _ => MediaError::Read {
                 path: name.clone(),

@@ -31,7 +31,7 @@ pub use decode::{AudioPacket, SourceLayout, VideoSource};
 pub use encode::{EncodeSettings, OutputSummary, VideoSink};
 pub use error::MediaError;
 pub use frame::RgbFrame;
-pub use input::{InputSpec, LiveOptions};
+pub use input::{InputSpec, LiveOptions, PinnedFile};
 pub use output::OutputTarget;
 pub use probe::{probe, Probe};
 

@@ -139,6 +139,27 @@ impl Bundle {
         PromptTokenizer::load(&self.dir.join(&t.tokenizer), len, t.pad_token_id)
     }
 
+    /// What identifies what this bundle does, as hex sha256: its manifest (which holds every
+    /// network's sha256, the schedule and the latent scale) and its tokenizer. Jobs and
+    /// cached inversions are keyed by it, never by the folder's name.
+    ///
+    /// # Errors
+    /// `Manifest` when the manifest or the tokenizer cannot be read.
+    pub fn identity(&self) -> Result<String> {
+        let mut hasher = Sha256::new();
+        for file in [
+            self.dir.join("bundle.toml"),
+            self.dir.join(&self.manifest.text.tokenizer),
+        ] {
+            let bytes = std::fs::read(&file).map_err(|e| ModelError::Manifest {
+                path: file.clone(),
+                cause: e.to_string(),
+            })?;
+            hasher.update(Sha256::digest(&bytes));
+        }
+        Ok(hex(&hasher.finalize()))
+    }
+
     pub fn text_encoder(&self, opts: &RuntimeOptions) -> Result<TextEncoder> {
         Ok(TextEncoder::new(
             self.load(Kind::TextEncoder, opts)?,
@@ -149,29 +170,30 @@ impl Bundle {
 
 /// sha256 of a file, streamed (weights can be gigabytes).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = File::open(path)?;
+    sha256_reader(File::open(path)?)
+}
+
+/// sha256 of everything `r` gives, streamed.
+pub fn sha256_reader(mut r: impl Read) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
 }
 
 /// sha256 of bytes, as hex.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Hashes already computed in this process, by file, with the size and modification time

@@ -274,16 +274,10 @@ pub fn inversion_settings(
     geometry: &crate::media::scale::Letterbox,
 ) -> Result<[u8; 32], PipelineError> {
     use sha2::{Digest, Sha256};
-    let read = |p: std::path::PathBuf| {
-        std::fs::read(&p).map_err(|e| PipelineError::Config(format!("{}: {e}", p.display())))
-    };
-    let manifest = read(bundle.dir().join("bundle.toml"))?;
-    let tokenizer = read(bundle.dir().join(&bundle.manifest().text.tokenizer))?;
     let settings = serde_json::json!({
-        "format": 1,
+        "format": 2,
         "ctxd": env!("CARGO_PKG_VERSION"),
-        "manifest": format!("{:x}", Sha256::digest(&manifest)),
-        "tokenizer": format!("{:x}", Sha256::digest(&tokenizer)),
+        "bundle": bundle.identity()?,
         "source": job.source_prompt,
         "steps": job.steps,
         "context": crate::pipeline::spec::context_name(job.context),

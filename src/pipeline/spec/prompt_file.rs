@@ -303,40 +303,23 @@ pub fn find_sidecar(video: &Path) -> Result<Option<PathBuf>, SpecError> {
 /// # Errors
 /// [`SpecError::Io`] (missing, unreadable) or [`SpecError::Unusable`].
 pub(super) fn read_prompt_bytes(path: &Path, follow: bool) -> Result<Vec<u8>, SpecError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use crate::files::{open_regular, Refused};
     let unusable = |cause: String| SpecError::Unusable {
         path: path.to_owned(),
         cause,
     };
-    let flags = libc::O_NONBLOCK | if follow { 0 } else { libc::O_NOFOLLOW };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)
-        .map_err(|source| {
-            if source.raw_os_error() == Some(libc::ELOOP) {
-                unusable("is a symbolic link; a prompt file here must be a regular file".into())
-            } else {
-                SpecError::Io {
-                    path: path.to_owned(),
-                    source,
-                }
-            }
-        })?;
-    let meta = file.metadata().map_err(|source| SpecError::Io {
-        path: path.to_owned(),
-        source,
+    let (file, _) = open_regular(path, follow).map_err(|r| match r {
+        Refused::Io(source) => SpecError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        Refused::Link => {
+            unusable("is a symbolic link; a prompt file here must be a regular file".into())
+        }
+        Refused::NotRegular(kind) => unusable(format!(
+            "is not a regular file ({kind}); a prompt file must be one"
+        )),
     })?;
-    if !meta.is_file() {
-        let kind = if meta.is_dir() {
-            "a folder"
-        } else {
-            "not a regular file (a pipe, socket or device)"
-        };
-        return Err(unusable(format!(
-            "is {kind}; a prompt file must be a regular file"
-        )));
-    }
     let max = super::MAX_PROMPT_FILE;
     let mut bytes = Vec::new();
     file.take(max + 1)

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::check::{non_empty, Checker};
 use super::names::{edit_name, unique_name};
 use super::prompt_file::sidecar_candidates;
 use super::{
-    find_sidecar, ser_context, EditSpec, Overrides, Preset, PromptFile, SpecError, DEFAULTS_FILE,
-    DEFAULT_PRESET,
+    de_context, find_sidecar, ser_context, EditSpec, Overrides, Preset, PromptFile, SpecError,
+    DEFAULTS_FILE, DEFAULT_PRESET,
 };
 use crate::diffusion::ContextMode;
 
@@ -50,7 +50,7 @@ pub struct CliOverrides {
 }
 
 /// One edit of a job, fully resolved.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Edit {
     /// Sanitized and unique within the job: the output is `<stem>.<name>.<ext>`.
     pub name: String,
@@ -59,12 +59,13 @@ pub struct Edit {
     pub guidance: f32,
     pub steps: usize,
     pub seed: u64,
-    #[serde(serialize_with = "ser_context")]
+    #[serde(serialize_with = "ser_context", deserialize_with = "de_context")]
     pub context: ContextMode,
 }
 
-/// Everything one video's job needs to know about what to do, merged from all layers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Everything one video's job needs to know about what to do, merged from all layers. The
+/// daemon stores it (JSON) when it admits a job and runs exactly that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     /// Describes the input video; the inversion prompt.
     pub source: String,
@@ -258,6 +259,19 @@ impl JobSpec {
             defaults: defaults_path.display().to_string(),
         };
         resolve(&preset, defaults.as_ref(), sidecar.as_ref(), cli, hint)
+    }
+
+    /// Every value that decides the result, without where each came from (file names) or
+    /// the bundle's folder: the same content and prompt under another name, or beside
+    /// another sidecar with the same text, is the same work. Callers key jobs by this plus
+    /// the bundle's identity (`Bundle::identity`).
+    pub fn what_runs(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("provenance");
+            o.remove("bundle");
+        }
+        v
     }
 
     /// One inversion serves every edit of a video, so the edits must agree on what shapes
