@@ -799,6 +799,12 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
     wait_for("progress on the long job", || {
         json(&http(&addr, "GET", &long, t, None).1)["live"]["frames_done"].as_u64() > Some(0)
     });
+    let running = json(&http(&addr, "GET", &long, t, None).1);
+    assert_eq!(
+        (running["state"].as_str(), running["stage"].as_str()),
+        (Some("running"), Some("editing")),
+        "a running job says where it is: {running}"
+    );
     let (code, body) = http(&addr, "DELETE", &long, t, None);
     assert_eq!(
         (code, json(&body)["state"].as_str()),
@@ -900,6 +906,53 @@ fn a_second_daemon_on_the_same_state_folder_is_refused_and_the_first_keeps_worki
     let (status, _) = http(&api, "GET", "/healthz", None, None);
     assert_eq!(status, 200);
     stop(first);
+}
+
+/// Regression (issue 16 item 6): the API ran SQLite calls on its only async thread, so a
+/// request waiting on the database (the daemon writing, a backup holding a lock) stalled
+/// every other request, `/healthz` among them.
+#[test]
+fn the_api_answers_while_the_database_is_locked() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let d = Daemon::new();
+    let child = d.start();
+    let addr = d.api();
+    d.drop_clip("a.mp4", 0.5);
+    wait_for("the job", || exists(&d.path("outbox/a.red.mp4")));
+    // Another process holds the database's write lock for 3 s (inside the 10 s busy wait).
+    let db = rusqlite::Connection::open(d.path("state/jobs.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE; UPDATE jobs SET updated_at = updated_at;")
+        .unwrap();
+    let released = Arc::new(AtomicBool::new(false));
+    let release = {
+        let released = released.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            released.store(true, Ordering::SeqCst);
+            db.execute_batch("ROLLBACK").unwrap();
+            drop(db);
+        })
+    };
+    let waiting = {
+        let addr = addr.clone();
+        // A cancel writes: it waits for the lock.
+        std::thread::spawn(move || http(&addr, "DELETE", "/jobs/1", None, None).0)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, _) = http(&addr, "GET", "/healthz", None, None);
+    assert_eq!(code, 200);
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "/healthz answered only once the database was free"
+    );
+    release.join().unwrap();
+    assert_eq!(
+        waiting.join().unwrap(),
+        409,
+        "the waiting request is answered: the job is already done"
+    );
+    stop(child);
 }
 
 #[test]

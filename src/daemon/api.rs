@@ -80,19 +80,34 @@ struct JobView {
     live: Option<LiveJob>,
 }
 
-fn view(job: Job, live: &Live) -> JobView {
+fn view(mut job: Job, live: &Live) -> JobView {
     let parse = |s: &Option<String>| s.as_deref().and_then(|t| serde_json::from_str(t).ok());
+    let live = live.job(job.id);
+    // A running job's stage is where its worker is (loading, editing, writing); an ended
+    // job's is where it ended.
+    if let Some(l) = &live {
+        job.stage.get_or_insert_with(|| l.stage.to_string());
+    }
     JobView {
         outputs: parse(&job.outputs),
         prompt: parse(&job.prompt),
         timings: parse(&job.timings),
-        live: live.job(job.id),
+        live,
         job,
     }
 }
 
-fn lock(api: &Shared) -> std::sync::MutexGuard<'_, Store> {
-    crate::sync::lock(&api.store)
+/// Runs `f` on the API's store connection on a blocking thread: SQLite may wait up to its
+/// busy timeout for the daemon's writes, which must not stall the async workers serving
+/// other requests (`/healthz` among them).
+async fn with_store<T: Send + 'static>(
+    api: &Api,
+    f: impl FnOnce(&Store) -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    let api = api.clone();
+    tokio::task::spawn_blocking(move || f(&crate::sync::lock(&api.store)))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 async fn healthz(Ext(api): Ext<Api>) -> Json<serde_json::Value> {
@@ -124,12 +139,13 @@ async fn list_jobs(
                 })?,
         ),
     };
-    let jobs = lock(&api).list(state, q.limit.unwrap_or(100).min(10_000))?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let jobs = with_store(&api, move |s| Ok(s.list(state, limit)?)).await?;
     Ok(Json(jobs.into_iter().map(|j| view(j, &api.live)).collect()))
 }
 
 async fn get_job(Ext(api): Ext<Api>, UrlPath(id): UrlPath<i64>) -> Result<Json<JobView>, Failure> {
-    let job = lock(&api).get(id)?;
+    let job = with_store(&api, move |s| Ok(s.get(id)?)).await?;
     Ok(Json(view(job, &api.live)))
 }
 
@@ -137,8 +153,7 @@ async fn cancel_job(
     Ext(api): Ext<Api>,
     UrlPath(id): UrlPath<i64>,
 ) -> Result<Json<serde_json::Value>, Failure> {
-    let before = lock(&api).get(id)?.state;
-    let after = lock(&api).cancel(id)?;
+    let (before, after) = with_store(&api, move |s| Ok((s.get(id)?.state, s.cancel(id)?))).await?;
     if after != State::Cancelled || before == State::Cancelled {
         return Err(Failure(
             StatusCode::CONFLICT,
@@ -301,7 +316,7 @@ async fn submit_job(
 }
 
 async fn metrics(Ext(api): Ext<Api>) -> Result<Response, Failure> {
-    let counts = lock(&api).counts()?;
+    let counts = with_store(&api, |s| Ok(s.counts()?)).await?;
     let mut text = api.live.metrics(&counts);
     text.push_str(&api.streams.metrics());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

@@ -81,13 +81,14 @@ impl Live {
     }
 
     /// A progress report from the pipeline: frames are counted once, as they are finished.
-    pub fn progress(&self, id: i64, frames_done: u64, frames_total: Option<u64>) {
+    pub fn progress(&self, id: i64, p: crate::pipeline::job::Progress) {
+        let (frames_done, frames_total) = (p.frames_done, p.frames_total);
         let mut jobs = lock(&self.jobs);
         let Some(job) = jobs.get_mut(&id) else {
             return;
         };
         let new = frames_done.saturating_sub(job.frames_done);
-        job.stage = "editing";
+        job.stage = p.phase.name();
         job.frames_done = frames_done;
         job.frames_total = frames_total;
         job.progress = frames_total

@@ -264,8 +264,7 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
     );
     let mut edit_job = edit_job;
     edit_job.cache = paths.inversion_cache.clone();
-    let progress =
-        |p: crate::pipeline::job::Progress| live.progress(job.id, p.frames_done, p.frames_total);
+    let progress = |p: crate::pipeline::job::Progress| live.progress(job.id, p);
     match graph::run(&edit_job, &progress) {
         Ok(reports) => {
             let first = reports.first();

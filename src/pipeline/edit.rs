@@ -11,7 +11,7 @@ use super::clip::{self, ClipAccumulator};
 use super::graph::{
     geometry, run_graph, sampler_setup, seconds_per_tick, Graph, PipelineError, StageModels,
 };
-use super::job::{EditJob, Progress};
+use super::job::{EditJob, Phase, Progress};
 use super::prompts::{EditCondition, FixedPrompts, WindowConditions};
 use super::report::{
     report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
@@ -35,6 +35,12 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             "nothing to do: no edit prompts".into(),
         ));
     }
+    progress(Progress {
+        phase: Phase::Loading,
+        windows_done: 0,
+        frames_done: 0,
+        frames_total: None,
+    });
     let bundle = Bundle::open(&job.bundle_dir)?;
     bundle.verify()?;
     let scale_factor = bundle.manifest().latent.scale_factor;
@@ -168,6 +174,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         frames_written += w.sources.len() as u64;
         windows += 1;
         progress(Progress {
+            phase: Phase::Editing,
             windows_done: windows,
             frames_done: frames_written,
             frames_total,
@@ -178,6 +185,12 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         Ok(())
     };
     let stage_stats = run_graph(graph, &mut mux)?;
+    progress(Progress {
+        phase: Phase::Writing,
+        windows_done: windows,
+        frames_done: frames_written,
+        frames_total,
+    });
 
     for p in audio_rx.iter() {
         write_audio_all(&mut sinks, p)?;

@@ -63,9 +63,32 @@ pub struct EditJob {
     pub cache: Option<InversionCache>,
 }
 
-/// Progress, reported after each window is written.
+/// Where a run is: what `ctxd watch` shows as a running job's stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Checking the bundle, encoding the prompts, loading the networks.
+    Loading,
+    /// Windows going through decode, inversion, editing and encode.
+    Editing,
+    /// Every window written: finishing the files and putting them in place.
+    Writing,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Loading => "loading",
+            Phase::Editing => "editing",
+            Phase::Writing => "writing",
+        }
+    }
+}
+
+/// Progress, reported when loading starts, after each window is written, and when the
+/// outputs are being finished.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
+    pub phase: Phase,
     pub windows_done: usize,
     pub frames_done: u64,
     /// From the container or a packet scan, when known.
