@@ -268,14 +268,24 @@ impl Live {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::job::{Phase, Progress};
 
     #[test]
     fn frames_count_once_and_metrics_are_prometheus_text() {
         let live = Live::default();
         live.started(7, Arc::default());
-        live.progress(7, 8, Some(16));
-        live.progress(7, 16, Some(16));
-        assert_eq!(live.job(7).unwrap().progress, Some(1.0));
+        let at = |phase, frames_done| Progress {
+            phase,
+            windows_done: 0,
+            frames_done,
+            frames_total: Some(16),
+        };
+        live.progress(7, at(Phase::Loading, 0));
+        assert_eq!(live.job(7).unwrap().stage, "loading");
+        live.progress(7, at(Phase::Editing, 8));
+        live.progress(7, at(Phase::Writing, 16));
+        let job = live.job(7).unwrap();
+        assert_eq!((job.progress, job.stage), (Some(1.0), "writing"));
         let stages = BTreeMap::from([("invert".to_string(), 1.5)]);
         live.ended(7, "done", &stages);
         assert!(live.job(7).is_none());
