@@ -955,6 +955,41 @@ fn the_api_answers_while_the_database_is_locked() {
     stop(child);
 }
 
+/// Regression (issue 16 item 5): the daemon's loop probed and hashed each new file itself,
+/// so one large file held up every other file, finished jobs and a stop until it was read.
+#[test]
+fn a_large_file_being_admitted_holds_up_no_other() {
+    let d = Daemon::new();
+    let child = d.start();
+    let addr = d.api();
+    // A real clip padded (sparse) to 512 MB: reading and hashing it takes seconds here.
+    let big = d.dir.ffmpeg(
+        "big.ts",
+        &strs(&args(
+            &[&pattern("64x48", "10", 1.0)],
+            &["-c:v", "libx264", "-f", "mpegts"],
+        )),
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    std::fs::rename(&big, d.path("inbox/big.ts")).unwrap();
+    d.drop_clip("small.mp4", 0.5);
+    wait_for("the small clip's output", || {
+        exists(&d.path("outbox/small.red.mp4"))
+    });
+    assert_eq!(
+        state_of(&addr, "big.ts"),
+        None,
+        "the small clip was edited while the large one was still being read"
+    );
+    stop(child);
+    assert!(exists(&d.path("inbox/big.ts")), "left for the next start");
+}
+
 #[test]
 fn an_idle_daemon_sleeps() {
     // Regression: the watcher reported our own reads of the inbox, and each scan woke the

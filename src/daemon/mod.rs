@@ -4,11 +4,13 @@
 //! - `stable`: when a dropped file is complete enough to become a job
 //! - `config`: `watch/ctxd-watch.toml`
 //! - `intake`: admitting a file (limits, prompt spec, hash, dedupe), for the scan and the API
+//! - `admission`: the threads that admit what the scan finds, off the loop
 //! - `live`: running jobs' progress and the metrics counters
 //! - `api`: the HTTP status API (axum)
 //! - `streams`: `[[stream]]` entries: live streams supervised and restarted with back-off
 //! - `run`: the loop: watch, queue, run, file the results, stop gracefully
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod intake;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
+use super::admission::{Admission, Answer};
 use super::config::{Mapping, WatchConfig};
 pub use super::intake::Paths;
 use super::intake::{self, Refusal};
@@ -308,12 +309,16 @@ struct Inbox {
     copies: HashMap<PathBuf, i64>,
     /// Files changed while a job runs on them, by that job: not read again until it ends.
     busy: HashMap<PathBuf, i64>,
+    /// Files being admitted (probed and hashed) by the admission threads.
+    admitting: HashSet<PathBuf>,
 }
 
 impl Inbox {
     /// Something here needs another look soon (a file settling or waiting for its sidecar).
     fn pending(&self) -> bool {
-        self.tracker.pending().next().is_some() || !self.waiting.is_empty()
+        self.tracker.pending().next().is_some()
+            || !self.waiting.is_empty()
+            || !self.admitting.is_empty()
     }
 }
 
@@ -475,10 +480,12 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                 waiting: HashMap::new(),
                 copies: HashMap::new(),
                 busy: HashMap::new(),
+                admitting: HashSet::new(),
             };
             (m.name.clone(), inbox)
         })
         .collect();
+    let mut admission = Admission::start(db.clone(), paths.clone(), control.waker())?;
     let mut active: Vec<Active> = Vec::new();
     let mut stopping_since: Option<Instant> = None;
     let poll = Duration::from_secs_f64(cfg.poll_seconds.max(0.05));
@@ -495,11 +502,21 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
             tracing::info!("stopping: no new jobs; {} running", active.len());
             stopping_since = Some(Instant::now());
         }
+        for answer in admission.answers() {
+            if let (Some(m), Some(inbox)) = (
+                mappings.get(&answer.mapping),
+                inboxes.get_mut(&answer.mapping),
+            ) {
+                file_admission(m, inbox, &store, answer);
+            }
+        }
         if !stopping {
             for m in &cfg.mapping {
                 let inbox = inboxes.get_mut(&m.name).expect("one per mapping");
-                scan(m, inbox, &moved, &store, &paths);
+                scan(m, inbox, &moved, &store, &admission);
             }
+        } else {
+            admission.close();
         }
 
         // Time limits reach running jobs here (cancellations through the API set the flag).
@@ -768,7 +785,7 @@ fn file_copies(m: &Mapping, inbox: &mut Inbox, store: &Store) {
 }
 
 /// One pass over an inbox: complete files become jobs (or failure records).
-fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &Paths) {
+fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, admission: &Admission) {
     let Ok(entries) = std::fs::read_dir(&m.inbox) else {
         return;
     };
@@ -789,7 +806,8 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &
             continue;
         }
         let stamp = (meta.len(), meta.modified().ok());
-        if inbox.handed.get(&path) == Some(&stamp) {
+        // Being admitted: looked at again once the answer is in (a change meanwhile too).
+        if inbox.handed.get(&path) == Some(&stamp) || inbox.admitting.contains(&path) {
             continue;
         }
         if let Some(&id) = inbox.busy.get(&path) {
@@ -818,45 +836,55 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, paths: &
         if store.has_submitted_job(&m.name, &shown).unwrap_or(false) {
             continue;
         }
-        match intake::admit(m, &path, store, paths, None) {
-            Ok(Enqueued::New(id)) => tracing::info!("job {id} queued: {shown}"),
-            Ok(Enqueued::Existing(id, State::Done)) => {
-                // The same content and prompt were already edited: nothing to redo.
-                tracing::info!("{shown}: same as finished job {id}; not redone");
-                if let Some(done) = &m.done {
-                    let _ = move_into(&path, done);
-                }
+        inbox.admitting.insert(path.clone());
+        admission.ask(m, path);
+    }
+}
+
+/// Files what admitting one file gave: a new job, a copy of a job (filed with it), the same
+/// as a finished or failed job, a refusal (filed in `failed/`), or another look later.
+fn file_admission(m: &Mapping, inbox: &mut Inbox, store: &Store, answer: Answer) {
+    let Answer { path, result, .. } = answer;
+    inbox.admitting.remove(&path);
+    let shown = path.display().to_string();
+    match result {
+        Ok(Enqueued::New(id)) => tracing::info!("job {id} queued: {shown}"),
+        Ok(Enqueued::Existing(id, State::Done)) => {
+            // The same content and prompt were already edited: nothing to redo.
+            tracing::info!("{shown}: same as finished job {id}; not redone");
+            if let Some(done) = &m.done {
+                let _ = move_into(&path, done);
             }
-            Ok(Enqueued::Existing(id, State::Failed)) => {
-                let earlier = store.get(id).ok().and_then(|j| j.error).unwrap_or_default();
-                file_failure(
-                    &path,
-                    &m.failed,
-                    "input",
-                    &format!("the same content and prompt failed before as job {id} ({earlier}); not retried: POST /jobs {{\"path\": \"<name>\", \"folder\": \"failed\", \"redo\": true}} to try again"),
-                    0,
-                );
+        }
+        Ok(Enqueued::Existing(id, State::Failed)) => {
+            let earlier = store.get(id).ok().and_then(|j| j.error).unwrap_or_default();
+            file_failure(
+                &path,
+                &m.failed,
+                "input",
+                &format!("the same content and prompt failed before as job {id} ({earlier}); not retried: POST /jobs {{\"path\": \"<name>\", \"folder\": \"failed\", \"redo\": true}} to try again"),
+                0,
+            );
+        }
+        Ok(Enqueued::Existing(id, State::Queued | State::Running)) => {
+            if store.get(id).is_ok_and(|j| j.input_path != shown) {
+                tracing::info!("{shown}: same content and prompt as job {id}; filed with it");
+                inbox.copies.insert(path, id);
             }
-            Ok(Enqueued::Existing(id, State::Queued | State::Running)) => {
-                if store.get(id).is_ok_and(|j| j.input_path != shown) {
-                    tracing::info!("{shown}: same content and prompt as job {id}; filed with it");
-                    inbox.copies.insert(path.clone(), id);
-                }
-            }
-            Ok(Enqueued::Existing(..)) => {}
-            Ok(Enqueued::Busy(id)) => {
-                // Changed while job `id` runs on it: looked at again once that job has ended.
-                tracing::info!("{shown}: changed while job {id} runs on it; waiting for it");
-                inbox.handed.remove(&path);
-                inbox.busy.insert(path.clone(), id);
-            }
-            Err(Refusal::Rejected { stage, cause }) => {
-                file_failure(&path, &m.failed, stage, &cause, 0);
-            }
-            Err(Refusal::Transient(cause)) => {
-                tracing::warn!("{shown}: {cause}; will look again");
-                inbox.handed.remove(&path);
-            }
+        }
+        Ok(Enqueued::Existing(..)) => {}
+        Ok(Enqueued::Busy(id)) => {
+            // Changed while job `id` runs on it: looked at again once that job has ended.
+            tracing::info!("{shown}: changed while job {id} runs on it; waiting for it");
+            inbox.handed.remove(&path);
+            inbox.busy.insert(path, id);
+        }
+        Err(Refusal::Rejected { stage, cause }) => {
+            file_failure(&path, &m.failed, stage, &cause, 0);
+        }
+        Err(Refusal::Transient(cause)) => {
+            tracing::warn!("{shown}: {cause}; will look again");
+            inbox.handed.remove(&path);
         }
     }
 }
