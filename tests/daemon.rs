@@ -919,7 +919,9 @@ fn the_api_answers_while_the_database_is_locked() {
     let child = d.start();
     let addr = d.api();
     d.drop_clip("a.mp4", 0.5);
-    wait_for("the job", || exists(&d.path("outbox/a.red.mp4")));
+    wait_for("the job", || {
+        state_of(&addr, "a.mp4").as_deref() == Some("done")
+    });
     // Another process holds the database's write lock for 3 s (inside the 10 s busy wait).
     let db = rusqlite::Connection::open(d.path("state/jobs.db")).unwrap();
     db.execute_batch("BEGIN IMMEDIATE; UPDATE jobs SET updated_at = updated_at;")

@@ -67,10 +67,9 @@ fn fast_probe_reads_only_the_header() {
 
 #[test]
 fn real_clips_match_ffprobe() {
+    let d = Dir::new();
     for name in ["car-turn.mp4", "man-surfing.mp4"] {
-        let Some(path) = shared_media(name) else {
-            continue;
-        };
+        let path = real_clip(&d, name);
         let p = probe(&path);
         let f = ffprobe(&path);
         let v = &streams_of(&f, "video")[0];

@@ -401,7 +401,7 @@ fn oracle_closed_forms() {
         &mut o, "sample", n, 0.0, 1.0, off, "red", None, &x_t, &x_t, None,
     );
     let x0 = traj.last().unwrap();
-    let (p, q) = ddim_affine(&sched, false, sigma * sigma);
+    let (p, q) = ddim_affine(&o.bundle.manifest().schedule, n, false, sigma * sigma);
     for (idx, v) in x0.indexed_iter() {
         let want = p * x_t[idx] as f64 + q * RED[idx.1];
         assert!(
@@ -427,7 +427,7 @@ fn oracle_closed_forms() {
         "std {p} vs continuous {std_cont}"
     );
     let fine = Schedule::ddim(&o.bundle.manifest().schedule.noise_config(), 500).unwrap();
-    let (p500, q500) = ddim_affine(&fine, false, sigma * sigma);
+    let (p500, q500) = ddim_affine(&o.bundle.manifest().schedule, 500, false, sigma * sigma);
     let a500 = fine.abar_of(fine.timesteps()[0]);
     let l500 = (1.0 - a500) / a500;
     let std500 = sigma * ((1.0 + l500) / (sigma * sigma + l500)).sqrt();
@@ -480,7 +480,7 @@ fn oracle_closed_forms() {
     }
     assert!(worst < 0.09, "edit map error {worst} at N = {n}");
     // The exact discrete version: inversion is affine too, so the edit is P_s (P_i x0 + Q_i mu_s) + Q_s mu_t.
-    let (pi, qi) = ddim_affine(&sched, true, sigma * sigma);
+    let (pi, qi) = ddim_affine(&o.bundle.manifest().schedule, n, true, sigma * sigma);
     for (idx, v) in edit.last().unwrap().indexed_iter() {
         let want = p * (pi * src[idx] as f64 + qi * BLUE[idx.1]) + q * RED[idx.1];
         assert!(
@@ -533,8 +533,7 @@ fn guidance_on_the_oracle_is_a_shifted_mean() {
         &x_t,
         None,
     );
-    let sched = Schedule::ddim(&o.bundle.manifest().schedule.noise_config(), 20).unwrap();
-    let (p, q) = ddim_affine(&sched, false, 0.25);
+    let (p, q) = ddim_affine(&o.bundle.manifest().schedule, 20, false, 0.25);
     for (idx, v) in neg.last().unwrap().indexed_iter() {
         let mu = 2.0 * RED[idx.1] - BLUE[idx.1];
         let want = p * x_t[idx] as f64 + q * mu;

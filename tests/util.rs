@@ -241,24 +241,43 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     }
 }
 
-/// The real clips: `$CTXD_SHARED_MEDIA`, else `../shared/media` beside the checkout, else
-/// `/work/shared/media`. None when this machine has none of them (a clone elsewhere): the
-/// tests that use them then say so and skip.
+/// The real clips: in `$CTXD_SHARED_MEDIA` when it is set (only there), else
+/// `../shared/media` beside the checkout, else `/work/shared/media`; None when this machine
+/// has none of them (a clone elsewhere).
 pub fn shared_media(name: &str) -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("CTXD_SHARED_MEDIA").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/media")),
-        Some(PathBuf::from("/work/shared/media")),
-    ];
-    let found = candidates
+    let candidates = match std::env::var_os("CTXD_SHARED_MEDIA") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/media"),
+            PathBuf::from("/work/shared/media"),
+        ],
+    };
+    candidates
         .into_iter()
-        .flatten()
         .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("note: {name} not found (set CTXD_SHARED_MEDIA); skipping the real-clip check");
+        .find(|p| p.is_file())
+}
+
+/// The real clip `name` where this machine has it, else a stand-in made here with FFmpeg of
+/// the same size, rate and length (H.264 in MP4, moving content): the tests that use it run
+/// everywhere, never pass by skipping.
+pub fn real_clip(d: &Dir, name: &str) -> PathBuf {
+    if let Some(p) = shared_media(name) {
+        return p;
     }
-    found
+    let (size, rate, seconds) = match name {
+        "car-turn.mp4" => ("480x480", "10", 8.0),
+        "man-surfing.mp4" => ("656x656", "24", 3.0),
+        other => panic!("no stand-in for {other}"),
+    };
+    eprintln!("note: {name} not found (set CTXD_SHARED_MEDIA); using a generated stand-in");
+    d.ffmpeg(
+        &format!("standin-{name}"),
+        &strs(&args(
+            &[&pattern(size, rate, seconds)],
+            &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mp4"],
+        )),
+    )
 }
 
 pub fn ratio(s: &Value) -> f64 {
@@ -272,39 +291,68 @@ pub fn ratio(s: &Value) -> f64 {
     }
 }
 
-/// DDIM on the oracle is affine per element: x = P x_start + Q mu. (P, Q) follow the same
-/// recursion as the sampler, computed here in f64 with the schedule alone.
-pub fn ddim_affine(sched: &ctxd::diffusion::Schedule, invert: bool, sigma2: f64) -> (f64, f64) {
-    let (mut p, mut q) = (1.0f64, 0.0f64);
-    let mut ts = sched.timesteps().to_vec();
-    if invert {
-        ts.reverse();
+/// The exact discrete DDIM map of the Gaussian oracle (x0 ~ N(mu, sigma2 I), eps* exact),
+/// x_out = P x_in + Q mu, for `steps` leading-spaced steps of a scaled-linear schedule,
+/// derived here by hand and independently of ctxd's schedule and sampler code:
+/// - the schedule: abar_t = prod_{i <= t} (1 - beta_i), beta on a line in sqrt space;
+///   timesteps t_k = k (T / steps) + offset; below t = 0 the final alpha (abar_0 unless
+///   `set_alpha_to_one`);
+/// - sampling, t -> p: with w = x - sqrt(abar) mu, one step multiplies w by
+///   g = (sigma2 sqrt(a_p a_t) + sqrt((1 - a_p)(1 - a_t))) / (a_t sigma2 + 1 - a_t), so
+///   P = prod g and Q = sqrt(a_end) - sqrt(a_start) P;
+/// - inversion, c -> t (eps* evaluated at t on x_c): x_t = A x_c + B mu with
+///   k = sqrt(1 - a_t) / (a_t sigma2 + 1 - a_t), m = sqrt(1 - a_t) - sqrt(a_t (1 - a_c) / a_c),
+///   A = sqrt(a_t / a_c) + m k and B = -m k sqrt(a_t), composed step by step.
+pub fn ddim_affine(
+    cfg: &ctxd::model::manifest::ScheduleConfig,
+    steps: usize,
+    invert: bool,
+    sigma2: f64,
+) -> (f64, f64) {
+    use ctxd::model::manifest::{BetaSchedule, TimestepSpacing};
+    assert_eq!(
+        cfg.beta_schedule,
+        BetaSchedule::ScaledLinear,
+        "derived for scaled_linear"
+    );
+    assert_eq!(
+        cfg.timestep_spacing,
+        TimestepSpacing::Leading,
+        "derived for leading"
+    );
+    assert!(!cfg.rescale_zero_terminal_snr);
+    let n = cfg.train_steps;
+    let (b0, b1) = (cfg.beta_start.sqrt(), cfg.beta_end.sqrt());
+    let mut abar = Vec::with_capacity(n);
+    let mut prod = 1.0f64;
+    for i in 0..n {
+        let beta = (b0 + (b1 - b0) * i as f64 / (n - 1) as f64).powi(2);
+        prod *= 1.0 - beta;
+        abar.push(prod);
     }
-    for t in ts {
-        let a_t = sched.abar_of(t);
-        // The other end of the step: prev when sampling, cur when inverting.
-        let a_n = sched.abar_of(t - sched.ratio());
-        let coef = (1.0 - a_t).sqrt() / (a_t * sigma2 + 1.0 - a_t);
-        // eps = coef (x - sqrt(a_t) mu) = coef p x_s + coef (q - sqrt(a_t)) mu
-        let (ep, eq) = (coef * p, coef * (q - a_t.sqrt()));
-        if invert {
-            // x0 = (x - sqrt(1 - a_c) eps) / sqrt(a_c); x' = sqrt(a_t) x0 + sqrt(1 - a_t) eps
-            let a_c = a_n;
-            let (x0p, x0q) = (
-                (p - (1.0 - a_c).sqrt() * ep) / a_c.sqrt(),
-                (q - (1.0 - a_c).sqrt() * eq) / a_c.sqrt(),
-            );
-            p = a_t.sqrt() * x0p + (1.0 - a_t).sqrt() * ep;
-            q = a_t.sqrt() * x0q + (1.0 - a_t).sqrt() * eq;
-        } else {
-            let a_p = a_n;
-            let (x0p, x0q) = (
-                (p - (1.0 - a_t).sqrt() * ep) / a_t.sqrt(),
-                (q - (1.0 - a_t).sqrt() * eq) / a_t.sqrt(),
-            );
-            p = a_p.sqrt() * x0p + (1.0 - a_p).sqrt() * ep;
-            q = a_p.sqrt() * x0q + (1.0 - a_p).sqrt() * eq;
+    let final_alpha = if cfg.set_alpha_to_one { 1.0 } else { abar[0] };
+    let ratio = n / steps;
+    let level = |t: i64| if t < 0 { final_alpha } else { abar[t as usize] };
+    let ts: Vec<i64> = (0..steps)
+        .map(|k| (k * ratio + cfg.steps_offset) as i64)
+        .collect();
+    if !invert {
+        let mut p = 1.0;
+        for &t in ts.iter().rev() {
+            let (a_t, a_p) = (level(t), level(t - ratio as i64));
+            p *= (sigma2 * (a_p * a_t).sqrt() + ((1.0 - a_p) * (1.0 - a_t)).sqrt())
+                / (a_t * sigma2 + 1.0 - a_t);
         }
+        let (a_start, a_end) = (level(*ts.last().unwrap()), final_alpha);
+        return (p, a_end.sqrt() - a_start.sqrt() * p);
+    }
+    let (mut p, mut q) = (1.0f64, 0.0f64);
+    for &t in &ts {
+        let (a_t, a_c) = (level(t), level(t - ratio as i64));
+        let k = (1.0 - a_t).sqrt() / (a_t * sigma2 + 1.0 - a_t);
+        let m = (1.0 - a_t).sqrt() - (a_t * (1.0 - a_c) / a_c).sqrt();
+        let (a, b) = ((a_t / a_c).sqrt() + m * k, -m * k * a_t.sqrt());
+        (p, q) = (a * p, a * q + b);
     }
     (p, q)
 }

@@ -169,3 +169,31 @@ impl ClipAccumulator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CLIP-T is the mean cosine of each frame with the text, CLIP-F the mean cosine of each
+    /// frame with the one before: checked on vectors whose cosines are known by hand.
+    #[test]
+    fn scores_are_the_means_of_known_cosines() {
+        let mut acc = ClipAccumulator::new(vec![1.0, 0.0]);
+        assert!(acc.result().is_none(), "no frame, no score");
+        // Frames at 0, 60 and 90 degrees from the text, as the scorer hands them over
+        // (normalized, whatever length the network gave).
+        let s = 3f32.sqrt();
+        acc.add(&[normalized(&[2.0, 0.0]), normalized(&[1.0, s])]);
+        acc.add(&[normalized(&[0.0, 3.0])]);
+        let r = acc.result().unwrap();
+        // text: (1 + 0.5 + 0) / 3; frame to frame: 60 then 30 degrees: (0.5 + s/2) / 2.
+        assert!((r.clip_t - 0.5).abs() < 1e-6, "{}", r.clip_t);
+        let f = (0.5 + f64::from(s) / 2.0) / 2.0;
+        assert!((r.clip_f - f).abs() < 1e-6, "{} vs {f}", r.clip_f);
+        // One frame: nothing to compare it with.
+        let mut one = ClipAccumulator::new(vec![0.0, 1.0]);
+        one.add(&[normalized(&[0.0, -2.0])]);
+        let r = one.result().unwrap();
+        assert_eq!((r.clip_t.round(), r.clip_f), (-1.0, 1.0));
+    }
+}
