@@ -20,6 +20,7 @@
 //! - [`atomic`]: outputs appear complete or not at all (temporary name, fsync, rename).
 //! - [`files`]: opening files others control: no blocking, no links, checked once open.
 //! - [`sync`]: locks that survive a panicked thread.
+//! - [`fuzzing`]: what the fuzz targets (`fuzz/`) and their regression test call.
 //! - [`bench`]: measured, not asserted: ratios against baselines run in the same process.
 //! - [`cli`]: the `ctxd` command line; turns flags into library calls.
 //!
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod daemon;
 pub mod diffusion;
 pub mod files;
+pub mod fuzzing;
 pub mod media;
 pub mod model;
 pub mod pipeline;

@@ -5,6 +5,7 @@ mod util;
 
 mod batch;
 mod daemon;
+mod fuzz_regressions;
 mod inversion_cache;
 mod media_errors;
 mod media_probe;

@@ -181,6 +181,29 @@ struct Submit {
 }
 
 /// The file a submission names, if it is inside a configured folder.
+/// `path` when it is one plain file name (no folder, no `..`, not absolute).
+fn one_file_name(path: &str) -> Option<&std::ffi::OsStr> {
+    let mut parts = Path::new(path).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(only)), None) => Some(only),
+        _ => None,
+    }
+}
+
+/// What `POST /jobs` checks in a body before it touches any folder: the JSON, the file name
+/// and the submitted prompt (as the daemon will parse it). The fuzz targets call it.
+///
+/// # Errors
+/// The first problem found.
+pub fn check_submit_body(body: &[u8]) -> Result<(), String> {
+    let s: Submit = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    one_file_name(&s.path).ok_or_else(|| format!("'{}' is not a file name", s.path))?;
+    if let Some(p) = &s.prompt {
+        intake::parse_submitted(&p.to_string()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn confine(api: &Shared, s: &Submit) -> Result<(Mapping, PathBuf), Failure> {
     let refuse = |msg: String| Failure(StatusCode::FORBIDDEN, msg);
     let m = match &s.mapping {
@@ -213,9 +236,7 @@ fn confine(api: &Shared, s: &Submit) -> Result<(Mapping, PathBuf), Failure> {
             ))
         }
     };
-    let name = Path::new(&s.path);
-    let mut parts = name.components();
-    let (Some(Component::Normal(only)), None) = (parts.next(), parts.next()) else {
+    let Some(only) = one_file_name(&s.path) else {
         return Err(refuse(format!(
             "'{}' is not a file name: absolute paths, '..' and subfolders are refused; give the name of a file in the {} folder",
             s.path,

@@ -134,8 +134,58 @@ impl WatchConfig {
     /// A message naming the file and the cause (unknown key, missing mapping, bad folder).
     pub fn load(path: &Path) -> Result<WatchConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut c = WatchConfig::parse(&text, path)?;
+        for dir in std::iter::once(&c.state_dir).chain(c.mapping.iter().flat_map(|m| {
+            [&m.inbox, &m.outbox, &m.failed]
+                .into_iter()
+                .chain(m.done.as_ref())
+        })) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("{}: cannot create {}: {e}", path.display(), dir.display()))?;
+        }
+        // Absolute from here on: the job store records input paths, and a restart from
+        // another working directory must find them.
+        let real = |p: &mut PathBuf| -> Result<(), String> {
+            *p = std::fs::canonicalize(&*p)
+                .map_err(|e| format!("{}: {}: {e}", path.display(), p.display()))?;
+            Ok(())
+        };
+        real(&mut c.state_dir)?;
+        for m in &mut c.mapping {
+            real(&mut m.inbox)?;
+            real(&mut m.outbox)?;
+            real(&mut m.failed)?;
+            if let Some(done) = &mut m.done {
+                real(done)?;
+            }
+            if let Some(b) = &mut m.bundle {
+                *b = std::path::absolute(&*b).unwrap_or_else(|_| b.clone());
+            }
+            // Outputs landing in the inbox would be edited again, and again.
+            if [&m.outbox, &m.failed]
+                .into_iter()
+                .chain(m.done.as_ref())
+                .any(|d| d == &m.inbox)
+            {
+                return Err(format!(
+                    "{}: mapping '{}': the inbox cannot also be its outbox, failed or done folder",
+                    path.display(),
+                    m.name
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Parses and checks the text of a config at `path` without touching the filesystem:
+    /// folders are made absolute (from the file's folder) but not created. Every value that
+    /// could later panic or overflow is refused here.
+    ///
+    /// # Errors
+    /// A message naming the file and the cause.
+    pub fn parse(text: &str, path: &Path) -> Result<WatchConfig, String> {
         let mut c: WatchConfig =
-            toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+            toml::from_str(text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -187,45 +237,6 @@ impl WatchConfig {
             if !valid_name(&m.name) {
                 return Err(format!(
                     "{}: mapping name '{}' must be letters, digits, - or _",
-                    path.display(),
-                    m.name
-                ));
-            }
-        }
-        for dir in std::iter::once(&c.state_dir).chain(c.mapping.iter().flat_map(|m| {
-            [&m.inbox, &m.outbox, &m.failed]
-                .into_iter()
-                .chain(m.done.as_ref())
-        })) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("{}: cannot create {}: {e}", path.display(), dir.display()))?;
-        }
-        // Absolute from here on: the job store records input paths, and a restart from
-        // another working directory must find them.
-        let real = |p: &mut PathBuf| -> Result<(), String> {
-            *p = std::fs::canonicalize(&*p)
-                .map_err(|e| format!("{}: {}: {e}", path.display(), p.display()))?;
-            Ok(())
-        };
-        real(&mut c.state_dir)?;
-        for m in &mut c.mapping {
-            real(&mut m.inbox)?;
-            real(&mut m.outbox)?;
-            real(&mut m.failed)?;
-            if let Some(done) = &mut m.done {
-                real(done)?;
-            }
-            if let Some(b) = &mut m.bundle {
-                *b = std::path::absolute(&*b).unwrap_or_else(|_| b.clone());
-            }
-            // Outputs landing in the inbox would be edited again, and again.
-            if [&m.outbox, &m.failed]
-                .into_iter()
-                .chain(m.done.as_ref())
-                .any(|d| d == &m.inbox)
-            {
-                return Err(format!(
-                    "{}: mapping '{}': the inbox cannot also be its outbox, failed or done folder",
                     path.display(),
                     m.name
                 ));

@@ -40,6 +40,14 @@ pub fn is_prompt_file(p: &Path) -> bool {
 /// What a submitted prompt (JSON text, the sidecar format) is called in messages.
 const SUBMITTED: &str = "submitted prompt.json";
 
+/// A prompt submitted through the API (JSON text, the sidecar format).
+///
+/// # Errors
+/// As a sidecar's, naming it "submitted prompt.json".
+pub fn parse_submitted(prompt: &str) -> Result<PromptFile, spec::SpecError> {
+    PromptFile::parse(prompt.as_bytes(), Path::new(SUBMITTED), PromptFormat::Json)
+}
+
 /// The spec of `video` in mapping `m`: the mapping's preset, the inbox's `_defaults.toml`
 /// (wherever the video is now), then `prompt` (submitted through the API) or the sidecar.
 ///
@@ -56,7 +64,7 @@ pub fn resolve_spec(
         ..Default::default()
     };
     let prompt = prompt
-        .map(|p| PromptFile::parse(p.as_bytes(), Path::new(SUBMITTED), PromptFormat::Json))
+        .map(parse_submitted)
         .transpose()
         .map_err(|e| e.to_string())?;
     let spec = JobSpec::for_video_in(video, &m.inbox, prompt, &paths.pipelines, &cli)
