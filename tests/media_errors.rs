@@ -313,3 +313,70 @@ fn a_frame_over_the_size_limit_is_refused_before_decoding() {
         "{err}"
     );
 }
+
+/// A stream copy from 1.3 s keeps the packets from the keyframe at 0 behind an edit list; the
+/// decoder drops the frames before 1.3 s on purpose. That is the whole file, not a cut (it was
+/// refused as "truncated" when decoded frames were checked against the packet count).
+#[test]
+fn an_edit_list_that_starts_late_is_not_a_cut() {
+    let d = Dir::new();
+    let full = d.ffmpeg(
+        "full.mp4",
+        &strs(&args(
+            &[&pattern("160x120", "30", 4.0)],
+            &["-c:v", "libx264", "-preset", "ultrafast", "-g", "300"],
+        )),
+    );
+    let late = d.ffmpeg(
+        "late.mp4",
+        &["-ss", "1.3", "-i", full.to_str().unwrap(), "-c", "copy"],
+    );
+    let listed = ffprobe(&late)["streams"][0]["nb_frames"]
+        .as_str()
+        .unwrap()
+        .parse::<usize>()
+        .unwrap();
+    let out = d.path("out.mp4");
+    run_ok(ctxd().arg("transcode").arg(&late).arg("-o").arg(&out));
+    let shown = frame_times(&out).len();
+    assert!(
+        shown < listed,
+        "the edit list hides frames: {shown} of {listed}"
+    );
+    assert!(
+        (75..=85).contains(&shown),
+        "{shown} frames from 1.3 s to 4 s at 30 fps"
+    );
+}
+
+/// A faststart MP4 cut inside its last audio: the video is whole, the audio is not, and the
+/// index says so. Refused as truncated, not edited with the audio silently short.
+#[test]
+fn a_file_cut_inside_its_last_packets_is_refused() {
+    let d = Dir::new();
+    let whole = d.ffmpeg(
+        "whole.mp4",
+        &strs(&args(
+            &[&pattern("64x48", "10", 2.0), &tone(2.0, 44100)],
+            &[
+                "-c:v",
+                "libx264",
+                "-c:a",
+                "aac",
+                "-shortest",
+                "-movflags",
+                "+faststart",
+            ],
+        )),
+    );
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = d.path("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() * 9 / 10]).unwrap();
+    let (code, err) = transcode_err(&d, &cut);
+    assert_eq!(code, 1, "{err}");
+    assert_one_line(&err);
+    assert!(
+        err.contains("cut.mp4") && err.contains("truncated"),
+        "{err}"
+    );
+}

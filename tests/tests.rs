@@ -4,9 +4,11 @@
 mod util;
 
 mod batch;
+mod crash_and_soak;
 mod daemon;
 mod fuzz_regressions;
 mod inversion_cache;
+mod malformed;
 mod media_errors;
 mod media_probe;
 mod media_roundtrip;

@@ -9,12 +9,17 @@
 //!    the ratio should stay near 1 (memory must not grow with length).
 
 mod batch;
+mod chaos;
+mod harness;
 mod quality;
+mod soak;
 mod stream;
 mod watch;
 
 pub use batch::{batch, BatchBenchArgs};
+pub use chaos::{chaos, ChaosBenchArgs};
 pub use quality::{quality, QualityBenchArgs};
+pub use soak::{soak, SoakBenchArgs};
 pub use stream::{run as stream, StreamBenchArgs};
 pub use watch::{cpu_seconds, watch, WatchBenchArgs};
 

@@ -13,13 +13,15 @@ use super::{CacheArgs, EncodeArgs, RuntimeArgs};
 use crate::diffusion::ContextMode;
 use crate::media::InputSpec;
 use crate::pipeline::graph;
-use crate::pipeline::job::{EditJob, Progress};
+use crate::pipeline::job::{EditJob, Phase, Progress};
 use crate::pipeline::spec::{self, CliOverrides, JobSpec, Preset, PromptFile};
 
 #[derive(Args, Debug)]
 pub struct EditArgs {
     /// The video: a file, `-` for stdin, or a URL FFmpeg opens.
-    pub input: String,
+    // An OsString: a file name that is not UTF-8 gets ctxd's own error naming it, not a
+    // usage error that does not.
+    pub input: std::ffi::OsString,
     /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
     #[arg(long)]
     pub bundle: Option<PathBuf>,
@@ -93,7 +95,10 @@ pub struct UsageError(pub anyhow::Error);
 pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
     let home = home();
     let pipelines = home.join("pipelines");
-    let input = InputSpec::parse(&args.input);
+    let input = match args.input.to_str() {
+        Some(s) => InputSpec::parse(s),
+        None => InputSpec::File(PathBuf::from(&args.input)),
+    };
     let cli = CliOverrides {
         preset: args.preset.clone(),
         source: args.source.clone(),
@@ -217,7 +222,8 @@ pub fn run(
             bar.set_length(t);
         }
         bar.set_position(p.frames_done);
-        if terminal {
+        // One line per window written; loading and writing are not windows.
+        if terminal && p.phase == Phase::Editing {
             match p.frames_total {
                 Some(t) => eprintln!(
                     "ctxd: window {} done, {}/{} frames",

@@ -148,6 +148,13 @@ enum BenchCommand {
     /// success with the scene kept, ghost frames, motion error, flicker, reconstruction PSNR,
     /// CLIP-T/F), one markdown table per context mode.
     Quality(crate::bench::QualityBenchArgs),
+    /// `ctxd watch` under steady drops (some broken) with its API polled: resident memory,
+    /// open descriptors and threads sampled, judged flat or growing.
+    Soak(crate::bench::SoakBenchArgs),
+    /// `ctxd watch` killed with SIGKILL at random moments and restarted, inputs arriving
+    /// throughout: no input lost, no output partial or doubled, attempts counted across
+    /// crashes; exits non-zero when a promise broke.
+    Chaos(crate::bench::ChaosBenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -550,6 +557,8 @@ fn run(command: Command) -> Result<(), Failure> {
             BenchCommand::Watch(args) => crate::bench::watch(&args).map_err(Failure::Job),
             BenchCommand::Batch(args) => crate::bench::batch(&args).map_err(Failure::Job),
             BenchCommand::Quality(args) => crate::bench::quality(&args).map_err(Failure::Job),
+            BenchCommand::Soak(args) => crate::bench::soak(&args).map_err(Failure::Job),
+            BenchCommand::Chaos(args) => crate::bench::chaos(&args).map_err(Failure::Job),
         },
         Command::Sheet {
             input,

@@ -6,6 +6,8 @@
 //! are cancelled and queued again for the next start.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,13 +121,17 @@ fn sidecar_exists(video: &Path) -> bool {
 }
 
 /// A free name in `dir` for `name` (adds .1, .2 … when taken).
-fn free_name(dir: &Path, name: &str) -> PathBuf {
+fn free_name(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
     let first = dir.join(name);
     if !first.exists() {
         return first;
     }
     (1..)
-        .map(|i| dir.join(format!("{name}.{i}")))
+        .map(|i| {
+            let mut n = name.to_os_string();
+            n.push(format!(".{i}"));
+            dir.join(n)
+        })
         .find(|p| !p.exists())
         .expect("unbounded")
 }
@@ -136,17 +142,14 @@ fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
     if path.parent() == Some(dir) {
         return Ok(path.to_path_buf());
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let to = free_name(dir, &name);
+    // The name's own bytes: a file is never renamed on the way (it need not be UTF-8).
+    let to = free_name(dir, path.file_name().unwrap_or_default());
     std::fs::rename(path, &to)?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     for suf in spec::SIDECAR_SUFFIXES {
         let side = path.with_file_name(format!("{stem}{suf}"));
         if side.exists() {
-            let _ = std::fs::rename(&side, free_name(dir, &format!("{stem}{suf}")));
+            let _ = std::fs::rename(&side, free_name(dir, format!("{stem}{suf}").as_ref()));
         }
     }
     Ok(to)
@@ -172,10 +175,9 @@ fn file_failure(
 ) -> PathBuf {
     tracing::warn!("{}: failed ({stage}): {cause}", input.display());
     let moved = move_into(input, failed_dir).unwrap_or_else(|_| input.to_path_buf());
-    let name = moved
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // The record is named from the input's own bytes (a name need not be UTF-8).
+    let mut record = moved.file_name().map(OsString::from).unwrap_or_default();
+    record.push(".error.json");
     let rec = ErrorRecord {
         input: &input.display().to_string(),
         cause,
@@ -187,7 +189,7 @@ fn file_failure(
         attempts,
     };
     if let Ok(text) = serde_json::to_vec_pretty(&rec) {
-        let _ = crate::atomic::write_atomic(&failed_dir.join(format!("{name}.error.json")), &text);
+        let _ = crate::atomic::write_atomic(&failed_dir.join(record), &text);
     }
     moved
 }
@@ -802,7 +804,43 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, admissio
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if !meta.file_type().is_file() || is_temporary(&path) || intake::is_prompt_file(&path) {
+        if meta.is_dir() {
+            continue;
+        }
+        let name = path.file_name().unwrap_or_default();
+        if name.to_str().is_none() && !name.as_bytes().starts_with(b".") {
+            // Outputs, records and the job store name files in UTF-8: say so rather than
+            // leave the file unexplained.
+            file_failure(
+                &path,
+                &m.failed,
+                "input",
+                &format!(
+                    "{}: the file name is not valid UTF-8; rename it",
+                    path.display()
+                ),
+                0,
+            );
+            continue;
+        }
+        if is_temporary(&path) || intake::is_prompt_file(&path) {
+            continue;
+        }
+        if !meta.file_type().is_file() {
+            // A link (never followed out of an inbox), a pipe or a device: not a video file.
+            // Filed with its reason, so it does not sit there unexplained.
+            let kind = if meta.file_type().is_symlink() {
+                "is a symbolic link; ctxd never follows links out of an inbox: move or copy the file itself in"
+            } else {
+                "is a named pipe, socket or device, not a file"
+            };
+            file_failure(
+                &path,
+                &m.failed,
+                "input",
+                &format!("{}: {kind}", path.display()),
+                0,
+            );
             continue;
         }
         let stamp = (meta.len(), meta.modified().ok());

@@ -31,10 +31,9 @@ pub(crate) enum Family {
 /// these are explicit lists; other containers accept whatever FFmpeg's muxer says it can hold.
 fn copyable(family: Family, codec: &str) -> Option<bool> {
     match family {
-        Family::Mp4 => Some(matches!(
-            codec,
-            "aac" | "mp3" | "ac3" | "eac3" | "alac" | "flac"
-        )),
+        // Not FLAC: FFmpeg 5 writes it into MP4 only as an experimental feature (the header
+        // fails without -strict), and players differ; it is re-encoded instead.
+        Family::Mp4 => Some(matches!(codec, "aac" | "mp3" | "ac3" | "eac3" | "alac")),
         Family::Mov => Some(
             matches!(codec, "aac" | "mp3" | "ac3" | "eac3" | "alac") || codec.starts_with("pcm_"),
         ),
@@ -484,6 +483,7 @@ mod tests {
     fn copy_rules_per_family() {
         assert_eq!(copyable(Family::Mp4, "aac"), Some(true));
         assert_eq!(copyable(Family::Mp4, "opus"), Some(false));
+        assert_eq!(copyable(Family::Mp4, "flac"), Some(false));
         assert_eq!(copyable(Family::Webm, "aac"), Some(false));
         assert_eq!(copyable(Family::Webm, "opus"), Some(true));
         assert_eq!(copyable(Family::Mov, "pcm_s16le"), Some(true));

@@ -39,6 +39,112 @@ impl ColorInfo {
     }
 }
 
+impl ColorInfo {
+    /// The decoder's colour tags. They are read as plain integers and kept only when they name
+    /// a value this FFmpeg binding knows: a stream may carry any byte there (MPEG-1/2 sequence
+    /// display extensions are copied unchecked), and turning such a value into a Rust enum
+    /// directly, as `decoder.color_primaries()` does, is undefined behaviour (found by fuzzing).
+    pub(crate) fn of_decoder(decoder: &ffmpeg_next::decoder::Video) -> ColorInfo {
+        // SAFETY: the pointer is the decoder's live AVCodecContext; each field is a C enum,
+        // stored as a C int, read here as an i32 without forming a Rust enum value.
+        let (space, range, primaries, transfer) = unsafe {
+            let ctx = decoder.as_ptr();
+            (
+                std::ptr::addr_of!((*ctx).colorspace).cast::<i32>().read(),
+                std::ptr::addr_of!((*ctx).color_range).cast::<i32>().read(),
+                std::ptr::addr_of!((*ctx).color_primaries)
+                    .cast::<i32>()
+                    .read(),
+                std::ptr::addr_of!((*ctx).color_trc).cast::<i32>().read(),
+            )
+        };
+        ColorInfo {
+            space: known(space, SPACES, |v| ffi::AVColorSpace::from(v) as i32)
+                .unwrap_or(color::Space::Unspecified),
+            range: known(range, RANGES, |v| ffi::AVColorRange::from(v) as i32)
+                .unwrap_or(color::Range::Unspecified),
+            primaries: known(primaries, PRIMARIES, |v| {
+                ffi::AVColorPrimaries::from(v) as i32
+            })
+            .unwrap_or(color::Primaries::Unspecified),
+            transfer: known(transfer, TRANSFERS, |v| {
+                ffi::AVColorTransferCharacteristic::from(v) as i32
+            })
+            .unwrap_or(color::TransferCharacteristic::Unspecified),
+        }
+    }
+}
+
+/// The binding's value whose C integer is `raw`, if there is one.
+fn known<T: Copy>(raw: i32, values: &[T], to_c: impl Fn(T) -> i32) -> Option<T> {
+    values.iter().copied().find(|v| to_c(*v) == raw)
+}
+
+const SPACES: &[color::Space] = {
+    use color::Space::*;
+    &[
+        RGB,
+        BT709,
+        Unspecified,
+        Reserved,
+        FCC,
+        BT470BG,
+        SMPTE170M,
+        SMPTE240M,
+        YCGCO,
+        BT2020NCL,
+        BT2020CL,
+        SMPTE2085,
+        ChromaDerivedNCL,
+        ChromaDerivedCL,
+        ICTCP,
+    ]
+};
+const RANGES: &[color::Range] = &[
+    color::Range::Unspecified,
+    color::Range::MPEG,
+    color::Range::JPEG,
+];
+const PRIMARIES: &[color::Primaries] = {
+    use color::Primaries::*;
+    &[
+        BT709,
+        Unspecified,
+        BT470M,
+        BT470BG,
+        SMPTE170M,
+        SMPTE240M,
+        Film,
+        BT2020,
+        SMPTE428,
+        SMPTE431,
+        SMPTE432,
+        color::Primaries::JEDEC_P22,
+    ]
+};
+const TRANSFERS: &[color::TransferCharacteristic] = {
+    use color::TransferCharacteristic::*;
+    &[
+        BT709,
+        Unspecified,
+        GAMMA22,
+        GAMMA28,
+        SMPTE170M,
+        SMPTE240M,
+        Linear,
+        Log,
+        LogSqrt,
+        IEC61966_2_4,
+        BT1361_ECG,
+        IEC61966_2_1,
+        BT2020_10,
+        BT2020_12,
+        SMPTE2084,
+        SMPTE428,
+        ARIB_STD_B67,
+    ]
+};
+
 /// A swscale context that may move between threads. SwsContext has no thread affinity (FFmpeg
 /// only forbids concurrent use, which `&mut` already rules out); ffmpeg-next just never
 /// declared it `Send`, which stage threads need.

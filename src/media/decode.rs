@@ -73,6 +73,12 @@ pub struct VideoSource {
     audio_tracks: Vec<Option<usize>>,
     audio_tx: Option<Sender<AudioPacket>>,
     audio_rx: Option<Receiver<AudioPacket>>,
+    /// Video packets the demuxer gave (the decoder may drop some on purpose: an edit list
+    /// that starts late), checked against the container's count.
+    video_packets: u64,
+    /// Unreadable or partly read packets since the last whole one: at the end of a file these
+    /// are data the index promises but the file does not hold (it was cut short).
+    unreadable_tail: u64,
     converter: Option<(color::Scaler, (format::Pixel, u32, u32))>,
     decoded: frame::Video,
     rgb: frame::Video,
@@ -178,12 +184,7 @@ impl VideoSource {
             r_frame_rate: st.rate(),
             sample_aspect_ratio: sar,
             pix_fmt: decoder.format(),
-            color: ColorInfo {
-                space: decoder.color_space(),
-                range: decoder.color_range(),
-                primaries: decoder.color_primaries(),
-                transfer: decoder.color_transfer_characteristic(),
-            },
+            color: ColorInfo::of_decoder(&decoder),
             metadata: st
                 .metadata()
                 .iter()
@@ -234,6 +235,8 @@ impl VideoSource {
             converter: None,
             decoded: frame::Video::empty(),
             rgb: frame::Video::empty(),
+            video_packets: 0,
+            unreadable_tail: 0,
             next_index: 0,
             last_pts: None,
             last_end: None,
@@ -320,8 +323,16 @@ impl VideoSource {
             match packet.read(&mut self.ictx) {
                 Ok(()) => {
                     skipped = 0;
+                    // A packet the demuxer could only read in part (flagged corrupt) ends
+                    // a file that was cut inside it.
+                    self.unreadable_tail = if packet.is_corrupt() {
+                        self.unreadable_tail + 1
+                    } else {
+                        0
+                    };
                     let idx = packet.stream();
                     if idx == self.stream_index {
+                        self.video_packets += 1;
                         if let Some(ts) = packet.pts().or(packet.dts()) {
                             self.last_packet_time = self.seconds(ts);
                         }
@@ -372,6 +383,7 @@ impl VideoSource {
                 // samples), so a run of them ends the read.
                 Err(ffmpeg::Error::InvalidData) => {
                     skipped += 1;
+                    self.unreadable_tail += 1;
                     self.skipped_packets += 1;
                     if skipped == 1 {
                         tracing::warn!(
@@ -454,25 +466,28 @@ impl VideoSource {
         }
         let v = &self.layout.video;
         if let Some(declared) = v.declared_frames {
-            if self.next_index < declared {
+            // Packets, not decoded frames: an edit list that starts after the first keyframe
+            // has the decoder drop the frames before it, and that is not a cut.
+            if self.video_packets.max(self.next_index) < declared {
                 return Err(MediaError::Truncated {
                     path: self.name.clone(),
                     frame: self.next_index.saturating_sub(1),
                     time: self.last_time(),
                     detail: format!(
-                        "the container lists {declared} video frames but only {} could be decoded",
-                        self.next_index
+                        "the container lists {declared} video frames but only {} are in the file",
+                        self.video_packets
                     ),
                 });
             }
-            return Ok(());
-        }
-        if let Some(expected) = self.layout.probe.video.duration {
+        } else if let Some(expected) = self.layout.probe.video.duration {
             let got_end = self.last_end.map(|e| self.seconds(e)).unwrap_or(0.0);
             let start = self.layout.probe.start_time.unwrap_or(0.0).max(0.0);
             let frame = self.layout.probe.video.fps.map(|f| 1.0 / f).unwrap_or(0.1);
-            // Half a second or three frames of slack: muxers round stream durations.
-            if got_end - start + (3.0 * frame).max(0.5) < expected {
+            // Half a second or three frames of slack: muxers round stream durations. Some
+            // containers (Matroska with a start offset) give the end time as the duration:
+            // only an end short of both readings is a cut.
+            let slack = (3.0 * frame).max(0.5);
+            if got_end - start + slack < expected && got_end + slack < expected {
                 return Err(MediaError::Truncated {
                     path: self.name.clone(),
                     frame: self.next_index.saturating_sub(1),
@@ -482,6 +497,19 @@ impl VideoSource {
                     ),
                 });
             }
+        }
+        // The index promised packets past the end of the file: cut short, even where the video
+        // is whole (a faststart MP4 cut in its last audio).
+        if self.unreadable_tail > 0 {
+            return Err(MediaError::Truncated {
+                path: self.name.clone(),
+                frame: self.next_index.saturating_sub(1),
+                time: self.last_time(),
+                detail: format!(
+                    "the file ends in {} packet(s) that cannot be read whole (its index lists more data than it holds)",
+                    self.unreadable_tail
+                ),
+            });
         }
         if self.next_index == 0 {
             return Err(MediaError::Truncated {

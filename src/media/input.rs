@@ -213,6 +213,14 @@ pub(crate) fn open_with(
                 cause: "it is a directory".into(),
             });
         }
+        // Opening a named pipe waits for a writer, forever if none comes: only live inputs
+        // (`ctxd stream`) read pipes by name.
+        if live.is_none() && !meta.is_file() {
+            return Err(MediaError::NotMedia {
+                path: name,
+                cause: "it is a named pipe or device, not a file; read it with `ctxd edit - < NAME` or `ctxd stream -i NAME`".into(),
+            });
+        }
         // A named pipe has no length; a file being followed may not have one yet.
         if meta.len() == 0 && meta.file_type().is_file() && !live.is_some_and(|l| l.follow) {
             return Err(MediaError::Empty(name));

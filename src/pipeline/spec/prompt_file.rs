@@ -183,6 +183,16 @@ impl PromptFile {
     /// or source; [`SpecError::OutOfRange`].
     pub fn parse(bytes: &[u8], path: &Path, format: PromptFormat) -> Result<PromptFile, SpecError> {
         let text = utf8(bytes, path)?;
+        // A NUL is valid UTF-8 but never part of a prompt: the file is binary or damaged.
+        if let Some(at) = text.find('\0') {
+            return Err(SpecError::Parse {
+                path: path.to_owned(),
+                line: Some(
+                    text[..at].lines().count().max(1) + usize::from(text[..at].ends_with('\n')),
+                ),
+                message: "a NUL byte: not a text file".to_owned(),
+            });
+        }
         let raw = match format {
             PromptFormat::Toml => toml::from_str(text).map_err(|e| toml_error(path, text, e))?,
             PromptFormat::Json => serde_json::from_str(text).map_err(|e| json_error(path, e))?,
@@ -258,6 +268,15 @@ fn parse_txt(text: &str, path: &Path) -> Result<RawPromptFile, SpecError> {
         } else {
             edit.push(EditSpec::from_prompt(line));
         }
+    }
+    // An empty sidecar is a mistake, not a request for the defaults: say so.
+    if source.is_none() && edit.is_empty() {
+        return Err(SpecError::Parse {
+            path: path.to_owned(),
+            line: None,
+            message: "no prompt in it (one target prompt per line, `source: ...` for the source)"
+                .to_owned(),
+        });
     }
     Ok(RawPromptFile {
         source,
@@ -472,6 +491,12 @@ context = "off"
         .unwrap_err()
         .to_string();
         assert_eq!(err, "c.txt: a second `source:` line (line 3)");
+
+        // Blank lines and comments only: refused, not read as "use the defaults".
+        let err = PromptFile::parse(b"\n  \n# none\n", Path::new("e.txt"), PromptFormat::Txt)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("e.txt: no prompt in it"), "{err}");
     }
 
     #[test]
