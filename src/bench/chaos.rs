@@ -9,9 +9,9 @@
 //!   is done or failed with its reason, and a job's attempts count every run a kill
 //!   interrupted (read from the job store right after each kill) plus the one that ended it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -56,9 +56,18 @@ pub struct ChaosBenchArgs {
     /// Keep the run's folders and the daemon's log here (default: a temporary folder).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// What to crash: the watch daemon, or `ctxd batch` over a folder tree.
+    #[arg(long, value_enum, default_value_t = ChaosMode::Watch)]
+    pub mode: ChaosMode,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ChaosMode {
+    Watch,
+    Batch,
 }
 
 /// The edits every job makes (from the inbox's `_defaults.toml`).
@@ -117,7 +126,12 @@ fn visible(dir: &Path) -> Vec<String> {
 /// Outputs per input stem: how many of the edits' videos and reports are in the outbox.
 fn output_sets(outbox: &Path) -> BTreeMap<String, Vec<String>> {
     let mut sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for name in visible(outbox) {
+    // Inputs are named chaos-NNN.mp4 (a batch's folder also holds its summaries and the
+    // mirrored subfolders).
+    for name in visible(outbox)
+        .into_iter()
+        .filter(|n| n.starts_with("chaos-"))
+    {
         let stem = name.split('.').next().unwrap_or_default().to_string();
         sets.entry(stem).or_default().push(name);
     }
@@ -184,7 +198,7 @@ fn make_inputs(staging: &Path, n: usize, bad: usize) -> Result<Vec<Input>> {
         if is_bad && i % 2 == 0 {
             std::fs::write(&staged, format!("input {i} is not a video\n").repeat(40))?;
         } else {
-            unique_clip(i, &staged)?;
+            unique_clip(i, "320x240", &staged)?;
             if is_bad {
                 let bytes = std::fs::read(&staged)?;
                 std::fs::write(&staged, &bytes[..bytes.len() / 2])?;
@@ -208,11 +222,25 @@ pub fn chaos(args: &ChaosBenchArgs) -> Result<()> {
     let (dir, _tmp) = super::work_dir(args.work_dir.as_deref())?;
     let (exe, bundle, preset) =
         super::binary_bench_setup(&dir, &args.bundle, args.steps, 1.0, 128)?;
+    let r = match args.mode {
+        ChaosMode::Watch => watch_campaign(args, &dir, &exe, &bundle, &preset)?,
+        ChaosMode::Batch => batch_campaign(args, &dir, &exe, &bundle, &preset)?,
+    };
+    report(args, &r)
+}
+
+fn watch_campaign(
+    args: &ChaosBenchArgs,
+    dir: &Path,
+    exe: &Path,
+    bundle: &Path,
+    preset: &Path,
+) -> Result<ChaosResult> {
     let root = WatchRoot::create(
         &dir.join("daemon"),
         &WatchSettings {
-            preset: &preset,
-            bundle: &bundle,
+            preset,
+            bundle,
             concurrency: args.concurrency,
             extra: &format!("max_attempts = {}", args.max_attempts),
         },
@@ -223,79 +251,39 @@ pub fn chaos(args: &ChaosBenchArgs) -> Result<()> {
     let mut inputs = make_inputs(&dir.join("staging"), args.jobs, args.bad)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let mut violations: Vec<String> = Vec::new();
-    let mut interrupted: HashMap<i64, u64> = HashMap::new();
-    let mut kills_mid_job = 0;
+    // Runs a kill cut off, per job, by attempt number: a start killed before it requeued
+    // the last one's running job shows that same run again and must not count twice.
+    let mut interrupted: HashMap<i64, HashSet<u32>> = HashMap::new();
 
-    // Each input arrives at a random start: before it (while the daemon is down) or at a
-    // random moment of its life.
-    let arrival: Vec<(usize, f64)> = inputs
-        .iter()
-        .map(|_| (rng.random_range(0..args.kills.max(1)), rng.random::<f64>()))
-        .collect();
-    for k in 0..args.kills {
-        for (inp, (at, _)) in inputs.iter_mut().zip(&arrival) {
-            if *at < k && !inp.dropped {
-                drop_into(&inp.staged, &root.dir("inbox"), &inp.name)?;
-                inp.dropped = true;
+    let kills_mid_job = kill_loop(
+        args,
+        &mut rng,
+        &mut inputs,
+        |inp| root.dir("inbox").join(&inp.name),
+        || Ok(root.command(exe, Some(&log))?.spawn()?),
+        |k, exited, violations| {
+            if let Some(st) = exited {
+                violations.push(format!("start {k}: the daemon exited on its own ({st})"));
             }
-        }
-        let mut daemon = root.spawn(&exe, Some(&log))?;
-        // Mostly short lives (kills while starting, admitting, in the first window), some
-        // long enough for jobs to finish and be filed.
-        let longest = if rng.random_bool(0.7) {
-            args.max_life_ms
-        } else {
-            3 * args.max_life_ms
-        };
-        let life = Duration::from_millis(rng.random_range(0..=longest));
-        let t0 = Instant::now();
-        while t0.elapsed() < life {
-            let into_life = t0.elapsed().as_secs_f64() / life.as_secs_f64().max(1e-3);
-            for (inp, (at, when)) in inputs.iter_mut().zip(&arrival) {
-                if *at == k && *when <= into_life && !inp.dropped {
-                    drop_into(&inp.staged, &root.dir("inbox"), &inp.name)?;
-                    inp.dropped = true;
+            // What the kill interrupted, as the store has it now.
+            let mut mid = false;
+            for (id, _, state, attempts, _) in read_jobs(&db)? {
+                if state == "running" {
+                    mid |= interrupted.entry(id).or_default().insert(attempts);
                 }
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if let Some(st) = daemon.exited()? {
-            violations.push(format!("start {k}: the daemon exited on its own ({st})"));
-        }
-        daemon.kill9()?;
-        // What the kill interrupted, as the store has it now.
-        let mut mid = false;
-        for (id, _, state, _, _) in read_jobs(&db)? {
-            if state == "running" {
-                *interrupted.entry(id).or_default() += 1;
-                mid = true;
-            }
-        }
-        kills_mid_job += usize::from(mid);
-        for (stem, files) in output_sets(&root.dir("outbox")) {
-            if !whole_set(&stem, &files) {
-                violations.push(format!("after kill {k}: partial output set {files:?}"));
-            }
-        }
-        if !args.json {
-            eprint!(
-                "\rkill {}/{}  mid-job kills {kills_mid_job}   ",
-                k + 1,
-                args.kills
-            );
-        }
-    }
-    if !args.json {
-        eprintln!();
-    }
+            whole_sets_only(&root.dir("outbox"), k, violations);
+            Ok(mid)
+        },
+        &mut violations,
+    )?;
 
     // The rest of the inputs, then one run left alone until every job has ended.
     for inp in inputs.iter_mut().filter(|i| !i.dropped) {
-        drop_into(&inp.staged, &root.dir("inbox"), &inp.name)?;
-        inp.dropped = true;
+        arrive(inp, &root.dir("inbox").join(&inp.name))?;
     }
     let t0 = Instant::now();
-    let (mut daemon, _) = root.start(&exe, Some(&log))?;
+    let (mut daemon, _) = root.start(exe, Some(&log))?;
     loop {
         let jobs = read_jobs(&db)?;
         let open = jobs
@@ -340,7 +328,7 @@ pub fn chaos(args: &ChaosBenchArgs) -> Result<()> {
     let sets = output_sets(&root.dir("outbox"));
     let jobs = read_jobs(&db)?;
     let failed_records = visible(&root.dir("failed"));
-    let (mut done, mut failed, mut given_up, mut max_attempts_seen) = (0, 0, 0, 0);
+    let mut tally = Tally::default();
     for inp in &inputs {
         let copies = kept.get(&inp.sha256).copied().unwrap_or(0);
         if copies != 1 {
@@ -348,82 +336,30 @@ pub fn chaos(args: &ChaosBenchArgs) -> Result<()> {
         }
         let stem = inp.name.trim_end_matches(".mp4");
         let record = failed_records.contains(&format!("{}.error.json", inp.name));
-        let runs: Vec<&JobRow> = jobs.iter().filter(|j| j.1 == inp.name).collect();
-        match sets.get(stem) {
-            Some(files) if !whole_set(stem, files) => {
-                violations.push(format!("{}: output set {files:?}", inp.name));
-            }
-            Some(_) if inp.bad => {
-                violations.push(format!("{}: a broken input has outputs", inp.name))
-            }
-            Some(_) if record => {
-                violations.push(format!("{}: outputs and a failure record", inp.name))
-            }
-            Some(_) => {
-                for e in EDITS {
-                    let video = root.dir("outbox").join(format!("{stem}.{e}.mp4"));
-                    let frames = decoded_frames(&video)?;
-                    if frames != CLIP_FRAMES {
-                        violations.push(format!(
-                            "{}: {frames} frames, not {CLIP_FRAMES}",
-                            video.display()
-                        ));
-                    }
-                    let report = root.dir("outbox").join(format!("{stem}.{e}.json"));
-                    if serde_json::from_slice::<serde_json::Value>(&std::fs::read(&report)?)
-                        .is_err()
-                    {
-                        violations.push(format!("{}: not JSON", report.display()));
-                    }
-                }
-            }
-            None if !record => violations.push(format!(
-                "{}: neither outputs nor a failure record",
-                inp.name
-            )),
-            None if !inp.bad && args.max_attempts >= 1000 => {
-                violations.push(format!("{}: a good clip failed", inp.name))
-            }
-            None => {}
-        }
+        check_outputs(
+            inp,
+            &root.dir("outbox"),
+            sets.get(stem).map(Vec::as_slice),
+            record,
+            args.max_attempts >= 1000,
+            &mut violations,
+        )?;
         // The store: one job per input (a file refused at admission has none), ended,
         // attempts counted across the crashes.
+        let runs: Vec<&JobRow> = jobs.iter().filter(|j| j.1 == inp.name).collect();
         if runs.len() > 1 || (runs.is_empty() && !(inp.bad && record)) {
             violations.push(format!("{}: {} jobs in the store", inp.name, runs.len()));
         }
         for (id, _, state, attempts, error) in runs {
-            let cut = interrupted.get(id).copied().unwrap_or(0);
-            max_attempts_seen = max_attempts_seen.max(*attempts);
-            match state.as_str() {
-                "done" => {
-                    done += 1;
-                    if u64::from(*attempts) != cut + 1 {
-                        violations.push(format!(
-                            "{}: done after {attempts} attempt(s) but {cut} run(s) were killed",
-                            inp.name
-                        ));
-                    }
-                }
-                "failed" => {
-                    failed += 1;
-                    let reason = error.as_deref().unwrap_or_default();
-                    if reason.is_empty() {
-                        violations.push(format!("{}: failed without a reason", inp.name));
-                    }
-                    if reason.contains("max_attempts") {
-                        given_up += 1;
-                    }
-                    // Killed runs, plus the one that failed (none when the kills gave up).
-                    let ok = u64::from(*attempts) == cut || u64::from(*attempts) == cut + 1;
-                    if !ok {
-                        violations.push(format!(
-                            "{}: failed after {attempts} attempt(s) but {cut} run(s) were killed",
-                            inp.name
-                        ));
-                    }
-                }
-                other => violations.push(format!("{}: ended {other}", inp.name)),
-            }
+            let cut = interrupted.get(id).map_or(0, |runs| runs.len() as u64);
+            tally.check(
+                &inp.name,
+                state,
+                *attempts,
+                error.as_deref(),
+                cut,
+                &mut violations,
+            );
         }
     }
     // Nothing but whole sets and records anywhere; no temporary left behind.
@@ -436,21 +372,361 @@ pub fn chaos(args: &ChaosBenchArgs) -> Result<()> {
         }
     }
 
-    let r = ChaosResult {
+    Ok(ChaosResult {
         inputs: inputs.len(),
         bad_inputs: inputs.iter().filter(|i| i.bad).count(),
         kills: args.kills,
         kills_mid_job,
-        interrupted_runs: interrupted.values().sum(),
-        max_attempts_seen,
-        jobs_done: done,
-        jobs_failed: failed,
-        jobs_given_up: given_up,
+        interrupted_runs: interrupted.values().map(|r| r.len() as u64).sum(),
+        max_attempts_seen: tally.max_attempts,
+        jobs_done: tally.done,
+        jobs_failed: tally.failed,
+        jobs_given_up: tally.given_up,
         final_run_s,
         violations,
+    })
+}
+
+/// An input's outputs at the end: a whole set of videos that decode to every frame, with
+/// reports that parse, for a good clip; nothing for a broken one or one that failed.
+fn check_outputs(
+    inp: &Input,
+    folder: &Path,
+    set: Option<&[String]>,
+    failed: bool,
+    good_must_succeed: bool,
+    violations: &mut Vec<String>,
+) -> Result<()> {
+    let stem = inp.name.trim_end_matches(".mp4");
+    match set {
+        Some(files) if !whole_set(stem, files) => {
+            violations.push(format!("{}: output set {files:?}", inp.name));
+        }
+        Some(_) if inp.bad => violations.push(format!("{}: a broken input has outputs", inp.name)),
+        Some(_) if failed => {
+            violations.push(format!("{}: outputs and a failure", inp.name));
+        }
+        Some(_) => {
+            for e in EDITS {
+                let video = folder.join(format!("{stem}.{e}.mp4"));
+                let frames = decoded_frames(&video)?;
+                if frames != CLIP_FRAMES {
+                    violations.push(format!(
+                        "{}: {frames} frames, not {CLIP_FRAMES}",
+                        video.display()
+                    ));
+                }
+                let report = folder.join(format!("{stem}.{e}.json"));
+                if serde_json::from_slice::<serde_json::Value>(&std::fs::read(&report)?).is_err() {
+                    violations.push(format!("{}: not JSON", report.display()));
+                }
+            }
+        }
+        None if !failed => {
+            violations.push(format!("{}: neither outputs nor a failure", inp.name));
+        }
+        None if !inp.bad && good_must_succeed => {
+            violations.push(format!("{}: a good clip failed", inp.name));
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Ended jobs counted, and each one's attempts checked against the kills that cut its runs.
+#[derive(Default)]
+struct Tally {
+    done: usize,
+    failed: usize,
+    given_up: usize,
+    max_attempts: u32,
+}
+
+impl Tally {
+    fn check(
+        &mut self,
+        name: &str,
+        state: &str,
+        attempts: u32,
+        error: Option<&str>,
+        cut: u64,
+        violations: &mut Vec<String>,
+    ) {
+        self.max_attempts = self.max_attempts.max(attempts);
+        match state {
+            "done" => {
+                self.done += 1;
+                if u64::from(attempts) != cut + 1 {
+                    violations.push(format!(
+                        "{name}: done after {attempts} attempt(s) but {cut} run(s) were killed"
+                    ));
+                }
+            }
+            "failed" => {
+                self.failed += 1;
+                let reason = error.unwrap_or_default();
+                if reason.is_empty() {
+                    violations.push(format!("{name}: failed without a reason"));
+                }
+                if reason.contains("max_attempts") {
+                    self.given_up += 1;
+                }
+                // Killed runs, plus the one that failed (none when the kills gave up).
+                if u64::from(attempts) != cut && u64::from(attempts) != cut + 1 {
+                    violations.push(format!(
+                        "{name}: failed after {attempts} attempt(s) but {cut} run(s) were killed"
+                    ));
+                }
+            }
+            other => violations.push(format!("{name}: ended {other}")),
+        }
+    }
+}
+
+/// Starts a process `args.kills` times and kills each start with SIGKILL after a random
+/// life, inputs arriving at random starts (some before, while nothing runs, some during).
+/// `after_kill(k, exited_on_its_own, violations)` inspects the wreck and says whether a job
+/// was running. Returns how many kills hit a running job.
+fn kill_loop(
+    args: &ChaosBenchArgs,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    inputs: &mut [Input],
+    destination: impl Fn(&Input) -> PathBuf,
+    mut spawn: impl FnMut() -> Result<Child>,
+    mut after_kill: impl FnMut(usize, Option<ExitStatus>, &mut Vec<String>) -> Result<bool>,
+    violations: &mut Vec<String>,
+) -> Result<usize> {
+    let arrival: Vec<(usize, f64)> = inputs
+        .iter()
+        .map(|_| (rng.random_range(0..args.kills.max(1)), rng.random::<f64>()))
+        .collect();
+    let mut mid_job = 0;
+    for k in 0..args.kills {
+        for (inp, (at, _)) in inputs.iter_mut().zip(&arrival) {
+            if *at < k && !inp.dropped {
+                arrive(inp, &destination(inp))?;
+            }
+        }
+        let mut child = spawn()?;
+        // Mostly short lives (kills while starting, admitting, in the first window), some
+        // long enough for jobs to finish and be filed.
+        let longest = if rng.random_bool(0.7) {
+            args.max_life_ms
+        } else {
+            3 * args.max_life_ms
+        };
+        let life = Duration::from_millis(rng.random_range(0..=longest));
+        let t0 = Instant::now();
+        while t0.elapsed() < life {
+            let into_life = t0.elapsed().as_secs_f64() / life.as_secs_f64().max(1e-3);
+            for (inp, (at, when)) in inputs.iter_mut().zip(&arrival) {
+                if *at == k && *when <= into_life && !inp.dropped {
+                    arrive(inp, &destination(inp))?;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let exited = child.try_wait()?;
+        let _ = child.kill();
+        child.wait()?;
+        mid_job += usize::from(after_kill(k, exited, violations)?);
+        if !args.json {
+            eprint!(
+                "\rkill {}/{}  mid-job kills {mid_job}   ",
+                k + 1,
+                args.kills
+            );
+        }
+    }
+    if !args.json {
+        eprintln!();
+    }
+    Ok(mid_job)
+}
+
+/// Moves an input from its staging folder to where the process under test finds it.
+fn arrive(inp: &mut Input, to: &Path) -> Result<()> {
+    let dir = to.parent().context("an arrival path has a folder")?;
+    std::fs::create_dir_all(dir)?;
+    drop_into(&inp.staged, dir, &inp.name)?;
+    inp.dropped = true;
+    Ok(())
+}
+
+/// The outputs visible in `folder` right after kill `k` are whole sets.
+fn whole_sets_only(folder: &Path, k: usize, violations: &mut Vec<String>) {
+    for (stem, files) in output_sets(folder) {
+        if !whole_set(&stem, &files) {
+            violations.push(format!("after kill {k}: partial output set {files:?}"));
+        }
+    }
+}
+
+/// `ctxd batch` over a tree (inputs arriving between runs too), killed and rerun: each
+/// rerun must skip what is done, redo what a kill cut off and count its attempts.
+fn batch_campaign(
+    args: &ChaosBenchArgs,
+    dir: &Path,
+    exe: &Path,
+    bundle: &Path,
+    preset: &Path,
+) -> Result<ChaosResult> {
+    let archive = dir.join("archive");
+    let out = dir.join("edited");
+    std::fs::create_dir_all(&archive)?;
+    let db = out.join(crate::batch::run::STATE_DIR).join("jobs.sqlite");
+    let log = dir.join("batch.log");
+    let mut inputs = make_inputs(&dir.join("staging"), args.jobs, args.bad)?;
+    // Nested folders: the outputs mirror them.
+    let sub = |inp: &Input| {
+        let n: usize = inp.name[6..9].parse().unwrap_or(0);
+        ["", "a", "a/b"][n % 3].to_string()
     };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let mut violations = Vec::new();
+    let mut interrupted: HashMap<String, HashSet<u32>> = HashMap::new();
+    let batch = |log: &Path| -> Result<Command> {
+        let mut c = Command::new(exe);
+        c.arg("batch")
+            .arg(&archive)
+            .arg("--out")
+            .arg(&out)
+            .arg("--preset")
+            .arg(preset)
+            .arg("--bundle")
+            .arg(bundle)
+            .args(["--source", "a test pattern"])
+            .args(EDITS.iter().flat_map(|e| ["--prompt", e]))
+            .args(["--jobs", &args.concurrency.to_string(), "--no-previews"])
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)?,
+            );
+        Ok(c)
+    };
+    let mid = kill_loop(
+        args,
+        &mut rng,
+        &mut inputs,
+        |inp| archive.join(sub(inp)).join(&inp.name),
+        || Ok(batch(&log)?.spawn()?),
+        |k, exited, violations| {
+            // A run may finish its plan before its kill: 0, or 1 for the broken files.
+            if let Some(st) = exited {
+                if !matches!(st.code(), Some(0) | Some(1)) {
+                    violations.push(format!("run {k}: ctxd batch ended with {st}"));
+                }
+            }
+            let mut mid = false;
+            for (key, state, attempts) in batch_rows(&db)? {
+                if state == "running" {
+                    mid |= interrupted.entry(key).or_default().insert(attempts);
+                }
+            }
+            for folder in ["", "a", "a/b"] {
+                whole_sets_only(&out.join(folder), k, violations);
+            }
+            Ok(mid)
+        },
+        &mut violations,
+    )?;
+    for inp in inputs.iter_mut().filter(|i| !i.dropped) {
+        arrive(inp, &archive.join(sub(inp)).join(&inp.name))?;
+    }
+    let t0 = Instant::now();
+    let st = batch(&log)?.status()?;
+    let final_run_s = t0.elapsed().as_secs_f64();
+    let want = if args.bad > 0 { 1 } else { 0 };
+    if st.code() != Some(want) {
+        violations.push(format!("the final run ended with {st}, not {want}"));
+    }
+
+    // The summary covers every input once; outputs and attempts as in the watch campaign.
+    let summary = std::fs::read_to_string(out.join("summary.jsonl"))
+        .with_context(|| format!("reading {}", out.join("summary.jsonl").display()))?;
+    let rows: Vec<serde_json::Value> = summary
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut tally = Tally::default();
+    for inp in &inputs {
+        let rel = Path::new(&sub(inp)).join(&inp.name);
+        let rel = rel.to_string_lossy();
+        if sha256_file(&archive.join(rel.as_ref()))? != inp.sha256 {
+            violations.push(format!("{rel}: the input changed"));
+        }
+        let mine: Vec<&serde_json::Value> = rows.iter().filter(|r| r["rel"] == *rel).collect();
+        let [row] = mine.as_slice() else {
+            violations.push(format!("{rel}: {} summary rows", mine.len()));
+            continue;
+        };
+        let state = row["status"].as_str().unwrap_or_default();
+        let key = row["key"].as_str().unwrap_or_default();
+        let folder = out.join(sub(inp));
+        let stem = inp.name.trim_end_matches(".mp4");
+        let sets = output_sets(&folder);
+        check_outputs(
+            inp,
+            &folder,
+            sets.get(stem).map(Vec::as_slice),
+            state == "failed",
+            args.max_attempts >= 1000,
+            &mut violations,
+        )?;
+        tally.check(
+            &rel,
+            state,
+            row["attempts"].as_u64().unwrap_or(0) as u32,
+            row["error"].as_str(),
+            interrupted.get(key).map_or(0, |runs| runs.len() as u64),
+            &mut violations,
+        );
+    }
+    for e in walkdir::WalkDir::new(&out).into_iter().flatten() {
+        let n = e.file_name().to_string_lossy();
+        if n.contains(".part") {
+            violations.push(format!(
+                "{}: a temporary file left behind",
+                e.path().display()
+            ));
+        }
+    }
+    Ok(ChaosResult {
+        inputs: inputs.len(),
+        bad_inputs: inputs.iter().filter(|i| i.bad).count(),
+        kills: args.kills,
+        kills_mid_job: mid,
+        interrupted_runs: interrupted.values().map(|r| r.len() as u64).sum(),
+        max_attempts_seen: tally.max_attempts,
+        jobs_done: tally.done,
+        jobs_failed: tally.failed,
+        jobs_given_up: tally.given_up,
+        final_run_s,
+        violations,
+    })
+}
+
+/// (key, state, attempts) of every job in a batch's store.
+fn batch_rows(db: &Path) -> Result<Vec<(String, String, u32)>> {
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mut st = conn.prepare("SELECT key, state, attempts FROM jobs")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn report(args: &ChaosBenchArgs, r: &ChaosResult) -> Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", serde_json::to_string_pretty(r)?);
     } else {
         println!(
             "{} inputs ({} broken), {} kills ({} mid-job, {} job runs interrupted, most attempts {})",

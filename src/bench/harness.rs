@@ -54,8 +54,8 @@ impl WatchRoot {
         self.root.join(sub)
     }
 
-    /// Starts the daemon (log appended to `log` when given) without waiting for it.
-    pub fn spawn(&self, exe: &Path, log: Option<&Path>) -> Result<Daemon> {
+    /// The daemon's command line (log appended to `log` when given, else quiet).
+    pub fn command(&self, exe: &Path, log: Option<&Path>) -> Result<Command> {
         let _ = std::fs::remove_file(self.dir("state").join("api.addr"));
         let mut cmd = Command::new(exe);
         cmd.args(["watch", "--config"])
@@ -75,7 +75,15 @@ impl WatchRoot {
                 cmd.arg("-q").stderr(Stdio::null());
             }
         }
-        let child = cmd.spawn().context("starting ctxd watch")?;
+        Ok(cmd)
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn spawn(&self, exe: &Path, log: Option<&Path>) -> Result<Daemon> {
+        let child = self
+            .command(exe, log)?
+            .spawn()
+            .context("starting ctxd watch")?;
         Ok(Daemon {
             child,
             addr_file: self.dir("state").join("api.addr"),
@@ -124,13 +132,6 @@ impl Daemon {
     /// Whether it has exited (and how).
     pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
         Ok(self.child.try_wait()?)
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill9(&mut self) -> Result<()> {
-        let _ = self.child.kill();
-        self.child.wait()?;
-        Ok(())
     }
 
     /// SIGTERM, then wait for the orderly stop.
@@ -206,12 +207,13 @@ pub(crate) fn drop_into(file: &Path, dir: &Path, name: &str) -> Result<()> {
         .with_context(|| format!("moving {} into {}", file.display(), dir.display()))
 }
 
-/// Writes to `path` a 1 s 320x240 clip at 10 fps whose picture no other index gives (the hue
-/// turns with `i`), so the daemon sees new content each time, not a job it has already done.
-pub(crate) fn unique_clip(i: usize, path: &Path) -> Result<()> {
+/// Writes to `path` a 1 s clip of `size` (WxH) at 10 fps whose picture no other index gives
+/// (the hue turns with `i`), so the daemon sees new content each time, not a job it has
+/// already done.
+pub(crate) fn unique_clip(i: usize, size: &str, path: &Path) -> Result<()> {
     let st = Command::new("ffmpeg")
         .args(["-nostdin", "-y", "-v", "error", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=320x240:rate=10:duration=1")
+        .arg(format!("testsrc2=size={size}:rate=10:duration=1"))
         .arg("-vf")
         .arg(format!(
             "hue=h={}:s={}",

@@ -35,9 +35,15 @@ pub struct SoakBenchArgs {
     /// DDIM steps per edit.
     #[arg(long, default_value_t = 4)]
     pub steps: usize,
-    /// Short side the edits run at (the drops are 320x240).
+    /// Short side the edits run at.
     #[arg(long, default_value_t = 128)]
     pub short_side: u32,
+    /// Classifier-free guidance (above 1 the UNet runs twice per step).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f32,
+    /// Size of the dropped clips (1 s at 10 fps each).
+    #[arg(long, default_value = "320x240")]
+    pub size: String,
     /// Jobs the daemon runs at once.
     #[arg(long, default_value_t = 2)]
     pub concurrency: usize,
@@ -138,8 +144,13 @@ pub fn soak(args: &SoakBenchArgs) -> Result<()> {
         bail!("--minutes, --every and --sample-seconds must be positive");
     }
     let (dir, _tmp) = super::work_dir(args.work_dir.as_deref())?;
-    let (exe, bundle, preset) =
-        super::binary_bench_setup(&dir, &args.bundle, args.steps, 1.0, args.short_side)?;
+    let (exe, bundle, preset) = super::binary_bench_setup(
+        &dir,
+        &args.bundle,
+        args.steps,
+        args.guidance,
+        args.short_side,
+    )?;
     let root = WatchRoot::create(
         &dir.join("daemon"),
         &WatchSettings {
@@ -214,7 +225,7 @@ pub fn soak(args: &SoakBenchArgs) -> Result<()> {
         if dropping && now >= next_drop {
             let name = format!("soak-{drops:05}.mp4");
             let staged = staging.join(&name);
-            unique_clip(drops, &staged)?;
+            unique_clip(drops, &args.size, &staged)?;
             if args.bad_every > 0 && drops % args.bad_every == args.bad_every - 1 {
                 // Cut to a third: the container promises frames that are not there.
                 let bytes = std::fs::read(&staged)?;
