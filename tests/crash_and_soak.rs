@@ -50,6 +50,25 @@ fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
 }
 
 #[test]
+fn kill_9_during_a_batch_and_reruns_leave_one_output_set_per_clip() {
+    let r = bench_json(&[
+        "chaos", "--mode", "batch", "--jobs", "6", "--bad", "2", "--kills", "12", "--seed", "3",
+    ]);
+    assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r:#}");
+    assert!(r["kills_mid_job"].as_u64().unwrap() >= 3, "{r:#}");
+    assert_eq!(r["jobs_done"].as_u64().unwrap(), 4, "{r:#}");
+    assert_eq!(r["jobs_failed"].as_u64().unwrap(), 2, "{r:#}");
+}
+
+#[test]
+fn kill_9_during_a_stream_never_lists_a_partial_segment() {
+    let r = bench_json(&["chaos", "--mode", "stream", "--kills", "6", "--seed", "5"]);
+    assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r:#}");
+    assert!(r["kills_mid_job"].as_u64().unwrap() >= 2, "{r:#}");
+    assert_eq!(r["jobs_done"].as_u64().unwrap(), 1, "{r:#}");
+}
+
+#[test]
 fn five_minutes_of_drops_leave_memory_descriptors_and_threads_flat() {
     let minutes = std::env::var("CTXD_SOAK_MINUTES").unwrap_or_else(|_| "5".into());
     let r = bench_json(&[

@@ -8,6 +8,11 @@
 //!   is duplicated or cut short (every video decodes to the frames of its source), every job
 //!   is done or failed with its reason, and a job's attempts count every run a kill
 //!   interrupted (read from the job store right after each kill) plus the one that ended it.
+//!
+//! `--mode batch` does the same to `ctxd batch` over a nested tree (rerun after each kill;
+//! attempts from its store, outputs beside their mirrored folders, inputs unchanged);
+//! `--mode stream` to `ctxd stream` writing HLS (every segment the playlist lists decodes
+//! whole after each kill; the last run ends the playlist with no temporary left).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -68,6 +73,8 @@ pub struct ChaosBenchArgs {
 pub enum ChaosMode {
     Watch,
     Batch,
+    /// `ctxd stream` from a file read in real time into an HLS folder.
+    Stream,
 }
 
 /// The edits every job makes (from the inbox's `_defaults.toml`).
@@ -171,17 +178,20 @@ fn read_jobs(db: &Path) -> Result<Vec<JobRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-fn decoded_frames(video: &Path) -> Result<u64> {
+/// Frames ffprobe decodes from the first video stream, and whether it read the file cleanly.
+fn decoded_frames(video: &Path) -> Result<(u64, bool)> {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
         .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
         .arg(video)
         .output()
         .context("running ffprobe")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0))
+    // MPEG-TS lists the stream under its program too: the first line is the count.
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((frames, out.status.success() && out.stderr.is_empty()))
 }
 
 fn make_inputs(staging: &Path, n: usize, bad: usize) -> Result<Vec<Input>> {
@@ -225,6 +235,7 @@ pub fn chaos(args: &ChaosBenchArgs) -> Result<()> {
     let r = match args.mode {
         ChaosMode::Watch => watch_campaign(args, &dir, &exe, &bundle, &preset)?,
         ChaosMode::Batch => batch_campaign(args, &dir, &exe, &bundle, &preset)?,
+        ChaosMode::Stream => stream_campaign(args, &dir, &exe, &bundle, &preset)?,
     };
     report(args, &r)
 }
@@ -409,8 +420,8 @@ fn check_outputs(
         Some(_) => {
             for e in EDITS {
                 let video = folder.join(format!("{stem}.{e}.mp4"));
-                let frames = decoded_frames(&video)?;
-                if frames != CLIP_FRAMES {
+                let (frames, clean) = decoded_frames(&video)?;
+                if frames != CLIP_FRAMES || !clean {
                     violations.push(format!(
                         "{}: {frames} frames, not {CLIP_FRAMES}",
                         video.display()
@@ -724,9 +735,167 @@ fn batch_rows(db: &Path) -> Result<Vec<(String, String, u32)>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// `ctxd stream` into an HLS folder, killed while it streams and started again on the same
+/// folder: after every kill the playlist lists only segments that are whole (each decodes to
+/// its frames), and the last, unkilled run ends the playlist cleanly with no temporary file
+/// left from the killed ones.
+fn stream_campaign(
+    args: &ChaosBenchArgs,
+    dir: &Path,
+    exe: &Path,
+    bundle: &Path,
+    preset: &Path,
+) -> Result<ChaosResult> {
+    let clip = dir.join("live-source.mp4");
+    let seconds = 12;
+    let st = Command::new("ffmpeg")
+        .args(["-nostdin", "-y", "-v", "error", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size=160x120:rate=10:duration={seconds}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:duration={seconds}"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
+        .arg(&clip)
+        .status()
+        .context("running ffmpeg (run scripts/setup)")?;
+    if !st.success() {
+        bail!("ffmpeg could not make the stream's source");
+    }
+    let live = dir.join("live");
+    std::fs::create_dir_all(&live)?;
+    let log = dir.join("stream.log");
+    let stream = || -> Result<Command> {
+        let mut c = Command::new(exe);
+        c.arg("stream")
+            .arg("-i")
+            .arg(&clip)
+            .arg("--realtime")
+            .arg("-o")
+            .arg(format!("{}/", live.display()))
+            .arg("--preset")
+            .arg(preset)
+            .arg("--bundle")
+            .arg(bundle)
+            .args(["--source", "a test pattern", "--prompt", "red"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            );
+        Ok(c)
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let mut violations = Vec::new();
+    let mut with_segments = 0;
+    for k in 0..args.kills {
+        let mut child = stream()?.spawn()?;
+        // Segments are 2 s: lives up to three times the usual, so many kills land after
+        // some were written, and some while one is.
+        let life = Duration::from_millis(rng.random_range(0..=3 * args.max_life_ms));
+        std::thread::sleep(life);
+        if let Some(st) = child.try_wait()? {
+            if !st.success() {
+                violations.push(format!("run {k}: ctxd stream ended with {st}"));
+            }
+        }
+        let _ = child.kill();
+        child.wait()?;
+        let listed = check_playlist(&live, &mut violations, &format!("after kill {k}"))?;
+        with_segments += usize::from(listed > 0);
+        if !args.json {
+            eprint!(
+                "\rkill {}/{}  with segments {with_segments}   ",
+                k + 1,
+                args.kills
+            );
+        }
+    }
+    if !args.json {
+        eprintln!();
+    }
+    let t0 = Instant::now();
+    let st = stream()?.status()?;
+    let final_run_s = t0.elapsed().as_secs_f64();
+    if !st.success() {
+        violations.push(format!("the last run ended with {st}"));
+    }
+    check_playlist(&live, &mut violations, "at the end")?;
+    let playlist = std::fs::read_to_string(live.join("index.m3u8")).unwrap_or_default();
+    if !playlist.contains("#EXT-X-ENDLIST") {
+        violations.push("the last run's playlist has no end tag".into());
+    }
+    for e in std::fs::read_dir(&live)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".tmp") || n.contains(".part") {
+            violations.push(format!("live/{n}: a temporary file left behind"));
+        }
+    }
+    Ok(ChaosResult {
+        inputs: 1,
+        bad_inputs: 0,
+        kills: args.kills,
+        kills_mid_job: with_segments,
+        interrupted_runs: args.kills as u64,
+        max_attempts_seen: 0,
+        jobs_done: usize::from(st.success()),
+        jobs_failed: usize::from(!st.success()),
+        jobs_given_up: 0,
+        final_run_s,
+        violations,
+    })
+}
+
+/// Every segment the playlist lists exists and decodes whole; returns how many it lists.
+fn check_playlist(live: &Path, violations: &mut Vec<String>, when: &str) -> Result<usize> {
+    let path = live.join("index.m3u8");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(0);
+    };
+    if !text.starts_with("#EXTM3U") {
+        violations.push(format!("{when}: index.m3u8 is not a playlist: {text:?}"));
+        return Ok(0);
+    }
+    let segments: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    for seg in &segments {
+        let file = live.join(seg);
+        if !file.is_file() {
+            violations.push(format!("{when}: listed segment {seg} is missing"));
+            continue;
+        }
+        let (frames, clean) = decoded_frames(&file)?;
+        if !clean || frames == 0 {
+            violations.push(format!(
+                "{when}: listed segment {seg} does not decode whole ({frames} frames)"
+            ));
+        }
+    }
+    Ok(segments.len())
+}
+
 fn report(args: &ChaosBenchArgs, r: &ChaosResult) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(r)?);
+    } else if matches!(args.mode, ChaosMode::Stream) {
+        println!(
+            "{} kills, {} of them after segments were listed; the last run ended {} in {:.1} s",
+            r.kills,
+            r.kills_mid_job,
+            if r.jobs_done == 1 { "cleanly" } else { "badly" },
+            r.final_run_s
+        );
     } else {
         println!(
             "{} inputs ({} broken), {} kills ({} mid-job, {} job runs interrupted, most attempts {})",

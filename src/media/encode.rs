@@ -466,9 +466,20 @@ impl VideoSink {
     }
 
     fn write_error(&self, e: ffmpeg::Error) -> MediaError {
+        // The one muxer refusal a strange but valid source meets, in words: MP4 and MOV keep
+        // the gap between decode and display time in 32 bits, and a source whose frames are
+        // hours apart overflows it ("Not yet implemented in FFmpeg" alone says nothing).
+        let cause = match super::log::last_message() {
+            Some(m) if m.contains("pts/dts pair unsupported") => format!(
+                "the frames are too far apart in time for {} (it stores the gap between decode \
+                 and display order in 32 bits); write .mkv instead",
+                self.container
+            ),
+            _ => e.to_string(),
+        };
         MediaError::Unwritable {
             path: self.out.path().to_path_buf(),
-            cause: e.to_string(),
+            cause,
         }
     }
 
@@ -529,6 +540,7 @@ impl VideoSink {
                     }
                     packet.rescale_ts(self.enc_tb, self.ost_tb);
                     packet.set_stream(self.ost);
+                    super::log::clear();
                     packet
                         .write_interleaved(&mut self.octx)
                         .map_err(|e| self.write_error(e))?;
