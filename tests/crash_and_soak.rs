@@ -40,7 +40,7 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
     let r = bench_json(&[
-        "chaos", "--jobs", "6", "--bad", "2", "--kills", "16", "--seed", "7",
+        "chaos", "--jobs", "6", "--bad", "2", "--kills", "16", "--seed", "7", "--steps", "20",
     ]);
     assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r:#}");
     // The kills must have hit running jobs, or the check proves nothing about them.
@@ -52,7 +52,22 @@ fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
 #[test]
 fn kill_9_during_a_batch_and_reruns_leave_one_output_set_per_clip() {
     let r = bench_json(&[
-        "chaos", "--mode", "batch", "--jobs", "6", "--bad", "2", "--kills", "12", "--seed", "3",
+        "chaos",
+        "--mode",
+        "batch",
+        "--jobs",
+        "6",
+        "--bad",
+        "2",
+        "--kills",
+        "12",
+        "--seed",
+        "3",
+        // Jobs long enough for kills to land inside them on a fast machine too.
+        "--steps",
+        "20",
+        "--max-life-ms",
+        "1500",
     ]);
     assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r:#}");
     assert!(r["kills_mid_job"].as_u64().unwrap() >= 3, "{r:#}");

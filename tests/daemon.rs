@@ -710,7 +710,10 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
     // Traversal and other escapes.
     std::fs::create_dir(d.path("inbox/sub")).unwrap();
     let outside = d.make_clip("outside.mp4", 1.0);
-    std::os::unix::fs::symlink(&outside, d.path("inbox/link.mp4")).unwrap();
+    // A link in the inbox is filed in failed/ by the next scan (racing this request), so the
+    // link a request names sits in done/, which the daemon never scans.
+    std::fs::create_dir_all(d.path("done")).unwrap();
+    std::os::unix::fs::symlink(&outside, d.path("done/link.mp4")).unwrap();
     for (path, code) in [
         ("../watch.toml", 403),
         ("/etc/passwd", 403),
@@ -721,11 +724,17 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
         ("missing.mp4", 404),
         ("_defaults.toml", 400),
     ] {
-        let body = serde_json::json!({ "path": path }).to_string();
+        let body = if path == "link.mp4" {
+            serde_json::json!({ "path": path, "folder": "done" })
+        } else {
+            serde_json::json!({ "path": path })
+        }
+        .to_string();
         let (got, answer) = http(&addr, "POST", "/jobs", t, Some(&body));
         assert_eq!(got, code, "{path}: {answer}");
         assert!(json(&answer)["error"].is_string(), "{answer}");
     }
+    std::fs::remove_file(d.path("done/link.mp4")).unwrap();
     let bad_folder = serde_json::json!({ "path": "x.mp4", "folder": "../.." }).to_string();
     assert_eq!(http(&addr, "POST", "/jobs", t, Some(&bad_folder)).0, 400);
     let unknown = serde_json::json!({ "path": "x.mp4", "output": "/tmp/x" }).to_string();

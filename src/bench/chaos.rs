@@ -272,6 +272,7 @@ fn watch_campaign(
         &mut inputs,
         |inp| root.dir("inbox").join(&inp.name),
         || Ok(root.command(exe, Some(&log))?.spawn()?),
+        || read_jobs(&db).is_ok_and(|jobs| jobs.iter().any(|j| j.2 == "running")),
         |k, exited, violations| {
             if let Some(st) = exited {
                 violations.push(format!("start {k}: the daemon exited on its own ({st})"));
@@ -495,7 +496,8 @@ impl Tally {
 }
 
 /// Starts a process `args.kills` times and kills each start with SIGKILL after a random
-/// life, inputs arriving at random starts (some before, while nothing runs, some during).
+/// life (from the start, or from when `busy()` first says a job runs), inputs arriving at
+/// random starts (some before, while nothing runs, some during).
 /// `after_kill(k, exited_on_its_own, violations)` inspects the wreck and says whether a job
 /// was running. Returns how many kills hit a running job.
 fn kill_loop(
@@ -504,6 +506,7 @@ fn kill_loop(
     inputs: &mut [Input],
     destination: impl Fn(&Input) -> PathBuf,
     mut spawn: impl FnMut() -> Result<Child>,
+    mut busy: impl FnMut() -> bool,
     mut after_kill: impl FnMut(usize, Option<ExitStatus>, &mut Vec<String>) -> Result<bool>,
     violations: &mut Vec<String>,
 ) -> Result<usize> {
@@ -527,8 +530,21 @@ fn kill_loop(
             3 * args.max_life_ms
         };
         let life = Duration::from_millis(rng.random_range(0..=longest));
-        let t0 = Instant::now();
-        while t0.elapsed() < life {
+        // Half the lives count from the first job seen running (within 10 s), so kills land
+        // inside jobs however slow the machine is to start one; the rest from the start.
+        let mut t0 = Instant::now();
+        let from_busy = rng.random_bool(0.5);
+        let mut seen_busy = !from_busy;
+        loop {
+            if !seen_busy {
+                let ended = matches!(child.try_wait(), Ok(Some(_)));
+                if ended || busy() || t0.elapsed() > Duration::from_secs(10) {
+                    seen_busy = true;
+                    t0 = Instant::now();
+                }
+            } else if t0.elapsed() >= life {
+                break;
+            }
             let into_life = t0.elapsed().as_secs_f64() / life.as_secs_f64().max(1e-3);
             for (inp, (at, when)) in inputs.iter_mut().zip(&arrival) {
                 if *at == k && *when <= into_life && !inp.dropped {
@@ -627,6 +643,7 @@ fn batch_campaign(
         &mut inputs,
         |inp| archive.join(sub(inp)).join(&inp.name),
         || Ok(batch(&log)?.spawn()?),
+        || batch_rows(&db).is_ok_and(|rows| rows.iter().any(|r| r.1 == "running")),
         |k, exited, violations| {
             // A run may finish its plan before its kill: 0, or 1 for the broken files.
             if let Some(st) = exited {

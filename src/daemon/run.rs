@@ -828,7 +828,11 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, admissio
         }
         if !meta.file_type().is_file() {
             // A link (never followed out of an inbox), a pipe or a device: not a video file.
-            // Filed with its reason, so it does not sit there unexplained.
+            // Filed with its reason, so it does not sit there unexplained; unless a job holds
+            // this name (a file swapped for a link while queued), whose worker says why.
+            if inbox.handed.contains_key(&path) || inbox.busy.contains_key(&path) {
+                continue;
+            }
             let kind = if meta.file_type().is_symlink() {
                 "is a symbolic link; ctxd never follows links out of an inbox: move or copy the file itself in"
             } else {
