@@ -273,7 +273,7 @@ fn watch_campaign(
         |inp| root.dir("inbox").join(&inp.name),
         || Ok(root.command(exe, Some(&log))?.spawn()?),
         || read_jobs(&db).is_ok_and(|jobs| jobs.iter().any(|j| j.2 == "running")),
-        |k, exited, violations| {
+        |k, exited| {
             if let Some(st) = exited {
                 violations.push(format!("start {k}: the daemon exited on its own ({st})"));
             }
@@ -284,10 +284,9 @@ fn watch_campaign(
                     mid |= interrupted.entry(id).or_default().insert(attempts);
                 }
             }
-            whole_sets_only(&root.dir("outbox"), k, violations);
+            whole_sets_only(&root.dir("outbox"), k, &mut violations);
             Ok(mid)
         },
-        &mut violations,
     )?;
 
     // The rest of the inputs, then one run left alone until every job has ended.
@@ -498,8 +497,8 @@ impl Tally {
 /// Starts a process `args.kills` times and kills each start with SIGKILL after a random
 /// life (from the start, or from when `busy()` first says a job runs), inputs arriving at
 /// random starts (some before, while nothing runs, some during).
-/// `after_kill(k, exited_on_its_own, violations)` inspects the wreck and says whether a job
-/// was running. Returns how many kills hit a running job.
+/// `after_kill(k, exited_on_its_own)` inspects the wreck (noting what broke) and says whether
+/// a job was running. Returns how many kills hit a running job.
 fn kill_loop(
     args: &ChaosBenchArgs,
     rng: &mut rand_chacha::ChaCha8Rng,
@@ -507,8 +506,7 @@ fn kill_loop(
     destination: impl Fn(&Input) -> PathBuf,
     mut spawn: impl FnMut() -> Result<Child>,
     mut busy: impl FnMut() -> bool,
-    mut after_kill: impl FnMut(usize, Option<ExitStatus>, &mut Vec<String>) -> Result<bool>,
-    violations: &mut Vec<String>,
+    mut after_kill: impl FnMut(usize, Option<ExitStatus>) -> Result<bool>,
 ) -> Result<usize> {
     let arrival: Vec<(usize, f64)> = inputs
         .iter()
@@ -556,7 +554,7 @@ fn kill_loop(
         let exited = child.try_wait()?;
         let _ = child.kill();
         child.wait()?;
-        mid_job += usize::from(after_kill(k, exited, violations)?);
+        mid_job += usize::from(after_kill(k, exited)?);
         if !args.json {
             eprint!(
                 "\rkill {}/{}  mid-job kills {mid_job}   ",
@@ -644,7 +642,7 @@ fn batch_campaign(
         |inp| archive.join(sub(inp)).join(&inp.name),
         || Ok(batch(&log)?.spawn()?),
         || batch_rows(&db).is_ok_and(|rows| rows.iter().any(|r| r.1 == "running")),
-        |k, exited, violations| {
+        |k, exited| {
             // A run may finish its plan before its kill: 0, or 1 for the broken files.
             if let Some(st) = exited {
                 if !matches!(st.code(), Some(0) | Some(1)) {
@@ -658,11 +656,10 @@ fn batch_campaign(
                 }
             }
             for folder in ["", "a", "a/b"] {
-                whole_sets_only(&out.join(folder), k, violations);
+                whole_sets_only(&out.join(folder), k, &mut violations);
             }
             Ok(mid)
         },
-        &mut violations,
     )?;
     for inp in inputs.iter_mut().filter(|i| !i.dropped) {
         arrive(inp, &archive.join(sub(inp)).join(&inp.name))?;
