@@ -658,6 +658,17 @@ fn start_job(
     })
 }
 
+/// Hands the heap the finished job freed back to the system. glibc keeps freed blocks in its
+/// per-thread arenas; a job at 512 px frees a gigabyte or more, so without this the daemon's
+/// resident size stays at its largest job's peak while it waits for the next.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe in glibc.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Records how a job ended, in the store, the folders and the metrics.
 fn file_outcome(
     a: Active,
@@ -674,6 +685,7 @@ fn file_outcome(
         .handle
         .join()
         .unwrap_or_else(|_| Err(failed("worker", "the worker panicked".into(), true)));
+    release_freed_memory();
     let none = BTreeMap::new();
     let cancelled = a.cancel.load(Ordering::Relaxed);
     // Through the API, possibly between the claim and the worker's start.
