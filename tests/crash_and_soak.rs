@@ -67,7 +67,7 @@ fn kill_9_during_a_batch_and_reruns_leave_one_output_set_per_clip() {
         "--steps",
         "20",
         "--max-life-ms",
-        "1500",
+        "800",
     ]);
     assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r:#}");
     assert!(r["kills_mid_job"].as_u64().unwrap() >= 3, "{r:#}");

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::harness::{drop_into, unique_clip, WatchRoot, WatchSettings};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ChaosBenchArgs {
     /// Inputs dropped over the run (good clips and broken files).
     #[arg(long, default_value_t = 20)]
@@ -557,7 +557,7 @@ fn kill_loop(
         mid_job += usize::from(after_kill(k, exited)?);
         if !args.json {
             eprint!(
-                "\rkill {}/{}  mid-job kills {mid_job}   ",
+                "\rkill {}/{}  kills that hit work {mid_job}   ",
                 k + 1,
                 args.kills
             );
@@ -810,33 +810,37 @@ fn stream_campaign(
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let mut violations = Vec::new();
-    let mut with_segments = 0;
-    for k in 0..args.kills {
-        let mut child = stream()?.spawn()?;
-        // Segments are 2 s: lives up to three times the usual, so many kills land after
-        // some were written, and some while one is.
-        let life = Duration::from_millis(rng.random_range(0..=3 * args.max_life_ms));
-        std::thread::sleep(life);
-        if let Some(st) = child.try_wait()? {
-            if !st.success() {
+    // Segments are 2 s: lives three times longer than for jobs.
+    let args = &ChaosBenchArgs {
+        max_life_ms: 3 * args.max_life_ms,
+        ..args.clone()
+    };
+    // Nothing arrives; "busy" is this start's first playlist update (a killed start's
+    // playlist stays until the next one writes), so half the kills land while segments are
+    // being written.
+    let playlist = live.join("index.m3u8");
+    let started = std::cell::Cell::new(std::time::SystemTime::now());
+    let with_segments = kill_loop(
+        args,
+        &mut rng,
+        &mut [],
+        |_| PathBuf::new(),
+        || {
+            started.set(std::time::SystemTime::now());
+            Ok(stream()?.spawn()?)
+        },
+        || {
+            std::fs::metadata(&playlist)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > started.get())
+        },
+        |k, exited| {
+            if let Some(st) = exited.filter(|st| !st.success()) {
                 violations.push(format!("run {k}: ctxd stream ended with {st}"));
             }
-        }
-        let _ = child.kill();
-        child.wait()?;
-        let listed = check_playlist(&live, &mut violations, &format!("after kill {k}"))?;
-        with_segments += usize::from(listed > 0);
-        if !args.json {
-            eprint!(
-                "\rkill {}/{}  with segments {with_segments}   ",
-                k + 1,
-                args.kills
-            );
-        }
-    }
-    if !args.json {
-        eprintln!();
-    }
+            Ok(check_playlist(&live, &mut violations, &format!("after kill {k}"))? > 0)
+        },
+    )?;
     let t0 = Instant::now();
     let st = stream()?.status()?;
     let final_run_s = t0.elapsed().as_secs_f64();

@@ -13,6 +13,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use super::harness::{WatchRoot, WatchSettings};
+
 #[derive(Args, Debug)]
 pub struct WatchBenchArgs {
     /// Bundle both runs use.
@@ -154,38 +156,18 @@ pub fn watch(args: &WatchBenchArgs) -> Result<()> {
     let loop_s = started.elapsed().as_secs_f64();
 
     // The daemon: started and ready before the clips arrive, then all of them moved in.
-    let root = dir.join("daemon");
-    for sub in ["inbox", "outbox", "failed", "done", "state"] {
-        std::fs::create_dir_all(root.join(sub))?;
-    }
-    std::fs::write(root.join("inbox/_defaults.toml"), defaults)?;
-    let config = root.join("watch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\npoll_seconds = 0.1\nconcurrency = {}\nwarm_minutes = {}\n[api]\nlisten = \"127.0.0.1:0\"\n\
-             [[mapping]]\nname = \"bench\"\ninbox = \"inbox\"\noutbox = \"outbox\"\nfailed = \"failed\"\ndone = \"done\"\n\
-             preset = \"{}\"\nbundle = \"{}\"\nsettle_seconds = 0.2\nsidecar_grace_seconds = 0\n",
-            args.concurrency,
-            if args.cold { 0 } else { 10 },
-            preset.display(),
-            bundle.display()
-        ),
+    let root = WatchRoot::create(
+        &dir.join("daemon"),
+        &WatchSettings {
+            preset: &preset,
+            bundle: &bundle,
+            concurrency: args.concurrency,
+            extra: &format!("warm_minutes = {}", if args.cold { 0 } else { 10 }),
+        },
+        defaults,
     )?;
-    let _ = std::fs::remove_file(root.join("state/api.addr"));
-    let mut child = Command::new(&exe)
-        .args(["-q", "watch", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .spawn()?;
-    let ready = Instant::now();
-    while !root.join("state/api.addr").exists() {
-        if ready.elapsed() > Duration::from_secs(60) || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            bail!("the daemon did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut daemon, _) = root.start(&exe, None)?;
+    let root = root.root.clone();
     let started = Instant::now();
     for clip in &clips {
         let name = clip.file_name().expect("clip name");
@@ -194,8 +176,7 @@ pub fn watch(args: &WatchBenchArgs) -> Result<()> {
     }
     let outbox = root.join("outbox");
     while count_reports(&outbox) < clips.len() {
-        if count_reports(&root.join("failed")) > 0 || child.try_wait()?.is_some() {
-            let _ = child.kill();
+        if count_reports(&root.join("failed")) > 0 || daemon.exited()?.is_some() {
             bail!("a daemon job failed: see {}", root.join("failed").display());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -204,12 +185,11 @@ pub fn watch(args: &WatchBenchArgs) -> Result<()> {
 
     // Idle: nothing to do; what does waiting cost?
     std::thread::sleep(Duration::from_secs(1));
-    let cpu0 = cpu_seconds(child.id())?;
+    let cpu0 = cpu_seconds(daemon.pid())?;
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(args.idle_seconds));
-    let idle_cpu_fraction = (cpu_seconds(child.id())? - cpu0) / t0.elapsed().as_secs_f64();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait()?;
+    let idle_cpu_fraction = (cpu_seconds(daemon.pid())? - cpu0) / t0.elapsed().as_secs_f64();
+    daemon.stop()?;
 
     let per_min = |s: f64| clips.len() as f64 * 60.0 / s;
     let r = WatchBench {
