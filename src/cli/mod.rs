@@ -303,9 +303,44 @@ fn init_logging(verbose: u8, quiet: bool, daemon: bool) {
     let filter = EnvFilter::try_from_env("CTXD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| OneLine(std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// The error that ends a command, on one line (a newline in a file name is written `\n`).
+fn one_line_error(e: &anyhow::Error) {
+    use std::io::Write;
+    let _ = OneLine(std::io::stderr()).write_all(format!("ctxd: {e:#}\n").as_bytes());
+}
+
+/// The log's writer: one event, one line. A newline or carriage return inside an event (file
+/// names may hold them) is written as `\n` / `\r`, so no name can forge a log line. The
+/// formatter hands over each event whole, ending in its newline.
+struct OneLine<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.split_last() {
+            Some((b'\n', body)) => (body, &b"\n"[..]),
+            _ => (buf, &b""[..]),
+        };
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                _ => out.push(b),
+            }
+        }
+        out.extend_from_slice(end);
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Failure classes and their exit codes.
@@ -380,11 +415,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Job(e)) => {
-            eprintln!("ctxd: {e:#}");
+            one_line_error(&e);
             ExitCode::from(1)
         }
         Err(Failure::Usage(e)) => {
-            eprintln!("ctxd: {e:#}");
+            one_line_error(&e);
             ExitCode::from(2)
         }
     }
@@ -680,5 +715,18 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_log_event_stays_on_one_line() {
+        use std::io::Write;
+        let mut w = super::OneLine(Vec::new());
+        w.write_all(b"job 3 started: inbox/a\nINFO job 9 done\r.mp4\n")
+            .unwrap();
+        w.write_all(b"next\n").unwrap();
+        assert_eq!(
+            String::from_utf8(w.0).unwrap(),
+            "job 3 started: inbox/a\\nINFO job 9 done\\r.mp4\nnext\n"
+        );
     }
 }
