@@ -313,6 +313,8 @@ struct Inbox {
     busy: HashMap<PathBuf, i64>,
     /// Files being admitted (probed and hashed) by the admission threads.
     admitting: HashSet<PathBuf>,
+    /// Empty files already logged as waiting to be written (once each).
+    empty_noted: HashSet<PathBuf>,
 }
 
 impl Inbox {
@@ -483,6 +485,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                 copies: HashMap::new(),
                 busy: HashMap::new(),
                 admitting: HashSet::new(),
+                empty_noted: HashSet::new(),
             };
             (m.name.clone(), inbox)
         })
@@ -658,6 +661,9 @@ fn start_job(
     })
 }
 
+/// How long a file stays empty before the daemon says it is waiting for it.
+const EMPTY_NOTE_AFTER: Duration = Duration::from_secs(30);
+
 /// Hands the heap the finished job freed back to the system. glibc keeps freed blocks in its
 /// per-thread arenas; a job at 512 px frees a gigabyte or more, so without this the daemon's
 /// resident size stays at its largest job's peak while it waits for the next.
@@ -804,6 +810,7 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, admissio
         return;
     };
     inbox.handed.retain(|p, _| p.exists());
+    inbox.empty_noted.retain(|p| p.exists());
     inbox.waiting.retain(|p, _| p.exists());
     inbox.busy.retain(|p, _| p.exists());
     file_copies(m, inbox, store);
@@ -874,6 +881,21 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, admissio
             // Renamed in (complete by convention), or unchanged for the settle interval.
             let moved_in = lock(moved).remove(&path) && meta.len() > 0;
             if !moved_in && !inbox.tracker.observe(&path, now) {
+                // An empty file is an upload not yet written: waited for, and said once, so
+                // one left empty by mistake is not a mystery.
+                if meta.len() == 0
+                    && inbox
+                        .tracker
+                        .unchanged_for(&path, now)
+                        .is_some_and(|d| d >= EMPTY_NOTE_AFTER)
+                    && inbox.empty_noted.insert(path.clone())
+                {
+                    tracing::info!(
+                        "{}: empty for {} s; waiting for it to be written",
+                        path.display(),
+                        EMPTY_NOTE_AFTER.as_secs()
+                    );
+                }
                 continue;
             }
             inbox.waiting.insert(path.clone(), now);

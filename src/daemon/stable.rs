@@ -75,6 +75,11 @@ impl StabilityTracker {
         }
     }
 
+    /// How long `path` has looked the same (size and time), if it is being watched.
+    pub fn unchanged_for(&self, path: &Path, at: Instant) -> Option<Duration> {
+        self.seen.get(path).map(|s| at.duration_since(s.since))
+    }
+
     /// Files still being watched (for rescans).
     pub fn pending(&self) -> impl Iterator<Item = &Path> {
         self.seen.keys().map(PathBuf::as_path)
