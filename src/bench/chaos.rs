@@ -103,6 +103,33 @@ struct ChaosResult {
     violations: Vec<String>,
 }
 
+impl ChaosResult {
+    /// The result of a campaign over jobs (watch or batch).
+    fn of_jobs(
+        args: &ChaosBenchArgs,
+        inputs: &[Input],
+        kills_mid_job: usize,
+        interrupted_runs: u64,
+        tally: &Tally,
+        final_run_s: f64,
+        violations: Vec<String>,
+    ) -> ChaosResult {
+        ChaosResult {
+            inputs: inputs.len(),
+            bad_inputs: inputs.iter().filter(|i| i.bad).count(),
+            kills: args.kills,
+            kills_mid_job,
+            interrupted_runs,
+            max_attempts_seen: tally.max_attempts,
+            jobs_done: tally.done,
+            jobs_failed: tally.failed,
+            jobs_given_up: tally.given_up,
+            final_run_s,
+            violations,
+        }
+    }
+}
+
 struct Input {
     name: String,
     bad: bool,
@@ -383,19 +410,15 @@ fn watch_campaign(
         }
     }
 
-    Ok(ChaosResult {
-        inputs: inputs.len(),
-        bad_inputs: inputs.iter().filter(|i| i.bad).count(),
-        kills: args.kills,
+    Ok(ChaosResult::of_jobs(
+        args,
+        &inputs,
         kills_mid_job,
-        interrupted_runs: interrupted.values().map(|r| r.len() as u64).sum(),
-        max_attempts_seen: tally.max_attempts,
-        jobs_done: tally.done,
-        jobs_failed: tally.failed,
-        jobs_given_up: tally.given_up,
+        interrupted.values().map(|r| r.len() as u64).sum(),
+        &tally,
         final_run_s,
         violations,
-    })
+    ))
 }
 
 /// An input's outputs at the end: a whole set of videos that decode to every frame, with
@@ -722,19 +745,15 @@ fn batch_campaign(
             ));
         }
     }
-    Ok(ChaosResult {
-        inputs: inputs.len(),
-        bad_inputs: inputs.iter().filter(|i| i.bad).count(),
-        kills: args.kills,
-        kills_mid_job: mid,
-        interrupted_runs: interrupted.values().map(|r| r.len() as u64).sum(),
-        max_attempts_seen: tally.max_attempts,
-        jobs_done: tally.done,
-        jobs_failed: tally.failed,
-        jobs_given_up: tally.given_up,
+    Ok(ChaosResult::of_jobs(
+        args,
+        &inputs,
+        mid,
+        interrupted.values().map(|r| r.len() as u64).sum(),
+        &tally,
         final_run_s,
         violations,
-    })
+    ))
 }
 
 /// (key, state, attempts) of every job in a batch's store.
