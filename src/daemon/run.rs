@@ -849,7 +849,10 @@ fn scan(m: &Mapping, inbox: &mut Inbox, moved: &MovedIn, store: &Store, admissio
             // A link (never followed out of an inbox), a pipe or a device: not a video file.
             // Filed with its reason, so it does not sit there unexplained; unless a job holds
             // this name (a file swapped for a link while queued), whose worker says why.
-            if inbox.handed.contains_key(&path) || inbox.busy.contains_key(&path) {
+            if store
+                .has_live_job(&m.name, &path.display().to_string())
+                .unwrap_or(true)
+            {
                 continue;
             }
             let kind = if meta.file_type().is_symlink() {

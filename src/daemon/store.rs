@@ -446,6 +446,19 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
+    /// Whether a job for this input is queued or running (its worker will open the file and
+    /// say what is wrong with it, if anything).
+    pub fn has_live_job(&self, mapping: &str, input_path: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE mapping = ?1 AND input_path = ?2
+                 AND state IN ('queued', 'running'))",
+                params![mapping, input_path],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))
+    }
+
     /// Where the job's input is now (after it moved to `done/` or `failed/`).
     pub fn set_input_path(&self, id: i64, path: &str) -> Result<()> {
         self.update(
