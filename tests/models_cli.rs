@@ -100,7 +100,9 @@ fn bad_bundle_is_a_configuration_error() {
 
 /// ONNX Runtime's optimized models are cached (CTXD_ORT_CACHE): the first edit writes one per
 /// network it loads and leaves no temporary file; an edit served from the cache gives the same
-/// bytes as one without it.
+/// picture as one without it (up to float noise: two runs of the engine are not always
+/// bit-identical on a loaded machine, and libx264 is not byte-reproducible, so the outputs are
+/// lossless and compared by level; a cache serving another network is tens of levels off).
 #[test]
 fn the_optimized_model_cache_is_filled_and_changes_nothing() {
     let d = Dir::new();
@@ -121,14 +123,15 @@ fn the_optimized_model_cache_is_filled_and_changes_nothing() {
             c.current_dir(env!("CARGO_MANIFEST_DIR"))
                 .args(["edit", "--device", "cpu", "--bundle", "models/tiny"])
                 .args(["--preset", "fast", "--steps", "2", "--short-side", "32"])
-                .args(["--source", "a video", "--prompt", "a red video", "-o"])
+                .args(["--source", "a video", "--prompt", "a red video"])
+                .args(["--codec", "ffv1", "-o"])
                 .arg(d.path(out))
                 .arg(&src),
         );
-        std::fs::read(d.path(out)).unwrap()
+        rgb_frames(&d.path(out)).2
     };
-    let plain = edit("plain.mp4", None);
-    let first = edit("first.mp4", Some(&cache));
+    let plain = edit("plain.mkv", None);
+    let first = edit("first.mkv", Some(&cache));
     let mut files: Vec<String> = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -146,9 +149,9 @@ fn the_optimized_model_cache_is_filled_and_changes_nothing() {
             .all(|f| f.ends_with(".onnx") && !f.starts_with('.')),
         "{files:?}"
     );
-    let second = edit("second.mp4", Some(&cache));
-    assert!(
-        plain == first && first == second,
-        "the cache changed the edit"
-    );
+    let second = edit("second.mkv", Some(&cache));
+    for (name, frames) in [("first", &first), ("second", &second)] {
+        let d = mean_abs_diff(&plain, frames);
+        assert!(d < 1.0, "the cache changed the {name} edit by {d:.3} levels");
+    }
 }
