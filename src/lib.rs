@@ -12,6 +12,8 @@
 //! - [`cache`]: the inversion cache: inverted latents per window on disk, keyed by content,
 //!   bundle and settings, so a second prompt over the same video skips the inversion.
 //! - [`daemon`]: `ctxd watch`: the watch-folder daemon, its job store and status API.
+//! - [`cluster`]: `ctxd worker`, `submit`, `status`: jobs on NATS JetStream (work queue, KV
+//!   job state, object store), exactly once across crashes.
 //! - [`batch`]: `ctxd batch`: archives re-edited N jobs at a time, resumable, with a summary
 //!   and an HTML report.
 //! - [`quality`]: what an edit of the demo domain shows (background, objects, shapes,
@@ -31,6 +33,7 @@ pub mod batch;
 pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod cluster;
 pub mod daemon;
 pub mod diffusion;
 pub mod files;

@@ -22,6 +22,26 @@ pub struct EditArgs {
     // An OsString: a file name that is not UTF-8 gets ctxd's own error naming it, not a
     // usage error that does not.
     pub input: std::ffi::OsString,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Output file (with several prompts: <stem>.<edit>.<ext> beside it).
+    #[arg(short, long, conflicts_with = "out_dir")]
+    pub output: Option<PathBuf>,
+    /// Output folder: <input stem>.<edit>.<ext> (default: beside the input).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// What to edit and how: the flags every command that makes a job spec shares (`ctxd edit`,
+/// `ctxd submit`); they override the preset, the folder's defaults and the sidecar.
+#[derive(Args, Debug, Clone)]
+pub struct SpecArgs {
     /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
     #[arg(long)]
     pub bundle: Option<PathBuf>,
@@ -57,18 +77,44 @@ pub struct EditArgs {
     /// Processing resolution: the short side in pixels (0: native size).
     #[arg(long)]
     pub short_side: Option<u32>,
-    /// Output file (with several prompts: <stem>.<edit>.<ext> beside it).
-    #[arg(short, long, conflicts_with = "out_dir")]
-    pub output: Option<PathBuf>,
-    /// Output folder: <input stem>.<edit>.<ext> (default: beside the input).
-    #[arg(long)]
-    pub out_dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
-    #[command(flatten)]
-    pub encode: EncodeArgs,
-    #[command(flatten)]
-    pub cache: CacheArgs,
+}
+
+impl SpecArgs {
+    /// The job spec for `video` (its sidecar and folder defaults; None: stdin or a URL),
+    /// checked that its edits can share one inversion.
+    ///
+    /// # Errors
+    /// A preset or prompt file that cannot be read or does not check out.
+    pub fn resolve(&self, video: Option<&Path>, pipelines: &Path) -> Result<JobSpec> {
+        let cli = CliOverrides {
+            preset: self.preset.clone(),
+            source: self.source.clone(),
+            prompts: self.prompts.clone(),
+            negative: self.negative.clone(),
+            guidance: self.guidance,
+            steps: self.steps,
+            seed: self.seed,
+            context: self.context,
+            blend: self.blend,
+            short_side: self.short_side,
+        };
+        let preset = || {
+            Preset::load(
+                cli.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
+                pipelines,
+            )
+        };
+        let spec = match (&self.prompt_file, video) {
+            (Some(file), _) => {
+                let pf = PromptFile::load(file)?;
+                JobSpec::resolve(&preset()?, None, Some(&pf), &cli)?
+            }
+            (None, Some(video)) => JobSpec::for_video(video, pipelines, &cli)?,
+            (None, None) => JobSpec::resolve(&preset()?, None, None, &cli)?,
+        };
+        spec.check_shared_inversion().map_err(anyhow::Error::msg)?;
+        Ok(spec)
+    }
 }
 
 fn parse_context(s: &str) -> Result<ContextMode, String> {
@@ -99,37 +145,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
         Some(s) => InputSpec::parse(s),
         None => InputSpec::File(PathBuf::from(&args.input)),
     };
-    let cli = CliOverrides {
-        preset: args.preset.clone(),
-        source: args.source.clone(),
-        prompts: args.prompts.clone(),
-        negative: args.negative.clone(),
-        guidance: args.guidance,
-        steps: args.steps,
-        seed: args.seed,
-        context: args.context,
-        blend: args.blend,
-        short_side: args.short_side,
-    };
-    let spec = match (&args.prompt_file, input.as_path()) {
-        (Some(file), _) => {
-            let preset = Preset::load(
-                cli.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
-                &pipelines,
-            )?;
-            let pf = PromptFile::load(file)?;
-            JobSpec::resolve(&preset, None, Some(&pf), &cli)?
-        }
-        (None, Some(video)) => JobSpec::for_video(video, &pipelines, &cli)?,
-        (None, None) => {
-            let preset = Preset::load(
-                cli.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
-                &pipelines,
-            )?;
-            JobSpec::resolve(&preset, None, None, &cli)?
-        }
-    };
-    spec.check_shared_inversion().map_err(anyhow::Error::msg)?;
+    let spec = args.spec.resolve(input.as_path(), &pipelines)?;
 
     let (stem, ext) = match input.as_path() {
         Some(p) => (
@@ -173,7 +189,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
                 .collect()
         }
     };
-    let bundle_dir = spec::bundle_dir(args.bundle.as_deref(), spec.bundle.as_deref(), &home);
+    let bundle_dir = spec::bundle_dir(args.spec.bundle.as_deref(), spec.bundle.as_deref(), &home);
     // A demanding user names a folder that does not exist yet; make it (and say so if not).
     for dir in outputs.iter().filter_map(|o| o.parent()) {
         if !dir.as_os_str().is_empty() && !dir.is_dir() {

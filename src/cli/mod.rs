@@ -8,6 +8,7 @@
 //! Errors print as one line: `ctxd: <what>: <cause>`.
 
 pub mod batch;
+pub mod cluster;
 pub mod edit;
 pub mod stream;
 
@@ -54,6 +55,16 @@ enum Command {
     /// cut off), with summary.csv/.jsonl and report.html. A second prompt over the same
     /// videos takes the inversions from the cache. Exit 1 when any job failed.
     Batch(Box<batch::BatchArgs>),
+    /// Run jobs from a NATS JetStream cluster's work queue (`ctxd submit` queues them) on
+    /// the same engine as `ctxd edit`, --slots at a time; SIGINT/SIGTERM stop fetching and
+    /// let running jobs finish.
+    Worker(Box<cluster::WorkerArgs>),
+    /// Queue videos on a NATS cluster's workers (one job per content and settings; what is
+    /// queued, running or done is not queued twice); --wait follows them and fetches the
+    /// outputs.
+    Submit(Box<cluster::SubmitArgs>),
+    /// A NATS cluster's workers, jobs by state, queue depth and last hour's throughput.
+    Status(Box<cluster::StatusArgs>),
     /// Watch inbox folders and edit what is dropped there (see watch/ctxd-watch.toml). Stops
     /// on SIGINT/SIGTERM after running jobs finish (or the grace period ends), exit 0.
     Watch {
@@ -380,7 +391,10 @@ pub fn main() -> ExitCode {
     init_logging(
         cli.verbose,
         cli.quiet,
-        matches!(cli.command, Command::Watch { .. } | Command::Stream(_)),
+        matches!(
+            cli.command,
+            Command::Watch { .. } | Command::Stream(_) | Command::Worker(_)
+        ),
     );
     let quiet = cli.quiet;
     let result = match cli.command {
@@ -410,6 +424,18 @@ pub fn main() -> ExitCode {
                 Err((false, e)) => Err(Failure::Job(e)),
             }
         }
+        Command::Worker(args) => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stop.clone();
+            let _ = ctrlc_flag(move || flag.store(true, Ordering::Relaxed));
+            cluster::worker(&args, stop).map_err(Failure::Job)
+        }
+        Command::Submit(args) => match cluster::submit(&args, quiet) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::Job(anyhow::anyhow!("submit: not every job is done"))),
+            Err(e) => Err(Failure::Job(e)),
+        },
+        Command::Status(args) => cluster::status(&args).map_err(Failure::Job),
         other => run(other),
     };
     match result {
@@ -437,7 +463,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Edit(_) | Command::Batch(_) => unreachable!("handled in main"),
+        Command::Edit(_)
+        | Command::Batch(_)
+        | Command::Worker(_)
+        | Command::Submit(_)
+        | Command::Status(_) => unreachable!("handled in main"),
         Command::Stream(args) => run_stream(&args),
         Command::Watch { config } => {
             let home = edit::home();

@@ -25,13 +25,12 @@ use super::live::Live;
 use super::stable::{is_temporary, StabilityTracker};
 use super::store::{Enqueued, Job, State, Store};
 use crate::files::identity;
-use crate::media::{EncodeSettings, InputSpec, MediaError, PinnedFile};
+use crate::media::{EncodeSettings, InputSpec, PinnedFile};
 use crate::model::bundle::sha256_reader;
 use crate::model::RuntimeOptions;
-use crate::pipeline::graph::{self, PipelineError};
+use crate::pipeline::graph;
 use crate::pipeline::job::EditJob;
 use crate::pipeline::spec;
-use crate::pipeline::stages::Fault;
 use crate::sync::lock;
 
 /// Wakes the loop before its next tick: a file event, a finished job, an API call, a stop.
@@ -285,16 +284,7 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
             })
         }
         Err(e) => {
-            let (stage, retry) = match &e {
-                PipelineError::Media(m) if m.is_input_error() => ("input".to_string(), false),
-                PipelineError::Media(MediaError::Unwritable { .. }) => ("output".to_string(), true),
-                // Decoding that fails partway: the file is bad; trying again cannot help.
-                PipelineError::Stage(s) if s.fault == Fault::Input => ("input".to_string(), false),
-                PipelineError::Stage(s) if s.fault == Fault::Output => ("output".to_string(), true),
-                PipelineError::Stage(s) => (s.stage.to_string(), true),
-                PipelineError::Model(_) | PipelineError::Config(_) => ("setup".to_string(), false),
-                PipelineError::Media(_) => ("media".to_string(), true),
-            };
+            let (stage, retry) = e.classify();
             Err(failed(&stage, e.to_string(), retry))
         }
     }

@@ -36,6 +36,26 @@ pub enum PipelineError {
     Config(String),
 }
 
+impl PipelineError {
+    /// Where a failed job failed (`input`, `output`, `setup`, `media` or a stage's name) and
+    /// whether running it again could help: a bad input or setting fails at once, a full disk
+    /// or a crashed stage is worth another attempt. The daemon and the cluster workers both
+    /// decide retries by this.
+    pub fn classify(&self) -> (String, bool) {
+        use stages::Fault;
+        match self {
+            PipelineError::Media(m) if m.is_input_error() => ("input".into(), false),
+            PipelineError::Media(MediaError::Unwritable { .. }) => ("output".into(), true),
+            // Decoding that fails partway: the file is bad; trying again cannot help.
+            PipelineError::Stage(s) if s.fault == Fault::Input => ("input".into(), false),
+            PipelineError::Stage(s) if s.fault == Fault::Output => ("output".into(), true),
+            PipelineError::Stage(s) => (s.stage.to_string(), true),
+            PipelineError::Model(_) | PipelineError::Config(_) => ("setup".into(), false),
+            PipelineError::Media(_) => ("media".into(), true),
+        }
+    }
+}
+
 /// The sampler settings both diffusion stages share, checked against the bundle.
 ///
 /// # Errors

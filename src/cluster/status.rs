@@ -1,0 +1,179 @@
+//! `ctxd status --nats URL`: the cluster's live workers, its jobs by state, the work queue's
+//! depth and the throughput of the last hour.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::{nats_err, ClusterError, ClusterOptions, JobState, Result, State, WorkerInfo};
+
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    pub workers: Vec<WorkerInfo>,
+    /// Jobs per state (queued, running, done, failed).
+    pub jobs: BTreeMap<String, u64>,
+    /// Messages in the work queue (queued or being worked on).
+    pub queue_messages: u64,
+    /// Deliveries not yet acked.
+    pub ack_pending: u64,
+    /// Deliveries that were a second or later attempt.
+    pub redelivered: u64,
+    /// Jobs that ended done in the last hour, and their mean run time.
+    pub done_last_hour: u64,
+    pub mean_run_s: Option<f64>,
+    /// The failed jobs: input, reason.
+    pub failed: Vec<(String, String)>,
+    pub dead_letters: u64,
+}
+
+/// Reads the cluster's state.
+///
+/// # Errors
+/// The cluster cannot be reached.
+pub fn status(opts: &ClusterOptions) -> Result<ClusterStatus> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterError::Config(format!("tokio: {e}")))?;
+    rt.block_on(async {
+        let mut c = super::connect(opts, "ctxd status").await?;
+        let mut workers = Vec::new();
+        let mut keys = c
+            .workers
+            .keys()
+            .await
+            .map_err(|e| nats_err("listing workers")(&e))?;
+        while let Some(Ok(k)) = keys.next().await {
+            if let Ok(Some(v)) = c.workers.get(&k).await {
+                if let Ok(w) = serde_json::from_slice::<WorkerInfo>(&v) {
+                    workers.push(w);
+                }
+            }
+        }
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut jobs: BTreeMap<String, u64> = BTreeMap::new();
+        let mut failed = Vec::new();
+        let (mut done_last_hour, mut run_total) = (0u64, 0.0);
+        let hour_ago = super::now() - 3600.0;
+        let mut keys = c
+            .state
+            .keys()
+            .await
+            .map_err(|e| nats_err("listing jobs")(&e))?;
+        let mut all = Vec::new();
+        while let Some(Ok(k)) = keys.next().await {
+            all.push(k);
+        }
+        for k in all {
+            let Some((s, _)) = c.job(&k).await? else {
+                continue;
+            };
+            *jobs.entry(s.state.name().to_string()).or_default() += 1;
+            count_recent(&s, hour_ago, &mut done_last_hour, &mut run_total);
+            if s.state == State::Failed {
+                failed.push((s.input.clone(), s.reason.clone().unwrap_or_default()));
+            }
+        }
+        let info = c
+            .jobs
+            .info()
+            .await
+            .map_err(|e| nats_err("the job stream")(&e))?
+            .clone();
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = c
+            .jobs
+            .get_consumer(super::CONSUMER)
+            .await
+            .map_err(|e| nats_err("the workers' consumer")(&e))?;
+        let ci = consumer
+            .info()
+            .await
+            .map_err(|e| nats_err("the workers' consumer")(&e))?;
+        let dead_letters = match c.js.get_stream(super::DEAD_STREAM).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        Ok(ClusterStatus {
+            workers,
+            jobs,
+            queue_messages: info.state.messages,
+            ack_pending: ci.num_ack_pending as u64,
+            redelivered: ci.num_redelivered as u64,
+            done_last_hour,
+            mean_run_s: (done_last_hour > 0).then(|| run_total / done_last_hour as f64),
+            failed,
+            dead_letters,
+        })
+    })
+}
+
+fn count_recent(s: &JobState, since: f64, n: &mut u64, run_total: &mut f64) {
+    if s.state == State::Done && s.finished_at.is_some_and(|t| t >= since) {
+        *n += 1;
+        *run_total += s.run_s.unwrap_or(0.0);
+    }
+}
+
+impl ClusterStatus {
+    /// The status as a person reads it.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let now = super::now();
+        out.push_str(&format!("workers: {}\n", self.workers.len()));
+        for w in &self.workers {
+            out.push_str(&format!(
+                "  {} on {} (pid {}): {}/{} slots busy, {} done, {} failed, up {}, seen {:.0} s ago\n",
+                w.id,
+                w.host,
+                w.pid,
+                w.running.len(),
+                w.slots,
+                w.done,
+                w.failed,
+                human(Duration::from_secs_f64((now - w.started_at).max(0.0))),
+                (now - w.seen_at).max(0.0)
+            ));
+        }
+        let by = |s: &str| self.jobs.get(s).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "jobs: {} queued, {} running, {} done, {} failed\n",
+            by("queued"),
+            by("running"),
+            by("done"),
+            by("failed")
+        ));
+        out.push_str(&format!(
+            "queue: {} message(s), {} delivered and not yet acked, {} redelivered\n",
+            self.queue_messages, self.ack_pending, self.redelivered
+        ));
+        out.push_str(&format!(
+            "throughput: {} job(s) done in the last hour{}\n",
+            self.done_last_hour,
+            self.mean_run_s
+                .map(|s| format!(", {s:.1} s each on average"))
+                .unwrap_or_default()
+        ));
+        if self.dead_letters > 0 {
+            out.push_str(&format!(
+                "dead letters: {} (stream {})\n",
+                self.dead_letters,
+                super::DEAD_STREAM
+            ));
+        }
+        for (input, reason) in &self.failed {
+            out.push_str(&format!("  failed: {input}: {reason}\n"));
+        }
+        out
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
