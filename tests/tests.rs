@@ -4,6 +4,7 @@
 mod util;
 
 mod batch;
+mod cluster;
 mod crash_and_soak;
 mod daemon;
 mod fuzz_regressions;

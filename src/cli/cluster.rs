@@ -106,6 +106,9 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// List every job (state, worker, attempts, reason, how often it was written done).
+    #[arg(long)]
+    pub jobs: bool,
 }
 
 pub fn worker(args: &WorkerArgs, stop: Arc<AtomicBool>) -> Result<()> {
@@ -156,7 +159,7 @@ pub fn worker(args: &WorkerArgs, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-/// Submits; Ok(false) when a waited-for job failed.
+/// Submits; Ok(false) when a job failed (waited for, or already failed and not redone).
 pub fn submit(args: &SubmitArgs, quiet: bool) -> Result<bool> {
     let home = home();
     let pipelines = home.join("pipelines");
@@ -196,11 +199,13 @@ pub fn submit(args: &SubmitArgs, quiet: bool) -> Result<bool> {
             println!("{}", f.display());
         }
     }
-    Ok(!args.wait || done.iter().all(|d| d.state == State::Done))
+    // A failed job (this time, or before and not --redo) fails the command, waiting or not.
+    let none_failed = done.iter().all(|d| d.state != State::Failed);
+    Ok(none_failed && (!args.wait || done.iter().all(|d| d.state == State::Done)))
 }
 
 pub fn status(args: &StatusArgs) -> Result<()> {
-    let s = cluster::status::status(&args.nats.options())?;
+    let s = cluster::status::status(&args.nats.options(), args.jobs)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

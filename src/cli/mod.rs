@@ -432,7 +432,9 @@ pub fn main() -> ExitCode {
         }
         Command::Submit(args) => match cluster::submit(&args, quiet) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Failure::Job(anyhow::anyhow!("submit: not every job is done"))),
+            Ok(false) => Err(Failure::Job(anyhow::anyhow!(
+                "submit: not every job is done (`ctxd status --jobs` says why)"
+            ))),
             Err(e) => Err(Failure::Job(e)),
         },
         Command::Status(args) => cluster::status(&args).map_err(Failure::Job),

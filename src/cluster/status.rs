@@ -26,13 +26,31 @@ pub struct ClusterStatus {
     /// The failed jobs: input, reason.
     pub failed: Vec<(String, String)>,
     pub dead_letters: u64,
+    /// Every job, when asked for (`--jobs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_list: Option<Vec<JobSummary>>,
+}
+
+/// One job as `ctxd status --jobs` lists it.
+#[derive(Debug, Serialize)]
+pub struct JobSummary {
+    pub key: String,
+    pub input: String,
+    pub state: State,
+    pub worker: Option<String>,
+    pub attempts: u32,
+    pub reason: Option<String>,
+    pub outputs: usize,
+    /// How many times its state was written `done` (exactly once means 1), from the
+    /// bucket's history.
+    pub done_writes: u64,
 }
 
 /// Reads the cluster's state.
 ///
 /// # Errors
 /// The cluster cannot be reached.
-pub fn status(opts: &ClusterOptions) -> Result<ClusterStatus> {
+pub fn status(opts: &ClusterOptions, with_jobs: bool) -> Result<ClusterStatus> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,10 +84,23 @@ pub fn status(opts: &ClusterOptions) -> Result<ClusterStatus> {
         while let Some(Ok(k)) = keys.next().await {
             all.push(k);
         }
+        let mut job_list = Vec::new();
         for k in all {
             let Some((s, _)) = c.job(&k).await? else {
                 continue;
             };
+            if with_jobs {
+                job_list.push(JobSummary {
+                    done_writes: done_writes(&c, &k).await?,
+                    key: k.clone(),
+                    input: s.input.clone(),
+                    state: s.state,
+                    worker: s.worker.clone(),
+                    attempts: s.attempts,
+                    reason: s.reason.clone(),
+                    outputs: s.outputs.len(),
+                });
+            }
             *jobs.entry(s.state.name().to_string()).or_default() += 1;
             count_recent(&s, hour_ago, &mut done_last_hour, &mut run_total);
             if s.state == State::Failed {
@@ -105,8 +136,25 @@ pub fn status(opts: &ClusterOptions) -> Result<ClusterStatus> {
             mean_run_s: (done_last_hour > 0).then(|| run_total / done_last_hour as f64),
             failed,
             dead_letters,
+            job_list: with_jobs.then_some(job_list),
         })
     })
+}
+
+/// Writes of `done` in a job's history.
+async fn done_writes(c: &super::Cluster, key: &str) -> Result<u64> {
+    let mut h = c
+        .state
+        .history(key)
+        .await
+        .map_err(|e| nats_err(format!("job {key}"))(&e))?;
+    let mut n = 0;
+    while let Some(Ok(e)) = h.next().await {
+        if serde_json::from_slice::<JobState>(&e.value).is_ok_and(|s| s.state == State::Done) {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn count_recent(s: &JobState, since: f64, n: &mut u64, run_total: &mut f64) {
@@ -164,6 +212,17 @@ impl ClusterStatus {
         }
         for (input, reason) in &self.failed {
             out.push_str(&format!("  failed: {input}: {reason}\n"));
+        }
+        for j in self.job_list.iter().flatten() {
+            out.push_str(&format!(
+                "  {} {} {}{} (attempts {}){}\n",
+                &j.key[..12.min(j.key.len())],
+                j.state.name(),
+                j.input,
+                j.worker.as_deref().map(|w| format!(" on {w}")).unwrap_or_default(),
+                j.attempts,
+                j.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            ));
         }
         out
     }

@@ -1,0 +1,325 @@
+//! `ctxd worker` / `submit` / `status` against real `nats-server` processes on loopback
+//! (scripts/setup installs nats-server): a single server, and a 3-node JetStream cluster
+//! that loses a worker and a server node mid-run.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// A free TCP port on loopback (bound, then released for the server to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nats-server processes with JetStream, killed on drop.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    pub url: String,
+}
+
+impl Nats {
+    fn start(d: &Dir, nodes: usize) -> Nats {
+        let clients: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let mut servers = Vec::new();
+        for i in 0..nodes {
+            let mut c = Command::new("nats-server");
+            c.args(["-js", "-a", "127.0.0.1", "-p", &clients[i].to_string()])
+                .args(["-n", &format!("n{i}")])
+                .arg("-sd")
+                .arg(d.path(&format!("nats-{i}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if nodes > 1 {
+                let others: Vec<String> = (0..nodes)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                    .collect();
+                c.args(["--cluster_name", "ctxd"])
+                    .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+                    .args(["--routes", &others.join(",")]);
+            }
+            let child = c
+                .spawn()
+                .expect("nats-server is not installed: run scripts/setup");
+            servers.push(Some(child));
+        }
+        let url = clients
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let n = Nats { servers, url };
+        // Ready when the streams and buckets can be made (a cluster must elect its leaders).
+        let since = Instant::now();
+        loop {
+            let out = status_cmd(&n.url, nodes, false).output().unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "NATS never came up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        n
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn status_cmd(url: &str, replicas: usize, jobs: bool) -> Command {
+    let mut c = ctxd();
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["status", "--json", "--nats", url])
+        .args(["--replicas", &replicas.to_string()]);
+    if jobs {
+        c.arg("--jobs");
+    }
+    c
+}
+
+fn status(url: &str, replicas: usize) -> Value {
+    let out = run_ok(&mut status_cmd(url, replicas, true));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A worker on the tiny bundle, one ONNX thread, killed on drop.
+struct Worker(Child);
+
+impl Worker {
+    fn start(d: &Dir, url: &str, id: &str, replicas: usize) -> Worker {
+        let log = std::fs::File::create(d.path(&format!("{id}.log"))).unwrap();
+        let child = ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["worker", "--nats", url, "--id", id, "--slots", "1"])
+            .args(["--replicas", &replicas.to_string()])
+            .args(["--bundle", "models/tiny", "--device", "cpu", "--threads", "1"])
+            .arg("--work-dir")
+            .arg(d.path(&format!("work-{id}")))
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Worker(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn submit(url: &str, replicas: usize, inputs: &[PathBuf], extra: &[&str]) -> Command {
+    let mut c = ctxd();
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["submit", "--nats", url])
+        .args(["--replicas", &replicas.to_string()])
+        .args(["--bundle", "models/tiny", "--preset", "fast", "--steps", "3"])
+        .args(["--short-side", "32", "--source", "a video", "--prompt", "a red video"])
+        .args(extra)
+        .args(inputs);
+    c
+}
+
+/// `n` clips that differ in content (pattern, size and length), `frames` frames or so each.
+fn clips(d: &Dir, n: usize, seconds: f64) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let src = ["testsrc2", "testsrc", "smptebars", "rgbtestsrc"][i % 4];
+            let size = format!("{}x{}", 64 + 16 * (i / 4), 48);
+            d.ffmpeg(
+                &format!("clip{i:02}.mp4"),
+                &[
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    &format!("{src}=size={size}:rate=10:duration={seconds}"),
+                    "-c:v",
+                    "libx264",
+                    "-pix_fmt",
+                    "yuv420p",
+                ],
+            )
+        })
+        .collect()
+}
+
+fn jobs(s: &Value) -> Vec<Value> {
+    s["job_list"].as_array().cloned().unwrap_or_default()
+}
+
+fn count(s: &Value, state: &str) -> u64 {
+    s["jobs"][state].as_u64().unwrap_or(0)
+}
+
+fn frame_count(path: &Path) -> usize {
+    frame_times(path).len()
+}
+
+#[test]
+fn submit_wait_fetches_the_outputs_and_the_same_work_is_one_job() {
+    let d = Dir::new();
+    let nats = Nats::start(&d, 1);
+    let _w = Worker::start(&d, &nats.url, "w1", 1);
+    let good = clips(&d, 1, 0.8).remove(0);
+    let bad = d.path("bad.mp4");
+    std::fs::write(&bad, b"this is not a video").unwrap();
+    let out = d.path("out");
+
+    let wait = ["--wait", "--out-dir", out.to_str().unwrap()];
+    let (code, err) = run_err(&mut submit(&nats.url, 1, &[good.clone(), bad.clone()], &wait));
+    assert_eq!(code, 1, "a failed job makes submit --wait exit 1: {err}");
+    assert!(err.contains("clip00.mp4: done"), "{err}");
+    // the reason names the file as submitted, not the worker's copy
+    assert!(
+        err.contains("bad.mp4: failed: input: bad.mp4: not a media file"),
+        "{err}"
+    );
+    let video = out.join("clip00.a-red-video.mp4");
+    assert_eq!(frame_count(&video), frame_count(&good));
+    assert!(out.join("clip00.a-red-video.json").is_file());
+
+    // The same content and settings again, under another name: no new job.
+    let copy = d.path("copy.mp4");
+    std::fs::copy(&good, &copy).unwrap();
+    let again = run_ok(&mut submit(&nats.url, 1, &[copy], &[]));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already done"), "{err}");
+    let (_, err) = run_err(&mut submit(&nats.url, 1, &[bad], &[]));
+    assert!(err.contains("already failed"), "{err}");
+
+    let s = status(&nats.url, 1);
+    assert_eq!((count(&s, "done"), count(&s, "failed")), (1, 1), "{s}");
+    assert_eq!(s["dead_letters"], 1, "{s}");
+    assert_eq!(s["workers"].as_array().map(Vec::len), Some(1), "{s}");
+    for j in jobs(&s) {
+        assert_eq!(j["attempts"], 1, "{j}");
+    }
+}
+
+/// The campaign: three servers, three workers, 20 jobs (two of them bad files); one
+/// worker is killed with SIGKILL inside a job and one server node is killed. Every job ends
+/// exactly once (done written once, or failed with its reason), the killed job is finished
+/// by another worker, and the outputs are one set per job.
+#[test]
+fn a_cluster_that_loses_a_worker_and_a_node_ends_every_job_exactly_once() {
+    let d = Dir::new();
+    let mut nats = Nats::start(&d, 3);
+    let mut workers: Vec<Worker> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| Worker::start(&d, &nats.url, id, 3))
+        .collect();
+    let mut inputs = clips(&d, 18, 2.0);
+    for name in ["bad1.mp4", "bad2.mp4"] {
+        let p = d.path(name);
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        inputs.push(p);
+    }
+    run_ok(&mut submit(&nats.url, 3, &inputs, &[]));
+
+    // Kill w1 while it holds a job, then a server node.
+    let since = Instant::now();
+    let victim_job = loop {
+        let s = status(&nats.url, 3);
+        let busy = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == "w1")
+            .and_then(|w| w["running"].as_array().and_then(|r| r.first().cloned()));
+        if let Some(key) = busy {
+            break key.as_str().unwrap().to_string();
+        }
+        assert!(since.elapsed() < Duration::from_secs(120), "w1 never ran a job: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    workers[0].kill();
+    nats.kill(2);
+
+    let since = Instant::now();
+    let s = loop {
+        let s = status(&nats.url, 3);
+        if count(&s, "done") + count(&s, "failed") == 20 {
+            break s;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(300),
+            "not every job ended: {s}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!((count(&s, "done"), count(&s, "failed")), (18, 2), "{s}");
+    for j in jobs(&s) {
+        match j["state"].as_str().unwrap() {
+            "done" => {
+                assert_eq!(j["done_writes"], 1, "written done more than once: {j}");
+                assert_eq!(j["outputs"], 2, "{j}");
+            }
+            _ => {
+                let reason = j["reason"].as_str().unwrap_or_default();
+                assert!(
+                    j["input"].as_str().unwrap().starts_with("bad")
+                        && reason.contains("not a media file"),
+                    "{j}"
+                );
+            }
+        }
+    }
+    let victim = jobs(&s)
+        .into_iter()
+        .find(|j| j["key"] == victim_job.as_str())
+        .unwrap();
+    // If w1 finished it in the moment before the kill, it was not taken over.
+    if victim["attempts"].as_u64() == Some(2) {
+        assert_ne!(victim["worker"], "w1", "{victim}");
+    }
+    assert_eq!(victim["state"], "done", "{victim}");
+
+    // Every output set once: fetched, one video and one report per job, every frame there.
+    let out = d.path("out");
+    let wait = ["--wait", "--out-dir", out.to_str().unwrap()];
+    let (code, _) = run_err(&mut submit(&nats.url, 3, &inputs, &wait));
+    assert_eq!(code, 1, "the bad files stay failed");
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 36, "{names:?}");
+    for clip in &inputs[..18] {
+        let stem = clip.file_stem().unwrap().to_string_lossy();
+        let video = out.join(format!("{stem}.a-red-video.mp4"));
+        assert_eq!(frame_count(&video), frame_count(clip), "{}", video.display());
+    }
+}
