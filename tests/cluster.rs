@@ -23,6 +23,8 @@ fn free_port() -> u16 {
 /// nats-server processes with JetStream, killed on drop.
 struct Nats {
     servers: Vec<Option<Child>>,
+    /// Each node's arguments, to start it again.
+    args: Vec<Vec<String>>,
     pub url: String,
 }
 
@@ -30,35 +32,33 @@ impl Nats {
     fn start(d: &Dir, nodes: usize) -> Nats {
         let clients: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
-        let mut servers = Vec::new();
+        let mut args = Vec::new();
         for i in 0..nodes {
-            let mut c = Command::new("nats-server");
-            c.args(["-js", "-a", "127.0.0.1", "-p", &clients[i].to_string()])
-                .args(["-n", &format!("n{i}")])
-                .arg("-sd")
-                .arg(d.path(&format!("nats-{i}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            let mut a: Vec<String> = ["-js", "-a", "127.0.0.1", "-p"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            a.push(clients[i].to_string());
+            a.extend(["-n".into(), format!("n{i}"), "-sd".into()]);
+            a.push(d.path(&format!("nats-{i}")).to_string_lossy().into_owned());
             if nodes > 1 {
                 let others: Vec<String> = (0..nodes)
                     .filter(|j| *j != i)
                     .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
                     .collect();
-                c.args(["--cluster_name", "ctxd"])
-                    .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
-                    .args(["--routes", &others.join(",")]);
+                a.extend(["--cluster_name".into(), "ctxd".into(), "--cluster".into()]);
+                a.push(format!("nats://127.0.0.1:{}", routes[i]));
+                a.extend(["--routes".into(), others.join(",")]);
             }
-            let child = c
-                .spawn()
-                .expect("nats-server is not installed: run scripts/setup");
-            servers.push(Some(child));
+            args.push(a);
         }
+        let servers = args.iter().map(|a| Some(spawn_server(a))).collect();
         let url = clients
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let n = Nats { servers, url };
+        let n = Nats { servers, args, url };
         // Ready when the streams and buckets can be made (a cluster must elect its leaders).
         let since = Instant::now();
         loop {
@@ -74,6 +74,11 @@ impl Nats {
             std::thread::sleep(Duration::from_millis(500));
         }
         n
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.servers[i] = Some(spawn_server(&self.args[i]));
     }
 
     fn kill(&mut self, i: usize) {
@@ -92,6 +97,15 @@ impl Drop for Nats {
     }
 }
 
+fn spawn_server(args: &[String]) -> Child {
+    Command::new("nats-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server is not installed: run scripts/setup")
+}
+
 fn status_cmd(url: &str, replicas: usize, jobs: bool) -> Command {
     let mut c = ctxd();
     c.current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -103,9 +117,22 @@ fn status_cmd(url: &str, replicas: usize, jobs: bool) -> Command {
     c
 }
 
+/// The cluster's status; while a node is lost and its streams elect new leaders, requests
+/// can time out for a few seconds: asked again for up to a minute.
 fn status(url: &str, replicas: usize) -> Value {
-    let out = run_ok(&mut status_cmd(url, replicas, true));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let since = Instant::now();
+    loop {
+        let out = status_cmd(url, replicas, true).output().unwrap();
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).unwrap();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// A worker on the tiny bundle, one ONNX thread, killed on drop.
@@ -240,9 +267,10 @@ fn a_cluster_that_loses_a_worker_and_a_node_ends_every_job_exactly_once() {
         .map(|id| Worker::start(&d, &nats.url, id, 3))
         .collect();
     let mut inputs = clips(&d, 18, 2.0);
-    for name in ["bad1.mp4", "bad2.mp4"] {
+    for (i, name) in ["bad1.mp4", "bad2.mp4"].iter().enumerate() {
         let p = d.path(name);
-        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        // different bytes: the same bytes would be one job
+        std::fs::write(&p, vec![i as u8; 4096]).unwrap();
         inputs.push(p);
     }
     run_ok(&mut submit(&nats.url, 3, &inputs, &[]));
@@ -265,7 +293,12 @@ fn a_cluster_that_loses_a_worker_and_a_node_ends_every_job_exactly_once() {
     };
     std::thread::sleep(Duration::from_millis(700));
     workers[0].kill();
+    // A node crashes and its supervisor brings it back a few seconds later; jobs go on
+    // meanwhile on the other two. (Left down, NATS 2.9 leaves a share of requests
+    // unanswered for minutes: see `cluster::retried`.)
     nats.kill(2);
+    std::thread::sleep(Duration::from_secs(5));
+    nats.restart(2);
 
     let since = Instant::now();
     let s = loop {

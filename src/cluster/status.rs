@@ -56,14 +56,9 @@ pub fn status(opts: &ClusterOptions, with_jobs: bool) -> Result<ClusterStatus> {
         .build()
         .map_err(|e| ClusterError::Config(format!("tokio: {e}")))?;
     rt.block_on(async {
-        let mut c = super::connect(opts, "ctxd status").await?;
+        let c = super::connect(opts, "ctxd status").await?;
         let mut workers = Vec::new();
-        let mut keys = c
-            .workers
-            .keys()
-            .await
-            .map_err(|e| nats_err("listing workers")(&e))?;
-        while let Some(Ok(k)) = keys.next().await {
+        for k in super::bucket_keys(&c.workers, super::WORKERS_BUCKET).await? {
             if let Ok(Some(v)) = c.workers.get(&k).await {
                 if let Ok(w) = serde_json::from_slice::<WorkerInfo>(&v) {
                     workers.push(w);
@@ -107,21 +102,22 @@ pub fn status(opts: &ClusterOptions, with_jobs: bool) -> Result<ClusterStatus> {
                 failed.push((s.input.clone(), s.reason.clone().unwrap_or_default()));
             }
         }
-        let info = c
-            .jobs
-            .info()
-            .await
-            .map_err(|e| nats_err("the job stream")(&e))?
-            .clone();
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = c
-            .jobs
-            .get_consumer(super::CONSUMER)
-            .await
-            .map_err(|e| nats_err("the workers' consumer")(&e))?;
-        let ci = consumer
-            .info()
-            .await
-            .map_err(|e| nats_err("the workers' consumer")(&e))?;
+        let info = super::retried(|| async {
+            c.js.get_stream(super::JOBS_STREAM)
+                .await
+                .map(|s| s.cached_info().clone())
+                .map_err(|e| nats_err("the job stream")(&e))
+        })
+        .await?;
+        let ci = super::retried(|| async {
+            let consumer: async_nats::jetstream::consumer::PullConsumer = c
+                .jobs
+                .get_consumer(super::CONSUMER)
+                .await
+                .map_err(|e| nats_err("the workers' consumer")(&e))?;
+            Ok(consumer.cached_info().clone())
+        })
+        .await?;
         let dead_letters = match c.js.get_stream(super::DEAD_STREAM).await {
             Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
             Err(_) => 0,
@@ -141,20 +137,35 @@ pub fn status(opts: &ClusterOptions, with_jobs: bool) -> Result<ClusterStatus> {
     })
 }
 
-/// Writes of `done` in a job's history.
+/// Writes of `done` in a job's history, read from the bucket's stream one message at a
+/// time (`next_by_subj`, answered by the stream leader: the crate's `history()` needs a
+/// consumer, whose creation timed out on NATS 2.9 while a node was down).
 async fn done_writes(c: &super::Cluster, key: &str) -> Result<u64> {
-    let mut h = c
-        .state
-        .history(key)
-        .await
-        .map_err(|e| nats_err(format!("job {key}"))(&e))?;
-    let mut n = 0;
-    while let Some(Ok(e)) = h.next().await {
-        if serde_json::from_slice::<JobState>(&e.value).is_ok_and(|s| s.state == State::Done) {
+    use base64::Engine;
+    let subject = format!("$KV.{}.{key}", super::STATE_BUCKET);
+    let api = format!("STREAM.MSG.GET.KV_{}", super::STATE_BUCKET);
+    let (mut seq, mut n) = (1u64, 0u64);
+    loop {
+        let ask = serde_json::json!({"seq": seq, "next_by_subj": subject});
+        let r: serde_json::Value = super::retried(|| async {
+            c.js.request(api.clone(), &ask)
+                .await
+                .map_err(|e| nats_err(format!("job {key}'s history"))(&e))
+        })
+        .await?;
+        let Some(m) = r.get("message") else {
+            // {"error": {"code": 404, ...}}: no message after seq
+            return Ok(n);
+        };
+        let data = m["data"].as_str().unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap_or_default();
+        if serde_json::from_slice::<JobState>(&bytes).is_ok_and(|s| s.state == State::Done) {
             n += 1;
         }
+        seq = m["seq"].as_u64().unwrap_or(u64::MAX - 1) + 1;
     }
-    Ok(n)
 }
 
 fn count_recent(s: &JobState, since: f64, n: &mut u64, run_total: &mut f64) {
