@@ -145,7 +145,14 @@ impl Worker {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["worker", "--nats", url, "--id", id, "--slots", "1"])
             .args(["--replicas", &replicas.to_string()])
-            .args(["--bundle", "models/tiny", "--device", "cpu", "--threads", "1"])
+            .args([
+                "--bundle",
+                "models/tiny",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+            ])
             .arg("--work-dir")
             .arg(d.path(&format!("work-{id}")))
             .stderr(log)
@@ -171,8 +178,22 @@ fn submit(url: &str, replicas: usize, inputs: &[PathBuf], extra: &[&str]) -> Com
     c.current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["submit", "--nats", url])
         .args(["--replicas", &replicas.to_string()])
-        .args(["--bundle", "models/tiny", "--preset", "fast", "--steps", "3"])
-        .args(["--short-side", "32", "--source", "a video", "--prompt", "a red video"])
+        .args([
+            "--bundle",
+            "models/tiny",
+            "--preset",
+            "fast",
+            "--steps",
+            "3",
+        ])
+        .args([
+            "--short-side",
+            "32",
+            "--source",
+            "a video",
+            "--prompt",
+            "a red video",
+        ])
         .args(extra)
         .args(inputs);
     c
@@ -224,7 +245,12 @@ fn submit_wait_fetches_the_outputs_and_the_same_work_is_one_job() {
     let out = d.path("out");
 
     let wait = ["--wait", "--out-dir", out.to_str().unwrap()];
-    let (code, err) = run_err(&mut submit(&nats.url, 1, &[good.clone(), bad.clone()], &wait));
+    let (code, err) = run_err(&mut submit(
+        &nats.url,
+        1,
+        &[good.clone(), bad.clone()],
+        &wait,
+    ));
     assert_eq!(code, 1, "a failed job makes submit --wait exit 1: {err}");
     assert!(err.contains("clip00.mp4: done"), "{err}");
     // the reason names the file as submitted, not the worker's copy
@@ -288,7 +314,10 @@ fn a_cluster_that_loses_a_worker_and_a_node_ends_every_job_exactly_once() {
         if let Some(key) = busy {
             break key.as_str().unwrap().to_string();
         }
-        assert!(since.elapsed() < Duration::from_secs(120), "w1 never ran a job: {s}");
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "w1 never ran a job: {s}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     std::thread::sleep(Duration::from_millis(700));
@@ -353,6 +382,11 @@ fn a_cluster_that_loses_a_worker_and_a_node_ends_every_job_exactly_once() {
     for clip in &inputs[..18] {
         let stem = clip.file_stem().unwrap().to_string_lossy();
         let video = out.join(format!("{stem}.a-red-video.mp4"));
-        assert_eq!(frame_count(&video), frame_count(clip), "{}", video.display());
+        assert_eq!(
+            frame_count(&video),
+            frame_count(clip),
+            "{}",
+            video.display()
+        );
     }
 }

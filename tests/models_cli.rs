@@ -152,6 +152,9 @@ fn the_optimized_model_cache_is_filled_and_changes_nothing() {
     let second = edit("second.mkv", Some(&cache));
     for (name, frames) in [("first", &first), ("second", &second)] {
         let d = mean_abs_diff(&plain, frames);
-        assert!(d < 1.0, "the cache changed the {name} edit by {d:.3} levels");
+        assert!(
+            d < 1.0,
+            "the cache changed the {name} edit by {d:.3} levels"
+        );
     }
 }

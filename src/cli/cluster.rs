@@ -126,9 +126,7 @@ pub fn worker(args: &WorkerArgs, stop: Arc<AtomicBool>) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.=".contains(c))
     {
-        return Err(anyhow!(
-            "--id {id:?}: use letters, digits and - _ . = only"
-        ));
+        return Err(anyhow!("--id {id:?}: use letters, digits and - _ . = only"));
     }
     let tmp;
     let work_dir = match &args.work_dir {

@@ -15,7 +15,7 @@ use crate::model::bundle::sha256_file;
 const SHA_KEY: &str = "sha256";
 
 pub enum Media {
-    Objects(object_store::ObjectStore),
+    Objects(Box<object_store::ObjectStore>),
     Shared(PathBuf),
 }
 
@@ -27,7 +27,11 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
 }
 
 impl Media {
-    pub async fn open(js: &jetstream::Context, shared: Option<&Path>, replicas: usize) -> Result<Media> {
+    pub async fn open(
+        js: &jetstream::Context,
+        shared: Option<&Path>,
+        replicas: usize,
+    ) -> Result<Media> {
         if let Some(dir) = shared {
             if !dir.is_dir() {
                 return Err(ClusterError::File {
@@ -49,7 +53,7 @@ impl Media {
                 .await
                 .map_err(|e| nats_err("the object store")(&e))?,
         };
-        Ok(Media::Objects(store))
+        Ok(Media::Objects(Box::new(store)))
     }
 
     /// Where this store keeps what it keeps, for messages.
@@ -135,7 +139,9 @@ impl Media {
                     .get(name)
                     .await
                     .map_err(|e| nats_err(format!("object {name}"))(&e))?;
-                let mut f = tokio::fs::File::create(&tmp).await.map_err(file_err(&tmp))?;
+                let mut f = tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(file_err(&tmp))?;
                 tokio::io::copy(&mut obj, &mut f)
                     .await
                     .map_err(|e| nats_err(format!("reading object {name}"))(&e))?;

@@ -115,8 +115,9 @@ pub async fn connect(opts: &ClusterOptions, name: &str) -> Result<Cluster> {
     };
     let mut addrs = Vec::new();
     for u in opts.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let addr: async_nats::ServerAddr =
-            u.parse().map_err(|e: std::io::Error| connect_err(format!("{u}: {e}")))?;
+        let addr: async_nats::ServerAddr = u
+            .parse()
+            .map_err(|e: std::io::Error| connect_err(format!("{u}: {e}")))?;
         if addr.has_user_pass() {
             return Err(ClusterError::Config(format!(
                 "{}:{}: credentials in a URL show in every process list; put them in \
@@ -548,7 +549,10 @@ mod tests {
             ..Default::default()
         };
         let e = connect(&o, "t").await.err().unwrap().to_string();
-        assert!(e.contains("CTXD_NATS_USER") && !e.contains("secret@"), "{e}");
+        assert!(
+            e.contains("CTXD_NATS_USER") && !e.contains("secret@"),
+            "{e}"
+        );
         let none = ClusterOptions::default();
         let e = connect(&none, "t").await.err().unwrap().to_string();
         assert!(e.contains("--nats"), "{e}");

@@ -230,9 +230,15 @@ impl ClusterStatus {
                 &j.key[..12.min(j.key.len())],
                 j.state.name(),
                 j.input,
-                j.worker.as_deref().map(|w| format!(" on {w}")).unwrap_or_default(),
+                j.worker
+                    .as_deref()
+                    .map(|w| format!(" on {w}"))
+                    .unwrap_or_default(),
                 j.attempts,
-                j.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                j.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             ));
         }
         out

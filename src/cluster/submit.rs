@@ -56,7 +56,10 @@ pub fn job_key(input: &Path, spec: &JobSpec, bundle: &Path) -> Result<(String, S
         cause: e.to_string(),
     })?;
     let what = crate::daemon::intake::job_key(spec, bundle).map_err(ClusterError::Config)?;
-    Ok((sha256_bytes(format!("{content}:{what}").as_bytes()), content))
+    Ok((
+        sha256_bytes(format!("{content}:{what}").as_bytes()),
+        content,
+    ))
 }
 
 /// Submits every job, then (with `wait`) follows them to their end. `say` gets one line per
@@ -184,11 +187,10 @@ async fn publish(c: &Cluster, m: &JobMessage, revision: u64) -> Result<()> {
         async_nats::header::NATS_MESSAGE_ID,
         format!("{}.{revision}", m.key).as_str(),
     );
-    let ack = c
-        .js
-        .publish_with_headers(format!("{JOBS_SUBJECT}.{}", m.key), headers, payload.into())
-        .await
-        .map_err(|e| nats_err(format!("queueing job {}", m.key))(&e))?;
+    let ack =
+        c.js.publish_with_headers(format!("{JOBS_SUBJECT}.{}", m.key), headers, payload.into())
+            .await
+            .map_err(|e| nats_err(format!("queueing job {}", m.key))(&e))?;
     ack.await
         .map_err(|e| nats_err(format!("queueing job {}", m.key))(&e))?;
     Ok(())

@@ -26,9 +26,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::{
-    manifest_object, nats_err, output_object, Cluster, ClusterError,
-    ClusterOptions, JobMessage, JobState, Result, State, Stored, WorkerInfo, ACK_WAIT, CONSUMER,
-    DEAD_SUBJECT, JOBS_STREAM, MAX_DELIVER,
+    manifest_object, nats_err, output_object, Cluster, ClusterError, ClusterOptions, JobMessage,
+    JobState, Result, State, Stored, WorkerInfo, ACK_WAIT, CONSUMER, DEAD_SUBJECT, JOBS_STREAM,
+    MAX_DELIVER,
 };
 use crate::cache::InversionCache;
 use crate::media::{EncodeSettings, InputSpec};
@@ -210,12 +210,14 @@ async fn handle(ctx: Arc<Ctx>, msg: Message) {
     let answer = match serde_json::from_slice::<JobMessage>(&msg.payload) {
         Ok(job) => {
             crate::sync::lock(&ctx.running).push(job.key.clone());
-            let a = process(&ctx, &msg, &job, delivered).await.unwrap_or_else(|e| {
-                // The cluster itself failed us (a node down, a timeout): try again later.
-                tracing::warn!("job {}: {e}; it will be delivered again", job.key);
-                ctx.retried.fetch_add(1, Ordering::Relaxed);
-                Answer::Nak(backoff(delivered))
-            });
+            let a = process(&ctx, &msg, &job, delivered)
+                .await
+                .unwrap_or_else(|e| {
+                    // The cluster itself failed us (a node down, a timeout): try again later.
+                    tracing::warn!("job {}: {e}; it will be delivered again", job.key);
+                    ctx.retried.fetch_add(1, Ordering::Relaxed);
+                    Answer::Nak(backoff(delivered))
+                });
             crate::sync::lock(&ctx.running).retain(|k| k != &job.key);
             let _ = std::fs::remove_dir_all(ctx.opts.work_dir.join(&job.key));
             a
@@ -381,8 +383,7 @@ async fn process(ctx: &Ctx, msg: &Message, job: &JobMessage, delivered: i64) -> 
             if !retry || delivered >= MAX_DELIVER {
                 return fail_for_good(ctx, job, state, rev, &stage, &why).await;
             }
-            return retry_later(ctx, key, state, rev, delivered, &format!("{stage}: {why}"))
-                .await;
+            return retry_later(ctx, key, state, rev, delivered, &format!("{stage}: {why}")).await;
         }
         Err(join) => {
             let why = format!("the engine panicked: {join}");
@@ -455,7 +456,8 @@ async fn stored_outputs(c: &Cluster, key: &str) -> Result<Option<Vec<Stored>>> {
     let tmp = tempfile::tempdir().map_err(|e| ClusterError::Config(e.to_string()))?;
     let at = tmp.path().join("manifest.json");
     c.media.get(&name, &sha, &at).await?;
-    let Ok(outputs) = serde_json::from_slice::<Vec<Stored>>(&std::fs::read(&at).unwrap_or_default())
+    let Ok(outputs) =
+        serde_json::from_slice::<Vec<Stored>>(&std::fs::read(&at).unwrap_or_default())
     else {
         return Ok(None);
     };
@@ -534,12 +536,21 @@ async fn fail_for_good(
     stage: &str,
     why: &str,
 ) -> Result<Answer> {
-    tracing::warn!("job {} ({}): failed: {stage}: {why}", job.key, job.input.file_name);
+    tracing::warn!(
+        "job {} ({}): failed: {stage}: {why}",
+        job.key,
+        job.input.file_name
+    );
     state.state = State::Failed;
     state.stage = Some(stage.to_string());
     state.reason = Some(format!("{stage}: {why}"));
     state.finished_at = Some(super::now());
-    if ctx.cluster.put_job(&job.key, &state, Some(rev)).await?.is_none() {
+    if ctx
+        .cluster
+        .put_job(&job.key, &state, Some(rev))
+        .await?
+        .is_none()
+    {
         return Ok(Answer::Abandon);
     }
     ctx.failed.fetch_add(1, Ordering::Relaxed);
@@ -556,9 +567,8 @@ async fn dead_letter(c: &Cluster, job: &JobMessage, state: &JobState) {
         "worker": state.worker,
         "at": super::now(),
     });
-    let sent = c
-        .js
-        .publish(
+    let sent =
+        c.js.publish(
             format!("{DEAD_SUBJECT}.{}", job.key),
             letter.to_string().into(),
         )

@@ -205,7 +205,7 @@ pub(crate) fn majority<T: PartialEq + Clone>(items: impl IntoIterator<Item = T>)
     }
     let mut best: Option<(T, usize)> = None;
     for (v, n) in counts {
-        if best.as_ref().map_or(true, |(_, m)| n > *m) {
+        if best.as_ref().is_none_or(|(_, m)| n > *m) {
             best = Some((v, n));
         }
     }
