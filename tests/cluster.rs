@@ -280,6 +280,67 @@ fn submit_wait_fetches_the_outputs_and_the_same_work_is_one_job() {
     }
 }
 
+/// Videos through a folder every machine mounts instead of the object store.
+#[test]
+fn a_shared_folder_carries_the_videos_instead_of_the_object_store() {
+    let d = Dir::new();
+    let nats = Nats::start(&d, 1);
+    let shared = d.path("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let shared_arg = shared.to_str().unwrap().to_string();
+    let log = std::fs::File::create(d.path("w.log")).unwrap();
+    let _w = Worker(
+        ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["worker", "--nats", &nats.url, "--shared", &shared_arg])
+            .args([
+                "--bundle",
+                "models/tiny",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+            ])
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let clip = clips(&d, 1, 0.8).remove(0);
+    let out = d.path("out");
+    let args = [
+        "--shared",
+        &shared_arg,
+        "--wait",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ];
+    run_ok(&mut submit(&nats.url, 1, &[clip.clone()], &args));
+    let video = out.join("clip00.a-red-video.mp4");
+    assert_eq!(frame_count(&video), frame_count(&clip));
+    // the input and the output set lie in the shared folder, under the job's key
+    let s = status(&nats.url, 1);
+    let key = jobs(&s)[0]["key"].as_str().unwrap().to_string();
+    assert!(shared.join("in").join(&key).is_file());
+    for f in [
+        "clip00.a-red-video.mp4",
+        "clip00.a-red-video.json",
+        "manifest.json",
+    ] {
+        assert!(shared.join("out").join(&key).join(f).is_file(), "{f}");
+    }
+    // a submitter that does not mount the folder is told so
+    let (_, err) = run_err(&mut submit(
+        &nats.url,
+        1,
+        &[clip],
+        &["--shared", d.path("nowhere").to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("nowhere") && err.contains("shared folder"),
+        "{err}"
+    );
+}
+
 /// The campaign: three servers, three workers, 20 jobs (two of them bad files); one
 /// worker is killed with SIGKILL inside a job and one server node is killed. Every job ends
 /// exactly once (done written once, or failed with its reason), the killed job is finished

@@ -10,6 +10,7 @@
 
 mod batch;
 mod chaos;
+mod cluster;
 mod harness;
 mod quality;
 mod soak;
@@ -18,6 +19,7 @@ mod watch;
 
 pub use batch::{batch, BatchBenchArgs};
 pub use chaos::{chaos, ChaosBenchArgs};
+pub use cluster::{cluster, ClusterBenchArgs};
 pub use quality::{quality, QualityBenchArgs};
 pub use soak::{soak, SoakBenchArgs};
 pub use stream::{run as stream, StreamBenchArgs};

@@ -162,6 +162,10 @@ enum BenchCommand {
     /// `ctxd watch` under steady drops (some broken) with its API polled: resident memory,
     /// open descriptors and threads sampled, judged flat or growing.
     Soak(crate::bench::SoakBenchArgs),
+    /// Jobs per hour through a local NATS JetStream server with 1, 2, 3 single-thread
+    /// `ctxd worker`s (scaling efficiency), and the queue's overhead per job against the
+    /// job's own engine time.
+    Cluster(crate::bench::ClusterBenchArgs),
     /// `ctxd watch` killed with SIGKILL at random moments and restarted, inputs arriving
     /// throughout: no input lost, no output partial or doubled, attempts counted across
     /// crashes; exits non-zero when a promise broke.
@@ -626,6 +630,7 @@ fn run(command: Command) -> Result<(), Failure> {
             BenchCommand::Quality(args) => crate::bench::quality(&args).map_err(Failure::Job),
             BenchCommand::Soak(args) => crate::bench::soak(&args).map_err(Failure::Job),
             BenchCommand::Chaos(args) => crate::bench::chaos(&args).map_err(Failure::Job),
+            BenchCommand::Cluster(args) => crate::bench::cluster(&args).map_err(Failure::Job),
         },
         Command::Sheet {
             input,

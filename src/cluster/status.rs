@@ -44,6 +44,11 @@ pub struct JobSummary {
     /// How many times its state was written `done` (exactly once means 1), from the
     /// bucket's history.
     pub done_writes: u64,
+    pub submitted_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    /// Seconds the engine ran (its last run).
+    pub run_s: Option<f64>,
 }
 
 /// Reads the cluster's state.
@@ -94,6 +99,10 @@ pub fn status(opts: &ClusterOptions, with_jobs: bool) -> Result<ClusterStatus> {
                     attempts: s.attempts,
                     reason: s.reason.clone(),
                     outputs: s.outputs.len(),
+                    submitted_at: s.submitted_at,
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                    run_s: s.run_s,
                 });
             }
             *jobs.entry(s.state.name().to_string()).or_default() += 1;
