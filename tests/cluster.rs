@@ -314,7 +314,12 @@ fn a_shared_folder_carries_the_videos_instead_of_the_object_store() {
         "--out-dir",
         out.to_str().unwrap(),
     ];
-    run_ok(&mut submit(&nats.url, 1, &[clip.clone()], &args));
+    run_ok(&mut submit(
+        &nats.url,
+        1,
+        std::slice::from_ref(&clip),
+        &args,
+    ));
     let video = out.join("clip00.a-red-video.mp4");
     assert_eq!(frame_count(&video), frame_count(&clip));
     // the input and the output set lie in the shared folder, under the job's key
@@ -450,4 +455,119 @@ fn a_cluster_that_loses_a_worker_and_a_node_ends_every_job_exactly_once() {
             video.display()
         );
     }
+}
+
+/// A small preset for the fronting tests (2 steps at 32 px).
+fn quick_preset(d: &Dir) -> PathBuf {
+    let p = d.path("quick.toml");
+    std::fs::write(
+        &p,
+        "steps = 2\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 32\nmultiple = 16\n",
+    )
+    .unwrap();
+    p
+}
+
+/// `ctxd batch --nats`: the archive's jobs run on the cluster's worker; the mirrored outputs,
+/// the summary and its failures land here as with a local batch.
+#[test]
+fn batch_runs_an_archive_on_the_cluster() {
+    let d = Dir::new();
+    let nats = Nats::start(&d, 1);
+    let _w = Worker::start(&d, &nats.url, "w1", 1);
+    let archive = d.path("archive/sub");
+    std::fs::create_dir_all(&archive).unwrap();
+    for (i, c) in clips(&d, 2, 0.8).iter().enumerate() {
+        std::fs::rename(c, archive.join(format!("v{i}.mp4"))).unwrap();
+    }
+    std::fs::write(archive.join("broken.mp4"), b"not a video at all").unwrap();
+    let out = d.path("out");
+    let preset = quick_preset(&d);
+    let (code, err) = run_err(
+        ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["batch", "--nats", &nats.url, "--bundle", "models/tiny"])
+            .arg("--preset")
+            .arg(&preset)
+            .args(["--source", "a video", "--prompt", "a red video", "--out"])
+            .arg(&out)
+            .arg(d.path("archive")),
+    );
+    assert_eq!(code, 1, "the broken file fails the batch: {err}");
+    for i in 0..2 {
+        let v = out.join(format!("sub/v{i}.a-red-video.mp4"));
+        assert_eq!(frame_count(&v), 8, "{}", v.display());
+        assert!(out.join(format!("sub/v{i}.a-red-video.json")).is_file());
+    }
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(summary.contains("not a media file"), "{summary}");
+    let s = status(&nats.url, 1);
+    assert_eq!((count(&s, "done"), count(&s, "failed")), (2, 1), "{s}");
+}
+
+/// `ctxd watch` fronting a cluster: a clip dropped in its inbox is edited by the cluster's
+/// worker and lands in the outbox; a bad file is still refused at admission and filed.
+#[test]
+fn watch_fronts_a_cluster_with_its_folders_unchanged() {
+    let d = Dir::new();
+    let nats = Nats::start(&d, 1);
+    let _w = Worker::start(&d, &nats.url, "w1", 1);
+    let preset = quick_preset(&d);
+    for f in ["inbox", "outbox", "failed", "done"] {
+        std::fs::create_dir_all(d.path(f)).unwrap();
+    }
+    std::fs::write(
+        d.path("inbox/_defaults.toml"),
+        "source = \"a video\"\n[[edit]]\nprompt = \"a red video\"\n",
+    )
+    .unwrap();
+    let config = d.path("watch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\npoll_seconds = 0.1\n\
+             [cluster]\nnats = \"{}\"\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n\
+             [[mapping]]\nname = \"main\"\ninbox = \"inbox\"\noutbox = \"outbox\"\nfailed = \"failed\"\ndone = \"done\"\n\
+             preset = \"{}\"\nbundle = \"{}\"\nsettle_seconds = 0.3\nsidecar_grace_seconds = 0.3\n",
+            nats.url,
+            preset.display(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.path("daemon.log")).unwrap();
+    let _daemon = Worker(
+        ctxd()
+            .args(["watch", "--config"])
+            .arg(&config)
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let clip = clips(&d, 1, 0.8).remove(0);
+    std::fs::copy(&clip, d.path("inbox/c.mp4")).unwrap();
+    std::fs::write(d.path("inbox/bad.mp4"), b"definitely not a video").unwrap();
+    let since = Instant::now();
+    let out = d.path("outbox/c.a-red-video.mp4");
+    while !(out.is_file() && std::fs::read_dir(d.path("failed")).unwrap().count() > 0) {
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "outbox {:?}, failed {:?}; log: {}",
+            std::fs::read_dir(d.path("outbox")).unwrap().count(),
+            std::fs::read_dir(d.path("failed")).unwrap().count(),
+            std::fs::read_to_string(d.path("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(frame_count(&out), frame_count(&clip));
+    assert!(d.path("outbox/c.a-red-video.json").is_file());
+    // the edit ran on the cluster's worker, not in the daemon
+    let s = status(&nats.url, 1);
+    let done: Vec<Value> = jobs(&s)
+        .into_iter()
+        .filter(|j| j["state"] == "done")
+        .collect();
+    assert_eq!(done.len(), 1, "{s}");
+    assert_eq!(done[0]["worker"], "w1", "{s}");
 }

@@ -70,6 +70,8 @@ pub struct BatchOptions {
     /// Write the report's pictures.
     pub previews: bool,
     pub cancel: Arc<AtomicBool>,
+    /// Run each job on this NATS cluster's workers instead of here.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 /// What the batch will do with one planned job.
@@ -461,6 +463,9 @@ fn run_one(
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
     }
+    if let Some(cluster) = &opts.cluster {
+        return run_remote(p, spec, cluster, opts, on);
+    }
     let mut job = EditJob::from_spec(
         spec,
         InputSpec::File(p.input.clone()),
@@ -504,6 +509,37 @@ fn run_one(
         clip_t: first.quality.clip.as_ref().map(|c| c.clip_t),
         clip_f: first.quality.clip.as_ref().map(|c| c.clip_f),
         canvas_pixels: g.canvas_w as u64 * g.canvas_h as u64,
+    })
+}
+
+/// One job on the cluster's workers: its outputs fetched to where this batch puts them.
+fn run_remote(
+    p: &Planned,
+    spec: &crate::pipeline::spec::JobSpec,
+    cluster: &crate::cluster::ClusterOptions,
+    opts: &BatchOptions,
+    on: &(dyn Fn(Event) + Sync),
+) -> Result<JobResult, String> {
+    let last = AtomicU64::new(0);
+    let progress = |_: &str, done: u64, _: Option<u64>| {
+        let before = last.swap(done, Ordering::Relaxed);
+        on(Event::Frames(done.saturating_sub(before)));
+    };
+    let r = crate::cluster::remote::run(
+        cluster,
+        &p.input,
+        spec,
+        &p.bundle,
+        &p.outputs,
+        &opts.cancel,
+        &progress,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(JobResult {
+        outputs: r.outputs.iter().map(|o| o.display().to_string()).collect(),
+        frames: r.frames,
+        wall_s: r.run_s,
+        ..Default::default()
     })
 }
 

@@ -35,9 +35,18 @@ pub struct BatchArgs {
     /// Skip files matching this glob. Repeatable.
     #[arg(long)]
     pub exclude: Vec<String>,
-    /// Jobs at a time (they share the cores).
+    /// Jobs at a time (they share the cores; with --nats, jobs in the cluster at a time).
     #[arg(long, short = 'j', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+    /// Run the jobs on a NATS JetStream cluster's `ctxd worker`s instead of here (URLs
+    /// comma-separated; credentials from CTXD_NATS_USER/CTXD_NATS_PASSWORD, CTXD_NATS_CREDS or
+    /// CTXD_NATS_NKEY). The outputs, summary and report land here as usual.
+    #[arg(long = "nats", value_name = "URL")]
+    pub nats: Option<String>,
+    /// With --nats: move videos through this folder (mounted by every worker) instead of the
+    /// object store.
+    #[arg(long, value_name = "DIR", requires = "nats")]
+    pub shared: Option<PathBuf>,
     /// Print the plan (what runs, what is done, what failed before) and an estimate from this
     /// folder's measured per-frame times; run nothing.
     #[arg(long)]
@@ -137,6 +146,15 @@ pub fn options(args: &BatchArgs, cancel: Arc<AtomicBool>) -> Result<BatchOptions
         cache: args.cache.open()?,
         previews: !args.no_previews,
         cancel,
+        cluster: args
+            .nats
+            .as_ref()
+            .map(|url| crate::cluster::ClusterOptions {
+                url: url.clone(),
+                replicas: 1,
+                shared: args.shared.clone(),
+                ..Default::default()
+            }),
     })
 }
 

@@ -487,6 +487,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 pipelines: home.join("pipelines"),
                 default_bundle: home.join("models/oracle"),
                 inversion_cache: crate::cache::InversionCache::from_env(),
+                cluster: cfg.cluster.as_ref().map(|c| c.options()),
             };
             tracing::info!(
                 "watching {} mapping(s) from {}",

@@ -27,6 +27,7 @@
 //! without running again.
 
 pub mod media;
+pub mod remote;
 pub mod status;
 pub mod submit;
 pub mod worker;

@@ -105,7 +105,7 @@ pub fn run(
     })
 }
 
-async fn submit_one(c: &Cluster, s: &Submission, redo: bool) -> Result<Submitted> {
+pub(crate) async fn submit_one(c: &Cluster, s: &Submission, redo: bool) -> Result<Submitted> {
     let (key, content) = job_key(&s.input, &s.spec, &s.bundle)?;
     let identity = crate::model::Bundle::open(&s.bundle)
         .and_then(|b| b.identity())

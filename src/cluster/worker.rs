@@ -429,6 +429,7 @@ async fn process(ctx: &Ctx, msg: &Message, job: &JobMessage, delivered: i64) -> 
 
     state.state = State::Done;
     state.stage = None;
+    state.frames_done = reports.first().map_or(state.frames_done, |r| r.frames);
     state.outputs = outputs;
     state.reason = None;
     state.finished_at = Some(super::now());

@@ -34,6 +34,39 @@ pub struct WatchConfig {
     /// Live streams edited from the daemon's start (`ctxd stream`'s settings, plus a name).
     #[serde(default)]
     pub stream: Vec<crate::pipeline::stream_spec::StreamSettings>,
+    /// Front a NATS JetStream cluster: jobs run on its `ctxd worker`s instead of here (the
+    /// inboxes, outboxes, job store, API and /metrics stay as they are).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: where the workers are. Credentials come from the environment
+/// (`CTXD_NATS_USER`/`CTXD_NATS_PASSWORD`) or the files named here, never from a URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Server URL(s), comma-separated.
+    pub nats: String,
+    /// Videos through this folder (mounted by every worker) instead of the object store.
+    pub shared: Option<PathBuf>,
+    #[serde(default = "one")]
+    pub replicas: usize,
+    pub creds: Option<PathBuf>,
+    pub nkey: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    pub fn options(&self) -> crate::cluster::ClusterOptions {
+        crate::cluster::ClusterOptions {
+            url: self.nats.clone(),
+            creds: self.creds.clone(),
+            nkey: self.nkey.clone(),
+            ca: self.ca.clone(),
+            replicas: self.replicas,
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 /// The status API: on by default, on the loopback interface only.

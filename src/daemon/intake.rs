@@ -17,6 +17,8 @@ pub struct Paths {
     pub default_bundle: PathBuf,
     /// Shared by every job (and with `ctxd edit` and `ctxd batch` on this host).
     pub inversion_cache: Option<crate::cache::InversionCache>,
+    /// Jobs run on this cluster's workers instead of here.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 /// Why a file was not admitted.

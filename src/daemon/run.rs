@@ -255,6 +255,9 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
         .map(|e| spec::output_path(&m.outbox, &stem, &e.name, &ext))
         .collect();
     let bundle = intake::bundle_for(m, &spec, paths);
+    if let Some(cluster) = &paths.cluster {
+        return work_remote(job, &input, &spec, &bundle, outputs, cluster, &cancel, live);
+    }
     let edit_job = EditJob::from_spec(
         &spec,
         InputSpec::Pinned(input),
@@ -287,6 +290,59 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
             let (stage, retry) = e.classify();
             Err(failed(&stage, e.to_string(), retry))
         }
+    }
+}
+
+/// The work of one job on the cluster's workers: its outputs fetched into the outbox as one
+/// set, its progress shown by this daemon's API as if it ran here.
+#[allow(clippy::too_many_arguments)]
+fn work_remote(
+    job: &Job,
+    input: &PinnedFile,
+    spec: &spec::JobSpec,
+    bundle: &Path,
+    outputs: Vec<std::path::PathBuf>,
+    cluster: &crate::cluster::ClusterOptions,
+    cancel: &AtomicBool,
+    live: &Live,
+) -> Outcome {
+    use crate::cluster::remote::{self, RemoteError};
+    use crate::pipeline::job::{Phase, Progress};
+    let progress = |stage: &str, frames_done: u64, frames_total: Option<u64>| {
+        let phase = match stage {
+            "editing" => Phase::Editing,
+            "writing" | "storing" | "done" => Phase::Writing,
+            _ => Phase::Loading,
+        };
+        let p = Progress {
+            phase,
+            windows_done: 0,
+            frames_done,
+            frames_total,
+        };
+        live.progress(job.id, p);
+    };
+    match remote::run(
+        cluster,
+        input.path(),
+        spec,
+        bundle,
+        &outputs,
+        cancel,
+        &progress,
+    ) {
+        Ok(r) => Ok(Finished {
+            wall_s: r.run_s,
+            stages: Default::default(),
+            outputs: r.outputs,
+        }),
+        // its own retries are spent in the cluster; the reason is the worker's
+        Err(RemoteError::Failed(why)) => {
+            let (stage, cause) = why.split_once(": ").unwrap_or(("cluster", why.as_str()));
+            Err(failed(stage, cause.to_string(), false))
+        }
+        Err(RemoteError::Cancelled) => Err(failed("cluster", "cancelled".into(), false)),
+        Err(RemoteError::Cluster(e)) => Err(failed("cluster", e.to_string(), true)),
     }
 }
 
