@@ -390,6 +390,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_table_fronts_a_nats_cluster_and_its_typos_are_named() {
+        let m = "[[mapping]]\nname = \"a\"\ninbox = \"i\"\noutbox = \"o\"\nfailed = \"f\"\n";
+        let c = load(&format!(
+            "[cluster]\nnats = \"nats://q:4222\"\nreplicas = 3\n{m}"
+        ))
+        .unwrap();
+        let o = c.cluster.unwrap().options();
+        assert_eq!(
+            (o.url.as_str(), o.replicas, o.shared),
+            ("nats://q:4222", 3, None)
+        );
+        assert!(load(m).unwrap().cluster.is_none());
+        let e = load(&format!("[cluster]\nnats = \"x\"\npasword = \"p\"\n{m}")).unwrap_err();
+        assert!(e.contains("pasword"), "{e}");
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let m = "[[mapping]]\nname = \"a\"\ninbox = \"i\"\noutbox = \"o\"\nfailed = \"f\"\n";
         let e = load(&format!("polll_seconds = 1\n{m}")).unwrap_err();
