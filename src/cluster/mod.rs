@@ -291,15 +291,16 @@ impl Cluster {
             .map_err(|e| ClusterError::Config(e.to_string()))?
             .into();
         let r = match revision {
-            Some(rev) => self
-                .state
-                .update(key, bytes, rev)
-                .await
-                .map(Some)
-                .or_else(|e| match e.kind() {
-                    kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Some(rev) => match self.state.update(key, bytes.clone(), rev).await {
+                Ok(r) => Ok(Some(r)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                // Timed out: the write may have landed all the same. If the entry holds
+                // exactly what we wrote, it did.
+                Err(e) => match self.state.entry(key).await {
+                    Ok(Some(now)) if now.value == bytes => Ok(Some(now.revision)),
                     _ => Err(nats_err(format!("job {key}"))(&e)),
-                }),
+                },
+            },
             None => self
                 .state
                 .create(key, bytes)

@@ -210,14 +210,27 @@ async fn handle(ctx: Arc<Ctx>, msg: Message) {
     let answer = match serde_json::from_slice::<JobMessage>(&msg.payload) {
         Ok(job) => {
             crate::sync::lock(&ctx.running).push(job.key.clone());
-            let a = process(&ctx, &msg, &job, delivered)
-                .await
-                .unwrap_or_else(|e| {
-                    // The cluster itself failed us (a node down, a timeout): try again later.
-                    tracing::warn!("job {}: {e}; it will be delivered again", job.key);
-                    ctx.retried.fetch_add(1, Ordering::Relaxed);
-                    Answer::Nak(backoff(delivered))
-                });
+            // The cluster itself failing us (a node down, a timeout) is no fault of the job's:
+            // it is tried again here, the delivery kept alive, rather than spending one of the
+            // job's MaxDeliver deliveries on each blip (a node's loss burnt them all once).
+            let mut tries = 0u32;
+            let a = loop {
+                match process(&ctx, &msg, &job, delivered).await {
+                    Ok(a) => break a,
+                    Err(e) if tries < 6 => {
+                        tries += 1;
+                        tracing::warn!("job {}: {e}; trying again ({tries})", job.key);
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                        tokio::time::sleep(Duration::from_secs((1u64 << tries).min(10))).await;
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!("job {}: {e}; it will be delivered again", job.key);
+                        ctx.retried.fetch_add(1, Ordering::Relaxed);
+                        break Answer::Nak(backoff(delivered));
+                    }
+                }
+            };
             crate::sync::lock(&ctx.running).retain(|k| k != &job.key);
             let _ = std::fs::remove_dir_all(ctx.opts.work_dir.join(&job.key));
             a
@@ -616,7 +629,7 @@ async fn give_up_on_crashers(ctx: Arc<Ctx>) {
         if let Ok(Some((state, rev))) = ctx.cluster.job(&job.key).await {
             if !state.state.ended() {
                 let why = format!(
-                    "delivered {} times and no attempt finished (a worker was killed or crashed each time)",
+                    "delivered {} times and no attempt finished (its worker was killed or crashed, or lost the cluster, each time)",
                     a.deliveries
                 );
                 let _ = fail_for_good(&ctx, &job, state, rev, "crash", &why).await;
