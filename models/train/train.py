@@ -605,6 +605,9 @@ def main(argv=None) -> int:
                    "(the ablation's second baseline)")
     p.add_argument("--name", default=None)
     p.add_argument("--diffuse-steps", type=int, default=None, help="override the config's diffusion steps")
+    p.add_argument("--unet-channels", default=None,
+                   help="override the config's UNet block_out_channels, e.g. 96,128,192")
+    p.add_argument("--diffuse-batch", type=int, default=None, help="override the config's diffusion batch (clips)")
     p.add_argument("--k-schedule", choices=["scaled_sqrt_one_minus_abar", "one_minus_sqrt_abar"], default=None,
                    help="override the config's k schedule (CONTEXTDIFF.md §1)")
     p.add_argument("--k-scale", type=float, default=None, help="override the config's k scale")
@@ -622,6 +625,10 @@ def main(argv=None) -> int:
     cfg = CONFIGS[args.config]
     if args.diffuse_steps:
         cfg = dataclasses.replace(cfg, diffuse_steps=args.diffuse_steps)
+    if args.unet_channels:
+        cfg = dataclasses.replace(cfg, unet_channels=tuple(int(c) for c in args.unet_channels.split(",")))
+    if args.diffuse_batch:
+        cfg = dataclasses.replace(cfg, diffuse_batch=args.diffuse_batch)
     if args.k_schedule:
         cfg = dataclasses.replace(cfg, k_schedule=args.k_schedule)
     if args.k_scale is not None:
