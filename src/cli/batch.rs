@@ -10,8 +10,7 @@ use clap::Args;
 
 use super::{CacheArgs, EncodeArgs, RuntimeArgs};
 use crate::batch::{self, Action, BatchOptions, Event, Outcome};
-use crate::diffusion::ContextMode;
-use crate::pipeline::spec::{CliOverrides, PromptFile};
+use crate::pipeline::spec::PromptFile;
 use crate::sync::lock;
 
 #[derive(Args, Debug)]
@@ -61,34 +60,10 @@ pub struct BatchArgs {
     /// Print the outcome (or, with --dry-run, the plan) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
-    #[arg(long)]
-    pub bundle: Option<PathBuf>,
-    /// Pipeline preset: a name in pipelines/ or a TOML file.
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// What the videos show (the inversion prompt), when no sidecar says.
-    #[arg(long)]
-    pub source: Option<String>,
-    /// Target prompt for every video; repeat for several outputs.
-    #[arg(long = "prompt")]
-    pub prompts: Vec<String>,
-    #[arg(long)]
-    pub negative: Option<String>,
-    /// A prompt file used instead of each video's sidecar.
-    #[arg(long)]
-    pub prompt_file: Option<PathBuf>,
-    #[arg(long)]
-    pub guidance: Option<f32>,
-    #[arg(long)]
-    pub steps: Option<usize>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// off, source or x0_pred.
-    #[arg(long, value_parser = |s: &str| s.parse::<ContextMode>())]
-    pub context: Option<ContextMode>,
-    #[arg(long)]
-    pub blend: Option<f32>,
+    /// What to edit and how (the same flags as `ctxd edit`; a manifest row's values beat
+    /// them, and `--prompt-file` is used instead of each video's sidecar).
+    #[command(flatten)]
+    pub spec: super::edit::SpecArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -113,6 +88,7 @@ pub fn options(args: &BatchArgs, cancel: Arc<AtomicBool>) -> Result<BatchOptions
         },
     };
     let prompt_file = args
+        .spec
         .prompt_file
         .as_deref()
         .map(PromptFile::load)
@@ -123,20 +99,9 @@ pub fn options(args: &BatchArgs, cancel: Arc<AtomicBool>) -> Result<BatchOptions
     Ok(BatchOptions {
         sources,
         out_dir,
-        cli: CliOverrides {
-            preset: args.preset.clone(),
-            source: args.source.clone(),
-            prompts: args.prompts.clone(),
-            negative: args.negative.clone(),
-            guidance: args.guidance,
-            steps: args.steps,
-            seed: args.seed,
-            context: args.context,
-            blend: args.blend,
-            short_side: None,
-        },
+        cli: args.spec.overrides(),
         prompt_file,
-        bundle: args.bundle.clone(),
+        bundle: args.spec.bundle.clone(),
         home: super::edit::home(),
         jobs: args.jobs as usize,
         retry_failed: args.retry_failed,

@@ -80,13 +80,9 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    /// The job spec for `video` (its sidecar and folder defaults; None: stdin or a URL),
-    /// checked that its edits can share one inversion.
-    ///
-    /// # Errors
-    /// A preset or prompt file that cannot be read or does not check out.
-    pub fn resolve(&self, video: Option<&Path>, pipelines: &Path) -> Result<JobSpec> {
-        let cli = CliOverrides {
+    /// These flags as the command-line layer of a job spec.
+    pub fn overrides(&self) -> CliOverrides {
+        CliOverrides {
             preset: self.preset.clone(),
             source: self.source.clone(),
             prompts: self.prompts.clone(),
@@ -97,7 +93,16 @@ impl SpecArgs {
             context: self.context,
             blend: self.blend,
             short_side: self.short_side,
-        };
+        }
+    }
+
+    /// The job spec for `video` (its sidecar and folder defaults; None: stdin or a URL),
+    /// checked that its edits can share one inversion.
+    ///
+    /// # Errors
+    /// A preset or prompt file that cannot be read or does not check out.
+    pub fn resolve(&self, video: Option<&Path>, pipelines: &Path) -> Result<JobSpec> {
+        let cli = self.overrides();
         let preset = || {
             Preset::load(
                 cli.preset.as_deref().unwrap_or(spec::DEFAULT_PRESET),
