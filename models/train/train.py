@@ -75,6 +75,7 @@ class Config:
     text_layers: int = 2
     unet_channels: tuple = (32, 64, 128)
     unet_heads: int = 4
+    layers_per_block: int = 1
     adapter_dim: int = 64
     diffuse_steps: int = 4000
     diffuse_batch: int = 6
@@ -102,11 +103,12 @@ CONFIGS = {
     "cpu": Config(),
     "smoke": Config(train_clips=64, heldout_clips=6, vae_steps=20, clip_steps=10, diffuse_steps=20,
                     warmup=5),
-    # a host with a GPU: more clips, wider networks, longer
-    "gpu": Config(train_clips=20000, vae="kl", vae_channels=(64, 96, 128), vae_steps=8000, vae_batch=64,
-                  clip_hidden=128, clip_steps=4000, text_hidden=128, text_layers=3,
-                  unet_channels=(64, 128, 256), unet_heads=8, adapter_dim=128, diffuse_steps=40000,
-                  diffuse_batch=16, lr=3e-4, warmup=1000),
+    # a host with a GPU: more clips, a wider UNet and text encoder, ten times the batch; the
+    # same lossless patch-PCA latent. Diffusion steps are usually set by --diffuse-minutes.
+    "gpu": Config(train_clips=16000, clip_hidden=64, clip_steps=1500, clip_batch=128,
+                  text_hidden=128, text_layers=3, unet_channels=(64, 128, 192), unet_heads=8,
+                  adapter_dim=128, diffuse_steps=60000, diffuse_batch=64, lr=4e-4, warmup=500,
+                  ema=0.9995),
 }
 
 SCHEDULE = {
@@ -156,8 +158,10 @@ def _render_one(args):
     return labels, domain.render_clip(labels)
 
 
-def make_clips(seed: int, n: int, cfg: Config, two_prob=0.35, workers=2):
+def make_clips(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
     from multiprocessing import Pool
+
+    workers = workers or max(2, min(16, os.cpu_count() or 2))
 
     jobs = [(seed * 1_000_003 + i, cfg.frames, cfg.size, two_prob) for i in range(n)]
     with Pool(workers) as pool:
@@ -350,7 +354,7 @@ def make_unet(cfg: Config):
     n = len(cfg.unet_channels)
     u2d = UNet2DConditionModel(
         sample_size=cfg.size // 4, in_channels=latent_channels(cfg), out_channels=latent_channels(cfg),
-        layers_per_block=1, block_out_channels=cfg.unet_channels,
+        layers_per_block=cfg.layers_per_block, block_out_channels=cfg.unet_channels,
         # attention (cross, sparse-causal, temporal) below the top level only: at 16x16 it would
         # cost more than all the convolutions together
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
@@ -526,48 +530,81 @@ def draw_timesteps(B: int, T: int, cfg: Config, gen: torch.Generator) -> torch.T
     return torch.where(pick, high, t)
 
 
-def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok, gen, dev, with_adapter: bool):
+def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok, gen, dev, with_adapter: bool,
+                    minutes: float | None = None):
+    """Train text encoder, UNet and (with_adapter) the context adapter; return the EMA model.
+    With `minutes`, training stops after that much wall time (cfg.diffuse_steps is then an upper
+    bound) and the learning rate's cosine follows the elapsed share of that time, so a GPU host
+    of any speed uses its budget whole."""
+    import contextlib
+
+    cuda = dev.type == "cuda"
     model = Diffusion(cfg, with_adapter).to(dev)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
+    budget = f"{minutes} min (at most {cfg.diffuse_steps} steps)" if minutes else f"{cfg.diffuse_steps} steps"
     log(f"diffuse: text {params(model.text)}, unet {params(model.unet)}, "
-        f"adapter {params(model.adapter) if model.adapter else 'none'}; {cfg.diffuse_steps} steps of "
-        f"{cfg.diffuse_batch} clips x {cfg.frames} frames")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        f"adapter {params(model.adapter) if model.adapter else 'none'}; {budget} of "
+        f"{cfg.diffuse_batch} clips x {cfg.frames} frames on {dev}")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0,
+                            **({"fused": True} if cuda else {}))
     abar = abar_table().float().to(dev)
     T = len(abar)
+    # every caption tokenized once (fixed length: the tokenizer pads to seq_len)
+    all_ids = tokenize(tok, captions)
     empty = tokenize(tok, [""]).to(dev)
+    if cuda:
+        # the whole training set on the GPU, noise drawn there: a step moves no data
+        latents, all_ids = latents.to(dev), all_ids.to(dev)
+        noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(2 ** 31, (1,), generator=gen)))
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
     t0 = time.time()
-    hist = []
+    loss_sum, loss_n = torch.zeros((), device=dev), 0
     stop_file = os.environ.get("CTXD_TRAIN_STOP_FILE")
+    step = 0
     for step in range(cfg.diffuse_steps):
         if stop_file and os.path.exists(stop_file):  # a safety valve, recorded in train_report.json
             log(f"diffuse: stopped early at step {step} ({stop_file} exists)")
             break
+        elapsed = time.time() - t0
+        if minutes and elapsed >= minutes * 60:
+            log(f"diffuse: {minutes} min spent at step {step}")
+            break
+        if minutes and step >= cfg.warmup:
+            p = min(1.0, elapsed / (minutes * 60))
+            lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+        else:
+            lr = lr_at(step, cfg.diffuse_steps, cfg.lr, cfg.warmup)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.diffuse_steps, cfg.lr, cfg.warmup)
+            g["lr"] = lr
         B = cfg.diffuse_batch
         idx = torch.randint(len(latents), (B,), generator=gen)
-        x0 = latents[idx].to(dev)
-        caps = [captions[i] for i in idx.tolist()]
-        ids = tokenize(tok, caps).to(dev)
+        x0 = latents[idx.to(latents.device)].to(dev)
+        ids = all_ids[idx.to(all_ids.device)].to(dev)
         drop = torch.rand(B, generator=gen) < cfg.caption_dropout
         ids[drop.to(dev)] = empty
-        states = model.text(input_ids=ids).last_hidden_state
         t = draw_timesteps(B, T, cfg, gen).to(dev)
         a = abar[t].view(B, 1, 1, 1, 1)
-        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        if cuda:
+            eps = torch.randn(x0.shape, generator=noise_gen, device=dev)
+        else:
+            eps = torch.randn(x0.shape, generator=gen)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         reg = torch.zeros((), device=dev)
         # drawn with or without an adapter, so both runs of the ablation see the same batches
         keep = (torch.rand(B, generator=gen) >= cfg.context_dropout).float().to(dev).view(B, 1, 1, 1, 1)
-        if model.adapter is not None:
-            r = model.adapter(x0, states)
-            xt = xt + k_of(a, cfg) * r * keep
-            reg = cfg.context_l2 * (r ** 2).mean()
+        with autocast():
+            states = model.text(input_ids=ids).last_hidden_state
+            if model.adapter is not None:
+                r = model.adapter(x0, states).float()
+                xt = xt + k_of(a, cfg) * r * keep
+                reg = cfg.context_l2 * (r ** 2).mean()
+            pred = model.unet(xt, t.float(), states).float()
         v = a.sqrt() * eps - (1 - a).sqrt() * x0
-        pred = model.unet(xt, t.float(), states)
         snr = a / (1 - a).clamp(min=1e-8)
         w = (snr + 1).clamp(max=cfg.snr_cap + 1) / (snr + 1)  # min-SNR-5 in x0 terms, +1 so snr=0 counts
         loss = (w * (pred - v) ** 2).mean() + reg
@@ -577,16 +614,75 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         opt.step()
         with torch.no_grad():
             d = min(cfg.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-        hist.append(loss.item())
+            torch._foreach_lerp_(ema_params, model_params, 1 - d)
+        loss_sum += loss.detach()
+        loss_n += 1
         if step % 100 == 0 or step == cfg.diffuse_steps - 1:
             el = time.time() - t0
             rate = (step + 1) / max(el, 1e-6)
-            log(f"diffuse step {step}: loss {np.mean(hist[-100:]):.4f} (r^2 term {reg.item():.4f}), "
-                f"{rate:.2f} steps/s, eta {(cfg.diffuse_steps - step - 1) / rate / 60:.1f} min")
-    ema.steps_done = step + 1 if not (stop_file and os.path.exists(stop_file)) else step
+            left = (minutes * 60 - el) / 60 if minutes else (cfg.diffuse_steps - step - 1) / rate / 60
+            log(f"diffuse step {step}: loss {loss_sum.item() / loss_n:.4f} (r^2 term {reg.item():.4f}), "
+                f"lr {lr:.2e}, {rate:.2f} steps/s, {left:.1f} min left")
+            loss_sum.zero_()
+            loss_n = 0
+    else:
+        step = cfg.diffuse_steps
+    ema.steps_done = step
     return ema.cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: train on one machine (a GPU host), export on another
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(path: str, cfg: Config, args, model, vae, clip, scale: float, vae_psnr: float,
+                    timings: dict, max_part_bytes: int = 15 << 20) -> list[str]:
+    """The trained networks' weights and what export needs, in parts of at most
+    `max_part_bytes` (a device link may cap file sizes). Large diffusion tensors are stored as
+    float16 (the bundle stores its large files so anyway); the VAE and CLIP stay float32."""
+    import io
+
+    def packed(sd: dict) -> dict:
+        return {k: (v.half() if v.is_floating_point() and v.numel() > 65536 else v) for k, v in sd.items()}
+
+    blob = io.BytesIO()
+    torch.save({"cfg": dataclasses.asdict(cfg), "config": args.config, "seed": args.seed,
+                "adapter": not args.no_adapter, "model": packed(model.state_dict()),
+                "steps_done": getattr(model, "steps_done", None), "vae": vae.state_dict(),
+                "clip": clip.state_dict(), "scale": scale, "vae_psnr": vae_psnr, "timings": timings,
+                "torch": torch.__version__}, blob)
+    data = blob.getvalue()
+    parts = []
+    for i in range(0, len(data), max_part_bytes):
+        part = f"{path}.part{i // max_part_bytes}"
+        with open(part, "wb") as f:
+            f.write(data[i:i + max_part_bytes])
+        parts.append(part)
+    log(f"checkpoint: {len(data) / 1e6:.1f} MB in {len(parts)} part(s) at {path}.part*")
+    return parts
+
+
+def load_checkpoint(path: str):
+    """The parts written by save_checkpoint, joined, as (cfg, saved dict, model, vae, clip)."""
+    import glob
+    import io
+
+    parts = sorted(glob.glob(f"{path}.part*"), key=lambda p: int(p.rsplit("part", 1)[1]))
+    if not parts:
+        raise SystemExit(f"{path}: no checkpoint parts ({path}.part0, ...)")
+    saved = torch.load(io.BytesIO(b"".join(open(p, "rb").read() for p in parts)), weights_only=False)
+    c = saved["cfg"]
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
+    model = Diffusion(cfg, saved["adapter"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["model"].items()})
+    model.steps_done = saved["steps_done"]
+    if cfg.vae == "patch-pca":
+        vae = PatchAutoencoder(4)
+    else:
+        vae = make_vae(cfg)
+    vae.load_state_dict(saved["vae"])
+    clip = make_clip(cfg)
+    clip.load_state_dict(saved["clip"])
+    return cfg, saved, model.eval(), vae.eval(), clip.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,6 +704,18 @@ def main(argv=None) -> int:
     p.add_argument("--unet-channels", default=None,
                    help="override the config's UNet block_out_channels, e.g. 96,128,192")
     p.add_argument("--diffuse-batch", type=int, default=None, help="override the config's diffusion batch (clips)")
+    p.add_argument("--diffuse-minutes", type=float, default=None,
+                   help="train the diffusion stage for this much wall time (the config's steps become an "
+                        "upper bound; the learning rate follows the elapsed share of the time)")
+    p.add_argument("--layers-per-block", type=int, default=None, help="override the UNet's layers per block")
+    p.add_argument("--checkpoint-out", default=None,
+                   help="also write the trained weights to PATH.part0, PATH.part1, ... (to export elsewhere)")
+    p.add_argument("--export-from", default=None,
+                   help="train nothing: export the checkpoint PATH (written by --checkpoint-out) to --out")
+    p.add_argument("--no-export", action="store_true",
+                   help="with --checkpoint-out: stop after the checkpoint (export it later with --export-from)")
+    p.add_argument("--no-clips", action="store_true",
+                   help="do not write the held-out set and the demo clip (they need the ffmpeg CLI)")
     p.add_argument("--k-schedule", choices=["scaled_sqrt_one_minus_abar", "one_minus_sqrt_abar"], default=None,
                    help="override the config's k schedule (CONTEXTDIFF.md §1)")
     p.add_argument("--k-scale", type=float, default=None, help="override the config's k scale")
@@ -620,7 +728,7 @@ def main(argv=None) -> int:
                    help="write the held-out set and the demo clip, train nothing")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
-                        "second run (--no-adapter) trains its UNet on exactly the same latents")
+                        "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
     args = p.parse_args(argv)
     cfg = CONFIGS[args.config]
     if args.diffuse_steps:
@@ -635,6 +743,8 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, k_scale=args.k_scale)
     if args.whiten_upto is not None:
         cfg = dataclasses.replace(cfg, whiten_upto=args.whiten_upto)
+    if args.layers_per_block:
+        cfg = dataclasses.replace(cfg, layers_per_block=args.layers_per_block)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -642,6 +752,14 @@ def main(argv=None) -> int:
     t_start = time.time()
     timings = {}
 
+    if args.export_from:
+        cfg, saved, model, vae, clip = load_checkpoint(args.export_from)
+        args.config, args.seed, args.no_adapter = saved["config"], saved["seed"], not saved["adapter"]
+        log(f"checkpoint {args.export_from}: config {args.config}, {model.steps_done} diffusion steps, "
+            f"trained with torch {saved['torch']}")
+        torch.set_grad_enabled(False)
+        return export(args, cfg, model, vae, clip, saved["scale"], saved["vae_psnr"], dict(saved["timings"]),
+                      t_start)
     if args.clips_only:
         write_heldout(os.path.join(args.clips_out, "heldout"), cfg, args.seed)
         write_demo_clip(os.path.join(args.clips_out, "demo.mp4"), args.seed)
@@ -654,16 +772,17 @@ def main(argv=None) -> int:
     frames_aug = np.concatenate([frames, frames[:, :, :, ::-1]])  # mirrored copies
     log(f"data: {cfg.train_clips} clips (+ mirrored) of {cfg.frames} frames, "
         f"{len(set(captions))} distinct captions ({time.time() - t:.0f}s)")
-    os.makedirs(args.clips_out, exist_ok=True)
-    write_heldout(os.path.join(args.clips_out, "heldout"), cfg, args.seed)
-    demo_labels = write_demo_clip(os.path.join(args.clips_out, "demo.mp4"), args.seed)
-    log(f"demo clip: {demo_labels['caption']}")
+    if not args.no_clips:
+        os.makedirs(args.clips_out, exist_ok=True)
+        write_heldout(os.path.join(args.clips_out, "heldout"), cfg, args.seed)
+        demo_labels = write_demo_clip(os.path.join(args.clips_out, "demo.mp4"), args.seed)
+        log(f"demo clip: {demo_labels['caption']}")
     timings["data"] = time.time() - t
 
     tok = build_tokenizer(cfg.seq_len, cfg.num_merges)
     white = f"-white{cfg.whiten_upto}" if cfg.vae == "patch-pca" and cfg.whiten_upto else ""
     cache = os.path.join(args.cache, f"{args.config}-{cfg.vae}{white}-seed{args.seed}.pt")
-    if os.path.exists(cache):
+    if args.cache and os.path.exists(cache):
         saved = torch.load(cache, weights_only=False)
         vae, clip, scale, vae_psnr, latents = (saved[k] for k in ("vae", "clip", "scale", "vae_psnr", "latents"))
         log(f"vae, clip pair and latents from {cache} (delete it to train them again)")
@@ -680,22 +799,35 @@ def main(argv=None) -> int:
         t = time.time()
         latents = encode_latents(vae, frames_aug, scale, dev)
         log(f"latents: {tuple(latents.shape)} std {latents.std().item():.3f} ({time.time() - t:.0f}s)")
-        os.makedirs(args.cache, exist_ok=True)
-        torch.save({"vae": vae, "clip": clip, "scale": scale, "vae_psnr": vae_psnr, "latents": latents},
-                   cache + ".tmp")
-        os.replace(cache + ".tmp", cache)
+        if args.cache:
+            os.makedirs(args.cache, exist_ok=True)
+            torch.save({"vae": vae, "clip": clip, "scale": scale, "vae_psnr": vae_psnr, "latents": latents},
+                       cache + ".tmp")
+            os.replace(cache + ".tmp", cache)
     t = time.time()
     gen = torch.Generator().manual_seed(args.seed + 1)  # the same batches with or without the cache
-    model = train_diffusion(cfg, latents, captions, tok, gen, dev, with_adapter=not args.no_adapter)
+    model = train_diffusion(cfg, latents, captions, tok, gen, dev, with_adapter=not args.no_adapter,
+                            minutes=args.diffuse_minutes)
     timings["diffuse"] = time.time() - t
-
-    t = time.time()
+    del latents
     torch.set_grad_enabled(False)
+    if args.checkpoint_out:
+        save_checkpoint(args.checkpoint_out, cfg, args, model, vae, clip, scale, vae_psnr, timings)
+        if args.no_export:
+            return 0
+    return export(args, cfg, model, vae, clip, scale, vae_psnr, timings, t_start)
+
+
+def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, timings: dict,
+           t_start: float) -> int:
+    """Write the bundle (export_bundle, then float16 storage) and its train_report.json."""
+    t = time.time()
+    where = "on a GPU" if args.config == "gpu" else "on CPU"
     name = args.name or ("demo" if not args.no_adapter else "demo-noadapter")
     comps = Components(
         name=name,
         description=("Trained demo bundle: coloured shapes moving over plain, striped and checkered "
-                     "backgrounds at 64 px (models/train); every network trained here on CPU"),
+                     f"backgrounds at 64 px (models/train); every network trained here {where}"),
         text_model=model.text.eval(), vae=vae.eval(), unet=model.unet.eval(), sequence_length=cfg.seq_len,
         num_merges=cfg.num_merges, schedule=dict(SCHEDULE), context=context_of(cfg), scale_factor=scale,
         clip_model=clip, clip_image_mean=CLIP_MEAN, clip_image_std=CLIP_STD,
