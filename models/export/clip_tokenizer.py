@@ -25,6 +25,8 @@ EOS = "<|endoftext|>"
 def default_bpe_path() -> str:
     import importlib.util
 
+    if os.environ.get("CTXD_CLIP_BPE"):  # a host without open_clip (a GPU host, say)
+        return os.environ["CTXD_CLIP_BPE"]
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("open_clip_torch is not installed (pip install open-clip-torch==3.3.0)")

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     with torch.device(dev):
         unet = UNet2DConditionModel.from_config(SD15_UNET)
-    model = InflatedUNet(unet).eval()
+    model = InflatedUNet(unet).to(dev).eval()  # the temporal layers are built on the CPU
     res["parameters"] = sum(q.numel() for q in model.parameters())
     res["build_s"] = round(time.time() - t0, 1)
     res["runs"] = []
