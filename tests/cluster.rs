@@ -174,6 +174,17 @@ impl Drop for Worker {
 }
 
 fn submit(url: &str, replicas: usize, inputs: &[PathBuf], extra: &[&str]) -> Command {
+    submit_steps(url, replicas, inputs, 3, extra)
+}
+
+fn submit_steps(
+    url: &str,
+    replicas: usize,
+    inputs: &[PathBuf],
+    steps: u32,
+    extra: &[&str],
+) -> Command {
+    let steps = steps.to_string();
     let mut c = ctxd();
     c.current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["submit", "--nats", url])
@@ -184,7 +195,7 @@ fn submit(url: &str, replicas: usize, inputs: &[PathBuf], extra: &[&str]) -> Com
             "--preset",
             "fast",
             "--steps",
-            "3",
+            &steps,
         ])
         .args([
             "--short-side",
@@ -278,6 +289,96 @@ fn submit_wait_fetches_the_outputs_and_the_same_work_is_one_job() {
     for j in jobs(&s) {
         assert_eq!(j["attempts"], 1, "{j}");
     }
+}
+
+/// `ctxd cancel`: a running job stops at its next progress write, stores nothing and frees
+/// its worker; the message is not delivered again; `--redo` queues it again.
+#[test]
+fn a_cancelled_job_stops_on_its_worker_and_redo_queues_it_again() {
+    let d = Dir::new();
+    let nats = Nats::start(&d, 1);
+    let _w = Worker::start(&d, &nats.url, "w1", 1);
+    // long enough to be caught running: 60 frames, 300 steps (tens of seconds)
+    let clip = clips(&d, 1, 6.0).remove(0);
+    let out = run_ok(&mut submit_steps(&nats.url, 1, &[clip.clone()], 300, &[]));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let key = err
+        .split("(job ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or_else(|| panic!("no job key in {err}"))
+        .to_string();
+
+    let since = Instant::now();
+    while !jobs(&status(&nats.url, 1))
+        .iter()
+        .any(|j| j["state"] == "running" && j["stage"] == "editing")
+    {
+        assert!(since.elapsed() < Duration::from_secs(60), "never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cancel = |extra: &[&str]| {
+        let mut c = ctxd();
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["cancel", "--nats", &nats.url, "--replicas", "1"])
+            .args(extra);
+        c
+    };
+    let done = run_ok(&mut cancel(&[&key]));
+    assert!(
+        String::from_utf8_lossy(&done.stdout).contains("cancelled"),
+        "{done:?}"
+    );
+    // the worker stops its run (a log line) and answers the delivery
+    let log = d.path("w1.log");
+    let since = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("cancelled in the cluster")
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "worker did not stop: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let s = status(&nats.url, 1);
+    assert_eq!(count(&s, "cancelled"), 1, "{s}");
+    assert_eq!(count(&s, "done"), 0, "{s}");
+    assert_eq!(
+        s["queue_messages"], 0,
+        "the cancelled job's message is gone: {s}"
+    );
+    assert_eq!(s["ack_pending"], 0, "{s}");
+    let j = &jobs(&s)[0];
+    assert!(
+        j["reason"].as_str().unwrap_or("").contains("ctxd cancel"),
+        "{j}"
+    );
+    assert_eq!(j["outputs"], 0, "{j}");
+
+    // cancelling what has ended is refused; a plain submit does not rerun it
+    let (code, _) = run_err(&mut cancel(&[&key]));
+    assert_eq!(code, 1);
+    let (code, err) = run_err(&mut submit_steps(&nats.url, 1, &[clip.clone()], 300, &[]));
+    assert_eq!(code, 1);
+    assert!(err.contains("cancelled before (--redo"), "{err}");
+    // --redo queues it again (a fresh entry) and the same worker, now free, takes it
+    let again = run_ok(&mut submit_steps(&nats.url, 1, &[clip], 300, &["--redo"]));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("queued again"),
+        "{again:?}"
+    );
+    let since = Instant::now();
+    while !jobs(&status(&nats.url, 1))
+        .iter()
+        .any(|j| j["state"] == "running")
+    {
+        assert!(since.elapsed() < Duration::from_secs(60), "not run again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    run_ok(&mut cancel(&[&key[..8]]));
 }
 
 /// Videos through a folder every machine mounts instead of the object store.

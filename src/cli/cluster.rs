@@ -198,8 +198,34 @@ pub fn submit(args: &SubmitArgs, quiet: bool) -> Result<bool> {
         }
     }
     // A failed job (this time, or before and not --redo) fails the command, waiting or not.
-    let none_failed = done.iter().all(|d| d.state != State::Failed);
+    let none_failed = done
+        .iter()
+        .all(|d| !matches!(d.state, State::Failed | State::Cancelled));
     Ok(none_failed && (!args.wait || done.iter().all(|d| d.state == State::Done)))
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Job keys, or 8+ leading characters of each (as `ctxd submit` and `ctxd status --jobs`
+    /// print them).
+    #[arg(required = true)]
+    pub jobs: Vec<String>,
+}
+
+/// Cancels jobs; one line per job. Ok(false) when a job had already ended otherwise.
+pub fn cancel(args: &CancelArgs) -> Result<bool> {
+    let mut all = true;
+    for (key, state, now) in cluster::submit::cancel(&args.nats.options(), &args.jobs)? {
+        if now {
+            println!("{}: cancelled", &key[..12]);
+        } else {
+            println!("{}: already {}; left as it is", &key[..12], state.name());
+            all = false;
+        }
+    }
+    Ok(all)
 }
 
 pub fn status(args: &StatusArgs) -> Result<()> {

@@ -65,6 +65,10 @@ enum Command {
     Submit(Box<cluster::SubmitArgs>),
     /// A NATS cluster's workers, jobs by state, queue depth and last hour's throughput.
     Status(Box<cluster::StatusArgs>),
+    /// Cancel cluster jobs by key: a queued job is never run, a running one stops at its next
+    /// progress write (within seconds) and stores nothing; `ctxd submit --redo` queues it
+    /// again. Exit 1 when a job had already ended.
+    Cancel(Box<cluster::CancelArgs>),
     /// Watch inbox folders and edit what is dropped there (see watch/ctxd-watch.toml). Stops
     /// on SIGINT/SIGTERM after running jobs finish (or the grace period ends), exit 0.
     Watch {
@@ -442,6 +446,13 @@ pub fn main() -> ExitCode {
             Err(e) => Err(Failure::Job(e)),
         },
         Command::Status(args) => cluster::status(&args).map_err(Failure::Job),
+        Command::Cancel(args) => match cluster::cancel(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::Job(anyhow::anyhow!(
+                "cancel: not every job was still queued or running"
+            ))),
+            Err(e) => Err(Failure::Job(e)),
+        },
         other => run(other),
     };
     match result {
@@ -473,7 +484,8 @@ fn run(command: Command) -> Result<(), Failure> {
         | Command::Batch(_)
         | Command::Worker(_)
         | Command::Submit(_)
-        | Command::Status(_) => unreachable!("handled in main"),
+        | Command::Status(_)
+        | Command::Cancel(_) => unreachable!("handled in main"),
         Command::Stream(args) => run_stream(&args),
         Command::Watch { config } => {
             let home = edit::home();

@@ -315,6 +315,32 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Marks a job cancelled unless it has ended (compare-and-set, tried again when another
+    /// writer got in first): the state it has now and whether this call cancelled it, or
+    /// None when there is no such job.
+    pub async fn cancel_job(&self, key: &str, why: &str) -> Result<Option<(State, bool)>> {
+        for _ in 0..10 {
+            let Some((mut s, rev)) = self.job(key).await? else {
+                return Ok(None);
+            };
+            if s.state.ended() {
+                return Ok(Some((s.state, false)));
+            }
+            s.state = State::Cancelled;
+            s.reason = Some(why.to_string());
+            s.stage = None;
+            s.finished_at = Some(now());
+            if self.put_job(key, &s, Some(rev)).await?.is_some() {
+                return Ok(Some((State::Cancelled, true)));
+            }
+        }
+        Err(ClusterError::Config(format!(
+            "job {key}: its state kept changing; cancel again"
+        )))
+    }
+}
+
 /// Opens a KV bucket, creating its stream where missing. The stream is made here, with the
 /// settings async-nats gives a bucket, because the crate's own `create_key_value` first reads
 /// the account's info in a form only NATS 2.10+ sends (Debian 12 ships 2.9).
@@ -427,6 +453,9 @@ pub enum State {
     Running,
     Done,
     Failed,
+    /// Cancelled by a submitter (`ctxd cancel`, or a fronting daemon or batch whose own job
+    /// was cancelled): a worker running it stops and stores nothing; `--redo` queues it again.
+    Cancelled,
 }
 
 impl State {
@@ -436,11 +465,12 @@ impl State {
             State::Running => "running",
             State::Done => "done",
             State::Failed => "failed",
+            State::Cancelled => "cancelled",
         }
     }
 
     pub fn ended(self) -> bool {
-        matches!(self, State::Done | State::Failed)
+        matches!(self, State::Done | State::Failed | State::Cancelled)
     }
 }
 

@@ -28,7 +28,7 @@ pub enum RemoteError {
     /// The cluster ran the job and it failed (its own retries are spent): `stage: cause`.
     #[error("{0}")]
     Failed(String),
-    /// Cancelled here (the job may still finish in the cluster; its outputs stay there).
+    /// Cancelled here; the cluster's job is cancelled too (a worker running it stops).
     #[error("cancelled")]
     Cancelled,
     /// The cluster could not be reached or answered wrongly: worth another attempt.
@@ -67,6 +67,9 @@ pub fn run(
         let key = submitted.key;
         let state = loop {
             if cancel.load(Ordering::Relaxed) {
+                let _ = c
+                    .cancel_job(&key, "cancelled by its submitter (a daemon or batch job)")
+                    .await;
                 return Err(RemoteError::Cancelled);
             }
             if let Some((st, _)) = c.job(&key).await? {
@@ -81,12 +84,10 @@ pub fn run(
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        if state.state == State::Failed {
-            return Err(RemoteError::Failed(
-                state
-                    .reason
-                    .unwrap_or_else(|| "failed in the cluster".into()),
-            ));
+        if matches!(state.state, State::Failed | State::Cancelled) {
+            return Err(RemoteError::Failed(state.reason.unwrap_or_else(|| {
+                format!("{} in the cluster", state.state.name())
+            })));
         }
         // [video, report] per edit, in the spec's order (as the worker stored them)
         if state.outputs.len() != 2 * outputs.len() {

@@ -12,7 +12,7 @@ use super::{nats_err, ClusterError, ClusterOptions, JobState, Result, State, Wor
 #[derive(Debug, Serialize)]
 pub struct ClusterStatus {
     pub workers: Vec<WorkerInfo>,
-    /// Jobs per state (queued, running, done, failed).
+    /// Jobs per state (queued, running, done, failed, cancelled).
     pub jobs: BTreeMap<String, u64>,
     /// Messages in the work queue (queued or being worked on).
     pub queue_messages: u64,
@@ -38,6 +38,8 @@ pub struct JobSummary {
     pub input: String,
     pub state: State,
     pub worker: Option<String>,
+    /// Where a running job is: fetching, loading, editing, writing, storing.
+    pub stage: Option<String>,
     pub attempts: u32,
     pub reason: Option<String>,
     pub outputs: usize,
@@ -96,6 +98,7 @@ pub fn status(opts: &ClusterOptions, with_jobs: bool) -> Result<ClusterStatus> {
                     input: s.input.clone(),
                     state: s.state,
                     worker: s.worker.clone(),
+                    stage: s.stage.clone(),
                     attempts: s.attempts,
                     reason: s.reason.clone(),
                     outputs: s.outputs.len(),
@@ -206,11 +209,12 @@ impl ClusterStatus {
         }
         let by = |s: &str| self.jobs.get(s).copied().unwrap_or(0);
         out.push_str(&format!(
-            "jobs: {} queued, {} running, {} done, {} failed\n",
+            "jobs: {} queued, {} running, {} done, {} failed, {} cancelled\n",
             by("queued"),
             by("running"),
             by("done"),
-            by("failed")
+            by("failed"),
+            by("cancelled")
         ));
         out.push_str(&format!(
             "queue: {} message(s), {} delivered and not yet acked, {} redelivered\n",

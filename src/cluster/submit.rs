@@ -163,13 +163,19 @@ pub(crate) async fn submit_one(c: &Cluster, s: &Submission, redo: bool) -> Resul
             publish(c, &message, rev).await?;
             result(State::Queued, "already queued", None)
         }
-        State::Failed if redo => match c.put_job(&key, &fresh, Some(rev)).await? {
+        State::Failed | State::Cancelled if redo => match c.put_job(&key, &fresh, Some(rev)).await?
+        {
             Some(new_rev) => {
                 publish(c, &message, new_rev).await?;
                 result(State::Queued, "queued again (--redo)", None)
             }
-            None => result(State::Failed, "changed meanwhile; not queued", state.reason),
+            None => result(state.state, "changed meanwhile; not queued", state.reason),
         },
+        State::Cancelled => result(
+            State::Cancelled,
+            "cancelled before (--redo to run it again)",
+            state.reason,
+        ),
         State::Failed => result(
             State::Failed,
             "already failed (--redo to run it again)",
@@ -196,6 +202,55 @@ async fn publish(c: &Cluster, m: &JobMessage, revision: u64) -> Result<()> {
     Ok(())
 }
 
+/// Cancels jobs named by key or by a unique prefix of at least 8 characters (as `submit`
+/// and `status --jobs` print them): per name, the full key, the state the job has now and
+/// whether this call cancelled it (false: it had already ended so).
+///
+/// # Errors
+/// The cluster cannot be reached; a name matches no job or several.
+pub fn cancel(opts: &ClusterOptions, names: &[String]) -> Result<Vec<(String, State, bool)>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterError::Config(format!("tokio: {e}")))?;
+    rt.block_on(async {
+        let c = super::connect(opts, "ctxd cancel").await?;
+        let keys = super::bucket_keys(&c.state, super::STATE_BUCKET).await?;
+        let mut out = Vec::new();
+        for name in names {
+            let found: Vec<&String> = if name.len() >= 8 {
+                keys.iter()
+                    .filter(|k| k.starts_with(name.as_str()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let key = match found.as_slice() {
+                [one] => (*one).clone(),
+                [] => {
+                    return Err(ClusterError::Config(format!(
+                        "{name}: no such job (give its key or 8+ leading characters of it)"
+                    )))
+                }
+                _ => {
+                    return Err(ClusterError::Config(format!(
+                        "{name}: matches {} jobs; give more of the key",
+                        found.len()
+                    )))
+                }
+            };
+            let why = format!("cancelled by `ctxd cancel` at {}", super::now().round());
+            match c.cancel_job(&key, &why).await? {
+                Some((state, now)) => out.push((key, state, now)),
+                None => {
+                    return Err(ClusterError::Config(format!("{name}: no such job")));
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Polls every job's state until all have ended or `limit` passes, telling each change.
 async fn follow(
     c: &Cluster,
@@ -220,8 +275,9 @@ async fn follow(
                     st.stage.as_deref().unwrap_or("starting"),
                     st.frames_done
                 ),
-                State::Failed => format!(
-                    "failed: {}",
+                State::Failed | State::Cancelled => format!(
+                    "{}: {}",
+                    st.state.name(),
                     st.reason.as_deref().unwrap_or("no reason given")
                 ),
                 other => other.name().to_string(),

@@ -374,11 +374,11 @@ async fn process(ctx: &Ctx, msg: &Message, job: &JobMessage, delivered: i64) -> 
             match c.put_job(key, &state, Some(rev)).await {
                 Ok(Some(r)) => rev = r,
                 Ok(None) => {
-                    // Someone else claimed it (we were taken for dead): stop, store nothing.
-                    tracing::warn!("job {key}: claimed by another worker; abandoning this run");
+                    // Cancelled, or claimed by another worker (we were taken for dead):
+                    // stop, store nothing.
                     cancel.store(true, Ordering::Relaxed);
                     let _ = engine.await;
-                    return Ok(Answer::Abandon);
+                    return Ok(lost_race(c, key).await);
                 }
                 Err(e) => tracing::debug!("job {key}: progress: {e}"),
             }
@@ -453,9 +453,21 @@ async fn process(ctx: &Ctx, msg: &Message, job: &JobMessage, delivered: i64) -> 
             tracing::info!("job {key}: done in {run_s:.1} s");
             Ok(Answer::Ack)
         }
-        None => {
-            tracing::warn!("job {key}: claimed by another worker while storing; leaving it to it");
-            Ok(Answer::Abandon)
+        None => Ok(lost_race(c, key).await),
+    }
+}
+
+/// What to answer for a job whose state someone else changed under this run: a cancelled
+/// job's delivery is acked (it is over), one claimed by another worker is left to it.
+async fn lost_race(c: &Cluster, key: &str) -> Answer {
+    match c.job(key).await {
+        Ok(Some((s, _))) if s.state == State::Cancelled => {
+            tracing::info!("job {key}: cancelled in the cluster; this run stopped");
+            Answer::Ack
+        }
+        _ => {
+            tracing::warn!("job {key}: claimed by another worker; abandoning this run");
+            Answer::Abandon
         }
     }
 }
