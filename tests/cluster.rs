@@ -300,7 +300,13 @@ fn a_cancelled_job_stops_on_its_worker_and_redo_queues_it_again() {
     let _w = Worker::start(&d, &nats.url, "w1", 1);
     // long enough to be caught running: 60 frames, 300 steps (tens of seconds)
     let clip = clips(&d, 1, 6.0).remove(0);
-    let out = run_ok(&mut submit_steps(&nats.url, 1, &[clip.clone()], 300, &[]));
+    let out = run_ok(&mut submit_steps(
+        &nats.url,
+        1,
+        std::slice::from_ref(&clip),
+        300,
+        &[],
+    ));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let key = err
         .split("(job ")
@@ -361,7 +367,13 @@ fn a_cancelled_job_stops_on_its_worker_and_redo_queues_it_again() {
     // cancelling what has ended is refused; a plain submit does not rerun it
     let (code, _) = run_err(&mut cancel(&[&key]));
     assert_eq!(code, 1);
-    let (code, err) = run_err(&mut submit_steps(&nats.url, 1, &[clip.clone()], 300, &[]));
+    let (code, err) = run_err(&mut submit_steps(
+        &nats.url,
+        1,
+        std::slice::from_ref(&clip),
+        300,
+        &[],
+    ));
     assert_eq!(code, 1);
     assert!(err.contains("cancelled before (--redo"), "{err}");
     // --redo queues it again (a fresh entry) and the same worker, now free, takes it
