@@ -341,6 +341,14 @@ impl Cluster {
     }
 }
 
+/// The runtime a command's cluster calls run on (one thread: they wait on the network).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterError::Config(format!("tokio: {e}")))
+}
+
 /// Opens a KV bucket, creating its stream where missing. The stream is made here, with the
 /// settings async-nats gives a bucket, because the crate's own `create_key_value` first reads
 /// the account's info in a form only NATS 2.10+ sends (Debian 12 ships 2.9).

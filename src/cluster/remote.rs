@@ -51,11 +51,7 @@ pub fn run(
     cancel: &AtomicBool,
     progress: &dyn Fn(&str, u64, Option<u64>),
 ) -> Result<RemoteRun, RemoteError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClusterError::Config(format!("tokio: {e}")))?;
-    rt.block_on(async {
+    super::runtime()?.block_on(async {
         let c = super::connect(opts, "ctxd remote job").await?;
         let sub = super::submit::Submission {
             input: input.to_path_buf(),

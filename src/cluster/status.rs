@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::{nats_err, ClusterError, ClusterOptions, JobState, Result, State, WorkerInfo};
+use super::{nats_err, ClusterOptions, JobState, Result, State, WorkerInfo};
 
 #[derive(Debug, Serialize)]
 pub struct ClusterStatus {
@@ -58,11 +58,7 @@ pub struct JobSummary {
 /// # Errors
 /// The cluster cannot be reached.
 pub fn status(opts: &ClusterOptions, with_jobs: bool) -> Result<ClusterStatus> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClusterError::Config(format!("tokio: {e}")))?;
-    rt.block_on(async {
+    super::runtime()?.block_on(async {
         let c = super::connect(opts, "ctxd status").await?;
         let mut workers = Vec::new();
         for k in super::bucket_keys(&c.workers, super::WORKERS_BUCKET).await? {

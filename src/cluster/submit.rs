@@ -73,11 +73,7 @@ pub fn run(
     subs: &[Submission],
     say: &(dyn Fn(String) + Sync),
 ) -> Result<Vec<Submitted>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClusterError::Config(format!("tokio: {e}")))?;
-    rt.block_on(async {
+    super::runtime()?.block_on(async {
         let c = super::connect(&opts.cluster, "ctxd submit").await?;
         let mut out = Vec::new();
         for s in subs {
@@ -209,11 +205,7 @@ async fn publish(c: &Cluster, m: &JobMessage, revision: u64) -> Result<()> {
 /// # Errors
 /// The cluster cannot be reached; a name matches no job or several.
 pub fn cancel(opts: &ClusterOptions, names: &[String]) -> Result<Vec<(String, State, bool)>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClusterError::Config(format!("tokio: {e}")))?;
-    rt.block_on(async {
+    super::runtime()?.block_on(async {
         let c = super::connect(opts, "ctxd cancel").await?;
         let keys = super::bucket_keys(&c.state, super::STATE_BUCKET).await?;
         let mut out = Vec::new();
