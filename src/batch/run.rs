@@ -532,6 +532,8 @@ fn run_remote(
         &p.bundle,
         &p.outputs,
         &opts.cancel,
+        // an interrupted batch is resumed by its rerun, which follows the job again
+        &|| true,
         &progress,
     )
     .map_err(|e| e.to_string())?;

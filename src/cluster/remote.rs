@@ -28,7 +28,7 @@ pub enum RemoteError {
     /// The cluster ran the job and it failed (its own retries are spent): `stage: cause`.
     #[error("{0}")]
     Failed(String),
-    /// Cancelled here; the cluster's job is cancelled too (a worker running it stops).
+    /// Cancelled here; the cluster's job too unless the caller left it running.
     #[error("cancelled")]
     Cancelled,
     /// The cluster could not be reached or answered wrongly: worth another attempt.
@@ -38,7 +38,9 @@ pub enum RemoteError {
 
 /// Runs `spec` on `input` in the cluster and puts its outputs at `outputs` (one per edit, in
 /// the spec's order; each report beside its video). `progress` gets (stage, frames done,
-/// frames total) as the job's state changes.
+/// frames total) as the job's state changes. When `cancel` is set the job is cancelled in
+/// the cluster too, unless `leave_running` says to leave it there (a caller that is only
+/// stopping, and will follow the job again when it restarts).
 ///
 /// # Errors
 /// See [`RemoteError`].
@@ -49,6 +51,7 @@ pub fn run(
     bundle: &Path,
     outputs: &[PathBuf],
     cancel: &AtomicBool,
+    leave_running: &dyn Fn() -> bool,
     progress: &dyn Fn(&str, u64, Option<u64>),
 ) -> Result<RemoteRun, RemoteError> {
     super::runtime()?.block_on(async {
@@ -63,9 +66,11 @@ pub fn run(
         let key = submitted.key;
         let state = loop {
             if cancel.load(Ordering::Relaxed) {
-                let _ = c
-                    .cancel_job(&key, "cancelled by its submitter (a daemon or batch job)")
-                    .await;
+                if !leave_running() {
+                    let _ = c
+                        .cancel_job(&key, "cancelled by its submitter (a daemon's job)")
+                        .await;
+                }
                 return Err(RemoteError::Cancelled);
             }
             if let Some((st, _)) = c.job(&key).await? {

@@ -237,7 +237,14 @@ fn job_spec(job: &Job, m: &Mapping, paths: &Paths) -> Result<spec::JobSpec, Work
 }
 
 /// The work of one job, on a worker thread.
-fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &Live) -> Outcome {
+fn work(
+    job: &Job,
+    m: &Mapping,
+    paths: &Paths,
+    cancel: Arc<AtomicBool>,
+    live: &Live,
+    control: &Control,
+) -> Outcome {
     let input = pin_input(job)?;
     let spec = job_spec(job, m, paths)?;
     let video = input.path().to_path_buf();
@@ -256,7 +263,15 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
         .collect();
     let bundle = intake::bundle_for(m, &spec, paths);
     if let Some(cluster) = &paths.cluster {
-        return work_remote(job, &input, &spec, &bundle, outputs, cluster, &cancel, live);
+        // A cancel through the API or a time limit cancels the cluster's job too; a stop of
+        // this daemon leaves it running there, and the next start follows it again.
+        let leave_running = || control.stopping();
+        let remote = Remote {
+            cluster,
+            cancel: &cancel,
+            leave_running: &leave_running,
+        };
+        return work_remote(job, &input, &spec, &bundle, outputs, &remote, live);
     }
     let edit_job = EditJob::from_spec(
         &spec,
@@ -293,6 +308,14 @@ fn work(job: &Job, m: &Mapping, paths: &Paths, cancel: Arc<AtomicBool>, live: &L
     }
 }
 
+/// How a job reaches the cluster that this daemon fronts.
+struct Remote<'a> {
+    cluster: &'a crate::cluster::ClusterOptions,
+    cancel: &'a AtomicBool,
+    /// Asked when `cancel` is seen: true leaves the cluster's job running.
+    leave_running: &'a dyn Fn() -> bool,
+}
+
 /// The work of one job on the cluster's workers: its outputs fetched into the outbox as one
 /// set, its progress shown by this daemon's API as if it ran here.
 #[allow(clippy::too_many_arguments)]
@@ -302,8 +325,7 @@ fn work_remote(
     spec: &spec::JobSpec,
     bundle: &Path,
     outputs: Vec<std::path::PathBuf>,
-    cluster: &crate::cluster::ClusterOptions,
-    cancel: &AtomicBool,
+    remote: &Remote,
     live: &Live,
 ) -> Outcome {
     use crate::cluster::remote::{self, RemoteError};
@@ -323,12 +345,13 @@ fn work_remote(
         live.progress(job.id, p);
     };
     match remote::run(
-        cluster,
+        remote.cluster,
         input.path(),
         spec,
         bundle,
         &outputs,
-        cancel,
+        remote.cancel,
+        remote.leave_running,
         &progress,
     ) {
         Ok(r) => Ok(Finished {
@@ -618,7 +641,7 @@ pub fn run(cfg: WatchConfig, paths: Paths, control: Arc<Control>) -> anyhow::Res
                 if !keyed_as_queued(&store, &job, &m, &paths)? {
                     continue;
                 }
-                let a = start_job(job, m, &paths, &live, control.waker())?;
+                let a = start_job(job, m, &paths, &live, &control)?;
                 // A cancel through the API between the claim and now found no worker to stop.
                 if store.get(a.job.id)?.state == State::Cancelled {
                     a.cancel.store(true, Ordering::Relaxed);
@@ -682,8 +705,9 @@ fn start_job(
     m: Mapping,
     paths: &Arc<Paths>,
     live: &Arc<Live>,
-    waker: Waker,
+    control: &Arc<Control>,
 ) -> std::io::Result<Active> {
+    let (waker, control) = (control.waker(), control.clone());
     let cancel = Arc::new(AtomicBool::new(false));
     let deadline = m
         .max_job_seconds
@@ -693,7 +717,7 @@ fn start_job(
     let handle = std::thread::Builder::new()
         .name(format!("job-{}", job.id))
         .spawn(move || {
-            let outcome = work(&j, &m, &p, c, &l);
+            let outcome = work(&j, &m, &p, c, &l, &control);
             waker.wake();
             outcome
         })?;
