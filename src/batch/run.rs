@@ -531,9 +531,11 @@ fn run_remote(
         spec,
         &p.bundle,
         &p.outputs,
-        &opts.cancel,
-        // an interrupted batch is resumed by its rerun, which follows the job again
-        &|| true,
+        &crate::cluster::remote::Stop {
+            cancel: &opts.cancel,
+            // an interrupted batch is resumed by its rerun, which follows the job again
+            leave_running: &|| true,
+        },
         &progress,
     )
     .map_err(|e| e.to_string())?;

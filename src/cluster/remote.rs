@@ -36,11 +36,18 @@ pub enum RemoteError {
     Cluster(#[from] ClusterError),
 }
 
+/// When to stop following a job, and whether to cancel it in the cluster then.
+pub struct Stop<'a> {
+    pub cancel: &'a AtomicBool,
+    /// Asked when `cancel` is set: true leaves the cluster's job running (a caller that is
+    /// only stopping, and will follow the job again when it restarts).
+    pub leave_running: &'a dyn Fn() -> bool,
+}
+
 /// Runs `spec` on `input` in the cluster and puts its outputs at `outputs` (one per edit, in
 /// the spec's order; each report beside its video). `progress` gets (stage, frames done,
-/// frames total) as the job's state changes. When `cancel` is set the job is cancelled in
-/// the cluster too, unless `leave_running` says to leave it there (a caller that is only
-/// stopping, and will follow the job again when it restarts).
+/// frames total) as the job's state changes. When `stop.cancel` is set the job is cancelled
+/// in the cluster too, unless `stop.leave_running` says to leave it there.
 ///
 /// # Errors
 /// See [`RemoteError`].
@@ -50,8 +57,7 @@ pub fn run(
     spec: &JobSpec,
     bundle: &Path,
     outputs: &[PathBuf],
-    cancel: &AtomicBool,
-    leave_running: &dyn Fn() -> bool,
+    stop: &Stop,
     progress: &dyn Fn(&str, u64, Option<u64>),
 ) -> Result<RemoteRun, RemoteError> {
     super::runtime()?.block_on(async {
@@ -65,8 +71,8 @@ pub fn run(
         let submitted = super::submit::submit_one(&c, &sub, true).await?;
         let key = submitted.key;
         let state = loop {
-            if cancel.load(Ordering::Relaxed) {
-                if !leave_running() {
+            if stop.cancel.load(Ordering::Relaxed) {
+                if !(stop.leave_running)() {
                     let _ = c
                         .cancel_job(&key, "cancelled by its submitter (a daemon's job)")
                         .await;

@@ -268,8 +268,10 @@ fn work(
         let leave_running = || control.stopping();
         let remote = Remote {
             cluster,
-            cancel: &cancel,
-            leave_running: &leave_running,
+            stop: crate::cluster::remote::Stop {
+                cancel: &cancel,
+                leave_running: &leave_running,
+            },
         };
         return work_remote(job, &input, &spec, &bundle, outputs, &remote, live);
     }
@@ -311,9 +313,7 @@ fn work(
 /// How a job reaches the cluster that this daemon fronts.
 struct Remote<'a> {
     cluster: &'a crate::cluster::ClusterOptions,
-    cancel: &'a AtomicBool,
-    /// Asked when `cancel` is seen: true leaves the cluster's job running.
-    leave_running: &'a dyn Fn() -> bool,
+    stop: crate::cluster::remote::Stop<'a>,
 }
 
 /// The work of one job on the cluster's workers: its outputs fetched into the outbox as one
@@ -350,8 +350,7 @@ fn work_remote(
         spec,
         bundle,
         &outputs,
-        remote.cancel,
-        remote.leave_running,
+        &remote.stop,
         &progress,
     ) {
         Ok(r) => Ok(Finished {
