@@ -683,4 +683,55 @@ fn watch_fronts_a_cluster_with_its_folders_unchanged() {
         .collect();
     assert_eq!(done.len(), 1, "{s}");
     assert_eq!(done[0]["worker"], "w1", "{s}");
+
+    // A cancel through the daemon's API reaches the cluster: the worker stops the job.
+    use crate::daemon::{http, json};
+    let long = clips(&d, 2, 6.0).remove(1);
+    std::fs::write(
+        d.path("inbox/long.prompt.toml"),
+        "source = \"a video\"\nsteps = 300\n[[edit]]\nprompt = \"a red video\"\n",
+    )
+    .unwrap();
+    std::fs::copy(&long, d.path("inbox/long.mp4")).unwrap();
+    let running = || {
+        jobs(&status(&nats.url, 1))
+            .into_iter()
+            .find(|j| j["input"] == "long.mp4" && j["stage"] == "editing")
+    };
+    let since = Instant::now();
+    while running().is_none() {
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "long job never ran"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let addr = std::fs::read_to_string(d.path("state/api.addr")).unwrap();
+    let (_, body) = http(&addr, "GET", "/jobs", None, None);
+    let id = json(&body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["input_path"].as_str().unwrap_or("").ends_with("long.mp4"))
+        .map(|j| j["id"].clone())
+        .expect("the daemon's job");
+    let (code, body) = http(&addr, "DELETE", &format!("/jobs/{id}"), None, None);
+    assert_eq!(code, 200, "{body}");
+    let since = Instant::now();
+    loop {
+        let s = status(&nats.url, 1);
+        let j = jobs(&s)
+            .into_iter()
+            .find(|j| j["input"] == "long.mp4")
+            .unwrap();
+        if j["state"] == "cancelled" && s["ack_pending"] == 0 {
+            assert_eq!(j["outputs"], 0, "{j}");
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "not cancelled: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
