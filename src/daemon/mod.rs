@@ -9,6 +9,8 @@
 //! - `api`: the HTTP status API (axum)
 //! - `streams`: `[[stream]]` entries: live streams supervised and restarted with back-off
 //! - `run`: the loop: watch, queue, run, file the results, stop gracefully
+//! - `work`: one job's worker thread (the input as admitted, its keyed spec, the engine here
+//!   or on a cluster)
 
 pub mod admission;
 pub mod api;
@@ -19,3 +21,4 @@ pub mod run;
 pub mod stable;
 pub mod store;
 pub mod streams;
+mod work;
