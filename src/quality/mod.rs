@@ -6,6 +6,7 @@
 //!   (nothing here is hard-coded to one palette)
 //! - `analyse`: one frame → background colour and texture, object mask, objects (colour,
 //!   shape, area, centroid); a clip → the same per frame plus a majority summary with tracks
+//! - `moments`: shape signatures (complex moments that blur does not change)
 //! - `heldout`: the held-out set (`heldout.json` and its clips) and the scene each clip and
 //!   each of its edits should show
 //! - `score`: an analysed clip against an expected scene (attribute checks, motion error,
@@ -16,6 +17,7 @@
 
 pub mod analyse;
 pub mod heldout;
+mod moments;
 pub mod palette;
 pub mod score;
 pub mod sheet;
