@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use super::median;
 use crate::cluster::status::{status, JobSummary};
 use crate::cluster::ClusterOptions;
 
@@ -95,14 +96,6 @@ fn options(url: &str) -> ClusterOptions {
         replicas: 1,
         ..Default::default()
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn cluster(args: &ClusterBenchArgs) -> Result<()> {
