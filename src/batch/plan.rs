@@ -396,22 +396,8 @@ pub fn plan(found: Vec<Found>, out_dir: &Path, how: &Resolve) -> Vec<Planned> {
             home,
         );
         let dir = out_dir.join(f.rel.parent().unwrap_or(Path::new("")));
-        let stem = f
-            .rel
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "video".into());
-        let ext = f
-            .rel
-            .extension()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "mp4".into());
         let outputs: Vec<PathBuf> = match &spec {
-            Ok(s) => s
-                .edits
-                .iter()
-                .map(|e| spec::output_path(&dir, &stem, &e.name, &ext))
-                .collect(),
+            Ok(s) => spec::output_paths(&dir, &f.rel, &s.edits),
             Err(_) => Vec::new(),
         };
         let key = job_key(&f.input, &spec, &outputs, &bundle);

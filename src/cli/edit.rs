@@ -153,14 +153,7 @@ pub fn build_job(args: &EditArgs, cancel: Arc<AtomicBool>) -> Result<EditJob> {
     let spec = args.spec.resolve(input.as_path(), &pipelines)?;
 
     let (stem, ext) = match input.as_path() {
-        Some(p) => (
-            p.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "video".into()),
-            p.extension()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "mp4".into()),
-        ),
+        Some(p) => spec::stem_and_ext(p),
         None => ("stdin".to_string(), "mp4".to_string()),
     };
     let outputs: Vec<PathBuf> = match (&args.output, &args.out_dir) {

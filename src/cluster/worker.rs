@@ -502,20 +502,7 @@ fn edit_job(
     out_dir: &Path,
     cancel: Arc<AtomicBool>,
 ) -> EditJob {
-    let stem = input
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "video".into());
-    let ext = input
-        .extension()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "mp4".into());
-    let outputs = job
-        .spec
-        .edits
-        .iter()
-        .map(|e| spec::output_path(out_dir, &stem, &e.name, &ext))
-        .collect();
+    let outputs = spec::output_paths(out_dir, input, &job.spec.edits);
     let mut edit = EditJob::from_spec(
         &job.spec,
         InputSpec::File(input.to_path_buf()),

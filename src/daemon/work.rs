@@ -113,19 +113,7 @@ fn work(
     let input = pin_input(job)?;
     let spec = job_spec(job, m, paths)?;
     let video = input.path().to_path_buf();
-    let stem = video
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "video".into());
-    let ext = video
-        .extension()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "mp4".into());
-    let outputs = spec
-        .edits
-        .iter()
-        .map(|e| spec::output_path(&m.outbox, &stem, &e.name, &ext))
-        .collect();
+    let outputs = spec::output_paths(&m.outbox, &video, &spec.edits);
     let bundle = intake::bundle_for(m, &spec, paths);
     if let Some(cluster) = &paths.cluster {
         // A cancel through the API or a time limit cancels the cluster's job too; a stop of

@@ -81,7 +81,7 @@ mod resolve;
 #[cfg(test)]
 mod test_support;
 
-pub use names::{output_path, sanitize_name};
+pub use names::{output_path, output_paths, sanitize_name, stem_and_ext};
 pub use preset::Preset;
 pub use prompt_file::{find_sidecar, EditSpec, Overrides, PromptFile, PromptFormat};
 pub use resolve::{bundle_dir, CliOverrides, Edit, JobSpec};

@@ -73,6 +73,28 @@ pub(super) fn unique_name(name: String, used: &mut HashSet<String>) -> String {
     }
 }
 
+/// An input's file stem and extension as output names use them (`video` and `mp4` where it
+/// has none).
+pub fn stem_and_ext(input: &Path) -> (String, String) {
+    let part = |s: Option<&std::ffi::OsStr>, default: &str| {
+        s.map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| default.into())
+    };
+    (
+        part(input.file_stem(), "video"),
+        part(input.extension(), "mp4"),
+    )
+}
+
+/// Each edit's output for `input` in `out_dir` ([`output_path`]), in the edits' order.
+pub fn output_paths(out_dir: &Path, input: &Path, edits: &[super::Edit]) -> Vec<PathBuf> {
+    let (stem, ext) = stem_and_ext(input);
+    edits
+        .iter()
+        .map(|e| output_path(out_dir, &stem, &e.name, &ext))
+        .collect()
+}
+
 /// `<out_dir>/<input_stem>.<edit_name>.<ext>`, always a direct child of `out_dir`.
 ///
 /// `edit_name` goes through [`sanitize_name`] again; path separators and NULs in
