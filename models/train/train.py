@@ -651,6 +651,7 @@ def save_checkpoint(path: str, cfg: Config, args, model, vae, clip, scale: float
                 "clip": clip.state_dict(), "scale": scale, "vae_psnr": vae_psnr, "timings": timings,
                 "torch": torch.__version__}, blob)
     data = blob.getvalue()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     parts = []
     for i in range(0, len(data), max_part_bytes):
         part = f"{path}.part{i // max_part_bytes}"
