@@ -313,9 +313,7 @@ impl Cluster {
         };
         r
     }
-}
 
-impl Cluster {
     /// Marks a job cancelled unless it has ended (compare-and-set, tried again when another
     /// writer got in first): the state it has now and whether this call cancelled it, or
     /// None when there is no such job.
@@ -461,8 +459,9 @@ pub enum State {
     Running,
     Done,
     Failed,
-    /// Cancelled by a submitter (`ctxd cancel`, or a fronting daemon or batch whose own job
-    /// was cancelled): a worker running it stops and stores nothing; `--redo` queues it again.
+    /// Cancelled by a submitter (`ctxd cancel`, or a fronting daemon whose own job was
+    /// cancelled or timed out): a worker running it stops and stores nothing; `--redo` queues
+    /// it again.
     Cancelled,
 }
 

@@ -112,8 +112,7 @@ fn work(
 ) -> Outcome {
     let input = pin_input(job)?;
     let spec = job_spec(job, m, paths)?;
-    let video = input.path().to_path_buf();
-    let outputs = spec::output_paths(&m.outbox, &video, &spec.edits);
+    let outputs = spec::output_paths(&m.outbox, input.path(), &spec.edits);
     let bundle = intake::bundle_for(m, &spec, paths);
     if let Some(cluster) = &paths.cluster {
         // A cancel through the API or a time limit cancels the cluster's job too; a stop of
