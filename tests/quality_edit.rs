@@ -50,8 +50,9 @@ fn edit_clip(
 }
 
 // Ignored until models/demo keeps the scene and edits shapes (issue 11): the shipped bundle
-// (third run) changes colour and background but redraws the object beside a ghost and never
-// changes a shape. Run it against a trained bundle with
+// (seventh run) changes colour and background every time on the first 12 held-out clips, but
+// the edited object drifts off its path (median 4 px) and comes out with soft edges, so only a
+// sixth of its shape edits succeed. Run it against a trained bundle with
 // `CTXD_DEMO_BUNDLE=DIR cargo test --locked -- --ignored demo_edits`.
 #[test]
 #[ignore = "needs a models/demo that keeps the scene and edits shapes (issue 11); CTXD_DEMO_BUNDLE=DIR cargo test -- --ignored"]
@@ -126,9 +127,10 @@ fn demo_edits_change_what_was_asked_and_keep_count_and_motion() {
 
 /// What the shipped models/demo does today (README, "A trained demo bundle"): on the first
 /// one-object held-out clip, the colour and the background edits show the asked-for
-/// attribute. It asks nothing about the rest of the scene, which this bundle does not keep yet.
+/// attribute and keep the object count. It asks nothing about the object's path or shape,
+/// which this bundle does not keep yet.
 #[test]
-fn the_shipped_demo_bundle_changes_colour_and_background() {
+fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_the_count() {
     let bundle = demo_bundle();
     let set = load_heldout();
     let analyser = Analyser::new(set.palette.clone(), AnalyserConfig::default());
@@ -150,7 +152,7 @@ fn the_shipped_demo_bundle_changes_colour_and_background() {
             &out,
         );
         let cmp = score::compare(&analyser.clip(&frames), &clip.expected_after(edit));
-        if !cmp.success(kind, edit.target) {
+        if !cmp.success(kind, edit.target) || !cmp.count_ok {
             failures.push(format!(
                 "{} {} edit {:?}: saw a {} {} background and objects {:?}",
                 clip.file,

@@ -819,6 +819,20 @@ def main(argv=None) -> int:
     return export(args, cfg, model, vae, clip, scale, vae_psnr, timings, t_start)
 
 
+def override_flags(cfg: Config, config: str) -> str:
+    """The command-line overrides that turn CONFIGS[config] into cfg (for the bundle's notes)."""
+    base = CONFIGS[config]
+    flags = {"unet_channels": "--unet-channels", "diffuse_batch": "--diffuse-batch",
+             "layers_per_block": "--layers-per-block", "whiten_upto": "--whiten-upto",
+             "k_schedule": "--k-schedule", "k_scale": "--k-scale"}
+    out = []
+    for field, flag in flags.items():
+        value = getattr(cfg, field)
+        if value != getattr(base, field):
+            out.append(f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}")
+    return "".join(" " + f for f in out)
+
+
 def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, timings: dict,
            t_start: float) -> int:
     """Write the bundle (export_bundle, then float16 storage) and its train_report.json."""
@@ -833,8 +847,10 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
         num_merges=cfg.num_merges, schedule=dict(SCHEDULE), context=context_of(cfg), scale_factor=scale,
         clip_model=clip, clip_image_mean=CLIP_MEAN, clip_image_std=CLIP_STD,
         adapter=model.adapter.eval() if model.adapter is not None else None,
-        notes=[f"Trained by `python -m models.train.train --config {args.config} --seed {args.seed}`"
-               f"{' --no-adapter' if args.no_adapter else ''} (models/train/README.md).",
+        notes=[f"Trained by `python -m models.train.train --config {args.config} --seed {args.seed}"
+               f"{' --no-adapter' if args.no_adapter else ''}{override_flags(cfg, args.config)}`"
+               f" ({getattr(model, 'steps_done', None) or cfg.diffuse_steps} diffusion steps; "
+               "models/train/README.md).",
                f"VAE held-out reconstruction PSNR {vae_psnr:.2f} dB; scale_factor {scale:.4f}.",
                "Process at 64 px (pipelines/demo.toml): the networks never saw other sizes."])
     export_bundle(comps, args.out, command=f"python -m models.train.train --config {args.config}",
