@@ -195,7 +195,7 @@ mod tests {
         );
         let demo = preset("demo");
         assert_eq!(demo.name, "demo");
-        assert_eq!((demo.steps, demo.guidance), (25, 5.0));
+        assert_eq!((demo.steps, demo.guidance), (25, 2.0));
         assert_eq!((demo.short_side, demo.multiple), (None, 16));
         assert_eq!(demo.bundle.as_deref(), Some(Path::new("models/demo")));
         let d = preset("default");
