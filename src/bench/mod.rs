@@ -335,6 +335,7 @@ fn cold_start(bundle_dir: &Path, steps: usize, rounds: usize) -> Result<ColdStar
         &bundle,
         steps,
         0.0,
+        1.0,
         crate::diffusion::ContextMode::Source,
         0.0,
     )?;
@@ -396,6 +397,7 @@ pub(crate) fn edit_job(
         }],
         steps,
         eta: 0.0,
+        strength: 1.0,
         context: crate::diffusion::ContextMode::Source,
         window: 8,
         overlap: 0,

@@ -53,6 +53,9 @@ pub struct QualityBenchArgs {
     /// Local blending threshold (default: the preset's).
     #[arg(long)]
     pub blend: Option<f32>,
+    /// Share of the schedule the edits (and the reconstruction) run (default: the preset's).
+    #[arg(long)]
+    pub strength: Option<f64>,
     /// Only the first N clips.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -173,6 +176,7 @@ struct QualityBench {
     steps: usize,
     guidance: f32,
     blend: f32,
+    strength: f64,
     /// Held-out sources the analyser reads exactly as labelled (a check on the ruler).
     analyser_exact_sources: usize,
     modes: Vec<ModeResult>,
@@ -331,7 +335,12 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         for (ci, clip) in clips.iter().enumerate() {
             let t0 = Instant::now();
             let (job, spec) = clip_job(args, &preset, &bundle, &set, clip, mode, &dir)?;
-            settings.get_or_insert((spec.edits[0].steps, spec.edits[0].guidance, spec.blend));
+            settings.get_or_insert((
+                spec.edits[0].steps,
+                spec.edits[0].guidance,
+                spec.blend,
+                spec.strength,
+            ));
             let produced = if args.rescore {
                 saved_outputs(clip, &dir)?
             } else {
@@ -427,7 +436,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         }
     }
 
-    let (steps, guidance, blend) = settings.unwrap_or_default();
+    let (steps, guidance, blend, strength) = settings.unwrap_or((0, 0.0, 0.0, 1.0));
     let result = QualityBench {
         bundle: bundle.display().to_string(),
         preset: args.preset.clone(),
@@ -436,6 +445,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         steps,
         guidance,
         blend,
+        strength,
         analyser_exact_sources: exact,
         modes,
         rows,
@@ -444,12 +454,17 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     };
     for m in &result.modes {
         println!(
-            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}, {} clips, {})\n",
+            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}{}, {} clips, {})\n",
             m.mode,
             result.bundle,
             result.preset,
             steps,
             guidance,
+            if strength < 1.0 {
+                format!(", strength {strength}")
+            } else {
+                String::new()
+            },
             if blend > 0.0 {
                 format!(", blend {blend}")
             } else {
@@ -549,6 +564,7 @@ fn clip_job(
         prompts: clip.edits.iter().map(|e| e.prompt.clone()).collect(),
         guidance: args.guidance,
         steps: args.steps,
+        strength: args.strength,
         context: Some(mode),
         blend: args.blend,
         ..CliOverrides::default()

@@ -65,6 +65,10 @@ pub struct SpecArgs {
     pub guidance: Option<f32>,
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Share of the schedule to run (0 < s <= 1): invert the source that far and sample back.
+    /// Lower keeps more of its layout and motion, 1 (the default) runs every step.
+    #[arg(long)]
+    pub strength: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// off, source or x0_pred.
@@ -89,6 +93,7 @@ impl SpecArgs {
             negative: self.negative.clone(),
             guidance: self.guidance,
             steps: self.steps,
+            strength: self.strength,
             seed: self.seed,
             context: self.context,
             blend: self.blend,

@@ -39,6 +39,9 @@ pub struct StreamArgs {
     pub guidance: Option<f32>,
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Share of the schedule to run (0 < s <= 1; default: the preset's).
+    #[arg(long)]
+    pub strength: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// off, source or x0_pred.
@@ -102,6 +105,7 @@ impl StreamArgs {
             negative: self.negative.clone(),
             guidance: self.guidance,
             steps: self.steps,
+            strength: self.strength,
             seed: self.seed,
             context: self.context.clone(),
             preset: self.preset.clone(),

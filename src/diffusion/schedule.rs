@@ -224,6 +224,17 @@ impl Schedule {
     }
 
     /// `abar[t]`, or the final alpha for t < 0 (the clean end).
+    /// The schedule an edit of `strength` (0..=1] runs: only the `ceil(strength * N)` least
+    /// noisy timesteps, so the source is inverted part way and the sample starts there
+    /// (SDEdit's and diffusers' img2img `strength`). 1 keeps every step.
+    pub fn with_strength(mut self, strength: f64) -> Schedule {
+        let n = self.timesteps.len();
+        let keep = ((strength * n as f64).ceil() as usize).clamp(1, n);
+        self.timesteps.drain(..n - keep);
+        self
+    }
+
+    /// `abar[t]`, or the final alpha for t < 0 (the clean end).
     pub fn abar_of(&self, t: i64) -> f64 {
         if t < 0 {
             self.final_abar
@@ -364,6 +375,22 @@ mod tests {
         assert_eq!(d.abar_of(999), 0.0);
         assert_eq!(d.timesteps()[0], 999);
         assert_eq!(d.timesteps().len(), 1000);
+    }
+
+    #[test]
+    fn strength_keeps_the_least_noisy_steps() {
+        let full = Schedule::ddim(&zsnr(), 25).unwrap();
+        let s = full.clone().with_strength(0.8);
+        assert_eq!(s.timesteps(), &full.timesteps()[5..]);
+        assert_eq!(s.timesteps()[0], 799);
+        assert_eq!(s.ratio(), full.ratio());
+        // A share that is not a whole number of steps rounds up; at least one step runs.
+        assert_eq!(full.clone().with_strength(0.81).timesteps().len(), 21);
+        assert_eq!(full.clone().with_strength(1e-9).timesteps(), &[39]);
+        assert_eq!(
+            full.clone().with_strength(1.0).timesteps(),
+            full.timesteps()
+        );
     }
 
     #[test]

@@ -73,7 +73,14 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     });
     drop(text);
 
-    let setup = sampler_setup(&bundle, job.steps, job.eta, job.context, job.blend)?;
+    let setup = sampler_setup(
+        &bundle,
+        job.steps,
+        job.eta,
+        job.strength,
+        job.context,
+        job.blend,
+    )?;
     let cache = match &job.cache {
         Some(c) => Some(CacheUse {
             cache: c.clone(),
@@ -293,6 +300,7 @@ pub fn inversion_settings(
         "bundle": bundle.identity()?,
         "source": job.source_prompt,
         "steps": job.steps,
+        "strength": job.strength,
         "context": crate::pipeline::spec::context_name(job.context),
         "trajectory": job.blend > 0.0,
         "window": job.window,

@@ -64,6 +64,7 @@ pub fn sampler_setup(
     bundle: &Bundle,
     steps: usize,
     eta: f64,
+    strength: f64,
     mode: ContextMode,
     blend: f32,
 ) -> Result<SamplerSetup, PipelineError> {
@@ -80,8 +81,14 @@ pub fn sampler_setup(
             bundle.name()
         )));
     }
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(PipelineError::Config(format!(
+            "strength {strength} is out of range (0 < strength <= 1)"
+        )));
+    }
     let schedule = Schedule::ddim(&m.schedule.noise_config(), steps)
-        .map_err(|e| PipelineError::Config(e.to_string()))?;
+        .map_err(|e| PipelineError::Config(e.to_string()))?
+        .with_strength(strength);
     Ok(SamplerSetup {
         schedule,
         context,

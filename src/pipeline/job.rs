@@ -37,6 +37,8 @@ pub struct EditJob {
     pub edits: Vec<EditTarget>,
     pub steps: usize,
     pub eta: f64,
+    /// Share of the schedule to run (`Schedule::with_strength`); 1 = every step.
+    pub strength: f64,
     pub context: ContextMode,
     /// New frames per temporal window.
     pub window: usize,
@@ -131,6 +133,7 @@ impl EditJob {
                 .collect(),
             steps: first.steps,
             eta: spec.eta,
+            strength: spec.strength,
             context: first.context,
             window: spec.window,
             overlap: spec.overlap,

@@ -60,6 +60,8 @@ pub struct StreamJob {
     pub seed: u64,
     pub steps: usize,
     pub eta: f64,
+    /// Share of the schedule to run (`Schedule::with_strength`).
+    pub strength: f64,
     pub context: ContextMode,
     pub window: usize,
     pub overlap: usize,
@@ -157,7 +159,14 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
     )
     .map_err(PipelineError::Config)?;
     let prompt_status = prompts.status();
-    let setup = sampler_setup(&bundle, job.steps, job.eta, job.context, job.blend)?;
+    let setup = sampler_setup(
+        &bundle,
+        job.steps,
+        job.eta,
+        job.strength,
+        job.context,
+        job.blend,
+    )?;
     let models = StageModels::load(&bundle, &job.runtime, &setup, false, false)?;
     let mut encode = job.encode.clone();
     if job.output.is_live() && encode.gop.is_none() {

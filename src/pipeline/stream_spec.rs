@@ -34,6 +34,8 @@ pub struct StreamSettings {
     pub negative: Option<String>,
     pub guidance: Option<f32>,
     pub steps: Option<usize>,
+    /// Share of the schedule to run (0 < s <= 1).
+    pub strength: Option<f64>,
     pub seed: Option<u64>,
     /// off, source or x0_pred.
     pub context: Option<String>,
@@ -175,6 +177,7 @@ pub fn build_job(
         negative: args.negative.clone(),
         guidance: args.guidance,
         steps: args.steps,
+        strength: args.strength,
         seed: args.seed,
         context,
         blend: None,
@@ -245,6 +248,7 @@ pub fn build_job(
         seed: edit.seed,
         steps: edit.steps,
         eta: spec.eta,
+        strength: spec.strength,
         context: edit.context,
         window,
         overlap: spec.overlap.min(window.saturating_sub(1)),

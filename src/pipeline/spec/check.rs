@@ -52,6 +52,15 @@ impl Checker<'_> {
         self.range("blend", v, 0.0..=1.0)
     }
 
+    /// Greater than 0 (some step must run) and at most 1 (every step).
+    pub(super) fn strength(&self, v: f64) -> Result<(), SpecError> {
+        if v > 0.0 && v <= 1.0 {
+            Ok(())
+        } else {
+            Err(self.out_of_range("strength", v, "0 < strength <= 1"))
+        }
+    }
+
     pub(super) fn eta(&self, v: f64) -> Result<(), SpecError> {
         if v >= 0.0 && v.is_finite() {
             Ok(())
@@ -78,6 +87,9 @@ impl Checker<'_> {
         }
         if let Some(v) = o.eta {
             self.eta(v)?;
+        }
+        if let Some(v) = o.strength {
+            self.strength(v)?;
         }
         if let Some(v) = o.window {
             self.window(v)?;

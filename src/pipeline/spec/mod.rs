@@ -29,6 +29,7 @@
 //! | `steps` | integer `1..=1000` | required | P F E C | DDIM steps (CONTEXTDIFF.md §2). |
 //! | `guidance` | float `0..=50` | required | P F E C | Classifier-free guidance weight `w`; 1 = conditional prediction only. |
 //! | `eta` | float `>= 0` | `0` | P F | DDIM stochasticity; 0 = deterministic. |
+//! | `strength` | float `0 < s <= 1` | `1` | P F C | Share of the schedule an edit runs: the source is inverted through the `ceil(s * steps)` least noisy timesteps and sampled back from there (SDEdit's strength). Lower keeps more of the source's layout and motion; 1 = the whole schedule. Shared by a video's edits (one inversion). |
 //! | `seed` | integer `0..=2^63-1` (TOML) | `0` | P F E C | Seed of the noise source (used when `eta > 0`). |
 //! | `context` | `"off"`, `"source"`, `"x0_pred"` | `"source"` | P F E C | ContextDiff context mode ([`ContextMode`], CONTEXTDIFF.md): none, the adapter on the source latent once, or on each step's x0 estimate. |
 //! | `negative` | string | none | P F E C | Negative prompt (the unconditional branch of guidance); `""` clears one set below. |
@@ -106,6 +107,17 @@ pub const DEFAULT_PRESET: &str = "default";
 
 /// The largest temporal window, in frames (the default is 8).
 pub const MAX_WINDOW: usize = 64;
+
+/// `strength` when no layer sets it: the whole schedule.
+fn full_strength() -> f64 {
+    1.0
+}
+
+/// A job at full strength serializes without the key, so what runs (and so the keys of
+/// stored jobs) is what it was before `strength` existed.
+fn is_full_strength(v: &f64) -> bool {
+    *v == 1.0
+}
 
 /// The largest prompt file read (sidecars, `_defaults.toml`, `--prompt-file`).
 pub const MAX_PROMPT_FILE: u64 = 1 << 20;

@@ -21,6 +21,8 @@ pub struct Preset {
     pub steps: usize,
     pub guidance: f32,
     pub eta: f64,
+    /// Share of the schedule an edit runs: invert that far, sample back (1 = all of it).
+    pub strength: f64,
     pub seed: u64,
     pub context: ContextMode,
     pub window: usize,
@@ -45,6 +47,8 @@ struct PresetFile {
     guidance: f32,
     #[serde(default)]
     eta: f64,
+    #[serde(default = "full_strength")]
+    strength: f64,
     #[serde(default)]
     seed: u64,
     #[serde(default = "default_context", deserialize_with = "de_context")]
@@ -72,6 +76,8 @@ struct PresetFile {
 fn default_context() -> ContextMode {
     ContextMode::Source
 }
+use super::full_strength;
+
 fn default_window() -> usize {
     8
 }
@@ -146,6 +152,7 @@ impl Preset {
         check.steps(raw.steps)?;
         check.guidance(raw.guidance)?;
         check.eta(raw.eta)?;
+        check.strength(raw.strength)?;
         check.window(raw.window)?;
         check.short_side(raw.short_side)?;
         check.range("multiple", raw.multiple, MULTIPLE)?;
@@ -167,6 +174,7 @@ impl Preset {
             steps: raw.steps,
             guidance: raw.guidance,
             eta: raw.eta,
+            strength: raw.strength,
             seed: raw.seed,
             context: raw.context,
             window: raw.window,
@@ -195,7 +203,8 @@ mod tests {
         );
         let demo = preset("demo");
         assert_eq!(demo.name, "demo");
-        assert_eq!((demo.steps, demo.guidance), (25, 2.0));
+        assert_eq!((demo.steps, demo.guidance, demo.strength), (25, 2.0, 0.8));
+        assert_eq!(preset("default").strength, 1.0);
         assert_eq!((demo.short_side, demo.multiple), (None, 16));
         assert_eq!(demo.bundle.as_deref(), Some(Path::new("models/demo")));
         let d = preset("default");
@@ -238,6 +247,15 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad.contains("blend = 1.5 is out of range (0..=1)"), "{bad}");
+        for s in ["0", "1.5", "-0.2"] {
+            let bad = Preset::parse_reader(
+                format!("steps = 10\nguidance = 2.0\nstrength = {s}\n").as_bytes(),
+                Path::new("s.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(bad.contains("out of range (0 < strength <= 1)"), "{bad}");
+        }
 
         let err = Preset::load("turbo", &pipelines()).unwrap_err().to_string();
         assert!(err.contains("unknown preset `turbo`"), "{err}");

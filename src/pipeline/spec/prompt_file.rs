@@ -17,6 +17,8 @@ pub struct Overrides {
     pub steps: Option<usize>,
     pub guidance: Option<f32>,
     pub eta: Option<f64>,
+    /// Share of the schedule an edit runs (`Schedule::with_strength`).
+    pub strength: Option<f64>,
     pub seed: Option<u64>,
     pub context: Option<ContextMode>,
     /// `Some("")` clears a negative prompt set in a layer below.
@@ -122,6 +124,8 @@ struct RawPromptFile {
     #[serde(default)]
     eta: Option<f64>,
     #[serde(default)]
+    strength: Option<f64>,
+    #[serde(default)]
     seed: Option<u64>,
     #[serde(default, deserialize_with = "de_context_opt")]
     context: Option<ContextMode>,
@@ -211,6 +215,7 @@ impl PromptFile {
             steps: raw.steps,
             guidance: raw.guidance,
             eta: raw.eta,
+            strength: raw.strength,
             seed: raw.seed,
             context: raw.context,
             negative: raw.negative,
@@ -283,6 +288,7 @@ fn parse_txt(text: &str, path: &Path) -> Result<RawPromptFile, SpecError> {
         steps: None,
         guidance: None,
         eta: None,
+        strength: None,
         seed: None,
         context: None,
         negative: None,

@@ -41,6 +41,8 @@ pub struct CliOverrides {
     pub negative: Option<String>,
     pub guidance: Option<f32>,
     pub steps: Option<usize>,
+    /// Share of the schedule the edits run (0 < s <= 1).
+    pub strength: Option<f64>,
     pub seed: Option<u64>,
     pub context: Option<ContextMode>,
     /// Local blending threshold (0 = off).
@@ -80,6 +82,12 @@ pub struct JobSpec {
     pub short_side: Option<u32>,
     pub multiple: u32,
     pub eta: f64,
+    /// Share of the schedule the edits run (`Schedule::with_strength`); 1 = all of it.
+    #[serde(
+        default = "super::full_strength",
+        skip_serializing_if = "super::is_full_strength"
+    )]
+    pub strength: f64,
     /// Local blending threshold (0 = off).
     pub blend: f32,
     pub reconstruct: bool,
@@ -129,6 +137,7 @@ struct Merged {
     steps: usize,
     guidance: f32,
     eta: f64,
+    strength: f64,
     seed: u64,
     context: ContextMode,
     negative: Option<String>,
@@ -145,6 +154,7 @@ impl Merged {
             "steps",
             "guidance",
             "eta",
+            "strength",
             "seed",
             "context",
             "negative",
@@ -160,6 +170,7 @@ impl Merged {
             steps: preset.steps,
             guidance: preset.guidance,
             eta: preset.eta,
+            strength: preset.strength,
             seed: preset.seed,
             context: preset.context,
             negative: preset.negative.clone(),
@@ -184,7 +195,7 @@ impl Merged {
                 })*
             };
         }
-        take!(steps, guidance, eta, seed, context, window, overlap, anchor; negative, short_side);
+        take!(steps, guidance, eta, strength, seed, context, window, overlap, anchor; negative, short_side);
     }
 
     fn apply_edit(&mut self, e: &EditSpec, label: &str) {
@@ -341,6 +352,7 @@ fn cli_layer(cli: &CliOverrides) -> Result<Layer, SpecError> {
     let settings = Overrides {
         steps: cli.steps,
         guidance: cli.guidance,
+        strength: cli.strength,
         seed: cli.seed,
         context: cli.context,
         negative: cli.negative.clone(),
@@ -484,6 +496,7 @@ fn resolve(
         short_side: job.short_side.filter(|&s| s > 0),
         multiple: preset.multiple,
         eta: job.eta,
+        strength: job.strength,
         blend: cli.blend.unwrap_or(preset.blend),
         reconstruct: preset.reconstruct,
         bundle: preset.bundle.clone(),
@@ -788,5 +801,61 @@ context = "off"
         let json = serde_json::to_value(&job).unwrap();
         assert_eq!(json["edits"][0]["context"], "x0_pred");
         assert_eq!(json["provenance"]["context"], "cli");
+    }
+
+    #[test]
+    fn strength_merges_like_eta_and_is_omitted_at_full_strength() {
+        let p = preset("default");
+        let file = toml(
+            "source = \"a\"\nstrength = 0.7\n[[edit]]\nprompt = \"b\"\n",
+            "v.prompt.toml",
+        );
+        let job = JobSpec::resolve(&p, None, Some(&file), &cli()).unwrap();
+        assert_eq!(job.strength, 0.7);
+        assert_eq!(job.provenance["strength"], "sidecar:v.prompt.toml");
+        let over = CliOverrides {
+            strength: Some(0.5),
+            ..cli()
+        };
+        let job = JobSpec::resolve(&p, None, Some(&file), &over).unwrap();
+        assert_eq!(
+            (job.strength, job.provenance["strength"].as_str()),
+            (0.5, "cli")
+        );
+        let err = JobSpec::resolve(
+            &p,
+            None,
+            Some(&file),
+            &CliOverrides {
+                strength: Some(0.0),
+                ..cli()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("out of range (0 < strength <= 1)"), "{err}");
+
+        // At 1 the key is left out, so a job stored before `strength` existed reads back the
+        // same and keeps its key (`what_runs`).
+        let full = JobSpec::resolve(
+            &p,
+            None,
+            None,
+            &CliOverrides {
+                source: Some("a".into()),
+                prompts: vec!["b".into()],
+                ..cli()
+            },
+        )
+        .unwrap();
+        assert_eq!(full.strength, 1.0);
+        let runs = full.what_runs();
+        assert!(runs.get("strength").is_none(), "{runs}");
+        let mut old = serde_json::to_value(&full).unwrap();
+        old.as_object_mut().unwrap().remove("strength");
+        let back: JobSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(back, full);
+        let part = serde_json::to_value(&job).unwrap();
+        assert_eq!(part["strength"], 0.5);
     }
 }
