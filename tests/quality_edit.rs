@@ -3,7 +3,8 @@
 //! edit, judged by the analyser: the asked-for attribute must appear, and the object count and
 //! the motion (median distance from the labelled path <= 1.5 px) must be kept. Without
 //! models/demo this fails, naming it. The full check is ignored until the bundle keeps the
-//! scene (see below); a weaker one, what the shipped bundle does today, runs always.
+//! scene and edits shapes (see below); a weaker one, what the shipped bundle does today (colour
+//! and background, count and motion kept), runs always.
 //! `CTXD_DEMO_BUNDLE=DIR` runs it against another bundle of the same contract (a fresh
 //! training run, say).
 
@@ -49,13 +50,14 @@ fn edit_clip(
     quality::read_frames(out).expect("decode the edited clip")
 }
 
-// Ignored until models/demo keeps the scene and edits shapes (issue 11): the shipped bundle
-// (seventh run) changes colour and background every time on the first 12 held-out clips, but
-// the edited object drifts off its path (median 4 px) and comes out with soft edges, so only a
-// sixth of its shape edits succeed. Run it against a trained bundle with
+// Ignored until models/demo edits shapes reliably (issue 11): with the demo preset
+// (strength 0.8) the shipped bundle (seventh run) passes the colour and the background edit
+// here, object on its path (0.6 and 0.4 px), but its square-to-diamond edit keeps the path
+// and comes out with edges too soft for the analyser to name a shape (two thirds of its shape
+// edits succeed on the first 12 held-out clips). Run it against a trained bundle with
 // `CTXD_DEMO_BUNDLE=DIR cargo test --locked -- --ignored demo_edits`.
 #[test]
-#[ignore = "needs a models/demo that keeps the scene and edits shapes (issue 11); CTXD_DEMO_BUNDLE=DIR cargo test -- --ignored"]
+#[ignore = "needs a models/demo that edits shapes reliably (issue 11); CTXD_DEMO_BUNDLE=DIR cargo test -- --ignored"]
 fn demo_edits_change_what_was_asked_and_keep_count_and_motion() {
     let bundle = demo_bundle();
     let set = load_heldout();
@@ -127,10 +129,10 @@ fn demo_edits_change_what_was_asked_and_keep_count_and_motion() {
 
 /// What the shipped models/demo does today (README, "A trained demo bundle"): on the first
 /// one-object held-out clip, the colour and the background edits show the asked-for
-/// attribute and keep the object count. It asks nothing about the object's path or shape,
-/// which this bundle does not keep yet.
+/// attribute and keep the object count and its path (median <= 1.5 px off). It asks nothing
+/// about shape edits, which this bundle does not get right reliably yet.
 #[test]
-fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_the_count() {
+fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_count_and_motion() {
     let bundle = demo_bundle();
     let set = load_heldout();
     let analyser = Analyser::new(set.palette.clone(), AnalyserConfig::default());
@@ -152,9 +154,10 @@ fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_the_count() {
             &out,
         );
         let cmp = score::compare(&analyser.clip(&frames), &clip.expected_after(edit));
-        if !cmp.success(kind, edit.target) || !cmp.count_ok {
+        let kept_path = cmp.motion_error_px.is_some_and(|m| m <= 1.5);
+        if !cmp.success(kind, edit.target) || !cmp.count_ok || !kept_path {
             failures.push(format!(
-                "{} {} edit {:?}: saw a {} {} background and objects {:?}",
+                "{} {} edit {:?}: saw a {} {} background, objects {:?}, motion error {:?} px",
                 clip.file,
                 kind.name(),
                 edit.prompt,
@@ -163,7 +166,8 @@ fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_the_count() {
                 cmp.objects
                     .iter()
                     .map(|o| o.colour.as_deref().unwrap_or("?").to_string())
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>(),
+                cmp.motion_error_px
             ));
         }
     }

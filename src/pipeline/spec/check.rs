@@ -164,5 +164,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "command line: prompt is empty");
+        let bad = CliOverrides {
+            strength: Some(1.5),
+            ..cli()
+        };
+        let err = JobSpec::resolve(&p, None, Some(&sidecar), &bad)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "command line: strength = 1.5 is out of range (0 < strength <= 1)"
+        );
+        let bad_file = toml_err("source = \"a\"\nstrength = 0\n", "d.prompt.toml");
+        assert!(
+            bad_file.contains("d.prompt.toml: strength = 0 is out of range (0 < strength <= 1)"),
+            "{bad_file}"
+        );
     }
 }
