@@ -65,8 +65,8 @@ pub struct SpecArgs {
     pub guidance: Option<f32>,
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Share of the schedule to run (0 < s <= 1): invert the source that far and sample back.
-    /// Lower keeps more of its layout and motion, 1 (the default) runs every step.
+    /// Share of the schedule to run (0 < s <= 1; default: the preset's): invert the source
+    /// that far and sample back. Lower keeps more of its layout and motion; 1 runs every step.
     #[arg(long)]
     pub strength: Option<f64>,
     #[arg(long)]
