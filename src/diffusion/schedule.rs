@@ -223,13 +223,14 @@ impl Schedule {
         }
     }
 
-    /// `abar[t]`, or the final alpha for t < 0 (the clean end).
-    /// The schedule an edit of `strength` (0..=1] runs: only the `ceil(strength * N)` least
+    /// The schedule an edit of `strength` in (0, 1] runs: only the `ceil(strength * N)` least
     /// noisy timesteps, so the source is inverted part way and the sample starts there
     /// (SDEdit's and diffusers' img2img `strength`). 1 keeps every step.
     pub fn with_strength(mut self, strength: f64) -> Schedule {
         let n = self.timesteps.len();
-        let keep = ((strength * n as f64).ceil() as usize).clamp(1, n);
+        // The tolerance keeps a product that is whole but for rounding (0.7 * 10 is
+        // 7.000000000000001 in f64) from gaining a step.
+        let keep = ((strength * n as f64 - 1e-9).ceil() as usize).clamp(1, n);
         self.timesteps.drain(..n - keep);
         self
     }
@@ -387,6 +388,8 @@ mod tests {
         // A share that is not a whole number of steps rounds up; at least one step runs.
         assert_eq!(full.clone().with_strength(0.81).timesteps().len(), 21);
         assert_eq!(full.clone().with_strength(1e-9).timesteps(), &[39]);
+        let ten = Schedule::ddim(&zsnr(), 10).unwrap();
+        assert_eq!(ten.with_strength(0.7).timesteps().len(), 7);
         assert_eq!(
             full.clone().with_strength(1.0).timesteps(),
             full.timesteps()

@@ -1,0 +1,352 @@
+//! Tests of layer merging (a child module of `resolve`, kept in its own file).
+use super::super::test_support::{cli, pipelines, preset, toml};
+use super::*;
+
+#[test]
+fn precedence_and_provenance() {
+    let p = preset("default");
+    let defaults = toml(
+        "source = \"from defaults\"\nsteps = 20\nguidance = 6\nseed = 1\nwindow = 12\n\
+         [[edit]]\nprompt = \"defaults edit\"\n",
+        "/in/_defaults.toml",
+    );
+    let sidecar = toml(
+        "source = \"from sidecar\"\nguidance = 5\nseed = 2\noverlap = 2\nshort_side = 0\n",
+        "/in/clip.prompt.toml",
+    );
+    let over = CliOverrides {
+        seed: Some(3),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, Some(&defaults), Some(&sidecar), &over).unwrap();
+    assert_eq!(job.source, "from sidecar");
+    assert_eq!(
+        job.edits.len(),
+        1,
+        "the sidecar has no edits: the defaults' apply"
+    );
+    let e = &job.edits[0];
+    assert_eq!((e.steps, e.guidance, e.seed), (20, 5.0, 3));
+    assert_eq!(e.context, ContextMode::Source);
+    assert_eq!((job.window, job.overlap, job.short_side), (12, 2, None));
+    assert_eq!(job.preset_name, "default");
+
+    let from = |k: &str| job.provenance[k].as_str();
+    assert_eq!(from("context"), "preset:default");
+    assert_eq!(from("multiple"), "preset:default");
+    assert_eq!(from("steps"), "defaults:/in/_defaults.toml");
+    assert_eq!(from("window"), "defaults:/in/_defaults.toml");
+    assert_eq!(from("edits"), "defaults:/in/_defaults.toml");
+    assert_eq!(from("guidance"), "sidecar:/in/clip.prompt.toml");
+    assert_eq!(from("source"), "sidecar:/in/clip.prompt.toml");
+    assert_eq!(from("short_side"), "sidecar:/in/clip.prompt.toml");
+    assert_eq!(from("seed"), "cli");
+    assert_eq!(from("edit.defaults-edit.seed"), "cli");
+    assert_eq!(
+        from("edit.defaults-edit.guidance"),
+        "sidecar:/in/clip.prompt.toml"
+    );
+
+    // The command line's source and prompts win, and its prompts replace the files' edits.
+    let over = CliOverrides {
+        source: Some("from cli".into()),
+        prompts: vec!["a cat".into(), "a cat".into()],
+        steps: Some(5),
+        context: Some(ContextMode::X0Pred),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, Some(&defaults), Some(&sidecar), &over).unwrap();
+    assert_eq!(job.source, "from cli");
+    let names: Vec<_> = job.edits.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["a-cat", "a-cat-2"]);
+    assert!(job
+        .edits
+        .iter()
+        .all(|e| e.steps == 5 && e.context == ContextMode::X0Pred));
+    assert_eq!(job.provenance["edits"], "cli");
+    assert_eq!(job.provenance["source"], "cli");
+
+    // --short-side reaches the spec (and so the report) with its provenance; 0 = native.
+    for (flag, want) in [(256, Some(256)), (0, None)] {
+        let over = CliOverrides {
+            short_side: Some(flag),
+            ..cli()
+        };
+        let job = JobSpec::resolve(&p, Some(&defaults), Some(&sidecar), &over).unwrap();
+        assert_eq!(job.short_side, want);
+        assert_eq!(job.provenance["short_side"], "cli");
+    }
+    let over = CliOverrides {
+        short_side: Some(100_000),
+        ..cli()
+    };
+    let e = JobSpec::resolve(&p, None, None, &over)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("short_side"), "{e}");
+}
+
+#[test]
+fn per_edit_values_override_their_file_but_not_higher_layers() {
+    let p = preset("default");
+    let sidecar = toml(
+        r#"
+source = "a dog"
+guidance = 4
+negative = "blurry"
+[[edit]]
+prompt = "a cat"
+guidance = 9
+steps = 25
+negative = ""
+[[edit]]
+prompt = "a fox"
+context = "off"
+"#,
+        "clip.prompt.toml",
+    );
+    let job = JobSpec::resolve(&p, None, Some(&sidecar), &cli()).unwrap();
+    let [cat, fox] = &job.edits[..] else {
+        panic!("two edits")
+    };
+    assert_eq!(
+        (cat.guidance, cat.steps, cat.negative.as_deref()),
+        (9.0, 25, None)
+    );
+    assert_eq!((fox.guidance, fox.steps), (4.0, 50));
+    assert_eq!(fox.negative.as_deref(), Some("blurry"));
+    assert_eq!(
+        (cat.context, fox.context),
+        (ContextMode::Source, ContextMode::Off)
+    );
+
+    let over = CliOverrides {
+        guidance: Some(2.0),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, None, Some(&sidecar), &over).unwrap();
+    assert!(job.edits.iter().all(|e| e.guidance == 2.0));
+    assert_eq!(job.edits[0].steps, 25);
+}
+
+#[test]
+fn overlap_checked_after_merge_names_layers() {
+    let p = preset("default");
+    let sidecar = toml(
+        "source = \"a\"\noverlap = 8\n[[edit]]\nprompt = \"b\"\n",
+        "clip.prompt.toml",
+    );
+    let err = JobSpec::resolve(&p, None, Some(&sidecar), &cli())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "overlap = 8 (sidecar:clip.prompt.toml) must be less than window = 8 (preset:default)"
+    );
+}
+
+#[test]
+fn missing_source_or_edits() {
+    let p = preset("default");
+    let only_edits = toml("[[edit]]\nprompt = \"b\"\n", "clip.prompt.toml");
+    let err = JobSpec::resolve(&p, None, Some(&only_edits), &cli()).unwrap_err();
+    assert!(matches!(err, SpecError::MissingSource { .. }));
+    let err = err.to_string();
+    assert!(
+        err.contains("source = ") && err.contains("--source"),
+        "{err}"
+    );
+
+    let only_source = toml("source = \"a\"\n", "clip.prompt.toml");
+    let err = JobSpec::resolve(&p, None, Some(&only_source), &cli()).unwrap_err();
+    assert!(matches!(err, SpecError::NoEdits { .. }));
+    let err = err.to_string();
+    assert!(
+        err.contains("[[edit]]") && err.contains("--prompt"),
+        "{err}"
+    );
+
+    let err = JobSpec::resolve(&p, None, None, &cli()).unwrap_err();
+    assert!(matches!(err, SpecError::MissingSource { .. }));
+}
+
+#[test]
+fn reconstruct_edits_with_the_source_prompt() {
+    let p = preset("reconstruct");
+    let sidecar = toml(
+        "source = \"a man walking a dog\"\n[[edit]]\nprompt = \"a tiger\"\n",
+        "clip.prompt.toml",
+    );
+    let job = JobSpec::resolve(&p, None, Some(&sidecar), &cli()).unwrap();
+    assert!(job.reconstruct);
+    assert_eq!(job.edits.len(), 1);
+    let e = &job.edits[0];
+    assert_eq!(e.name, "reconstruct");
+    assert_eq!(e.prompt, "a man walking a dog");
+    assert_eq!((e.guidance, e.steps), (1.0, 50));
+    assert_eq!(job.provenance["edits"], "preset:reconstruct");
+
+    // No sidecar edits needed; a source is.
+    let over = CliOverrides {
+        source: Some("a dog".into()),
+        ..cli()
+    };
+    assert_eq!(
+        JobSpec::resolve(&p, None, None, &over).unwrap().edits[0].prompt,
+        "a dog"
+    );
+    let over = CliOverrides {
+        prompts: vec!["a tiger".into()],
+        ..over
+    };
+    let err = JobSpec::resolve(&p, None, None, &over).unwrap_err();
+    assert!(matches!(err, SpecError::Conflict(_)), "{err}");
+}
+
+#[test]
+fn for_video_finds_defaults_and_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("clip.mp4");
+    std::fs::write(dir.path().join(DEFAULTS_FILE), "steps = 12\n").unwrap();
+    std::fs::write(dir.path().join("clip.prompt.txt"), "source: a dog\na cat\n").unwrap();
+    let over = CliOverrides {
+        preset: Some("fast".into()),
+        ..cli()
+    };
+    let job = JobSpec::for_video(&video, &pipelines(), &over).unwrap();
+    assert_eq!(job.preset_name, "fast");
+    assert_eq!(job.source, "a dog");
+    assert_eq!(job.edits[0].steps, 12);
+    assert_eq!(job.edits[0].name, "a-cat");
+    assert!(job.provenance["edits"].starts_with("sidecar:"));
+    assert!(job.provenance["steps"].starts_with("defaults:"));
+
+    // Without a sidecar, the message points at where one would go.
+    let other = dir.path().join("other.mp4");
+    let err = JobSpec::for_video(&other, &pipelines(), &cli())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("other.prompt.toml") && err.contains(DEFAULTS_FILE),
+        "{err}"
+    );
+
+    std::fs::write(dir.path().join("clip.prompt.json"), "{}").unwrap();
+    let err = JobSpec::for_video(&video, &pipelines(), &cli()).unwrap_err();
+    assert!(matches!(err, SpecError::AmbiguousSidecar { .. }), "{err}");
+}
+
+#[test]
+fn prompt_files_that_are_pipes_links_or_huge_are_refused_without_blocking() {
+    // Regression: `_defaults.toml` was opened with no type check (a named pipe blocked the
+    // daemon's loop forever), sidecars followed links, reads had no size cap.
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("clip.mp4");
+    let fifo = dir.path().join(DEFAULTS_FILE);
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let v = video.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(JobSpec::for_video(&v, &pipelines(), &cli()).map_err(|e| e.to_string()));
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("reading a named pipe as _defaults.toml must not block")
+        .unwrap_err();
+    assert!(
+        err.contains("_defaults.toml: is not a regular file"),
+        "{err}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
+
+    // A sidecar that is a link (here to a file outside the folder) is refused.
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("secret.txt");
+    std::fs::write(&target, "source: a\nb\n").unwrap();
+    let link = dir.path().join("clip.prompt.txt");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = JobSpec::for_video(&video, &pipelines(), &cli())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("clip.prompt.txt: is a symbolic link"), "{err}");
+    std::fs::remove_file(&link).unwrap();
+
+    // A huge one is refused, and named.
+    std::fs::write(&link, "a\n".repeat(600_000)).unwrap();
+    let err = JobSpec::for_video(&video, &pipelines(), &cli())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("clip.prompt.txt: is over 1024 KiB"), "{err}");
+}
+
+#[test]
+fn job_spec_serializes_context_by_name() {
+    let p = preset("default");
+    let over = CliOverrides {
+        source: Some("a".into()),
+        prompts: vec!["b".into()],
+        context: Some(ContextMode::X0Pred),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, None, None, &over).unwrap();
+    let json = serde_json::to_value(&job).unwrap();
+    assert_eq!(json["edits"][0]["context"], "x0_pred");
+    assert_eq!(json["provenance"]["context"], "cli");
+}
+
+#[test]
+fn strength_merges_like_eta_and_is_omitted_at_full_strength() {
+    let p = preset("default");
+    let file = toml(
+        "source = \"a\"\nstrength = 0.7\n[[edit]]\nprompt = \"b\"\n",
+        "v.prompt.toml",
+    );
+    let job = JobSpec::resolve(&p, None, Some(&file), &cli()).unwrap();
+    assert_eq!(job.strength, 0.7);
+    assert_eq!(job.provenance["strength"], "sidecar:v.prompt.toml");
+    let over = CliOverrides {
+        strength: Some(0.5),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, None, Some(&file), &over).unwrap();
+    assert_eq!(
+        (job.strength, job.provenance["strength"].as_str()),
+        (0.5, "cli")
+    );
+    let err = JobSpec::resolve(
+        &p,
+        None,
+        Some(&file),
+        &CliOverrides {
+            strength: Some(0.0),
+            ..cli()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("out of range (0 < strength <= 1)"), "{err}");
+
+    // At 1 the key is left out, so a job stored before `strength` existed reads back the
+    // same and keeps its key (`what_runs`).
+    let full = JobSpec::resolve(
+        &p,
+        None,
+        None,
+        &CliOverrides {
+            source: Some("a".into()),
+            prompts: vec!["b".into()],
+            ..cli()
+        },
+    )
+    .unwrap();
+    assert_eq!(full.strength, 1.0);
+    let runs = full.what_runs();
+    assert!(runs.get("strength").is_none(), "{runs}");
+    let mut old = serde_json::to_value(&full).unwrap();
+    old.as_object_mut().unwrap().remove("strength");
+    let back: JobSpec = serde_json::from_value(old).unwrap();
+    assert_eq!(back, full);
+    let part = serde_json::to_value(&job).unwrap();
+    assert_eq!(part["strength"], 0.5);
+}
