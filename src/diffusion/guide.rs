@@ -1,11 +1,12 @@
 //! Classifier-free guidance (CONTEXTDIFF.md §2) for the sampler's loops: one UNet call per
-//! step with the batch [uncond, cond], combined as `eps_u + w (eps_c - eps_u)`, on buffers
-//! kept for the whole run.
+//! step with the batch [uncond, cond], combined as `eps_u + w (eps_c - eps_u)` by the step
+//! that reads it (`step`), on buffers kept for the whole run.
 
-use ndarray::{concatenate, s, Axis, Zip};
+use ndarray::{concatenate, s, Axis};
 
 use super::pool;
 use super::sampler::{Conditioning, Latent, NoisePredictor, TextStates};
+use super::step::Eps;
 use super::DiffusionError;
 
 /// What guidance reuses from step to step: the text batch [uncond, cond] (the same every
@@ -38,22 +39,23 @@ impl Guide {
         })
     }
 
-    /// The UNet's raw output under guidance, written into `out` (the latent's shape): one
-    /// call, batch [uncond, cond] (§2), combined straight from the UNet's output buffer.
-    pub(crate) fn output(
+    /// Runs the UNet on `x` at `t` and hands its output to `read`: as it is without
+    /// guidance, else as the two halves of one call on the batch [uncond, cond] (§2), read
+    /// straight from the UNet's output buffer.
+    pub(crate) fn run(
         &mut self,
         unet: &mut dyn NoisePredictor,
         x: &Latent,
         t: i64,
         cond: &Conditioning,
-        out: &mut Latent,
+        read: &mut dyn FnMut(Eps<'_>),
     ) -> Result<(), DiffusionError> {
         let tf = t as f32;
         let mut shape_err = None;
         let (Some(text), Some(xx)) = (&self.text, &mut self.xx) else {
             unet.predict_with(x, tf, &cond.cond, &mut |o| {
-                if o.shape() == out.shape() {
-                    out.assign(&o);
+                if o.shape() == x.shape() {
+                    read(Eps::Raw(o));
                 } else {
                     shape_err = Some(o.shape().to_vec());
                 }
@@ -62,7 +64,7 @@ impl Guide {
                 None => Ok(()),
                 Some(got) => Err(DiffusionError::Shape(format!(
                     "UNet output has shape {got:?}, the latent {:?}",
-                    out.shape()
+                    x.shape()
                 ))),
             };
         };
@@ -72,14 +74,12 @@ impl Guide {
         xx.slice_mut(s![b.., .., .., .., ..]).assign(x);
         let w = cond.guidance as f64;
         unet.predict_with(xx, tf, text, &mut |o| {
-            if o.shape() != xx_shape(out.shape(), 2 * b).as_slice() {
+            if o.shape() != xx_shape(x.shape(), 2 * b).as_slice() {
                 shape_err = Some(o.shape().to_vec());
                 return;
             }
             let (u, c) = o.split_at(Axis(0), b);
-            zip_for_each!(Zip::from(&mut *out).and(&u).and(&c), |r, &u, &c| {
-                *r = (u as f64 + w * (c as f64 - u as f64)) as f32;
-            });
+            read(Eps::Guided { u, c, w });
         })?;
         match shape_err {
             None => Ok(()),

@@ -38,6 +38,7 @@ pub mod noise;
 mod pool;
 pub mod sampler;
 pub mod schedule;
+mod step;
 
 pub use blend::{edit_mask, Blend};
 pub use context::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};

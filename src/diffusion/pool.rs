@@ -8,7 +8,7 @@ use ndarray::Ix5;
 
 use super::sampler::Latent;
 
-/// Buffers kept per thread at most (a guided run uses six).
+/// Buffers kept per thread at most (a guided run uses three, five in `x0_pred` mode).
 const KEEP: usize = 8;
 
 thread_local! {
@@ -29,13 +29,6 @@ pub(crate) fn take(dim: Ix5) -> Latent {
             }
         }
     })
-}
-
-/// A latent of shape `dim` holding `value` everywhere.
-pub(crate) fn filled(dim: Ix5, value: f32) -> Latent {
-    let mut l = take(dim);
-    l.fill(value);
-    l
 }
 
 /// A copy of `src` in standard layout.
@@ -74,8 +67,7 @@ mod tests {
         let c = take(Ix5(1, 2, 4, 4, 5));
         assert_eq!(c.shape(), &[1, 2, 4, 4, 5]);
         FREE.with(|f| assert!(f.borrow().is_empty(), "the old shape was dropped"));
-        let z = filled(Ix5(1, 1, 1, 2, 2), 0.0);
-        assert!(z.iter().all(|&v| v == 0.0));
+        let z = take(Ix5(1, 1, 1, 2, 2));
         let src = Latent::from_elem(Ix5(1, 1, 1, 2, 2), 3.0);
         give(z);
         assert_eq!(copy_of(&src), src);

@@ -24,6 +24,7 @@ use super::guide::Guide;
 use super::noise::NoiseSource;
 use super::pool;
 use super::schedule::{Prediction, Schedule};
+use super::step::{self, InvertCoef, SampleCoef, Update};
 use super::DiffusionError;
 
 /// Latents `[B, C, F, h, w]`.
@@ -106,7 +107,9 @@ pub struct StepInfo<'a> {
     pub total: usize,
     pub t: i64,
     pub latent: &'a Latent,
-    pub x0: &'a Latent,
+    /// The step's x0 estimate, where the run keeps one (`x0_pred` context, or
+    /// `keep_trajectory`).
+    pub x0: Option<&'a Latent>,
 }
 
 #[derive(Debug, Clone)]
@@ -276,9 +279,8 @@ fn run_loop(
     }
     let total = timesteps.len();
 
-    // r: zero when the context is off (or inside the UNet, convention S).
-    let mut r = pool::filled(start.raw_dim(), 0.0);
-    let mut x0_est = pool::copy_of(run.x0_source.unwrap_or(start));
+    // r: None (zero) when the context is off (or inside the UNet, convention S).
+    let mut r: Option<Latent> = None;
     if ctx.active() && adapter.is_none() {
         return Err(DiffusionError::Config(
             "this context mode needs the bundle's context adapter".into(),
@@ -288,35 +290,43 @@ fn run_loop(
         let source = run.x0_source.ok_or_else(|| {
             DiffusionError::Config("context mode 'source' needs the source latent".into())
         })?;
-        r = adapter
+        let c = adapter
             .as_mut()
             .expect("checked above")
             .context(source, &cond.cond, 0.0)?;
-        check_shape(&r, start, "context")?;
+        check_shape(&c, start, "context")?;
+        r = Some(c);
     }
+    // The x0 estimates are kept only where something reads them: the adapter in `x0_pred`
+    // mode, and runs that keep their trajectory (tests, previews) through `StepInfo::x0`.
+    let x0_pred = ctx.active() && ctx.mode == ContextMode::X0Pred;
+    let keep_x0 = x0_pred || run.keep_trajectory;
+    let mut x0_est = keep_x0.then(|| pool::copy_of(run.x0_source.unwrap_or(start)));
+    let mut x0 = keep_x0.then(|| pool::take(start.raw_dim()));
 
     // In standard layout, so ONNX Runtime reads it in place at every step (a latent sliced or
     // permuted upstream would otherwise be copied per call).
     let mut x = pool::copy_of(start);
-    // Each step writes the next latent and its x0 estimate into these and swaps them in.
+    // Each step writes the next latent into this and swaps it in.
     let mut next = pool::take(start.raw_dim());
-    let mut x0 = pool::take(start.raw_dim());
     let mut guide = Guide::new(start, cond)?;
-    let mut out = pool::take(start.raw_dim());
     let mut trajectory = Vec::new();
     if run.keep_trajectory {
         trajectory.push(x.clone());
     }
     let v_pred = sched.prediction() == Prediction::V;
     for (index, &t) in timesteps.iter().enumerate() {
-        if ctx.active() && ctx.mode == ContextMode::X0Pred {
-            r = adapter
+        if x0_pred {
+            let est = x0_est.as_ref().expect("kept in x0_pred mode");
+            let c = adapter
                 .as_mut()
                 .expect("checked above")
-                .context(&x0_est, &cond.cond, t as f32)?;
-            check_shape(&r, start, "context")?;
+                .context(est, &cond.cond, t as f32)?;
+            check_shape(&c, start, "context")?;
+            if let Some(old) = r.replace(c) {
+                pool::give(old);
+            }
         }
-        guide.output(&mut *unet, &x, t, cond, &mut out)?;
         let a_t = sched.abar_of(t);
         let k_t = if ctx.active() {
             ctx.k_at(sched, t)
@@ -324,7 +334,7 @@ fn run_loop(
             0.0
         };
 
-        match dir {
+        let (update, sigma) = match dir {
             Direction::Sample | Direction::Ddpm => {
                 let prev = if dir == Direction::Ddpm {
                     t - 1
@@ -352,45 +362,19 @@ fn run_loop(
                         0.0,
                     )
                 };
-                let z = if sigma > 0.0 {
-                    let n = noise.as_mut().ok_or_else(|| {
-                        DiffusionError::Config("eta > 0 (or DDPM) needs a noise source".into())
-                    })?;
-                    let z = n.next(index, x.shape())?;
-                    check_shape(&z, start, "noise")?;
-                    Some(z)
-                } else {
-                    None
-                };
-                let (sa_t, s1a_t) = (a_t.sqrt(), (1.0 - a_t).sqrt());
-                let (sa_p, dir_coef) = (a_p.sqrt(), (1.0 - a_p - sigma * sigma).max(0.0).sqrt());
-                let (c1, c2) = (
-                    a_p.sqrt() * beta_t / (1.0 - a_t),
-                    (1.0 - beta_t).sqrt() * (1.0 - a_p) / (1.0 - a_t),
-                );
-                zip_for_each!(
-                    Zip::from(&mut next).and(&mut x0).and(&x).and(&out).and(&r),
-                    |n, x0v, &xv, &o, &rv| {
-                        let (xv, o, rv) = (xv as f64, o as f64, rv as f64);
-                        let y = xv - k_t * rv;
-                        let (x0h, eps) = if v_pred {
-                            (sa_t * y - s1a_t * o, sa_t * o + s1a_t * y)
-                        } else {
-                            ((y - s1a_t * o) / sa_t, o)
-                        };
-                        *x0v = x0h as f32;
-                        *n = if dir == Direction::Ddpm {
-                            (c1 * x0h + c2 * y + k_p * rv) as f32
-                        } else {
-                            (sa_p * x0h + k_p * rv + dir_coef * eps) as f32
-                        };
-                    }
-                );
-                if let Some(z) = z {
-                    zip_for_each!(Zip::from(&mut next).and(&z), |n, &zv| {
-                        *n = (*n as f64 + sigma * zv as f64) as f32;
-                    });
-                }
+                let update = Update::Sample(SampleCoef {
+                    ddpm: dir == Direction::Ddpm,
+                    v_pred,
+                    k_t,
+                    k_p,
+                    sa_t: a_t.sqrt(),
+                    s1a_t: (1.0 - a_t).sqrt(),
+                    sa_p: a_p.sqrt(),
+                    dir_coef: (1.0 - a_p - sigma * sigma).max(0.0).sqrt(),
+                    c1: a_p.sqrt() * beta_t / (1.0 - a_t),
+                    c2: (1.0 - beta_t).sqrt() * (1.0 - a_p) / (1.0 - a_t),
+                });
+                (update, sigma)
             }
             Direction::Invert => {
                 // Model at t on the current x; x0 from the lower end `cur` (§3).
@@ -401,35 +385,41 @@ fn run_loop(
                 } else {
                     0.0
                 };
-                let (sa_t, s1a_t, sa_c, s1a_c) = (
-                    a_t.sqrt(),
-                    (1.0 - a_t).sqrt(),
-                    a_c.sqrt(),
-                    (1.0 - a_c).sqrt(),
-                );
-                zip_for_each!(
-                    Zip::from(&mut next).and(&mut x0).and(&x).and(&out).and(&r),
-                    |n, x0v, &xv, &o, &rv| {
-                        let (xv, o, rv) = (xv as f64, o as f64, rv as f64);
-                        let eps = if v_pred {
-                            sa_t * o + s1a_t * (xv - k_t * rv)
-                        } else {
-                            o
-                        };
-                        let x0h = (xv - k_c * rv - s1a_c * eps) / sa_c;
-                        *x0v = x0h as f32;
-                        *n = (sa_t * x0h + k_t * rv + s1a_t * eps) as f32;
-                    }
-                );
+                let update = Update::Invert(InvertCoef {
+                    v_pred,
+                    k_t,
+                    k_c,
+                    sa_t: a_t.sqrt(),
+                    s1a_t: (1.0 - a_t).sqrt(),
+                    sa_c: a_c.sqrt(),
+                    s1a_c: (1.0 - a_c).sqrt(),
+                });
+                (update, 0.0)
             }
+        };
+        guide.run(&mut *unet, &x, t, cond, &mut |eps| {
+            step::apply(&update, &mut next, x0.as_mut(), &x, eps, r.as_ref())
+        })?;
+        if sigma > 0.0 {
+            let n = noise.as_mut().ok_or_else(|| {
+                DiffusionError::Config("eta > 0 (or DDPM) needs a noise source".into())
+            })?;
+            let z = n.next(index, x.shape())?;
+            check_shape(&z, start, "noise")?;
+            zip_for_each!(Zip::from(&mut next).and(&z), |n, &zv| {
+                *n = (*n as f64 + sigma * zv as f64) as f32;
+            });
         }
         std::mem::swap(&mut x, &mut next);
         if let Some(b) = blend {
             blend::apply(b, &mut x, index, total)?;
         }
-        std::mem::swap(&mut x0_est, &mut x0);
-        if x0.raw_dim() != x.raw_dim() {
-            x0 = pool::take(x.raw_dim()); // x0_est started as a source latent of another shape
+        if let (Some(est), Some(new)) = (&mut x0_est, &mut x0) {
+            std::mem::swap(est, new);
+            if new.raw_dim() != x.raw_dim() {
+                // x0_est started as a source latent of another shape
+                *new = pool::take(x.raw_dim());
+            }
         }
         if run.keep_trajectory {
             trajectory.push(x.clone());
@@ -439,13 +429,13 @@ fn run_loop(
             total,
             t,
             latent: &x,
-            x0: &x0_est,
+            x0: x0_est.as_ref(),
         };
         if on_step(&info).is_break() {
             return Err(DiffusionError::Cancelled);
         }
     }
-    for buffer in [next, x0, x0_est, out, r] {
+    for buffer in [Some(next), x0, x0_est, r].into_iter().flatten() {
         pool::give(buffer);
     }
     Ok(Outcome {
@@ -603,7 +593,7 @@ mod tests {
                 &mut |s| {
                     if s.index == 0 {
                         assert_eq!(s.t, 999);
-                        first_x0 = Some(s.x0.clone());
+                        first_x0 = s.x0.cloned();
                     }
                     ControlFlow::Continue(())
                 },

@@ -1,0 +1,392 @@
+//! One step's arithmetic over the whole latent, fused with reading the UNet's output: each
+//! element of the next latent (and of its x0 estimate, when the run keeps one) is computed
+//! straight from the UNet's output buffer, combining guidance's halves on the way. A step so
+//! writes one latent-sized buffer where it wrote three (the guided output, x0, the next
+//! latent), and reads each input once. The per-element formulas are those of CONTEXTDIFF.md
+//! §2–§4 in f64, rounded to f32 where the state is kept, exactly as before they were fused.
+
+use ndarray::{ArrayView5, Zip};
+
+use super::sampler::Latent;
+use super::PARALLEL_MIN_ELEMENTS;
+
+/// The UNet's output for a step, as the loop reads it.
+pub(crate) enum Eps<'a> {
+    /// The raw output (no guidance).
+    Raw(ArrayView5<'a, f32>),
+    /// Guidance's two halves, combined per element as `u + w (c - u)` (§2) and rounded to
+    /// f32, as the combined output always was.
+    Guided {
+        u: ArrayView5<'a, f32>,
+        c: ArrayView5<'a, f32>,
+        w: f64,
+    },
+}
+
+/// A step's coefficients (§2 DDIM and DDPM sampling, §3 inversion), fixed for the step.
+#[derive(Clone, Copy)]
+pub(crate) enum Update {
+    Sample(SampleCoef),
+    Invert(InvertCoef),
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct SampleCoef {
+    pub ddpm: bool,
+    pub v_pred: bool,
+    pub k_t: f64,
+    pub k_p: f64,
+    pub sa_t: f64,
+    pub s1a_t: f64,
+    pub sa_p: f64,
+    pub dir_coef: f64,
+    pub c1: f64,
+    pub c2: f64,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct InvertCoef {
+    pub v_pred: bool,
+    pub k_t: f64,
+    pub k_c: f64,
+    pub sa_t: f64,
+    pub s1a_t: f64,
+    pub sa_c: f64,
+    pub s1a_c: f64,
+}
+
+impl SampleCoef {
+    /// `(x0_hat, next)` for one element: the latent `xv`, the UNet's output `o`, the
+    /// context `rv`. DDPM and v-prediction are constants here, so each loop that calls it
+    /// decides nothing per element.
+    #[inline(always)]
+    fn elem<const DDPM: bool, const V_PRED: bool>(&self, xv: f32, o: f64, rv: f32) -> (f32, f32) {
+        let (xv, rv) = (xv as f64, rv as f64);
+        let y = xv - self.k_t * rv;
+        let (x0h, eps) = if V_PRED {
+            (
+                self.sa_t * y - self.s1a_t * o,
+                self.sa_t * o + self.s1a_t * y,
+            )
+        } else {
+            ((y - self.s1a_t * o) / self.sa_t, o)
+        };
+        let n = if DDPM {
+            self.c1 * x0h + self.c2 * y + self.k_p * rv
+        } else {
+            self.sa_p * x0h + self.k_p * rv + self.dir_coef * eps
+        };
+        (x0h as f32, n as f32)
+    }
+}
+
+impl InvertCoef {
+    /// As [`SampleCoef::elem`].
+    #[inline(always)]
+    fn elem<const V_PRED: bool>(&self, xv: f32, o: f64, rv: f32) -> (f32, f32) {
+        let (xv, rv) = (xv as f64, rv as f64);
+        let eps = if V_PRED {
+            self.sa_t * o + self.s1a_t * (xv - self.k_t * rv)
+        } else {
+            o
+        };
+        let x0h = (xv - self.k_c * rv - self.s1a_c * eps) / self.sa_c;
+        (
+            x0h as f32,
+            (self.sa_t * x0h + self.k_t * rv + self.s1a_t * eps) as f32,
+        )
+    }
+}
+
+/// The guided output element as the UNet's halves give it.
+#[inline(always)]
+fn guided(u: f32, c: f32, w: f64) -> f64 {
+    (u as f64 + w * (c as f64 - u as f64)) as f32 as f64
+}
+
+/// Writes the step's next latent into `next` (and x0 estimates into `x0`, when given) from
+/// the latent `x`, the UNet's output and the context `r` (None: zero, context off). Shapes
+/// are the caller's to check: all are `x`'s.
+pub(crate) fn apply(
+    update: &Update,
+    next: &mut Latent,
+    x0: Option<&mut Latent>,
+    x: &Latent,
+    eps: Eps<'_>,
+    r: Option<&Latent>,
+) {
+    macro_rules! with {
+        ($c:expr, $($k:literal),+) => {{
+            let c = $c;
+            apply_with(move |xv, o, rv| c.elem::<$($k),+>(xv, o, rv), next, x0, x, eps, r)
+        }};
+    }
+    match *update {
+        Update::Sample(c) => match (c.ddpm, c.v_pred) {
+            (false, false) => with!(c, false, false),
+            (false, true) => with!(c, false, true),
+            (true, false) => with!(c, true, false),
+            (true, true) => with!(c, true, true),
+        },
+        Update::Invert(c) => match c.v_pred {
+            false => with!(c, false),
+            true => with!(c, true),
+        },
+    }
+}
+
+/// The UNet's output as slices, for the fast path.
+#[derive(Clone, Copy)]
+enum OutSlices<'a> {
+    Raw(&'a [f32]),
+    Guided(&'a [f32], &'a [f32], f64),
+}
+
+/// Elements per parallel task: enough that a task's overhead vanishes, few enough to spread
+/// a 64x64 latent over the cores.
+const CHUNK: usize = 16 * 1024;
+
+/// [`apply`] for one kind of step, `f` giving `(x0_hat, next)` per element. Latents in
+/// standard layout (all of them, in the pipeline) take plain loops over slices, which the
+/// compiler vectorizes; anything else goes through ndarray's `Zip`, with the same `f`.
+fn apply_with<F>(
+    f: F,
+    next: &mut Latent,
+    x0: Option<&mut Latent>,
+    x: &Latent,
+    eps: Eps<'_>,
+    r: Option<&Latent>,
+) where
+    F: Fn(f32, f64, f32) -> (f32, f32) + Sync + Send + Copy,
+{
+    let contiguous = next.is_standard_layout()
+        && x0.as_ref().is_none_or(|a| a.is_standard_layout())
+        && r.is_none_or(|a| a.is_standard_layout());
+    let out = match &eps {
+        Eps::Raw(o) => o.as_slice().map(OutSlices::Raw),
+        Eps::Guided { u, c, w } => u
+            .as_slice()
+            .zip(c.as_slice())
+            .map(|(u, c)| OutSlices::Guided(u, c, *w)),
+    };
+    let (Some(out), Some(xs), true) = (out, x.as_slice(), contiguous) else {
+        return apply_zip(f, next, x0, x, eps, r);
+    };
+    let ns = next.as_slice_mut().expect("standard layout");
+    let x0s = x0.map(|a| a.as_slice_mut().expect("standard layout"));
+    let rs = r.map(|a| a.as_slice().expect("standard layout"));
+    let len = ns.len();
+    if len < PARALLEL_MIN_ELEMENTS {
+        return chunk(f, ns, x0s, xs, out, rs, 0);
+    }
+    use rayon::prelude::*;
+    match x0s {
+        Some(x0s) => ns
+            .par_chunks_mut(CHUNK)
+            .zip(x0s.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(k, (n, x0))| chunk(f, n, Some(x0), xs, out, rs, k * CHUNK)),
+        None => ns
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(k, n)| chunk(f, n, None, xs, out, rs, k * CHUNK)),
+    }
+}
+
+/// One task of the fast path: elements `at..at + n.len()` of every input. Each combination
+/// of x0 kept or not, context on or off and guidance or not is its own loop, with nothing
+/// decided per element.
+#[inline(always)]
+fn chunk<F>(
+    f: F,
+    n: &mut [f32],
+    x0: Option<&mut [f32]>,
+    x: &[f32],
+    out: OutSlices<'_>,
+    r: Option<&[f32]>,
+    at: usize,
+) where
+    F: Fn(f32, f64, f32) -> (f32, f32),
+{
+    let len = n.len();
+    let x = &x[at..at + len];
+    // Every slice cut to `len` up front, so the loops carry no bounds checks.
+    macro_rules! run {
+        ($o:expr, $r:expr) => {
+            match x0 {
+                Some(x0) => {
+                    let x0 = &mut x0[..len];
+                    for i in 0..len {
+                        (x0[i], n[i]) = f(x[i], $o(i), $r(i));
+                    }
+                }
+                None => {
+                    for i in 0..len {
+                        n[i] = f(x[i], $o(i), $r(i)).1;
+                    }
+                }
+            }
+        };
+    }
+    let zero = |_| 0.0f32;
+    match (out, r) {
+        (OutSlices::Raw(o), Some(r)) => {
+            let (o, r) = (&o[at..at + len], &r[at..at + len]);
+            run!(|i: usize| o[i] as f64, |i: usize| r[i])
+        }
+        (OutSlices::Raw(o), None) => {
+            let o = &o[at..at + len];
+            run!(|i: usize| o[i] as f64, zero)
+        }
+        (OutSlices::Guided(u, c, w), Some(r)) => {
+            let (u, c, r) = (&u[at..at + len], &c[at..at + len], &r[at..at + len]);
+            run!(|i: usize| guided(u[i], c[i], w), |i: usize| r[i])
+        }
+        (OutSlices::Guided(u, c, w), None) => {
+            let (u, c) = (&u[at..at + len], &c[at..at + len]);
+            run!(|i: usize| guided(u[i], c[i], w), zero)
+        }
+    }
+}
+
+/// The general path of [`apply_with`]: any layouts, through `Zip`.
+fn apply_zip<F>(
+    f: F,
+    next: &mut Latent,
+    x0: Option<&mut Latent>,
+    x: &Latent,
+    eps: Eps<'_>,
+    r: Option<&Latent>,
+) where
+    F: Fn(f32, f64, f32) -> (f32, f32) + Sync + Send + Copy,
+{
+    // Context off: a zero-strided view of one zero.
+    let zero = Latent::zeros((1, 1, 1, 1, 1));
+    let r = match r {
+        Some(r) => r.view(),
+        None => zero
+            .broadcast(x.raw_dim())
+            .expect("a single element broadcasts to any shape"),
+    };
+    match (eps, x0) {
+        (Eps::Raw(o), Some(x0)) => zip_for_each!(
+            Zip::from(next).and(x0).and(x).and(&o).and(&r),
+            |n, x0v, &xv, &o, &rv| (*x0v, *n) = f(xv, o as f64, rv)
+        ),
+        (Eps::Raw(o), None) => {
+            zip_for_each!(Zip::from(next).and(x).and(&o).and(&r), |n, &xv, &o, &rv| {
+                *n = f(xv, o as f64, rv).1
+            })
+        }
+        (Eps::Guided { u, c, w }, Some(x0)) => zip_for_each!(
+            Zip::from(next).and(x0).and(x).and(&u).and(&c).and(&r),
+            |n, x0v, &xv, &uv, &cv, &rv| (*x0v, *n) = f(xv, guided(uv, cv, w), rv)
+        ),
+        (Eps::Guided { u, c, w }, None) => zip_for_each!(
+            Zip::from(next).and(x).and(&u).and(&c).and(&r),
+            |n, &xv, &uv, &cv, &rv| *n = f(xv, guided(uv, cv, w), rv).1
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::noise::SeededNoise;
+    use ndarray::{Axis, Ix5};
+
+    fn normal(seed: u64, shape: &[usize]) -> Latent {
+        SeededNoise::new(seed)
+            .normal(shape)
+            .into_dimensionality::<Ix5>()
+            .unwrap()
+    }
+
+    /// The fast path's loops give bit for bit what `Zip` gives, in every variant, at a size
+    /// that is split over the cores and at one that is not.
+    #[test]
+    fn the_slice_loops_equal_zip_bit_for_bit() {
+        let sample = |ddpm, v_pred| {
+            Update::Sample(SampleCoef {
+                ddpm,
+                v_pred,
+                k_t: 0.013,
+                k_p: 0.011,
+                sa_t: 0.31,
+                s1a_t: 0.95,
+                sa_p: 0.42,
+                dir_coef: 0.9,
+                c1: 0.07,
+                c2: 0.93,
+            })
+        };
+        let invert = |v_pred| {
+            Update::Invert(InvertCoef {
+                v_pred,
+                k_t: 0.013,
+                k_c: 0.011,
+                sa_t: 0.31,
+                s1a_t: 0.95,
+                sa_c: 0.42,
+                s1a_c: 0.91,
+            })
+        };
+        let updates = [
+            sample(false, false),
+            sample(false, true),
+            sample(true, false),
+            sample(true, true),
+            invert(false),
+            invert(true),
+        ];
+        for shape in [[1, 4, 3, 8, 8], [1, 4, 9, 64, 64]] {
+            let x = normal(1, &shape);
+            let r = normal(2, &shape);
+            let mut doubled = shape;
+            doubled[0] = 2;
+            let o2 = normal(3, &doubled);
+            let (u, c) = o2.view().split_at(Axis(0), 1);
+            for update in &updates {
+                for guided in [false, true] {
+                    for with_r in [false, true] {
+                        for with_x0 in [false, true] {
+                            let eps = || match guided {
+                                false => Eps::Raw(u),
+                                true => Eps::Guided { u, c, w: 2.5 },
+                            };
+                            let r = with_r.then_some(&r);
+                            let mut fast = (Latent::zeros(shape), Latent::zeros(shape));
+                            let mut slow = (Latent::zeros(shape), Latent::zeros(shape));
+                            apply(
+                                update,
+                                &mut fast.0,
+                                with_x0.then_some(&mut fast.1),
+                                &x,
+                                eps(),
+                                r,
+                            );
+                            let f = |xv, o, rv| match update {
+                                Update::Sample(c) => match (c.ddpm, c.v_pred) {
+                                    (false, false) => c.elem::<false, false>(xv, o, rv),
+                                    (false, true) => c.elem::<false, true>(xv, o, rv),
+                                    (true, false) => c.elem::<true, false>(xv, o, rv),
+                                    (true, true) => c.elem::<true, true>(xv, o, rv),
+                                },
+                                Update::Invert(c) => match c.v_pred {
+                                    false => c.elem::<false>(xv, o, rv),
+                                    true => c.elem::<true>(xv, o, rv),
+                                },
+                            };
+                            apply_zip(f, &mut slow.0, with_x0.then_some(&mut slow.1), &x, eps(), r);
+                            let bits =
+                                |a: &Latent| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&fast.0), bits(&slow.0), "{shape:?} {guided} {with_r}");
+                            assert_eq!(bits(&fast.1), bits(&slow.1), "{shape:?} {guided} {with_r}");
+                            assert!(fast.0.iter().any(|v| *v != 0.0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
