@@ -39,8 +39,23 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_doubles_nothing() {
+    // Jobs long enough, and lives short enough, for kills to land inside jobs: with 20 steps
+    // and the default lives (up to 2.5 s) the faster sampler finished the jobs between kills
+    // (1 kill of 16 mid-job; 6 with these).
     let r = bench_json(&[
-        "chaos", "--jobs", "6", "--bad", "2", "--kills", "16", "--seed", "7", "--steps", "20",
+        "chaos",
+        "--jobs",
+        "6",
+        "--bad",
+        "2",
+        "--kills",
+        "16",
+        "--seed",
+        "7",
+        "--steps",
+        "40",
+        "--max-life-ms",
+        "800",
     ]);
     assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r:#}");
     // The kills must have hit running jobs, or the check proves nothing about them.
@@ -56,22 +71,24 @@ fn kill_9_during_a_batch_and_reruns_leave_one_output_set_per_clip() {
         "--mode",
         "batch",
         "--jobs",
-        "6",
+        "10",
         "--bad",
         "2",
         "--kills",
         "12",
         "--seed",
         "3",
-        // Jobs long enough for kills to land inside them on a fast machine too.
+        // Kills inside jobs on a fast machine too: ten inputs arriving over the kills, lives
+        // of at most 0.4 s (with 6 inputs and 0.8 s lives the faster sampler finished the
+        // jobs between kills: 1 kill of 12 mid-job; 9 with these).
         "--steps",
-        "20",
+        "40",
         "--max-life-ms",
-        "800",
+        "400",
     ]);
     assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r:#}");
     assert!(r["kills_mid_job"].as_u64().unwrap() >= 3, "{r:#}");
-    assert_eq!(r["jobs_done"].as_u64().unwrap(), 4, "{r:#}");
+    assert_eq!(r["jobs_done"].as_u64().unwrap(), 8, "{r:#}");
     assert_eq!(r["jobs_failed"].as_u64().unwrap(), 2, "{r:#}");
 }
 
