@@ -339,6 +339,14 @@ mod tests {
             invert(false),
             invert(true),
         ];
+        // The same shape in the opposite memory order: not standard layout, so `apply`
+        // takes its `Zip` path, through the same dispatch.
+        let reversed = |shape: [usize; 5]| {
+            let mut r = shape;
+            r.reverse();
+            Latent::zeros(r).reversed_axes()
+        };
+        let bits = |a: &Latent| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for shape in [[1, 4, 3, 8, 8], [1, 4, 9, 64, 64]] {
             let x = normal(1, &shape);
             let r = normal(2, &shape);
@@ -346,46 +354,37 @@ mod tests {
             doubled[0] = 2;
             let o2 = normal(3, &doubled);
             let (u, c) = o2.view().split_at(Axis(0), 1);
-            for update in &updates {
-                for guided in [false, true] {
-                    for with_r in [false, true] {
-                        for with_x0 in [false, true] {
-                            let eps = || match guided {
-                                false => Eps::Raw(u),
-                                true => Eps::Guided { u, c, w: 2.5 },
-                            };
-                            let r = with_r.then_some(&r);
-                            let mut fast = (Latent::zeros(shape), Latent::zeros(shape));
-                            let mut slow = (Latent::zeros(shape), Latent::zeros(shape));
-                            apply(
-                                update,
-                                &mut fast.0,
-                                with_x0.then_some(&mut fast.1),
-                                &x,
-                                eps(),
-                                r,
-                            );
-                            let f = |xv, o, rv| match update {
-                                Update::Sample(c) => match (c.ddpm, c.v_pred) {
-                                    (false, false) => c.elem::<false, false>(xv, o, rv),
-                                    (false, true) => c.elem::<false, true>(xv, o, rv),
-                                    (true, false) => c.elem::<true, false>(xv, o, rv),
-                                    (true, true) => c.elem::<true, true>(xv, o, rv),
-                                },
-                                Update::Invert(c) => match c.v_pred {
-                                    false => c.elem::<false>(xv, o, rv),
-                                    true => c.elem::<true>(xv, o, rv),
-                                },
-                            };
-                            apply_zip(f, &mut slow.0, with_x0.then_some(&mut slow.1), &x, eps(), r);
-                            let bits =
-                                |a: &Latent| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                            assert_eq!(bits(&fast.0), bits(&slow.0), "{shape:?} {guided} {with_r}");
-                            assert_eq!(bits(&fast.1), bits(&slow.1), "{shape:?} {guided} {with_r}");
-                            assert!(fast.0.iter().any(|v| *v != 0.0));
-                        }
-                    }
-                }
+            for (update, variant) in updates.iter().flat_map(|u| (0..8).map(move |v| (u, v))) {
+                let (guided, with_r, with_x0) =
+                    (variant & 1 != 0, variant & 2 != 0, variant & 4 != 0);
+                let eps = || match guided {
+                    false => Eps::Raw(u),
+                    true => Eps::Guided { u, c, w: 2.5 },
+                };
+                let r = with_r.then_some(&r);
+                let mut fast = (Latent::zeros(shape), Latent::zeros(shape));
+                let mut slow = (reversed(shape), reversed(shape));
+                assert!(!slow.0.is_standard_layout());
+                apply(
+                    update,
+                    &mut fast.0,
+                    with_x0.then_some(&mut fast.1),
+                    &x,
+                    eps(),
+                    r,
+                );
+                apply(
+                    update,
+                    &mut slow.0,
+                    with_x0.then_some(&mut slow.1),
+                    &x,
+                    eps(),
+                    r,
+                );
+                let what = format!("{shape:?} guided {guided} context {with_r} x0 {with_x0}");
+                assert_eq!(bits(&fast.0), bits(&slow.0), "{what}");
+                assert_eq!(bits(&fast.1), bits(&slow.1), "{what}");
+                assert!(fast.0.iter().any(|v| *v != 0.0), "{what}");
             }
         }
     }

@@ -250,6 +250,7 @@ fn share_cpu_arena(env: &Environment) -> std::result::Result<(), String> {
     // released right after.
     let registered =
         check(unsafe { (api.CreateAndRegisterAllocator)(env.ptr().cast_mut(), info.ptr(), cfg) });
+    // SAFETY: cfg was created above and is not used after this.
     unsafe { (api.ReleaseArenaCfg)(cfg) };
     registered
 }
