@@ -195,7 +195,7 @@ fn kill_9_mid_batch_then_a_rerun_leaves_exactly_one_output_set_per_clip() {
         .iter()
         .enumerate()
     {
-        clip(&d, &format!("src/v{i}.mp4"), p, 2.0);
+        clip(&d, &format!("src/v{i}.mp4"), p, 1.0);
     }
     std::fs::write(
         d.path("preset.toml"),
@@ -252,7 +252,7 @@ fn kill_9_mid_batch_then_a_rerun_leaves_exactly_one_output_set_per_clip() {
     let rows = summary(&d);
     assert!(rows
         .iter()
-        .all(|r| r["status"] == "done" && r["frames"] == 24));
+        .all(|r| r["status"] == "done" && r["frames"] == 12));
     assert_eq!(
         row(&rows, "v0.mp4")["attempts"],
         1,

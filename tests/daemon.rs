@@ -692,7 +692,8 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
     // A settle interval long enough that the scan never takes the files: the API does.
     let d = Daemon::with(600.0, 0.3, "", "");
     let token = "s3cret-token";
-    let child = d.start_with(&[("CTXD_API_TOKEN", token)]);
+    // No optimized-model cache: /metrics must count the sessions optimized at load (below).
+    let child = d.start_with(&[("CTXD_API_TOKEN", token), ("CTXD_ORT_CACHE", "off")]);
     let addr = d.api();
     let t = Some(token);
 
@@ -874,8 +875,8 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
         .parse()
         .unwrap();
     assert!(reused >= 5.0, "{metrics}");
-    // The tests run with CTXD_ORT_CACHE=off: every session was optimized without the cache,
-    // and the time it took is counted.
+    // This daemon runs with CTXD_ORT_CACHE=off: every session was optimized without the
+    // cache, and the time it took is counted.
     let sample = |name: &str| -> f64 {
         metrics
             .lines()

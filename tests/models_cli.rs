@@ -116,9 +116,10 @@ fn the_optimized_model_cache_is_filled_and_changes_nothing() {
     let cache = d.path("cache");
     let edit = |out: &str, cache: Option<&std::path::Path>| {
         let mut c = ctxd();
-        if let Some(dir) = cache {
-            c.env("CTXD_ORT_CACHE", dir);
-        }
+        match cache {
+            Some(dir) => c.env("CTXD_ORT_CACHE", dir),
+            None => c.env("CTXD_ORT_CACHE", "off"),
+        };
         run_ok(
             c.current_dir(env!("CARGO_MANIFEST_DIR"))
                 .args(["edit", "--device", "cpu", "--bundle", "models/tiny"])

@@ -27,27 +27,36 @@ fn demo_bundle() -> PathBuf {
     dir
 }
 
-/// `ctxd edit` of a held-out clip with the demo preset; the edited frames.
+/// One `ctxd edit` of a held-out clip with the demo preset and one output per prompt (they
+/// share one inversion, as a user's edits of one video do); each prompt's edited frames.
 fn edit_clip(
     bundle: &std::path::Path,
     clip: &std::path::Path,
     source: &str,
-    prompt: &str,
-    out: &std::path::Path,
-) -> Vec<ctxd::media::RgbFrame> {
-    run_ok(
-        ctxd()
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg("-q")
-            .arg("edit")
-            .arg(clip)
-            .args(["--preset", "demo", "--bundle"])
-            .arg(bundle)
-            .args(["--source", source, "--prompt", prompt])
-            .arg("-o")
-            .arg(out),
-    );
-    quality::read_frames(out).expect("decode the edited clip")
+    prompts: &[&str],
+    out_dir: &std::path::Path,
+) -> Vec<Vec<ctxd::media::RgbFrame>> {
+    let mut cmd = ctxd();
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("-q")
+        .arg("edit")
+        .arg(clip)
+        .args(["--preset", "demo", "--bundle"])
+        .arg(bundle)
+        .args(["--source", source]);
+    for p in prompts {
+        cmd.args(["--prompt", p]);
+    }
+    run_ok(cmd.arg("--out-dir").arg(out_dir));
+    let (stem, ext) = ctxd::pipeline::spec::stem_and_ext(clip);
+    prompts
+        .iter()
+        .map(|p| {
+            let name = ctxd::pipeline::spec::sanitize_name(p);
+            let out = ctxd::pipeline::spec::output_path(out_dir, &stem, &name, &ext);
+            quality::read_frames(&out).expect("decode the edited clip")
+        })
+        .collect()
 }
 
 // Ignored until models/demo edits shapes reliably (issue 11): with the demo preset
@@ -79,18 +88,14 @@ fn demo_edits_change_what_was_asked_and_keep_count_and_motion() {
         let edit = clip
             .edit(kind)
             .unwrap_or_else(|| panic!("{}: no {} edit", clip.file, kind.name()));
-        let out = d.path(&format!(
-            "{}.{}.mp4",
-            clip.file.trim_end_matches(".mp4"),
-            kind.name()
-        ));
         let frames = edit_clip(
             &bundle,
             &set.path_of(clip),
             &clip.caption,
-            &edit.prompt,
-            &out,
-        );
+            &[&edit.prompt],
+            d.root(),
+        )
+        .remove(0);
         let expected = clip.expected_after(edit);
         let cmp = score::compare(&analyser.clip(&frames), &expected);
         let what = format!(
@@ -143,16 +148,20 @@ fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_count_and_mot
         .expect("a one-object clip");
     let d = Dir::new();
     let mut failures = Vec::new();
-    for kind in [EditKind::Colour, EditKind::Background] {
-        let edit = clip.edit(kind).expect("an edit of each kind");
-        let out = d.path(&format!("{}.mp4", kind.name()));
-        let frames = edit_clip(
-            &bundle,
-            &set.path_of(clip),
-            &clip.caption,
-            &edit.prompt,
-            &out,
-        );
+    let kinds = [EditKind::Colour, EditKind::Background];
+    let edits: Vec<_> = kinds
+        .iter()
+        .map(|k| clip.edit(*k).expect("an edit of each kind"))
+        .collect();
+    let prompts: Vec<&str> = edits.iter().map(|e| e.prompt.as_str()).collect();
+    let edited = edit_clip(
+        &bundle,
+        &set.path_of(clip),
+        &clip.caption,
+        &prompts,
+        d.root(),
+    );
+    for ((kind, edit), frames) in kinds.into_iter().zip(edits).zip(edited) {
         let cmp = score::compare(&analyser.clip(&frames), &clip.expected_after(edit));
         let kept_path = cmp.motion_error_px.is_some_and(|m| m <= 1.5);
         if !cmp.success(kind, edit.target) || !cmp.count_ok || !kept_path {

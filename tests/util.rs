@@ -85,13 +85,39 @@ pub fn strs(v: &[String]) -> Vec<&str> {
 
 pub fn ctxd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ctxd"));
-    // No optimized-model or inversion cache in the user's home: a test that wants one sets
-    // CTXD_ORT_CACHE or CTXD_CACHE_DIR.
+    // Nothing from the user's home: no inversion cache (a test that wants one sets
+    // CTXD_CACHE_DIR), and the test run's own optimized-model cache (a test about that cache
+    // sets CTXD_ORT_CACHE).
     c.env_remove("CTXD_LOG")
-        .env("CTXD_ORT_CACHE", "off")
+        .env("CTXD_ORT_CACHE", ort_cache())
         .env("CTXD_CACHE_DIR", "off")
         .stdin(Stdio::null());
     c
+}
+
+/// One optimized-model cache for the whole test run, as a user's ctxd keeps one: after the
+/// first process, every ctxd loads the shipped bundles without optimizing them again (on two
+/// cores that was about a fifth of the integration tests' CPU time). A folder per run, so
+/// temporary bundles' entries do not pile up: earlier runs' folders go when no process of
+/// theirs is left.
+fn ort_cache() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ort-cache");
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let alive = e
+                .file_name()
+                .to_str()
+                .is_some_and(|pid| Path::new("/proc").join(pid).exists());
+            if !alive {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("the test run's optimized-model cache");
+        dir
+    })
+    .as_path()
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {

@@ -348,18 +348,32 @@ async fn process(ctx: &Ctx, msg: &Message, job: &JobMessage, delivered: i64) -> 
     let cancel = Arc::new(AtomicBool::new(false));
     let edit = edit_job(ctx, job, &input, &dir.join("out"), cancel.clone());
     let started = Instant::now();
-    let p = progress.clone();
+    // A new phase (loading, editing, writing) is published at once; frame counts at the tick.
+    let phase_changed = Arc::new(tokio::sync::Notify::new());
+    let (p, n) = (progress.clone(), phase_changed.clone());
     let mut engine = tokio::task::spawn_blocking(move || {
-        let on = |pr: Progress| *crate::sync::lock(&p) = Some(pr);
+        let on = |pr: Progress| {
+            let mut slot = crate::sync::lock(&p);
+            if slot.map(|old| old.phase) != Some(pr.phase) {
+                n.notify_one();
+            }
+            *slot = Some(pr);
+        };
         graph::run(&edit, &on)
     });
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut last_wpi = Instant::now();
+    // Someone else writing the job's entry (a cancel, a worker that took us for dead) is seen
+    // at once, not at the next tick: the write below then fails and the run stops. Without a
+    // watch (the server refused one) the tick alone finds it.
+    let mut watch = c.state.watch(key).await.ok();
     let result = loop {
-        tokio::select! {
+        let foreign = tokio::select! {
             r = &mut engine => break r,
-            _ = tick.tick() => {}
-        }
+            _ = tick.tick() => false,
+            () = phase_changed.notified() => false,
+            () = written_by_another(&mut watch, rev) => true,
+        };
         if last_wpi.elapsed() >= ACK_WAIT / 3 {
             if let Err(e) = msg.ack_with(AckKind::Progress).await {
                 tracing::warn!("job {key}: heartbeat: {e}");
@@ -371,6 +385,8 @@ async fn process(ctx: &Ctx, msg: &Message, job: &JobMessage, delivered: i64) -> 
             state.stage = Some(pr.phase.name().to_string());
             state.frames_done = pr.frames_done;
             state.frames_total = pr.frames_total;
+        }
+        if now.is_some() || foreign {
             match c.put_job(key, &state, Some(rev)).await {
                 Ok(Some(r)) => rev = r,
                 Ok(None) => {
@@ -455,6 +471,23 @@ async fn process(ctx: &Ctx, msg: &Message, job: &JobMessage, delivered: i64) -> 
         }
         None => Ok(lost_race(c, key).await),
     }
+}
+
+/// Returns when the job's entry gets a revision past `rev` (a write not ours: ours move `rev`
+/// before the watch is read again); never, once the watch has failed or ended.
+async fn written_by_another(watch: &mut Option<async_nats::jetstream::kv::Watch>, rev: u64) {
+    while let Some(w) = watch.as_mut() {
+        match w.next().await {
+            Some(Ok(entry)) if entry.revision > rev => return,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!("job watch: {e}");
+                *watch = None;
+            }
+            None => *watch = None,
+        }
+    }
+    std::future::pending().await
 }
 
 /// What to answer for a job whose state someone else changed under this run: a cancelled

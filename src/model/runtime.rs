@@ -278,6 +278,15 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
             if let Some(n) = opts.inter_threads {
                 b = b.with_inter_threads(n).map_err(|e| load_err(e.into()))?;
             }
+            // No spinning: ONNX Runtime's pool threads otherwise busy-wait between operators,
+            // and a stage graph holds several pools (invert, edit, the VAEs) on the same cores.
+            // Measured on 2 cores: the tiny UNet's guided step 762 -> 652 ms, an edit's CPU
+            // seconds 16 % fewer, `bench pipeline` 20 % fewer CPU seconds for the same wall
+            // time. `CTXD_ORT_SPINNING=1` brings it back (dedicated cores, latency first).
+            let spinning = std::env::var("CTXD_ORT_SPINNING").as_deref() == Ok("1");
+            b = b
+                .with_intra_op_spinning(spinning)
+                .map_err(|e| load_err(e.into()))?;
             if SHARED_ARENA.load(Ordering::Relaxed) {
                 // No memory patterns: a pattern is one block per input shape holding all of
                 // a run's intermediates, which a shared arena (that never gives memory back)
