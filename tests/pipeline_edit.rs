@@ -458,7 +458,7 @@ fn cli_edit_ctrl_c_leaves_no_output() {
 fn cli_edit_tiny_bundle_on_a_real_clip() {
     let d = Dir::new();
     let src = real_clip(&d, "car-turn.mp4");
-    let out = d.path("car.mp4");
+    // Two prompts, two outputs (car.<prompt>.mp4) from one decode and one inversion.
     run_ok(
         ctxd()
             .arg("edit")
@@ -478,17 +478,22 @@ fn cli_edit_tiny_bundle_on_a_real_clip() {
                 "a car turning",
                 "--prompt",
                 "a red car turning",
+                "--prompt",
+                "a blue boat",
                 "--context",
                 "x0_pred",
                 "-o",
             ])
-            .arg(&out),
+            .arg(d.path("car.mp4")),
     );
+    let out = d.path("car.a-red-car-turning.mp4");
     assert_eq!(frame_times(&out), frame_times(&src));
     // The tiny bundle has a CLIP pair: the report carries CLIP-T and CLIP-F.
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.path("car.json")).unwrap()).unwrap();
-    let q = &report["quality"];
+    let report = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.path(name)).unwrap()).unwrap()
+    };
+    let report1 = report("car.a-red-car-turning.json");
+    let q = &report1["quality"];
     let (t, f) = (
         q["clip"]["clip_t"].as_f64().unwrap(),
         q["clip"]["clip_f"].as_f64().unwrap(),
@@ -496,27 +501,10 @@ fn cli_edit_tiny_bundle_on_a_real_clip() {
     // A moving clip: consecutive frames' embeddings differ (the arithmetic itself is
     // checked by hand in clip.rs).
     assert!(f < 1.0 - 1e-6 && f > -1.0, "clip_f {f}");
-    // Another prompt over the same clip: the text enters CLIP-T.
-    let other = d.path("car-blue.mp4");
-    run_ok(
-        ctxd()
-            .arg("edit")
-            .arg(&src)
-            .args([
-                "--bundle",
-                "models/tiny",
-                "--preset",
-                "fast",
-                "--steps",
-                "2",
-            ])
-            .args(["--short-side", "32", "--source", "a car turning"])
-            .args(["--prompt", "a blue boat", "--context", "x0_pred", "-o"])
-            .arg(&other),
-    );
-    let report2: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.path("car-blue.json")).unwrap()).unwrap();
-    let t2 = report2["quality"]["clip"]["clip_t"].as_f64().unwrap();
+    // The other prompt over the same clip: the text enters CLIP-T.
+    let t2 = report("car.a-blue-boat.json")["quality"]["clip"]["clip_t"]
+        .as_f64()
+        .unwrap();
     assert!((t - t2).abs() > 1e-4, "clip_t {t} for both prompts");
     assert!(q["temporal"]["output_inside"].as_f64().unwrap() > 0.0);
     let p = probe(&out);

@@ -87,7 +87,9 @@ async fn main_loop(opts: WorkerOptions, stop: Arc<AtomicBool>) -> Result<WorkerT
         .and_then(|b| b.identity())
         .map_err(|e| ClusterError::Config(e.to_string()))?;
     let cluster = super::connect(&opts.cluster, &format!("ctxd worker {}", opts.id)).await?;
-    crate::model::warm::enable(opts.slots);
+    // Keep sessions warm from job to job; each job holds two of the UNet (invert and edit),
+    // so one per slot rebuilt a UNet for every job.
+    crate::model::warm::enable(2 * opts.slots.max(1));
     std::fs::create_dir_all(&opts.work_dir).map_err(|e| ClusterError::File {
         path: opts.work_dir.clone(),
         cause: e.to_string(),
