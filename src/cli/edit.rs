@@ -242,7 +242,7 @@ pub fn run(
         }
         bar.set_position(p.frames_done);
         // One line per window written; loading and writing are not windows.
-        if terminal && p.phase == Phase::Editing {
+        if terminal && p.phase == Phase::Editing && p.windows_done > 0 {
             match p.frames_total {
                 Some(t) => eprintln!(
                     "ctxd: window {} done, {}/{} frames",

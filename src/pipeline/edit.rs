@@ -191,6 +191,13 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         }
         Ok(())
     };
+    // Loaded: the job is editing from here on (status shows it before the first window ends).
+    progress(Progress {
+        phase: Phase::Editing,
+        windows_done: 0,
+        frames_done: 0,
+        frames_total,
+    });
     let stage_stats = run_graph(graph, &mut mux)?;
     progress(Progress {
         phase: Phase::Writing,
