@@ -83,6 +83,10 @@ impl Resizer {
     }
 }
 
+/// Scales through planar GBR: swscale resamples each channel on its own, with no colour
+/// conversion and no packed-RGB writer, which made 640x360 RGB24 output cost 2.2 ms a frame
+/// against 0.5 ms planar (measured with the CLI on this machine); the channels are
+/// (de)interleaved here in one pass each.
 fn scale_rgb(cache: &mut Option<Scaler>, f: &RgbFrame, w: u32, h: u32) -> Result<RgbFrame> {
     if (f.width, f.height) == (w, h) {
         return Ok(f.clone());
@@ -91,10 +95,10 @@ fn scale_rgb(cache: &mut Option<Scaler>, f: &RgbFrame, w: u32, h: u32) -> Result
         Some(c) if c.input_size() == (f.width, f.height) => c,
         _ => cache.insert(Scaler(
             scaling::Context::get(
-                format::Pixel::RGB24,
+                format::Pixel::GBRP,
                 f.width,
                 f.height,
-                format::Pixel::RGB24,
+                format::Pixel::GBRP,
                 w,
                 h,
                 scaling::Flags::BICUBIC | scaling::Flags::ACCURATE_RND,
@@ -102,31 +106,44 @@ fn scale_rgb(cache: &mut Option<Scaler>, f: &RgbFrame, w: u32, h: u32) -> Result
             .map_err(|e| MediaError::Settings(format!("cannot scale to {w}x{h}: {e}")))?,
         )),
     };
-    let mut src = frame::Video::new(format::Pixel::RGB24, f.width, f.height);
-    copy_in(&mut src, f);
+    let mut src = frame::Video::new(format::Pixel::GBRP, f.width, f.height);
+    planes_from_rgb(&mut src, f);
     let mut dst = frame::Video::empty();
     ctx.run(&src, &mut dst)
         .map_err(|e| MediaError::Settings(format!("scaling failed: {e}")))?;
     let mut out = RgbFrame::new(f.index, f.pts, f.duration, w, h);
-    copy_out(&dst, &mut out);
+    rgb_from_planes(&dst, &mut out);
     Ok(out)
 }
 
-fn copy_in(dst: &mut frame::Video, f: &RgbFrame) {
-    let row = f.width as usize * 3;
-    let stride = dst.stride(0);
-    let data = dst.data_mut(0);
-    for y in 0..f.height as usize {
-        data[y * stride..y * stride + row].copy_from_slice(&f.data[y * row..(y + 1) * row]);
+/// GBRP's planes in FFmpeg's order: green, blue, red; as offsets into an RGB triple.
+const PLANE_CHANNEL: [usize; 3] = [1, 2, 0];
+
+fn planes_from_rgb(dst: &mut frame::Video, f: &RgbFrame) {
+    let w = f.width as usize;
+    for (plane, channel) in PLANE_CHANNEL.into_iter().enumerate() {
+        let stride = dst.stride(plane);
+        let data = dst.data_mut(plane);
+        for (y, row) in f.data.chunks_exact(w * 3).enumerate() {
+            let out = &mut data[y * stride..y * stride + w];
+            for (o, px) in out.iter_mut().zip(row.chunks_exact(3)) {
+                *o = px[channel];
+            }
+        }
     }
 }
 
-fn copy_out(src: &frame::Video, out: &mut RgbFrame) {
-    let row = out.width as usize * 3;
-    let stride = src.stride(0);
-    let data = src.data(0);
-    for y in 0..out.height as usize {
-        out.data[y * row..(y + 1) * row].copy_from_slice(&data[y * stride..y * stride + row]);
+fn rgb_from_planes(src: &frame::Video, out: &mut RgbFrame) {
+    let w = out.width as usize;
+    for (plane, channel) in PLANE_CHANNEL.into_iter().enumerate() {
+        let stride = src.stride(plane);
+        let data = src.data(plane);
+        for (y, row) in out.data.chunks_exact_mut(w * 3).enumerate() {
+            let input = &data[y * stride..y * stride + w];
+            for (px, v) in row.chunks_exact_mut(3).zip(input) {
+                px[channel] = *v;
+            }
+        }
     }
 }
 

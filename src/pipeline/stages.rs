@@ -640,7 +640,14 @@ pub fn decode_finish(
                 .collect::<Result<_, _>>()
                 .map_err(|m| e(m.to_string()))?;
             if let Some(c) = clip.as_mut() {
-                clip_embeds.push(c.embed(&restored).map_err(&e)?);
+                // CLIP sees the picture at the processing size, padding cropped off: the
+                // restored frame is that picture scaled up, no more, and shrinking it again
+                // cost a millisecond a frame at 640x360.
+                let pictures: Vec<RgbFrame> = canvas
+                    .iter()
+                    .map(|f| crate::media::scale::crop(f, g.content_w, g.content_h))
+                    .collect();
+                clip_embeds.push(c.embed(&pictures).map_err(&e)?);
             }
             per_edit.push(restored);
         }
