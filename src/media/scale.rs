@@ -116,33 +116,34 @@ fn scale_rgb(cache: &mut Option<Scaler>, f: &RgbFrame, w: u32, h: u32) -> Result
     Ok(out)
 }
 
-/// GBRP's planes in FFmpeg's order: green, blue, red; as offsets into an RGB triple.
-const PLANE_CHANNEL: [usize; 3] = [1, 2, 0];
-
+/// Row by row: one pass over the packed pixels into three channel rows, copied into the
+/// frame's planes (GBRP's planes in FFmpeg's order: green, blue, red).
 fn planes_from_rgb(dst: &mut frame::Video, f: &RgbFrame) {
     let w = f.width as usize;
-    for (plane, channel) in PLANE_CHANNEL.into_iter().enumerate() {
-        let stride = dst.stride(plane);
-        let data = dst.data_mut(plane);
-        for (y, row) in f.data.chunks_exact(w * 3).enumerate() {
-            let out = &mut data[y * stride..y * stride + w];
-            for (o, px) in out.iter_mut().zip(row.chunks_exact(3)) {
-                *o = px[channel];
-            }
+    let mut rows = [vec![0u8; w], vec![0u8; w], vec![0u8; w]];
+    for (y, packed) in f.data.chunks_exact(w * 3).enumerate() {
+        let [r, g, b] = &mut rows;
+        for (((px, r), g), b) in packed.chunks_exact(3).zip(r).zip(g).zip(b) {
+            (*r, *g, *b) = (px[0], px[1], px[2]);
+        }
+        for (plane, channel) in [1, 2, 0].into_iter().enumerate() {
+            let stride = dst.stride(plane);
+            dst.data_mut(plane)[y * stride..y * stride + w].copy_from_slice(&rows[channel]);
         }
     }
 }
 
+/// The inverse of [`planes_from_rgb`].
 fn rgb_from_planes(src: &frame::Video, out: &mut RgbFrame) {
     let w = out.width as usize;
-    for (plane, channel) in PLANE_CHANNEL.into_iter().enumerate() {
+    let row = |plane: usize, y: usize| {
         let stride = src.stride(plane);
-        let data = src.data(plane);
-        for (y, row) in out.data.chunks_exact_mut(w * 3).enumerate() {
-            let input = &data[y * stride..y * stride + w];
-            for (px, v) in row.chunks_exact_mut(3).zip(input) {
-                px[channel] = *v;
-            }
+        &src.data(plane)[y * stride..y * stride + w]
+    };
+    for (y, packed) in out.data.chunks_exact_mut(w * 3).enumerate() {
+        let (r, g, b) = (row(2, y), row(0, y), row(1, y));
+        for (((px, r), g), b) in packed.chunks_exact_mut(3).zip(r).zip(g).zip(b) {
+            px.copy_from_slice(&[*r, *g, *b]);
         }
     }
 }
