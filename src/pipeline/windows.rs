@@ -98,7 +98,17 @@ impl WindowPlanner {
         if self.first.is_none() {
             self.first = Some(new.slice(s![.., .., 0..1, .., ..]).to_owned());
         }
-        self.previous = Some(new);
+        // Only the tail a later window reads is kept (a whole window's latent is tens of MB
+        // at high resolutions): the overlap's frames, or the rolling anchor's last one.
+        let keep = match self.anchor {
+            Anchor::Rolling => self.overlap.max(1),
+            _ => self.overlap,
+        };
+        let f = frames(&new);
+        self.previous = (keep > 0).then(|| {
+            new.slice(s![.., .., f.saturating_sub(keep).., .., ..])
+                .to_owned()
+        });
         Ok(Planned { x0, context })
     }
 }
