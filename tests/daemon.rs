@@ -76,9 +76,15 @@ impl Daemon {
 
     /// Native size and more steps: jobs slow enough to be caught running.
     fn slow_jobs(&self) {
+        self.slow_jobs_steps(20);
+    }
+
+    /// Native size and `steps` steps: the oracle's work grows with both (at 20 steps a 60-s
+    /// 64x48 clip takes 0.7 s in the test build).
+    fn slow_jobs_steps(&self, steps: u32) {
         std::fs::write(
             self.path("quick.toml"),
-            "steps = 20\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n",
+            format!("steps = {steps}\nguidance = 1.0\ncontext = \"off\"\nwindow = 8\nshort_side = 0\nmultiple = 16\n"),
         )
         .unwrap();
     }
@@ -453,8 +459,8 @@ fn what_runs_is_what_was_keyed() {
 #[test]
 fn kill_9_mid_job_then_restart_ends_with_one_output_set() {
     let d = Daemon::new();
-    // Slow enough to be caught running: 30 s of video, native size, more steps.
-    d.slow_jobs();
+    // Slow enough to be caught running: 30 s of video, native size, more steps (about 1.4 s).
+    d.slow_jobs_steps(80);
     let child = d.start();
     d.drop_clip("long.mp4", 30.0);
     wait_for("the job to start writing", || {
@@ -622,7 +628,8 @@ fn graceful_stop_requeues_a_long_job_that_the_next_start_finishes() {
             ),
     )
     .unwrap();
-    d.slow_jobs();
+    // About 3.5 s of work: at 20 steps the whole job took 0.7 s and could end inside the grace.
+    d.slow_jobs_steps(100);
     let child = d.start();
     d.drop_clip("long.mp4", 60.0);
     wait_for("the job to start writing", || {
