@@ -361,7 +361,8 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn what_runs_is_what_was_keyed() {
     let d = Daemon::with(0.3, 0.3, "concurrency = 1", "");
-    d.slow_jobs();
+    // The first job must outlast the others' settling (about 3.5 s of work; 0.7 s at 20 steps).
+    d.slow_jobs_steps(100);
     // A bundle of its own, to change later.
     let oracle = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/oracle");
     let bundle = d.path("bundle");
@@ -807,8 +808,8 @@ fn the_api_answers_submits_cancels_and_refuses_traversal() {
         json(&http(&addr, "GET", &job_url, t, None).1)["state"] == "done"
     });
 
-    // Cancel a long job while it runs.
-    d.slow_jobs();
+    // Cancel a long job while it runs (about 3.5 s of work: at 20 steps it could end first).
+    d.slow_jobs_steps(100);
     std::fs::rename(d.make_clip("long.mp4", 60.0), d.path("inbox/long.mp4")).unwrap();
     let (code, body) = http(&addr, "POST", "/jobs", t, Some(r#"{"path": "long.mp4"}"#));
     assert_eq!(code, 201, "{body}");
