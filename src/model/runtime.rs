@@ -280,9 +280,9 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
             }
             // No spinning: ONNX Runtime's pool threads otherwise busy-wait between operators,
             // and a stage graph holds several pools (invert, edit, the VAEs) on the same cores.
-            // Measured on 2 cores: the tiny UNet's guided step 762 -> 652 ms, an edit's CPU
-            // seconds 16 % fewer, `bench pipeline` 20 % fewer CPU seconds for the same wall
-            // time. `CTXD_ORT_SPINNING=1` brings it back (dedicated cores, latency first).
+            // Measured on 2 cores: the tiny UNet's guided step 762 -> 652 ms, a tiny edit's
+            // CPU seconds 9-15 % fewer, `bench pipeline` 18 % fewer CPU seconds for the same
+            // wall time. `CTXD_ORT_SPINNING=1` brings it back (dedicated cores, latency first).
             let spinning = std::env::var("CTXD_ORT_SPINNING").as_deref() == Ok("1");
             b = b
                 .with_intra_op_spinning(spinning)
