@@ -39,23 +39,25 @@ impl Guide {
         })
     }
 
-    /// Runs the UNet on `x` at `t` and hands its output to `read`: as it is without
-    /// guidance, else as the two halves of one call on the batch [uncond, cond] (§2), read
-    /// straight from the UNet's output buffer.
+    /// Runs the UNet on `x` at `t` and hands its output to `read`, with `x` lent back
+    /// writable (the step overwrites it with the next latent): as it is without guidance,
+    /// else as the two halves of one call on the batch [uncond, cond] (§2), read straight
+    /// from the UNet's output buffer.
     pub(crate) fn run(
         &mut self,
         unet: &mut dyn NoisePredictor,
-        x: &Latent,
+        x: &mut Latent,
         t: i64,
         cond: &Conditioning,
-        read: &mut dyn FnMut(Eps<'_>),
+        read: &mut dyn FnMut(&mut Latent, Eps<'_>),
     ) -> Result<(), DiffusionError> {
         let tf = t as f32;
         let mut shape_err = None;
         let (Some(text), Some(xx)) = (&self.text, &mut self.xx) else {
-            unet.predict_with(x, tf, &cond.cond, &mut |o| {
-                if o.shape() == x.shape() {
-                    read(Eps::Raw(o));
+            let want = x.raw_dim();
+            unet.predict_with(x, tf, &cond.cond, &mut |x, o| {
+                if o.raw_dim() == want {
+                    read(x, Eps::Raw(o));
                 } else {
                     shape_err = Some(o.shape().to_vec());
                 }
@@ -64,7 +66,7 @@ impl Guide {
                 None => Ok(()),
                 Some(got) => Err(DiffusionError::Shape(format!(
                     "UNet output has shape {got:?}, the latent {:?}",
-                    x.shape()
+                    ndarray::Dimension::slice(&want)
                 ))),
             };
         };
@@ -73,13 +75,14 @@ impl Guide {
         xx.slice_mut(s![..b, .., .., .., ..]).assign(x);
         xx.slice_mut(s![b.., .., .., .., ..]).assign(x);
         let w = cond.guidance as f64;
-        unet.predict_with(xx, tf, text, &mut |o| {
-            if o.shape() != xx_shape(x.shape(), 2 * b).as_slice() {
+        let want = xx.raw_dim();
+        unet.predict_with(xx, tf, text, &mut |_, o| {
+            if o.raw_dim() != want {
                 shape_err = Some(o.shape().to_vec());
                 return;
             }
             let (u, c) = o.split_at(Axis(0), b);
-            read(Eps::Guided { u, c, w });
+            read(x, Eps::Guided { u, c, w });
         })?;
         match shape_err {
             None => Ok(()),
@@ -97,11 +100,4 @@ impl Drop for Guide {
             pool::give(xx);
         }
     }
-}
-
-/// `shape` with its batch axis set to `batch`.
-fn xx_shape(shape: &[usize], batch: usize) -> Vec<usize> {
-    let mut s = shape.to_vec();
-    s[0] = batch;
-    s
 }

@@ -35,7 +35,7 @@ pub mod context;
 mod guide;
 pub mod latent_io;
 pub mod noise;
-mod pool;
+pub(crate) mod pool;
 pub mod sampler;
 pub mod schedule;
 mod step;

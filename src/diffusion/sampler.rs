@@ -41,17 +41,18 @@ pub trait NoisePredictor {
         text: &TextStates,
     ) -> Result<Latent, DiffusionError>;
 
-    /// `predict` with the output lent to `read` instead of returned: a predictor with a
-    /// buffer of its own (the ONNX UNet) then allocates no latent per call.
+    /// `predict` with the output lent to `read` instead of returned, and `sample` lent back
+    /// with it, writable: a predictor with a buffer of its own (the ONNX UNet) then allocates
+    /// no latent per call, and the step can overwrite the sample with the next latent.
     fn predict_with(
         &mut self,
-        sample: &Latent,
+        sample: &mut Latent,
         t: f32,
         text: &TextStates,
-        read: &mut dyn FnMut(ArrayView5<f32>),
+        read: &mut dyn FnMut(&mut Latent, ArrayView5<f32>),
     ) -> Result<(), DiffusionError> {
         let out = self.predict(sample, t, text)?;
-        read(out.view());
+        read(sample, out.view());
         Ok(())
     }
 }
@@ -305,10 +306,8 @@ fn run_loop(
     let mut x0 = keep_x0.then(|| pool::take(start.raw_dim()));
 
     // In standard layout, so ONNX Runtime reads it in place at every step (a latent sliced or
-    // permuted upstream would otherwise be copied per call).
+    // permuted upstream would otherwise be copied per call). Each step overwrites it.
     let mut x = pool::copy_of(start);
-    // Each step writes the next latent into this and swaps it in.
-    let mut next = pool::take(start.raw_dim());
     let mut guide = Guide::new(start, cond)?;
     let mut trajectory = Vec::new();
     if run.keep_trajectory {
@@ -397,8 +396,8 @@ fn run_loop(
                 (update, 0.0)
             }
         };
-        guide.run(&mut *unet, &x, t, cond, &mut |eps| {
-            step::apply(&update, &mut next, x0.as_mut(), &x, eps, r.as_ref())
+        guide.run(&mut *unet, &mut x, t, cond, &mut |x, eps| {
+            step::apply(&update, x, x0.as_mut(), eps, r.as_ref())
         })?;
         if sigma > 0.0 {
             let n = noise.as_mut().ok_or_else(|| {
@@ -406,11 +405,10 @@ fn run_loop(
             })?;
             let z = n.next(index, x.shape())?;
             check_shape(&z, start, "noise")?;
-            zip_for_each!(Zip::from(&mut next).and(&z), |n, &zv| {
+            zip_for_each!(Zip::from(&mut x).and(&z), |n, &zv| {
                 *n = (*n as f64 + sigma * zv as f64) as f32;
             });
         }
-        std::mem::swap(&mut x, &mut next);
         if let Some(b) = blend {
             blend::apply(b, &mut x, index, total)?;
         }
@@ -435,7 +433,7 @@ fn run_loop(
             return Err(DiffusionError::Cancelled);
         }
     }
-    for buffer in [Some(next), x0, x0_est, r].into_iter().flatten() {
+    for buffer in [x0, x0_est, r].into_iter().flatten() {
         pool::give(buffer);
     }
     Ok(Outcome {

@@ -104,21 +104,21 @@ fn guided(u: f32, c: f32, w: f64) -> f64 {
     (u as f64 + w * (c as f64 - u as f64)) as f32 as f64
 }
 
-/// Writes the step's next latent into `next` (and x0 estimates into `x0`, when given) from
-/// the latent `x`, the UNet's output and the context `r` (None: zero, context off). Shapes
-/// are the caller's to check: all are `x`'s.
+/// Overwrites the latent `x` with the step's next latent (and writes x0 estimates into
+/// `x0`, when given), from `x` itself, the UNet's output and the context `r` (None: zero,
+/// context off). Each element depends only on the same element of its inputs, so the step
+/// works in place. Shapes are the caller's to check: all are `x`'s.
 pub(crate) fn apply(
     update: &Update,
-    next: &mut Latent,
+    x: &mut Latent,
     x0: Option<&mut Latent>,
-    x: &Latent,
     eps: Eps<'_>,
     r: Option<&Latent>,
 ) {
     macro_rules! with {
         ($c:expr, $($k:literal),+) => {{
             let c = $c;
-            apply_with(move |xv, o, rv| c.elem::<$($k),+>(xv, o, rv), next, x0, x, eps, r)
+            apply_with(move |xv, o, rv| c.elem::<$($k),+>(xv, o, rv), x, x0, eps, r)
         }};
     }
     match *update {
@@ -149,17 +149,11 @@ const CHUNK: usize = 16 * 1024;
 /// [`apply`] for one kind of step, `f` giving `(x0_hat, next)` per element. Latents in
 /// standard layout (all of them, in the pipeline) take plain loops over slices, which the
 /// compiler vectorizes; anything else goes through ndarray's `Zip`, with the same `f`.
-fn apply_with<F>(
-    f: F,
-    next: &mut Latent,
-    x0: Option<&mut Latent>,
-    x: &Latent,
-    eps: Eps<'_>,
-    r: Option<&Latent>,
-) where
+fn apply_with<F>(f: F, x: &mut Latent, x0: Option<&mut Latent>, eps: Eps<'_>, r: Option<&Latent>)
+where
     F: Fn(f32, f64, f32) -> (f32, f32) + Sync + Send + Copy,
 {
-    let contiguous = next.is_standard_layout()
+    let contiguous = x.is_standard_layout()
         && x0.as_ref().is_none_or(|a| a.is_standard_layout())
         && r.is_none_or(|a| a.is_standard_layout());
     let out = match &eps {
@@ -169,47 +163,45 @@ fn apply_with<F>(
             .zip(c.as_slice())
             .map(|(u, c)| OutSlices::Guided(u, c, *w)),
     };
-    let (Some(out), Some(xs), true) = (out, x.as_slice(), contiguous) else {
-        return apply_zip(f, next, x0, x, eps, r);
+    let (Some(out), true) = (out, contiguous) else {
+        return apply_zip(f, x, x0, eps, r);
     };
-    let ns = next.as_slice_mut().expect("standard layout");
+    let xs = x.as_slice_mut().expect("standard layout");
     let x0s = x0.map(|a| a.as_slice_mut().expect("standard layout"));
     let rs = r.map(|a| a.as_slice().expect("standard layout"));
-    let len = ns.len();
+    let len = xs.len();
     if len < PARALLEL_MIN_ELEMENTS {
-        return chunk(f, ns, x0s, xs, out, rs, 0);
+        return chunk(f, xs, x0s, out, rs, 0);
     }
     use rayon::prelude::*;
     match x0s {
-        Some(x0s) => ns
+        Some(x0s) => xs
             .par_chunks_mut(CHUNK)
             .zip(x0s.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(k, (n, x0))| chunk(f, n, Some(x0), xs, out, rs, k * CHUNK)),
-        None => ns
+            .for_each(|(k, (x, x0))| chunk(f, x, Some(x0), out, rs, k * CHUNK)),
+        None => xs
             .par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(k, n)| chunk(f, n, None, xs, out, rs, k * CHUNK)),
+            .for_each(|(k, x)| chunk(f, x, None, out, rs, k * CHUNK)),
     }
 }
 
-/// One task of the fast path: elements `at..at + n.len()` of every input. Each combination
+/// One task of the fast path: elements `at..at + x.len()` of every input, `x` overwritten. Each combination
 /// of x0 kept or not, context on or off and guidance or not is its own loop, with nothing
 /// decided per element.
 #[inline(always)]
 fn chunk<F>(
     f: F,
-    n: &mut [f32],
+    x: &mut [f32],
     x0: Option<&mut [f32]>,
-    x: &[f32],
     out: OutSlices<'_>,
     r: Option<&[f32]>,
     at: usize,
 ) where
     F: Fn(f32, f64, f32) -> (f32, f32),
 {
-    let len = n.len();
-    let x = &x[at..at + len];
+    let len = x.len();
     // Every slice cut to `len` up front, so the loops carry no bounds checks.
     macro_rules! run {
         ($o:expr, $r:expr) => {
@@ -217,12 +209,12 @@ fn chunk<F>(
                 Some(x0) => {
                     let x0 = &mut x0[..len];
                     for i in 0..len {
-                        (x0[i], n[i]) = f(x[i], $o(i), $r(i));
+                        (x0[i], x[i]) = f(x[i], $o(i), $r(i));
                     }
                 }
                 None => {
                     for i in 0..len {
-                        n[i] = f(x[i], $o(i), $r(i)).1;
+                        x[i] = f(x[i], $o(i), $r(i)).1;
                     }
                 }
             }
@@ -250,14 +242,8 @@ fn chunk<F>(
 }
 
 /// The general path of [`apply_with`]: any layouts, through `Zip`.
-fn apply_zip<F>(
-    f: F,
-    next: &mut Latent,
-    x0: Option<&mut Latent>,
-    x: &Latent,
-    eps: Eps<'_>,
-    r: Option<&Latent>,
-) where
+fn apply_zip<F>(f: F, x: &mut Latent, x0: Option<&mut Latent>, eps: Eps<'_>, r: Option<&Latent>)
+where
     F: Fn(f32, f64, f32) -> (f32, f32) + Sync + Send + Copy,
 {
     // Context off: a zero-strided view of one zero.
@@ -270,22 +256,23 @@ fn apply_zip<F>(
     };
     match (eps, x0) {
         (Eps::Raw(o), Some(x0)) => zip_for_each!(
-            Zip::from(next).and(x0).and(x).and(&o).and(&r),
-            |n, x0v, &xv, &o, &rv| (*x0v, *n) = f(xv, o as f64, rv)
+            Zip::from(x).and(x0).and(&o).and(&r),
+            |xv, x0v, &o, &rv| (*x0v, *xv) = f(*xv, o as f64, rv)
         ),
         (Eps::Raw(o), None) => {
-            zip_for_each!(Zip::from(next).and(x).and(&o).and(&r), |n, &xv, &o, &rv| {
-                *n = f(xv, o as f64, rv).1
+            zip_for_each!(Zip::from(x).and(&o).and(&r), |xv, &o, &rv| {
+                *xv = f(*xv, o as f64, rv).1
             })
         }
         (Eps::Guided { u, c, w }, Some(x0)) => zip_for_each!(
-            Zip::from(next).and(x0).and(x).and(&u).and(&c).and(&r),
-            |n, x0v, &xv, &uv, &cv, &rv| (*x0v, *n) = f(xv, guided(uv, cv, w), rv)
+            Zip::from(x).and(x0).and(&u).and(&c).and(&r),
+            |xv, x0v, &uv, &cv, &rv| (*x0v, *xv) = f(*xv, guided(uv, cv, w), rv)
         ),
-        (Eps::Guided { u, c, w }, None) => zip_for_each!(
-            Zip::from(next).and(x).and(&u).and(&c).and(&r),
-            |n, &xv, &uv, &cv, &rv| *n = f(xv, guided(uv, cv, w), rv).1
-        ),
+        (Eps::Guided { u, c, w }, None) => {
+            zip_for_each!(Zip::from(x).and(&u).and(&c).and(&r), |xv, &uv, &cv, &rv| {
+                *xv = f(*xv, guided(uv, cv, w), rv).1
+            })
+        }
     }
 }
 
@@ -362,14 +349,14 @@ mod tests {
                     true => Eps::Guided { u, c, w: 2.5 },
                 };
                 let r = with_r.then_some(&r);
-                let mut fast = (Latent::zeros(shape), Latent::zeros(shape));
+                let mut fast = (x.clone(), Latent::zeros(shape));
                 let mut slow = (reversed(shape), reversed(shape));
+                slow.0.assign(&x);
                 assert!(!slow.0.is_standard_layout());
                 apply(
                     update,
                     &mut fast.0,
                     with_x0.then_some(&mut fast.1),
-                    &x,
                     eps(),
                     r,
                 );
@@ -377,14 +364,16 @@ mod tests {
                     update,
                     &mut slow.0,
                     with_x0.then_some(&mut slow.1),
-                    &x,
                     eps(),
                     r,
                 );
                 let what = format!("{shape:?} guided {guided} context {with_r} x0 {with_x0}");
                 assert_eq!(bits(&fast.0), bits(&slow.0), "{what}");
                 assert_eq!(bits(&fast.1), bits(&slow.1), "{what}");
-                assert!(fast.0.iter().any(|v| *v != 0.0), "{what}");
+                assert!(
+                    fast.0.iter().zip(&x).all(|(a, b)| a != b),
+                    "{what}: x overwritten"
+                );
             }
         }
     }

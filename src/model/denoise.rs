@@ -9,6 +9,7 @@ use ndarray::{Array1, ArrayView5, Ix5};
 
 use super::network::{Input, Network};
 use super::runtime::Provider;
+use crate::diffusion::pool;
 use crate::diffusion::{ContextAdapter, DiffusionError, Latent, NoisePredictor, TextStates};
 
 fn model_err(e: super::ModelError) -> DiffusionError {
@@ -72,17 +73,10 @@ impl Unet {
         r
     }
 
-    fn feed<'a>(
-        sample: &'a Latent,
-        t: f32,
-        text: &'a TextStates,
-    ) -> Vec<(&'static str, Input<'a>)> {
+    /// The inputs beside `sample` (which is read in place).
+    fn feed(t: f32, b: usize, text: &TextStates) -> Vec<(&'static str, Input<'_>)> {
         vec![
-            ("sample", Input::F32View(sample.view().into_dyn())),
-            (
-                "timestep",
-                Input::F32(Array1::from_elem(sample.shape()[0], t).into_dyn()),
-            ),
+            ("timestep", Input::F32(Array1::from_elem(b, t).into_dyn())),
             (
                 "encoder_hidden_states",
                 Input::F32View(text.view().into_dyn()),
@@ -99,7 +93,11 @@ impl NoisePredictor for Unet {
         text: &TextStates,
     ) -> Result<Latent, DiffusionError> {
         let out = self
-            .timed(|net| net.run_one(Unet::feed(sample, t, text), "out_sample"))
+            .timed(|net| {
+                let mut feed = Unet::feed(t, sample.shape()[0], text);
+                feed.push(("sample", Input::F32View(sample.view().into_dyn())));
+                net.run_one(feed, "out_sample")
+            })
             .map_err(model_err)?;
         to_latent(out, "out_sample")
     }
@@ -107,16 +105,17 @@ impl NoisePredictor for Unet {
     /// The output read straight from ONNX Runtime's buffer.
     fn predict_with(
         &mut self,
-        sample: &Latent,
+        sample: &mut Latent,
         t: f32,
         text: &TextStates,
-        read: &mut dyn FnMut(ArrayView5<f32>),
+        read: &mut dyn FnMut(&mut Latent, ArrayView5<f32>),
     ) -> Result<(), DiffusionError> {
         self.timed(|net| {
-            net.run_one_with(Unet::feed(sample, t, text), "out_sample", |v| {
+            let feed = Unet::feed(t, sample.shape()[0], text);
+            net.run_lending("sample", sample, feed, "out_sample", |s, v| {
                 match v.into_dimensionality::<Ix5>() {
                     Ok(v) => {
-                        read(v);
+                        read(s, v);
                         Ok(())
                     }
                     Err(e) => Err(DiffusionError::Shape(format!(
@@ -155,11 +154,18 @@ impl ContextAdapter for Adapter {
         if self.0.has_input("timestep") {
             feed.push(("timestep", Input::F32(Array1::from_elem(b, t).into_dyn())));
         }
-        // Copied once out of ONNX Runtime's buffer: r lives on across the steps.
-        let out = self
-            .0
-            .run_one_with(feed, "context", |v| v.to_owned())
-            .map_err(model_err)?;
-        to_latent(out, "context")
+        // Copied once out of ONNX Runtime's buffer (r lives on across the steps), into a
+        // buffer of the sampler's pool, which takes it back when the run ends: a fresh one per
+        // window cost its size again in page faults.
+        self.0
+            .run_one_with(feed, "context", |v| {
+                let v = v
+                    .into_dimensionality::<Ix5>()
+                    .map_err(|e| DiffusionError::Shape(format!("context must be 5-D: {e}")))?;
+                let mut r = pool::take(v.raw_dim());
+                r.assign(&v);
+                Ok(r)
+            })
+            .map_err(model_err)?
     }
 }

@@ -25,7 +25,19 @@ pub enum Input<'a> {
     Ids(ArrayD<i64>),
 }
 
-impl Input<'_> {
+impl<'a> Input<'a> {
+    /// The same input under a shorter borrow.
+    fn shorten<'b>(self) -> Input<'b>
+    where
+        'a: 'b,
+    {
+        match self {
+            Input::F32(a) => Input::F32(a),
+            Input::F32View(a) => Input::F32View(a.reborrow()),
+            Input::Ids(a) => Input::Ids(a),
+        }
+    }
+
     pub fn shape(&self) -> &[usize] {
         match self {
             Input::F32(a) => a.shape(),
@@ -187,13 +199,48 @@ impl Network {
         output: &str,
         read: impl FnOnce(ndarray::ArrayViewD<'_, f32>) -> R,
     ) -> Result<R> {
+        self.run_core::<ndarray::Ix0, R>(None, inputs, output, |_, view| read(view))
+    }
+
+    /// `run_one_with` with the input `name` read in place from `lent`, which `read` then
+    /// gets back writable beside the output: the sampler overwrites its latent with the next
+    /// one as it reads the UNet's output, so a step needs no second latent-sized buffer.
+    ///
+    /// # Errors
+    /// As `run`.
+    pub fn run_lending<D: ndarray::Dimension, R>(
+        &mut self,
+        name: &str,
+        lent: &mut ndarray::Array<f32, D>,
+        others: Vec<(&str, Input<'_>)>,
+        output: &str,
+        read: impl FnOnce(&mut ndarray::Array<f32, D>, ndarray::ArrayViewD<'_, f32>) -> R,
+    ) -> Result<R> {
+        self.run_core(Some((name, lent)), others, output, |lent, view| {
+            read(lent.expect("lent above"), view)
+        })
+    }
+
+    fn run_core<D: ndarray::Dimension, R>(
+        &mut self,
+        mut lent: Option<(&str, &mut ndarray::Array<f32, D>)>,
+        inputs: Vec<(&str, Input<'_>)>,
+        output: &str,
+        read: impl FnOnce(Option<&mut ndarray::Array<f32, D>>, ndarray::ArrayViewD<'_, f32>) -> R,
+    ) -> Result<R> {
+        // The lent input borrows `lent` only until the run has consumed the feed.
+        let mut inputs: Vec<(&str, Input<'_>)> =
+            inputs.into_iter().map(|(n, i)| (n, i.shorten())).collect();
+        if let Some((name, a)) = &lent {
+            inputs.push((name, Input::F32View(a.view().into_dyn())));
+        }
         let f32_out = self
             .outputs
             .iter()
             .any(|d| d.name == output && d.elem == TensorElementType::Float32);
         if !f32_out {
             let owned = self.run_one(inputs, output)?;
-            return Ok(read(owned.view()));
+            return Ok(read(lent.map(|(_, a)| a), owned.view()));
         }
         let feed = self.feed(inputs)?;
         let kind = self.kind;
@@ -217,7 +264,7 @@ impl Network {
         // Busy time is the run only, not what `read` does with the output.
         self.busy += start.elapsed();
         self.calls += 1;
-        let r = read(view);
+        let r = read(lent.take().map(|(_, a)| a), view);
         drop(outputs);
         Ok(r)
     }
