@@ -67,7 +67,9 @@ pub struct WorkerArgs {
     /// This worker's name in `ctxd status` (default: host-pid).
     #[arg(long)]
     pub id: Option<String>,
-    /// Where running jobs keep their files (default: a temporary folder).
+    /// Where running jobs keep their files (default: a folder of its own under $TMPDIR,
+    /// removed when the worker stops; one that a killed worker left is removed by the next
+    /// worker to start there).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -132,7 +134,7 @@ pub fn worker(args: &WorkerArgs, stop: Arc<AtomicBool>) -> Result<()> {
     let work_dir = match &args.work_dir {
         Some(d) => d.clone(),
         None => {
-            tmp = tempfile::Builder::new().prefix("ctxd-worker-").tempdir()?;
+            tmp = cluster::scratch::Scratch::new_in(&std::env::temp_dir())?;
             tmp.path().to_path_buf()
         }
     };

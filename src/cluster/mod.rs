@@ -28,6 +28,7 @@
 
 pub mod media;
 pub mod remote;
+pub mod scratch;
 pub mod status;
 pub mod submit;
 pub mod worker;

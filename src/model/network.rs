@@ -397,7 +397,10 @@ mod tests {
         let s = |v: &[&[usize]]| v.iter().map(|d| d.to_vec()).collect::<Vec<_>>();
         let window = |frames| s(&[&[2, 4, frames, 64, 64], &[2]]);
         assert!(!grew(&[], &window(8)), "a first run");
-        assert!(grew(&window(8), &window(9)), "a window with a context frame");
+        assert!(
+            grew(&window(8), &window(9)),
+            "a window with a context frame"
+        );
         assert!(!grew(&window(9), &window(9)));
         assert!(!grew(&window(9), &window(5)), "a short last window fits");
         assert!(!grew(&window(9), &s(&[&[2, 4, 9, 64, 64]])), "other inputs");
