@@ -11,7 +11,7 @@
 //!   m   = d / max(d over the frame) >= threshold, dilated by one latent pixel
 //! All source and target rows go through the UNet in one call.
 
-use ndarray::{concatenate, s, Array5, Axis, Zip};
+use ndarray::{concatenate, s, Array5, ArrayViewMut5, Axis, Zip};
 
 use super::noise::{NoiseSource, SeededNoise};
 use super::sampler::{check_shape, Latent, NoisePredictor, TextStates};
@@ -77,7 +77,7 @@ pub fn edit_mask(
     let batch = concatenate(Axis(0), &views).map_err(|e| DiffusionError::Shape(e.to_string()))?;
     let text = concatenate(Axis(0), &texts).map_err(|e| DiffusionError::Shape(e.to_string()))?;
     let out = unet.predict(&batch, t as f32, &text)?;
-    check_shape(&out, &batch, "UNet output")?;
+    check_shape(&out, batch.shape(), "UNet output")?;
     let v_pred = schedule.prediction() == Prediction::V;
     let x0_hat = |o: f32, x: f32| -> f64 {
         let (o, x) = (o as f64, x as f64);
@@ -144,7 +144,7 @@ fn threshold_and_dilate(diff: &Array5<f64>, threshold: f32) -> Latent {
 /// step reached (the clean source latent after the last step).
 pub(crate) fn apply(
     blend: &Blend,
-    x: &mut Latent,
+    x: ArrayViewMut5<'_, f32>,
     index: usize,
     total: usize,
 ) -> Result<(), DiffusionError> {
@@ -156,7 +156,7 @@ pub(crate) fn apply(
         )));
     }
     let reference = &blend.inversion[total - 1 - index];
-    check_shape(reference, x, "inversion latent")?;
+    check_shape(reference, x.shape(), "inversion latent")?;
     let mask = blend
         .mask
         .broadcast(x.raw_dim())
@@ -249,16 +249,16 @@ mod tests {
             inversion: &inversion,
         };
         let mut x = Latent::from_elem((1, 2, 1, 1, 2), 10.0);
-        apply(&blend, &mut x, 0, total).unwrap();
+        apply(&blend, x.view_mut(), 0, total).unwrap();
         // after the first step the sampler is at the inversion's second-to-last level
         assert_eq!(x[[0, 0, 0, 0, 0]], 2.0);
         assert_eq!(x[[0, 1, 0, 0, 1]], 10.0);
-        apply(&blend, &mut x, total - 1, total).unwrap();
+        apply(&blend, x.view_mut(), total - 1, total).unwrap();
         assert_eq!(
             x[[0, 1, 0, 0, 0]],
             0.0,
             "the last step ends on the clean source"
         );
-        assert!(apply(&blend, &mut x, 0, total + 1).is_err());
+        assert!(apply(&blend, x.view_mut(), 0, total + 1).is_err());
     }
 }

@@ -2,26 +2,35 @@
 //! step with the batch [uncond, cond], combined as `eps_u + w (eps_c - eps_u)` by the step
 //! that reads it (`step`), on buffers kept for the whole run.
 
-use ndarray::{concatenate, s, Axis};
+use ndarray::{concatenate, s, ArrayView5, ArrayViewMut5, Axis};
 
 use super::pool;
 use super::sampler::{Conditioning, Latent, NoisePredictor, TextStates};
 use super::step::Eps;
 use super::DiffusionError;
 
-/// What guidance reuses from step to step: the text batch [uncond, cond] (the same every
-/// step) and the doubled latent, so a step allocates no latent-sized buffer of its own.
+/// The run's latent, held where the UNet reads it: without guidance the latent itself;
+/// with guidance the batch [x, x] of one call, whose first half is the latent and whose
+/// second half is refreshed from it before each call. A step so keeps one latent-sized
+/// buffer per prompt row and half, and copies the latent once per call.
 pub(crate) struct Guide {
+    /// The text batch [uncond, cond] (the same every step), when guided.
     text: Option<TextStates>,
-    xx: Option<Latent>,
+    buf: Option<Latent>,
+    /// Rows of the latent (the first `rows` of `buf`).
+    rows: usize,
 }
 
 impl Guide {
-    pub(crate) fn new(x: &Latent, cond: &Conditioning) -> Result<Guide, DiffusionError> {
+    /// A guide whose latent starts as `start` (in standard layout, so ONNX Runtime reads it
+    /// in place at every step).
+    pub(crate) fn new(start: &Latent, cond: &Conditioning) -> Result<Guide, DiffusionError> {
+        let rows = start.shape()[0];
         if cond.guidance == 1.0 {
             return Ok(Guide {
                 text: None,
-                xx: None,
+                buf: Some(pool::copy_of(start)),
+                rows,
             });
         }
         let uncond = cond.uncond.as_ref().ok_or_else(|| {
@@ -29,35 +38,69 @@ impl Guide {
         })?;
         let text = concatenate(Axis(0), &[uncond.view(), cond.cond.view()])
             .map_err(|e| DiffusionError::Shape(e.to_string()))?;
-        // Its contents are written at every step.
-        let mut dim = x.raw_dim();
+        let mut dim = start.raw_dim();
         dim[0] *= 2;
-        let xx = pool::take(dim);
+        // The second half is written before each call.
+        let mut buf = pool::take(dim);
+        buf.slice_mut(s![..rows, .., .., .., ..]).assign(start);
         Ok(Guide {
             text: Some(text),
-            xx: Some(xx),
+            buf: Some(buf),
+            rows,
         })
     }
 
-    /// Runs the UNet on `x` at `t` and hands its output to `read`, with `x` lent back
-    /// writable (the step overwrites it with the next latent): as it is without guidance,
-    /// else as the two halves of one call on the batch [uncond, cond] (§2), read straight
-    /// from the UNet's output buffer.
+    fn buf(&self) -> &Latent {
+        self.buf.as_ref().expect("present until taken")
+    }
+
+    /// The latent.
+    pub(crate) fn x(&self) -> ArrayView5<'_, f32> {
+        self.buf().slice(s![..self.rows, .., .., .., ..])
+    }
+
+    /// The latent, writable.
+    pub(crate) fn x_mut(&mut self) -> ArrayViewMut5<'_, f32> {
+        let rows = self.rows;
+        let buf = self.buf.as_mut().expect("present until taken");
+        buf.slice_mut(s![..rows, .., .., .., ..])
+    }
+
+    /// The latent as an owned array (the buffer itself, or its first half copied into a
+    /// pooled one), the guide's buffer going back to the pool.
+    pub(crate) fn into_latent(mut self) -> Latent {
+        let buf = self.buf.take().expect("present until taken");
+        if self.text.is_none() {
+            return buf;
+        }
+        let mut dim = buf.raw_dim();
+        dim[0] = self.rows;
+        let mut x = pool::take(dim);
+        x.assign(&buf.slice(s![..self.rows, .., .., .., ..]));
+        pool::give(buf);
+        x
+    }
+
+    /// Runs the UNet on the latent at `t` and hands its output to `read` with the latent,
+    /// writable (the step overwrites it with the next one): as it is without guidance, else
+    /// as the two halves of one call on the batch [uncond, cond] (§2), read straight from
+    /// the UNet's output buffer.
     pub(crate) fn run(
         &mut self,
         unet: &mut dyn NoisePredictor,
-        x: &mut Latent,
         t: i64,
         cond: &Conditioning,
-        read: &mut dyn FnMut(&mut Latent, Eps<'_>),
+        read: &mut dyn FnMut(ArrayViewMut5<'_, f32>, Eps<'_>),
     ) -> Result<(), DiffusionError> {
         let tf = t as f32;
+        let rows = self.rows;
+        let buf = self.buf.as_mut().expect("present until taken");
+        let want = buf.raw_dim();
         let mut shape_err = None;
-        let (Some(text), Some(xx)) = (&self.text, &mut self.xx) else {
-            let want = x.raw_dim();
-            unet.predict_with(x, tf, &cond.cond, &mut |x, o| {
+        let Some(text) = &self.text else {
+            unet.predict_with(buf, tf, &cond.cond, &mut |x, o| {
                 if o.raw_dim() == want {
-                    read(x, Eps::Raw(o));
+                    read(x.view_mut(), Eps::Raw(o));
                 } else {
                     shape_err = Some(o.shape().to_vec());
                 }
@@ -70,25 +113,25 @@ impl Guide {
                 ))),
             };
         };
-        // x has the shape of the run's start latent, which xx was made from.
-        let b = x.shape()[0];
-        xx.slice_mut(s![..b, .., .., .., ..]).assign(x);
-        xx.slice_mut(s![b.., .., .., .., ..]).assign(x);
+        {
+            let (x, mut second) = buf.view_mut().split_at(Axis(0), rows);
+            second.assign(&x);
+        }
         let w = cond.guidance as f64;
-        let want = xx.raw_dim();
-        unet.predict_with(xx, tf, text, &mut |_, o| {
+        unet.predict_with(buf, tf, text, &mut |xx, o| {
             if o.raw_dim() != want {
                 shape_err = Some(o.shape().to_vec());
                 return;
             }
-            let (u, c) = o.split_at(Axis(0), b);
+            let (u, c) = o.split_at(Axis(0), rows);
+            let (x, _) = xx.view_mut().split_at(Axis(0), rows);
             read(x, Eps::Guided { u, c, w });
         })?;
         match shape_err {
             None => Ok(()),
             Some(got) => Err(DiffusionError::Shape(format!(
                 "UNet returned shape {got:?} for a guided batch of {}",
-                2 * b
+                2 * rows
             ))),
         }
     }
@@ -96,8 +139,8 @@ impl Guide {
 
 impl Drop for Guide {
     fn drop(&mut self) {
-        if let Some(xx) = self.xx.take() {
-            pool::give(xx);
+        if let Some(buf) = self.buf.take() {
+            pool::give(buf);
         }
     }
 }

@@ -107,7 +107,7 @@ pub struct StepInfo<'a> {
     pub index: usize,
     pub total: usize,
     pub t: i64,
-    pub latent: &'a Latent,
+    pub latent: ArrayView5<'a, f32>,
     /// The step's x0 estimate, where the run keeps one (`x0_pred` context, or
     /// `keep_trajectory`).
     pub x0: Option<&'a Latent>,
@@ -295,7 +295,7 @@ fn run_loop(
             .as_mut()
             .expect("checked above")
             .context(source, &cond.cond, 0.0)?;
-        check_shape(&c, start, "context")?;
+        check_shape(&c, start.shape(), "context")?;
         r = Some(c);
     }
     // The x0 estimates are kept only where something reads them: the adapter in `x0_pred`
@@ -305,13 +305,11 @@ fn run_loop(
     let mut x0_est = keep_x0.then(|| pool::copy_of(run.x0_source.unwrap_or(start)));
     let mut x0 = keep_x0.then(|| pool::take(start.raw_dim()));
 
-    // In standard layout, so ONNX Runtime reads it in place at every step (a latent sliced or
-    // permuted upstream would otherwise be copied per call). Each step overwrites it.
-    let mut x = pool::copy_of(start);
+    // The latent, which each step overwrites, lives in the guide (where the UNet reads it).
     let mut guide = Guide::new(start, cond)?;
     let mut trajectory = Vec::new();
     if run.keep_trajectory {
-        trajectory.push(x.clone());
+        trajectory.push(guide.x().to_owned());
     }
     let v_pred = sched.prediction() == Prediction::V;
     for (index, &t) in timesteps.iter().enumerate() {
@@ -321,7 +319,7 @@ fn run_loop(
                 .as_mut()
                 .expect("checked above")
                 .context(est, &cond.cond, t as f32)?;
-            check_shape(&c, start, "context")?;
+            check_shape(&c, start.shape(), "context")?;
             if let Some(old) = r.replace(c) {
                 pool::give(old);
             }
@@ -396,37 +394,37 @@ fn run_loop(
                 (update, 0.0)
             }
         };
-        guide.run(&mut *unet, &mut x, t, cond, &mut |x, eps| {
+        guide.run(&mut *unet, t, cond, &mut |x, eps| {
             step::apply(&update, x, x0.as_mut(), eps, r.as_ref())
         })?;
         if sigma > 0.0 {
             let n = noise.as_mut().ok_or_else(|| {
                 DiffusionError::Config("eta > 0 (or DDPM) needs a noise source".into())
             })?;
-            let z = n.next(index, x.shape())?;
-            check_shape(&z, start, "noise")?;
-            zip_for_each!(Zip::from(&mut x).and(&z), |n, &zv| {
+            let z = n.next(index, start.shape())?;
+            check_shape(&z, start.shape(), "noise")?;
+            zip_for_each!(Zip::from(guide.x_mut()).and(&z), |n, &zv| {
                 *n = (*n as f64 + sigma * zv as f64) as f32;
             });
         }
         if let Some(b) = blend {
-            blend::apply(b, &mut x, index, total)?;
+            blend::apply(b, guide.x_mut(), index, total)?;
         }
         if let (Some(est), Some(new)) = (&mut x0_est, &mut x0) {
             std::mem::swap(est, new);
-            if new.raw_dim() != x.raw_dim() {
+            if new.shape() != start.shape() {
                 // x0_est started as a source latent of another shape
-                *new = pool::take(x.raw_dim());
+                *new = pool::take(start.raw_dim());
             }
         }
         if run.keep_trajectory {
-            trajectory.push(x.clone());
+            trajectory.push(guide.x().to_owned());
         }
         let info = StepInfo {
             index,
             total,
             t,
-            latent: &x,
+            latent: guide.x(),
             x0: x0_est.as_ref(),
         };
         if on_step(&info).is_break() {
@@ -437,17 +435,16 @@ fn run_loop(
         pool::give(buffer);
     }
     Ok(Outcome {
-        latent: x,
+        latent: guide.into_latent(),
         trajectory,
     })
 }
 
-pub(crate) fn check_shape(a: &Latent, want: &Latent, what: &str) -> Result<(), DiffusionError> {
-    if a.shape() != want.shape() {
+pub(crate) fn check_shape(a: &Latent, want: &[usize], what: &str) -> Result<(), DiffusionError> {
+    if a.shape() != want {
         return Err(DiffusionError::Shape(format!(
-            "{what} has shape {:?}, the latent {:?}",
+            "{what} has shape {:?}, the latent {want:?}",
             a.shape(),
-            want.shape()
         )));
     }
     Ok(())

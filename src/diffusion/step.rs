@@ -5,7 +5,7 @@
 //! latent), and reads each input once. The per-element formulas are those of CONTEXTDIFF.md
 //! §2–§4 in f64, rounded to f32 where the state is kept, exactly as before they were fused.
 
-use ndarray::{ArrayView5, Zip};
+use ndarray::{ArrayView5, ArrayViewMut5, Zip};
 
 use super::sampler::Latent;
 use super::PARALLEL_MIN_ELEMENTS;
@@ -110,7 +110,7 @@ fn guided(u: f32, c: f32, w: f64) -> f64 {
 /// works in place. Shapes are the caller's to check: all are `x`'s.
 pub(crate) fn apply(
     update: &Update,
-    x: &mut Latent,
+    x: ArrayViewMut5<'_, f32>,
     x0: Option<&mut Latent>,
     eps: Eps<'_>,
     r: Option<&Latent>,
@@ -149,8 +149,13 @@ const CHUNK: usize = 16 * 1024;
 /// [`apply`] for one kind of step, `f` giving `(x0_hat, next)` per element. Latents in
 /// standard layout (all of them, in the pipeline) take plain loops over slices, which the
 /// compiler vectorizes; anything else goes through ndarray's `Zip`, with the same `f`.
-fn apply_with<F>(f: F, x: &mut Latent, x0: Option<&mut Latent>, eps: Eps<'_>, r: Option<&Latent>)
-where
+fn apply_with<F>(
+    f: F,
+    mut x: ArrayViewMut5<'_, f32>,
+    x0: Option<&mut Latent>,
+    eps: Eps<'_>,
+    r: Option<&Latent>,
+) where
     F: Fn(f32, f64, f32) -> (f32, f32) + Sync + Send + Copy,
 {
     let contiguous = x.is_standard_layout()
@@ -242,8 +247,13 @@ fn chunk<F>(
 }
 
 /// The general path of [`apply_with`]: any layouts, through `Zip`.
-fn apply_zip<F>(f: F, x: &mut Latent, x0: Option<&mut Latent>, eps: Eps<'_>, r: Option<&Latent>)
-where
+fn apply_zip<F>(
+    f: F,
+    x: ArrayViewMut5<'_, f32>,
+    x0: Option<&mut Latent>,
+    eps: Eps<'_>,
+    r: Option<&Latent>,
+) where
     F: Fn(f32, f64, f32) -> (f32, f32) + Sync + Send + Copy,
 {
     // Context off: a zero-strided view of one zero.
@@ -353,20 +363,10 @@ mod tests {
                 let mut slow = (reversed(shape), reversed(shape));
                 slow.0.assign(&x);
                 assert!(!slow.0.is_standard_layout());
-                apply(
-                    update,
-                    &mut fast.0,
-                    with_x0.then_some(&mut fast.1),
-                    eps(),
-                    r,
-                );
-                apply(
-                    update,
-                    &mut slow.0,
-                    with_x0.then_some(&mut slow.1),
-                    eps(),
-                    r,
-                );
+                let x0 = with_x0.then_some(&mut fast.1);
+                apply(update, fast.0.view_mut(), x0, eps(), r);
+                let x0 = with_x0.then_some(&mut slow.1);
+                apply(update, slow.0.view_mut(), x0, eps(), r);
                 let what = format!("{shape:?} guided {guided} context {with_r} x0 {with_x0}");
                 assert_eq!(bits(&fast.0), bits(&slow.0), "{what}");
                 assert_eq!(bits(&fast.1), bits(&slow.1), "{what}");
