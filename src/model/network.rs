@@ -61,8 +61,6 @@ pub struct Network {
     calls: u64,
     /// The run options of `run_one_with`: only the named output is computed.
     only: Option<(String, RunOptions<HasSelectedOutputs>)>,
-    /// The input shapes of the last `run_one_with` (empty before the first).
-    shapes: Vec<Vec<usize>>,
 }
 
 impl Network {
@@ -107,7 +105,6 @@ impl Network {
             busy: Duration::ZERO,
             calls: 0,
             only: None,
-            shapes: Vec::new(),
         })
     }
 
@@ -245,16 +242,19 @@ impl Network {
             let owned = self.run_one(inputs, output)?;
             return Ok(read(lent.map(|(_, a)| a), owned.view()));
         }
-        // A run at larger shapes (a clip's first window has no context frame, the next has
-        // one) gives the arena's free blocks back to the system when it ends. The arena never
-        // does otherwise, and blocks cut for the smaller shapes do not fit the larger ones: a
-        // stage graph held both sizes of every intermediate (the oracle's fast-preset edit:
-        // 160 MB). Smaller shapes are cut from the blocks already there.
+        // A run at larger shapes than this session ever ran at (a clip's first window has no
+        // context frame, the next has one) gives the arena's free blocks back to the system
+        // when it ends. The arena never does otherwise, and blocks cut for
+        // the smaller shapes do not fit the larger ones: a stage graph held both sizes of
+        // every intermediate (the oracle's fast-preset edit: 160 MB). Smaller shapes are cut
+        // from the blocks already there, so a batch of like clips (its sessions kept warm) shrinks it
+        // once.
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|(_, i)| i.shape().to_vec()).collect();
-        let shrink = grew(&self.shapes, &shapes);
-        if shrink || self.shapes.len() != shapes.len() {
-            self.shapes = shapes;
-        }
+        let session_id = {
+            use ort::AsPointer;
+            self.session.as_ref().expect("present until dropped").ptr() as usize
+        };
+        let shrink = larger_than_ever(session_id, shapes);
         let feed = self.feed(inputs)?;
         let kind = self.kind;
         if !matches!(&self.only, Some((name, _)) if name == output) {
@@ -338,6 +338,35 @@ impl Network {
     }
 }
 
+/// The largest input shapes each session (by its ONNX Runtime handle) has run at, axis by
+/// axis. A handle reused after its session is gone inherits a record: at worst one shrink is
+/// skipped.
+static LARGEST: std::sync::Mutex<BTreeMap<usize, Vec<Vec<usize>>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Whether `shapes` exceed along some axis what session `id` ran at before (never on its
+/// first run), recording them.
+fn larger_than_ever(id: usize, shapes: Vec<Vec<usize>>) -> bool {
+    let mut largest = crate::sync::lock(&LARGEST);
+    let Some(max) = largest.get_mut(&id) else {
+        largest.insert(id, shapes);
+        return false;
+    };
+    let same_inputs =
+        max.len() == shapes.len() && max.iter().zip(&shapes).all(|(m, s)| m.len() == s.len());
+    if !same_inputs {
+        *max = shapes;
+        return false;
+    }
+    let larger = grew(max, &shapes);
+    for (m, s) in max.iter_mut().zip(&shapes) {
+        for (m, s) in m.iter_mut().zip(s) {
+            *m = (*m).max(*s);
+        }
+    }
+    larger
+}
+
 /// Whether some input of `now` is larger along an axis than the same input `before` (inputs
 /// in the same order; nothing grew on a first run or when the inputs differ).
 fn grew(before: &[Vec<usize>], now: &[Vec<usize>]) -> bool {
@@ -404,6 +433,21 @@ mod tests {
         assert!(!grew(&window(9), &window(9)));
         assert!(!grew(&window(9), &window(5)), "a short last window fits");
         assert!(!grew(&window(9), &s(&[&[2, 4, 9, 64, 64]])), "other inputs");
+
+        // Per session, across jobs: a batch of like clips shrinks once.
+        let id = usize::MAX - 7;
+        assert!(!larger_than_ever(id, window(8)), "a first run");
+        assert!(larger_than_ever(id, window(9)));
+        assert!(
+            !larger_than_ever(id, window(8)),
+            "the next clip's first window"
+        );
+        assert!(!larger_than_ever(id, window(9)), "and its second");
+        assert!(larger_than_ever(id, window(10)));
+        assert!(
+            !larger_than_ever(id - 1, window(10)),
+            "another session's first run"
+        );
     }
 
     fn root() -> PathBuf {
