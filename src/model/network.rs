@@ -254,7 +254,9 @@ impl Network {
             use ort::AsPointer;
             self.session.as_ref().expect("present until dropped").ptr() as usize
         };
-        let shrink = larger_than_ever(session_id, shapes);
+        // CPU sessions only: their intermediates are in the CPU arena (on CUDA, in the
+        // device's, which this does not shrink).
+        let shrink = self.provider == Provider::Cpu && larger_than_ever(session_id, shapes);
         let feed = self.feed(inputs)?;
         let kind = self.kind;
         if !matches!(&self.only, Some((name, _)) if name == output) {
