@@ -5,7 +5,7 @@
 use ndarray::{concatenate, s, ArrayView5, ArrayViewMut5, Axis};
 
 use super::pool;
-use super::sampler::{Conditioning, Latent, NoisePredictor, TextStates};
+use super::sampler::{Conditioning, Latent, NoisePredictor, Start, TextStates};
 use super::step::Eps;
 use super::DiffusionError;
 
@@ -24,12 +24,16 @@ pub(crate) struct Guide {
 impl Guide {
     /// A guide whose latent starts as `start` (in standard layout, so ONNX Runtime reads it
     /// in place at every step).
-    pub(crate) fn new(start: &Latent, cond: &Conditioning) -> Result<Guide, DiffusionError> {
-        let rows = start.shape()[0];
+    pub(crate) fn new(start: Start<'_>, cond: &Conditioning) -> Result<Guide, DiffusionError> {
+        let rows = start.latent().shape()[0];
         if cond.guidance == 1.0 {
+            let buf = match start {
+                Start::Owned(l) if l.is_standard_layout() => l,
+                other => pool::copy_of(other.latent()),
+            };
             return Ok(Guide {
                 text: None,
-                buf: Some(pool::copy_of(start)),
+                buf: Some(buf),
                 rows,
             });
         }
@@ -38,11 +42,16 @@ impl Guide {
         })?;
         let text = concatenate(Axis(0), &[uncond.view(), cond.cond.view()])
             .map_err(|e| DiffusionError::Shape(e.to_string()))?;
-        let mut dim = start.raw_dim();
+        let mut dim = start.latent().raw_dim();
         dim[0] *= 2;
         // The second half is written before each call.
         let mut buf = pool::take(dim);
-        buf.slice_mut(s![..rows, .., .., .., ..]).assign(start);
+        buf.slice_mut(s![..rows, .., .., .., ..])
+            .assign(start.latent());
+        if let Start::Owned(l) = start {
+            // Copied: its buffer serves this thread's next latent of its shape.
+            pool::give(l);
+        }
         Ok(Guide {
             text: Some(text),
             buf: Some(buf),

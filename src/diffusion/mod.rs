@@ -45,7 +45,7 @@ pub use context::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use sampler::{
     ddpm, edit, invert, no_progress, sample, sample_blended, Conditioning, ContextAdapter, Latent,
-    Models, NoisePredictor, Outcome, RunConfig, StepInfo, TextStates,
+    Models, NoisePredictor, Outcome, RunConfig, Start, StepInfo, TextStates,
 };
 pub use schedule::{BetaSchedule, NoiseConfig, Prediction, Schedule, Spacing};
 

@@ -16,7 +16,7 @@
 
 use std::ops::ControlFlow;
 
-use ndarray::{Array3, Array5, ArrayView5, Zip};
+use ndarray::{Array3, Array5, ArrayView5, Dimension, Zip};
 
 use super::blend::{self, Blend};
 use super::context::{ContextConfig, ContextMode};
@@ -29,6 +29,34 @@ use super::DiffusionError;
 
 /// Latents `[B, C, F, h, w]`.
 pub type Latent = Array5<f32>;
+
+/// Where a run starts: a latent the caller keeps, or one it gives up (the run then takes
+/// its buffer, or lets it go as soon as it has copied it, instead of both living on).
+pub enum Start<'a> {
+    Borrowed(&'a Latent),
+    Owned(Latent),
+}
+
+impl Start<'_> {
+    pub fn latent(&self) -> &Latent {
+        match self {
+            Start::Borrowed(l) => l,
+            Start::Owned(l) => l,
+        }
+    }
+}
+
+impl<'a> From<&'a Latent> for Start<'a> {
+    fn from(l: &'a Latent) -> Start<'a> {
+        Start::Borrowed(l)
+    }
+}
+
+impl From<Latent> for Start<'_> {
+    fn from(l: Latent) -> Self {
+        Start::Owned(l)
+    }
+}
 /// Text states `[B, S, D]`.
 pub type TextStates = Array3<f32>;
 
@@ -136,10 +164,10 @@ enum Direction {
 ///
 /// # Errors
 /// Shape or configuration errors, a failing network, or `Cancelled` when `on_step` breaks.
-pub fn sample(
+pub fn sample<'s>(
     run: RunConfig,
     models: Models,
-    start: &Latent,
+    start: impl Into<Start<'s>>,
     cond: &Conditioning,
     noise: Option<&mut dyn NoiseSource>,
     on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
@@ -148,7 +176,7 @@ pub fn sample(
         Direction::Sample,
         run,
         models,
-        start,
+        start.into(),
         cond,
         noise,
         None,
@@ -171,7 +199,7 @@ pub fn sample_blended(
         Direction::Sample,
         run,
         models,
-        start,
+        start.into(),
         cond,
         noise,
         Some(blend),
@@ -191,7 +219,7 @@ pub fn invert(
         Direction::Invert,
         run,
         models,
-        x0,
+        x0.into(),
         cond,
         None,
         None,
@@ -221,7 +249,7 @@ pub fn edit(
             Direction::Sample,
             run,
             m,
-            inverted,
+            inverted.into(),
             cond,
             None,
             None,
@@ -245,7 +273,7 @@ pub fn ddpm(
         Direction::Ddpm,
         run,
         models,
-        start,
+        start.into(),
         cond,
         Some(noise),
         None,
@@ -258,7 +286,7 @@ fn run_loop(
     dir: Direction,
     run: RunConfig,
     models: Models,
-    start: &Latent,
+    start: Start<'_>,
     cond: &Conditioning,
     mut noise: Option<&mut dyn NoiseSource>,
     blend: Option<&Blend>,
@@ -267,11 +295,13 @@ fn run_loop(
     let sched = run.schedule;
     let ctx = run.context;
     let Models { unet, mut adapter } = models;
-    if cond.cond.shape()[0] != start.shape()[0] {
+    let dim = start.latent().raw_dim();
+    let shape = dim.slice();
+    if cond.cond.shape()[0] != shape[0] {
         return Err(DiffusionError::Shape(format!(
             "{} prompt rows for a batch of {}",
             cond.cond.shape()[0],
-            start.shape()[0]
+            shape[0]
         )));
     }
     let mut timesteps = sched.timesteps().to_vec();
@@ -295,15 +325,15 @@ fn run_loop(
             .as_mut()
             .expect("checked above")
             .context(source, &cond.cond, 0.0)?;
-        check_shape(&c, start.shape(), "context")?;
+        check_shape(&c, shape, "context")?;
         r = Some(c);
     }
     // The x0 estimates are kept only where something reads them: the adapter in `x0_pred`
     // mode, and runs that keep their trajectory (tests, previews) through `StepInfo::x0`.
     let x0_pred = ctx.active() && ctx.mode == ContextMode::X0Pred;
     let keep_x0 = x0_pred || run.keep_trajectory;
-    let mut x0_est = keep_x0.then(|| pool::copy_of(run.x0_source.unwrap_or(start)));
-    let mut x0 = keep_x0.then(|| pool::take(start.raw_dim()));
+    let mut x0_est = keep_x0.then(|| pool::copy_of(run.x0_source.unwrap_or(start.latent())));
+    let mut x0 = keep_x0.then(|| pool::take(dim));
 
     // The latent, which each step overwrites, lives in the guide (where the UNet reads it).
     let mut guide = Guide::new(start, cond)?;
@@ -319,7 +349,7 @@ fn run_loop(
                 .as_mut()
                 .expect("checked above")
                 .context(est, &cond.cond, t as f32)?;
-            check_shape(&c, start.shape(), "context")?;
+            check_shape(&c, shape, "context")?;
             if let Some(old) = r.replace(c) {
                 pool::give(old);
             }
@@ -401,8 +431,8 @@ fn run_loop(
             let n = noise.as_mut().ok_or_else(|| {
                 DiffusionError::Config("eta > 0 (or DDPM) needs a noise source".into())
             })?;
-            let z = n.next(index, start.shape())?;
-            check_shape(&z, start.shape(), "noise")?;
+            let z = n.next(index, shape)?;
+            check_shape(&z, shape, "noise")?;
             zip_for_each!(Zip::from(guide.x_mut()).and(&z), |n, &zv| {
                 *n = (*n as f64 + sigma * zv as f64) as f32;
             });
@@ -412,9 +442,9 @@ fn run_loop(
         }
         if let (Some(est), Some(new)) = (&mut x0_est, &mut x0) {
             std::mem::swap(est, new);
-            if new.shape() != start.shape() {
+            if new.shape() != shape {
                 // x0_est started as a source latent of another shape
-                *new = pool::take(start.raw_dim());
+                *new = pool::take(dim);
             }
         }
         if run.keep_trajectory {

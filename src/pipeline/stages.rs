@@ -517,11 +517,17 @@ pub fn edit(
 ) -> StageResult {
     let e = err("edit");
     let mut stats = StageStats::default();
-    for w in rx.iter() {
+    for mut w in rx.iter() {
         let t0 = Instant::now();
         let edits = w.conditions.clone();
         let mut per_edit = Vec::with_capacity(edits.edits.len());
-        for ed in &edits.edits {
+        // The last edit takes the inverted latent over, so it does not live on beside the
+        // sampler's copy (a latent-sized buffer per window in flight).
+        let mut x_t = Some(std::mem::replace(
+            &mut w.x_t,
+            Latent::zeros((0, 0, 0, 0, 0)),
+        ));
+        for (i, ed) in edits.edits.iter().enumerate() {
             // A seed per window and edit: reproducible, and windows do not share noise.
             let mut noise = SeededNoise::new(
                 ed.seed ^ (w.latents.meta.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -554,13 +560,21 @@ pub fn edit(
                     .as_mut()
                     .map(|a| a as &mut dyn diffusion::ContextAdapter),
             };
-            let (x_t, cond, mut steps) = (&w.x_t, &ed.cond, progress_cb(cancel));
+            let (cond, mut steps) = (&ed.cond, progress_cb(cancel));
+            let last = i + 1 == edits.edits.len();
             let out = match &mask {
-                None => diffusion::sample(run, models, x_t, cond, Some(&mut noise), &mut steps),
+                None if last => {
+                    let start = x_t.take().expect("taken by the last edit only");
+                    diffusion::sample(run, models, start, cond, Some(&mut noise), &mut steps)
+                }
+                None => {
+                    let start = x_t.as_ref().expect("taken by the last edit only");
+                    diffusion::sample(run, models, start, cond, Some(&mut noise), &mut steps)
+                }
                 Some(mask) => diffusion::sample_blended(
                     run,
                     models,
-                    x_t,
+                    x_t.as_ref().expect("taken by the last edit only"),
                     cond,
                     Some(&mut noise),
                     &Blend {
