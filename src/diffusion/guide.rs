@@ -9,16 +9,23 @@ use super::sampler::{Conditioning, Latent, NoisePredictor, Start, TextStates};
 use super::step::Eps;
 use super::DiffusionError;
 
+/// What reads a step's UNet output: the latent (writable), the twin when guided, the output.
+pub(crate) type ReadStep<'a> =
+    dyn FnMut(ArrayViewMut5<'_, f32>, Option<ArrayViewMut5<'_, f32>>, Eps<'_>) + 'a;
+
 /// The run's latent, held where the UNet reads it: without guidance the latent itself;
 /// with guidance the batch [x, x] of one call, whose first half is the latent and whose
-/// second half is refreshed from it before each call. A step so keeps one latent-sized
-/// buffer per prompt row and half, and copies the latent once per call.
+/// second half (the twin) the step writes beside it, piece by piece while each piece is in
+/// cache. A step so keeps one latent-sized buffer per prompt row and half, and copies the
+/// latent only after something else changed it (DDIM noise, local blending).
 pub(crate) struct Guide {
     /// The text batch [uncond, cond] (the same every step), when guided.
     text: Option<TextStates>,
     buf: Option<Latent>,
     /// Rows of the latent (the first `rows` of `buf`).
     rows: usize,
+    /// Whether the second half equals the first (guided runs).
+    twin_fresh: bool,
 }
 
 impl Guide {
@@ -35,6 +42,7 @@ impl Guide {
                 text: None,
                 buf: Some(buf),
                 rows,
+                twin_fresh: false,
             });
         }
         let uncond = cond.uncond.as_ref().ok_or_else(|| {
@@ -56,6 +64,7 @@ impl Guide {
             text: Some(text),
             buf: Some(buf),
             rows,
+            twin_fresh: false,
         })
     }
 
@@ -68,8 +77,9 @@ impl Guide {
         self.buf().slice(s![..self.rows, .., .., .., ..])
     }
 
-    /// The latent, writable.
+    /// The latent, writable (the twin is then refreshed before the next call).
     pub(crate) fn x_mut(&mut self) -> ArrayViewMut5<'_, f32> {
+        self.twin_fresh = false;
         let rows = self.rows;
         let buf = self.buf.as_mut().expect("present until taken");
         buf.slice_mut(s![..rows, .., .., .., ..])
@@ -93,13 +103,14 @@ impl Guide {
     /// Runs the UNet on the latent at `t` and hands its output to `read` with the latent,
     /// writable (the step overwrites it with the next one): as it is without guidance, else
     /// as the two halves of one call on the batch [uncond, cond] (§2), read straight from
-    /// the UNet's output buffer.
+    /// the UNet's output buffer. Guided, `read` also gets the twin, which it must leave equal
+    /// to the new latent.
     pub(crate) fn run(
         &mut self,
         unet: &mut dyn NoisePredictor,
         t: i64,
         cond: &Conditioning,
-        read: &mut dyn FnMut(ArrayViewMut5<'_, f32>, Eps<'_>),
+        read: &mut ReadStep<'_>,
     ) -> Result<(), DiffusionError> {
         let tf = t as f32;
         let rows = self.rows;
@@ -109,7 +120,7 @@ impl Guide {
         let Some(text) = &self.text else {
             unet.predict_with(buf, tf, &cond.cond, &mut |x, o| {
                 if o.raw_dim() == want {
-                    read(x.view_mut(), Eps::Raw(o));
+                    read(x.view_mut(), None, Eps::Raw(o));
                 } else {
                     shape_err = Some(o.shape().to_vec());
                 }
@@ -122,9 +133,9 @@ impl Guide {
                 ))),
             };
         };
-        {
-            let (x, mut second) = buf.view_mut().split_at(Axis(0), rows);
-            second.assign(&x);
+        if !self.twin_fresh {
+            let (x, mut twin) = buf.view_mut().split_at(Axis(0), rows);
+            twin.assign(&x);
         }
         let w = cond.guidance as f64;
         unet.predict_with(buf, tf, text, &mut |xx, o| {
@@ -133,11 +144,14 @@ impl Guide {
                 return;
             }
             let (u, c) = o.split_at(Axis(0), rows);
-            let (x, _) = xx.view_mut().split_at(Axis(0), rows);
-            read(x, Eps::Guided { u, c, w });
+            let (x, twin) = xx.view_mut().split_at(Axis(0), rows);
+            read(x, Some(twin), Eps::Guided { u, c, w });
         })?;
         match shape_err {
-            None => Ok(()),
+            None => {
+                self.twin_fresh = true;
+                Ok(())
+            }
             Some(got) => Err(DiffusionError::Shape(format!(
                 "UNet returned shape {got:?} for a guided batch of {}",
                 2 * rows
@@ -151,5 +165,87 @@ impl Drop for Guide {
         if let Some(buf) = self.buf.take() {
             pool::give(buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::ControlFlow;
+
+    use super::*;
+    use crate::diffusion::{
+        sample, BetaSchedule, ContextConfig, Models, NoiseConfig, Prediction, RunConfig, Schedule,
+        SeededNoise, Spacing,
+    };
+
+    /// A UNet that checks the guided batch holds the latent twice, and predicts `x / 3`.
+    struct HalvesEqual(usize);
+
+    impl NoisePredictor for HalvesEqual {
+        fn predict(
+            &mut self,
+            x: &Latent,
+            _: f32,
+            _: &TextStates,
+        ) -> Result<Latent, DiffusionError> {
+            let b = x.shape()[0] / 2;
+            let (first, second) = x.view().split_at(Axis(0), b);
+            assert_eq!(first, second, "call {}", self.0);
+            self.0 += 1;
+            Ok(x.mapv(|v| v / 3.0))
+        }
+    }
+
+    /// The guided batch [x, x] holds the latent twice at every call, also after DDIM noise
+    /// changed the latent outside the step (the twin is then refreshed), and a run that
+    /// takes its start over gives what a borrowed start gives.
+    #[test]
+    fn a_guided_batch_holds_the_latent_twice_at_every_call() {
+        let noise_cfg = NoiseConfig {
+            train_steps: 1000,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            prediction: Prediction::Epsilon,
+            set_alpha_to_one: false,
+            steps_offset: 1,
+            rescale_zero_terminal_snr: false,
+            timestep_spacing: Spacing::Leading,
+        };
+        let sched = Schedule::ddim(&noise_cfg, 6).unwrap();
+        let mut net = HalvesEqual(0);
+        let x: Latent = SeededNoise::new(7)
+            .normal(&[1, 2, 3, 4, 4])
+            .into_dimensionality()
+            .unwrap();
+        let cond = Conditioning {
+            cond: TextStates::zeros((1, 1, 1)),
+            uncond: Some(TextStates::zeros((1, 1, 1))),
+            guidance: 3.0,
+        };
+        let mut run = |start: Start| {
+            let rc = RunConfig {
+                schedule: &sched,
+                context: ContextConfig::off(),
+                eta: 0.5,
+                x0_source: None,
+                keep_trajectory: false,
+            };
+            let models = Models {
+                unet: &mut net,
+                adapter: None,
+            };
+            let mut noise = SeededNoise::new(8);
+            sample(rc, models, start, &cond, Some(&mut noise), &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .latent
+        };
+        let borrowed = run(Start::Borrowed(&x));
+        let owned = run(Start::Owned(x.clone()));
+        assert_eq!(net.0, 12, "every step called the UNet");
+        assert_eq!(borrowed, owned);
+        assert_ne!(borrowed, x);
     }
 }

@@ -424,8 +424,8 @@ fn run_loop(
                 (update, 0.0)
             }
         };
-        guide.run(&mut *unet, t, cond, &mut |x, eps| {
-            step::apply(&update, x, x0.as_mut(), eps, r.as_ref())
+        guide.run(&mut *unet, t, cond, &mut |x, twin, eps| {
+            step::apply(&update, x, twin, x0.as_mut(), eps, r.as_ref())
         })?;
         if sigma > 0.0 {
             let n = noise.as_mut().ok_or_else(|| {

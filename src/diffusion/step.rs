@@ -107,10 +107,13 @@ fn guided(u: f32, c: f32, w: f64) -> f64 {
 /// Overwrites the latent `x` with the step's next latent (and writes x0 estimates into
 /// `x0`, when given), from `x` itself, the UNet's output and the context `r` (None: zero,
 /// context off). Each element depends only on the same element of its inputs, so the step
-/// works in place. Shapes are the caller's to check: all are `x`'s.
+/// works in place. `twin`, when given, gets a copy of the new latent (the second half of the
+/// UNet's guided batch), written piece by piece while each piece is still in cache. Shapes
+/// are the caller's to check: all are `x`'s.
 pub(crate) fn apply(
     update: &Update,
     x: ArrayViewMut5<'_, f32>,
+    twin: Option<ArrayViewMut5<'_, f32>>,
     x0: Option<&mut Latent>,
     eps: Eps<'_>,
     r: Option<&Latent>,
@@ -118,7 +121,7 @@ pub(crate) fn apply(
     macro_rules! with {
         ($c:expr, $($k:literal),+) => {{
             let c = $c;
-            apply_with(move |xv, o, rv| c.elem::<$($k),+>(xv, o, rv), x, x0, eps, r)
+            apply_with(move |xv, o, rv| c.elem::<$($k),+>(xv, o, rv), x, twin, x0, eps, r)
         }};
     }
     match *update {
@@ -152,6 +155,7 @@ const CHUNK: usize = 16 * 1024;
 fn apply_with<F>(
     f: F,
     mut x: ArrayViewMut5<'_, f32>,
+    mut twin: Option<ArrayViewMut5<'_, f32>>,
     x0: Option<&mut Latent>,
     eps: Eps<'_>,
     r: Option<&Latent>,
@@ -159,6 +163,7 @@ fn apply_with<F>(
     F: Fn(f32, f64, f32) -> (f32, f32) + Sync + Send + Copy,
 {
     let contiguous = x.is_standard_layout()
+        && twin.as_ref().is_none_or(|a| a.is_standard_layout())
         && x0.as_ref().is_none_or(|a| a.is_standard_layout())
         && r.is_none_or(|a| a.is_standard_layout());
     let out = match &eps {
@@ -169,27 +174,45 @@ fn apply_with<F>(
             .map(|(u, c)| OutSlices::Guided(u, c, *w)),
     };
     let (Some(out), true) = (out, contiguous) else {
-        return apply_zip(f, x, x0, eps, r);
+        apply_zip(f, x.view_mut(), x0, eps, r);
+        if let Some(t) = twin.as_mut() {
+            t.assign(&x);
+        }
+        return;
     };
     let xs = x.as_slice_mut().expect("standard layout");
     let x0s = x0.map(|a| a.as_slice_mut().expect("standard layout"));
+    let ts = twin
+        .as_mut()
+        .map(|a| a.as_slice_mut().expect("standard layout"));
     let rs = r.map(|a| a.as_slice().expect("standard layout"));
     let len = xs.len();
     if len < PARALLEL_MIN_ELEMENTS {
-        return chunk_fast(f, xs, x0s, out, rs, 0);
+        chunk_fast(f, xs, x0s, out, rs, 0);
+        if let Some(t) = ts {
+            t.copy_from_slice(xs);
+        }
+        return;
     }
     use rayon::prelude::*;
-    match x0s {
-        Some(x0s) => xs
-            .par_chunks_mut(CHUNK)
-            .zip(x0s.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(k, (x, x0))| chunk_fast(f, x, Some(x0), out, rs, k * CHUNK)),
-        None => xs
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(k, x)| chunk_fast(f, x, None, out, rs, k * CHUNK)),
+    // The optional outputs cut into the same pieces as x, one slot per piece.
+    fn pieces(s: Option<&mut [f32]>, len: usize) -> Vec<Option<&mut [f32]>> {
+        match s {
+            Some(s) => s.chunks_mut(CHUNK).map(Some).collect(),
+            None => (0..len.div_ceil(CHUNK)).map(|_| None).collect(),
+        }
     }
+    let (mut x0p, mut tp) = (pieces(x0s, len), pieces(ts, len));
+    xs.par_chunks_mut(CHUNK)
+        .zip(x0p.par_iter_mut())
+        .zip(tp.par_iter_mut())
+        .enumerate()
+        .for_each(|(k, ((x, x0), t))| {
+            chunk_fast(f, x, x0.take(), out, rs, k * CHUNK);
+            if let Some(t) = t.take() {
+                t.copy_from_slice(x);
+            }
+        });
 }
 
 /// [`chunk`] compiled for AVX2 where the CPU has it (checked once), else as built. The
@@ -398,10 +421,34 @@ mod tests {
                 let mut slow = (reversed(shape), reversed(shape));
                 slow.0.assign(&x);
                 assert!(!slow.0.is_standard_layout());
+                // A twin on every other variant: it must equal the new latent.
+                let (mut fast_twin, mut slow_twin) = (Latent::zeros(shape), reversed(shape));
+                fn twin(t: &mut Latent, on: bool) -> Option<ArrayViewMut5<'_, f32>> {
+                    on.then(|| t.view_mut())
+                }
+                let on = variant % 2 == 0;
                 let x0 = with_x0.then_some(&mut fast.1);
-                apply(update, fast.0.view_mut(), x0, eps(), r);
+                apply(
+                    update,
+                    fast.0.view_mut(),
+                    twin(&mut fast_twin, on),
+                    x0,
+                    eps(),
+                    r,
+                );
                 let x0 = with_x0.then_some(&mut slow.1);
-                apply(update, slow.0.view_mut(), x0, eps(), r);
+                apply(
+                    update,
+                    slow.0.view_mut(),
+                    twin(&mut slow_twin, on),
+                    x0,
+                    eps(),
+                    r,
+                );
+                if on {
+                    assert_eq!(bits(&fast_twin), bits(&fast.0), "twin");
+                    assert_eq!(bits(&slow_twin), bits(&slow.0), "twin");
+                }
                 let what = format!("{shape:?} guided {guided} context {with_r} x0 {with_x0}");
                 assert_eq!(bits(&fast.0), bits(&slow.0), "{what}");
                 assert_eq!(bits(&fast.1), bits(&slow.1), "{what}");
