@@ -173,10 +173,7 @@ mod tests {
     use std::ops::ControlFlow;
 
     use super::*;
-    use crate::diffusion::{
-        sample, BetaSchedule, ContextConfig, Models, NoiseConfig, Prediction, RunConfig, Schedule,
-        SeededNoise, Spacing,
-    };
+    use crate::diffusion::{sample, ContextConfig, Models, RunConfig, Schedule, SeededNoise};
 
     /// A UNet that checks the guided batch holds the latent twice, and predicts `x / 3`.
     struct HalvesEqual(usize);
@@ -201,18 +198,7 @@ mod tests {
     /// takes its start over gives what a borrowed start gives.
     #[test]
     fn a_guided_batch_holds_the_latent_twice_at_every_call() {
-        let noise_cfg = NoiseConfig {
-            train_steps: 1000,
-            beta_schedule: BetaSchedule::ScaledLinear,
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            prediction: Prediction::Epsilon,
-            set_alpha_to_one: false,
-            steps_offset: 1,
-            rescale_zero_terminal_snr: false,
-            timestep_spacing: Spacing::Leading,
-        };
-        let sched = Schedule::ddim(&noise_cfg, 6).unwrap();
+        let sched = Schedule::ddim(&crate::diffusion::schedule::tests::sd(), 6).unwrap();
         let mut net = HalvesEqual(0);
         let x: Latent = SeededNoise::new(7)
             .normal(&[1, 2, 3, 4, 4])

@@ -263,9 +263,10 @@ impl Schedule {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// Stable Diffusion 1.x's training schedule.
     pub(crate) fn sd() -> NoiseConfig {
         NoiseConfig {
             train_steps: 1000,
