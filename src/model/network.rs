@@ -342,15 +342,21 @@ impl Network {
 
 /// The largest input shapes each session (by its ONNX Runtime handle) has run at, axis by
 /// axis. A handle reused after its session is gone inherits a record: at worst one shrink is
-/// skipped.
+/// skipped. Records of dropped sessions are not removed; the map is emptied when it holds
+/// [`LARGEST_KEPT`] (a daemon builds sessions for years), costing at most one shrink each.
 static LARGEST: std::sync::Mutex<BTreeMap<usize, Vec<Vec<usize>>>> =
     std::sync::Mutex::new(BTreeMap::new());
+
+const LARGEST_KEPT: usize = 4096;
 
 /// Whether `shapes` exceed along some axis what session `id` ran at before (never on its
 /// first run), recording them.
 fn larger_than_ever(id: usize, shapes: Vec<Vec<usize>>) -> bool {
     let mut largest = crate::sync::lock(&LARGEST);
     let Some(max) = largest.get_mut(&id) else {
+        if largest.len() >= LARGEST_KEPT {
+            largest.clear();
+        }
         largest.insert(id, shapes);
         return false;
     };
