@@ -95,6 +95,7 @@ pub fn media(args: &MediaBenchArgs) -> Result<()> {
             pix_fmt: None,
             tune: None,
             gop: None,
+            deflicker: None,
         },
         ..Default::default()
     };

@@ -56,6 +56,9 @@ pub struct QualityBenchArgs {
     /// Share of the schedule the edits (and the reconstruction) run (default: the preset's).
     #[arg(long)]
     pub strength: Option<f64>,
+    /// Temporal smoothing of the outputs (default: the preset's; 0 = off).
+    #[arg(long)]
+    pub deflicker: Option<f32>,
     /// Only the first N clips.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -565,6 +568,7 @@ fn clip_job(
         guidance: args.guidance,
         steps: args.steps,
         strength: args.strength,
+        deflicker: args.deflicker,
         context: Some(mode),
         blend: args.blend,
         ..CliOverrides::default()

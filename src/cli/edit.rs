@@ -69,6 +69,11 @@ pub struct SpecArgs {
     /// that far and sample back. Lower keeps more of its layout and motion; 1 runs every step.
     #[arg(long)]
     pub strength: Option<f64>,
+    /// Temporal smoothing of the output (0 = off, up to 255; default: the preset's): the
+    /// change, in levels, at which a pixel still keeps a quarter of its past frame. Evens out
+    /// an edit's frame-to-frame shimmer; motion passes (FFmpeg's hqdn3d, temporal part).
+    #[arg(long)]
+    pub deflicker: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// off, source or x0_pred.
@@ -94,6 +99,7 @@ impl SpecArgs {
             guidance: self.guidance,
             steps: self.steps,
             strength: self.strength,
+            deflicker: self.deflicker,
             seed: self.seed,
             context: self.context,
             blend: self.blend,

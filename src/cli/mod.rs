@@ -303,6 +303,7 @@ impl EncodeArgs {
             pix_fmt: self.pix_fmt.clone(),
             tune: None,
             gop: None,
+            deflicker: None,
         }
     }
 }

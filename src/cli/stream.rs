@@ -42,6 +42,9 @@ pub struct StreamArgs {
     /// Share of the schedule to run (0 < s <= 1; default: the preset's).
     #[arg(long)]
     pub strength: Option<f64>,
+    /// Temporal smoothing of the output (0 = off, up to 255; default: the preset's).
+    #[arg(long)]
+    pub deflicker: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// off, source or x0_pred.
@@ -106,6 +109,7 @@ impl StreamArgs {
             guidance: self.guidance,
             steps: self.steps,
             strength: self.strength,
+            deflicker: self.deflicker,
             seed: self.seed,
             context: self.context.clone(),
             preset: self.preset.clone(),

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::audio::{self, AudioPlan, AudioRoute, Family};
 use super::color;
 use super::decode::{frame_duration, AudioPacket, SourceLayout};
+use super::deflicker::Deflicker;
 use super::error::{MediaError, Result};
 use super::frame::RgbFrame;
 use super::input::ffmpeg_safe;
@@ -38,6 +39,10 @@ pub struct EncodeSettings {
     /// every this many frames). Default: the encoder's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gop: Option<u32>,
+    /// Temporal smoothing before the encoder (`deflicker`: FFmpeg's hqdn3d, temporal part
+    /// only); `None` or 0 = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deflicker: Option<f32>,
 }
 
 /// What was written, for reports and tests.
@@ -87,6 +92,7 @@ pub struct VideoSink {
     rgb: frame::Video,
     yuv: frame::Video,
     converter: color::Scaler,
+    deflicker: Option<Deflicker>,
     audio: Vec<AudioRoute>,
     plans: Vec<AudioPlan>,
     last_pts: Option<i64>,
@@ -437,6 +443,13 @@ impl VideoSink {
             space,
             v.color.is_full_range(v.pix_fmt),
         )?;
+        let deflicker = match settings.deflicker.filter(|s| *s > 0.0) {
+            Some(strength) => Some(
+                Deflicker::new(pix, v.width, v.height, strength)
+                    .map_err(|e| MediaError::Settings(format!("deflicker = {strength}: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(VideoSink {
             out,
             octx,
@@ -452,6 +465,7 @@ impl VideoSink {
             rgb: frame::Video::new(format::Pixel::RGB24, v.width, v.height),
             yuv: frame::Video::new(pix, v.width, v.height),
             converter,
+            deflicker,
             audio: routes,
             plans,
             last_pts: None,
@@ -520,8 +534,15 @@ impl VideoSink {
         };
         self.durations.insert(pts, duration);
         self.yuv.set_pts(Some(pts));
+        let frame = match self.deflicker.as_mut() {
+            Some(d) => d.run(&self.yuv).map_err(|e| MediaError::Encode {
+                path: self.out.path().to_path_buf(),
+                cause: format!("deflicker refused frame {}: {e}", f.index),
+            })?,
+            None => &self.yuv,
+        };
         self.encoder
-            .send_frame(&self.yuv)
+            .send_frame(frame)
             .map_err(|e| MediaError::Encode {
                 path: self.out.path().to_path_buf(),
                 cause: format!("{} refused frame {}: {e}", self.encoder_name, f.index),

@@ -8,6 +8,7 @@
 //! - `frame`: the `RgbFrame` every stage passes on
 //! - `color`: YUV ↔ RGB with the source's matrix and range
 //! - `scale`: to the processing resolution and back
+//! - `deflicker`: temporal smoothing of edited frames before they are encoded
 //! - `encode` + `audio`: the writer (video encode, audio copy or re-encode, tags, atomic rename)
 //! - `transcode`: decode → encode on two threads joined by a bounded channel
 //! - `still`: one picture as PNG (contact sheets)
@@ -16,6 +17,7 @@
 pub mod audio;
 pub mod color;
 pub mod decode;
+pub mod deflicker;
 pub mod encode;
 pub mod error;
 pub mod frame;

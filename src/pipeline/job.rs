@@ -97,6 +97,14 @@ pub struct Progress {
     pub frames_total: Option<u64>,
 }
 
+/// The spec's `deflicker`, when set, on top of the caller's encoder settings.
+pub(crate) fn with_deflicker(mut encode: EncodeSettings, deflicker: f32) -> EncodeSettings {
+    if deflicker > 0.0 {
+        encode.deflicker = Some(deflicker);
+    }
+    encode
+}
+
 impl EditJob {
     /// The job a resolved spec describes: one output per edit (`outputs[i]` for
     /// `spec.edits[i]`), steps and context from the first edit (all edits share one inversion;
@@ -141,7 +149,7 @@ impl EditJob {
             short_side: spec.short_side,
             multiple: spec.multiple,
             blend: spec.blend,
-            encode,
+            encode: with_deflicker(encode, spec.deflicker),
             measure_reconstruction: spec.reconstruct,
             spec_json: serde_json::to_value(spec).unwrap_or_default(),
             cancel,

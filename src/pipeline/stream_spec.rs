@@ -36,6 +36,8 @@ pub struct StreamSettings {
     pub steps: Option<usize>,
     /// Share of the schedule to run (0 < s <= 1).
     pub strength: Option<f64>,
+    /// Temporal smoothing of the output (0 = off; default: the preset's).
+    pub deflicker: Option<f32>,
     pub seed: Option<u64>,
     /// off, source or x0_pred.
     pub context: Option<String>,
@@ -178,6 +180,7 @@ pub fn build_job(
         guidance: args.guidance,
         steps: args.steps,
         strength: args.strength,
+        deflicker: args.deflicker,
         seed: args.seed,
         context,
         blend: None,
@@ -214,7 +217,7 @@ pub fn build_job(
             crate::pipeline::spec::MAX_WINDOW
         );
     }
-    let mut encode = args.encode.clone();
+    let mut encode = super::job::with_deflicker(args.encode.clone(), spec.deflicker);
     if output.is_live() {
         // Live outputs: no lookahead, so a frame leaves the encoder as soon as it is in.
         encode.preset.get_or_insert_with(|| "veryfast".into());

@@ -52,6 +52,11 @@ impl Checker<'_> {
         self.range("blend", v, 0.0..=1.0)
     }
 
+    /// 0 (off) up to the filter's largest strength.
+    pub(super) fn deflicker(&self, v: f32) -> Result<(), SpecError> {
+        self.range("deflicker", v, 0.0..=crate::media::deflicker::MAX_STRENGTH)
+    }
+
     /// Greater than 0 (some step must run) and at most 1 (every step).
     pub(super) fn strength(&self, v: f64) -> Result<(), SpecError> {
         if v > 0.0 && v <= 1.0 {
@@ -90,6 +95,9 @@ impl Checker<'_> {
         }
         if let Some(v) = o.strength {
             self.strength(v)?;
+        }
+        if let Some(v) = o.deflicker {
+            self.deflicker(v)?;
         }
         if let Some(v) = o.window {
             self.window(v)?;

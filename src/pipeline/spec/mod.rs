@@ -30,6 +30,7 @@
 //! | `guidance` | float `0..=50` | required | P F E C | Classifier-free guidance weight `w`; 1 = conditional prediction only. |
 //! | `eta` | float `>= 0` | `0` | P F | DDIM stochasticity; 0 = deterministic. |
 //! | `strength` | float `0 < s <= 1` | `1` | P F C | Share of the schedule an edit runs: the source is inverted through the `ceil(s * steps)` least noisy timesteps and sampled back from there (SDEdit's strength). Lower keeps more of the source's layout and motion; 1 = the whole schedule. Shared by a video's edits (one inversion). |
+//! | `deflicker` | float `0..=255` | `0` | P F C | Temporal smoothing of the edited frames before they are encoded (FFmpeg's `hqdn3d`, temporal part only; the change, in levels of 255, at which a pixel still keeps a quarter of its past): shimmer of a few levels is averaged away, motion passes. 0 = off. |
 //! | `seed` | integer `0..=2^63-1` (TOML) | `0` | P F E C | Seed of the noise source (used when `eta > 0`). |
 //! | `context` | `"off"`, `"source"`, `"x0_pred"` | `"source"` | P F E C | ContextDiff context mode ([`ContextMode`], CONTEXTDIFF.md): none, the adapter on the source latent once, or on each step's x0 estimate. |
 //! | `negative` | string | none | P F E C | Negative prompt (the unconditional branch of guidance); `""` clears one set below. |
@@ -117,6 +118,12 @@ fn full_strength() -> f64 {
 /// stored jobs) is what it was before `strength` existed.
 fn is_full_strength(v: &f64) -> bool {
     *v == 1.0
+}
+
+/// A job without temporal smoothing serializes without the key (the keys of stored jobs
+/// stay what they were before `deflicker` existed).
+fn is_off(v: &f32) -> bool {
+    *v == 0.0
 }
 
 /// The largest prompt file read (sidecars, `_defaults.toml`, `--prompt-file`).

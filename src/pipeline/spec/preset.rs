@@ -23,6 +23,8 @@ pub struct Preset {
     pub eta: f64,
     /// Share of the schedule an edit runs: invert that far, sample back (1 = all of it).
     pub strength: f64,
+    /// Temporal smoothing of the output (`media::deflicker`); 0 = off.
+    pub deflicker: f32,
     pub seed: u64,
     pub context: ContextMode,
     pub window: usize,
@@ -49,6 +51,8 @@ struct PresetFile {
     eta: f64,
     #[serde(default = "full_strength")]
     strength: f64,
+    #[serde(default)]
+    deflicker: f32,
     #[serde(default)]
     seed: u64,
     #[serde(default = "default_context", deserialize_with = "de_context")]
@@ -153,6 +157,7 @@ impl Preset {
         check.guidance(raw.guidance)?;
         check.eta(raw.eta)?;
         check.strength(raw.strength)?;
+        check.deflicker(raw.deflicker)?;
         check.window(raw.window)?;
         check.short_side(raw.short_side)?;
         check.range("multiple", raw.multiple, MULTIPLE)?;
@@ -175,6 +180,7 @@ impl Preset {
             guidance: raw.guidance,
             eta: raw.eta,
             strength: raw.strength,
+            deflicker: raw.deflicker,
             seed: raw.seed,
             context: raw.context,
             window: raw.window,

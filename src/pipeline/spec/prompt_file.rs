@@ -19,6 +19,8 @@ pub struct Overrides {
     pub eta: Option<f64>,
     /// Share of the schedule an edit runs (`Schedule::with_strength`).
     pub strength: Option<f64>,
+    /// Temporal smoothing of the output (0 = off).
+    pub deflicker: Option<f32>,
     pub seed: Option<u64>,
     pub context: Option<ContextMode>,
     /// `Some("")` clears a negative prompt set in a layer below.
@@ -126,6 +128,8 @@ struct RawPromptFile {
     #[serde(default)]
     strength: Option<f64>,
     #[serde(default)]
+    deflicker: Option<f32>,
+    #[serde(default)]
     seed: Option<u64>,
     #[serde(default, deserialize_with = "de_context_opt")]
     context: Option<ContextMode>,
@@ -216,6 +220,7 @@ impl PromptFile {
             guidance: raw.guidance,
             eta: raw.eta,
             strength: raw.strength,
+            deflicker: raw.deflicker,
             seed: raw.seed,
             context: raw.context,
             negative: raw.negative,
@@ -289,6 +294,7 @@ fn parse_txt(text: &str, path: &Path) -> Result<RawPromptFile, SpecError> {
         guidance: None,
         eta: None,
         strength: None,
+        deflicker: None,
         seed: None,
         context: None,
         negative: None,

@@ -43,6 +43,8 @@ pub struct CliOverrides {
     pub steps: Option<usize>,
     /// Share of the schedule the edits run (0 < s <= 1).
     pub strength: Option<f64>,
+    /// Temporal smoothing of the output (0 = off).
+    pub deflicker: Option<f32>,
     pub seed: Option<u64>,
     pub context: Option<ContextMode>,
     /// Local blending threshold (0 = off).
@@ -88,6 +90,9 @@ pub struct JobSpec {
         skip_serializing_if = "super::is_full_strength"
     )]
     pub strength: f64,
+    /// Temporal smoothing of the edited frames before encoding (`media::deflicker`); 0 = off.
+    #[serde(default, skip_serializing_if = "super::is_off")]
+    pub deflicker: f32,
     /// Local blending threshold (0 = off).
     pub blend: f32,
     pub reconstruct: bool,
@@ -138,6 +143,7 @@ struct Merged {
     guidance: f32,
     eta: f64,
     strength: f64,
+    deflicker: f32,
     seed: u64,
     context: ContextMode,
     negative: Option<String>,
@@ -155,6 +161,7 @@ impl Merged {
             "guidance",
             "eta",
             "strength",
+            "deflicker",
             "seed",
             "context",
             "negative",
@@ -171,6 +178,7 @@ impl Merged {
             guidance: preset.guidance,
             eta: preset.eta,
             strength: preset.strength,
+            deflicker: preset.deflicker,
             seed: preset.seed,
             context: preset.context,
             negative: preset.negative.clone(),
@@ -195,7 +203,7 @@ impl Merged {
                 })*
             };
         }
-        take!(steps, guidance, eta, strength, seed, context, window, overlap, anchor; negative, short_side);
+        take!(steps, guidance, eta, strength, deflicker, seed, context, window, overlap, anchor; negative, short_side);
     }
 
     fn apply_edit(&mut self, e: &EditSpec, label: &str) {
@@ -353,6 +361,7 @@ fn cli_layer(cli: &CliOverrides) -> Result<Layer, SpecError> {
         steps: cli.steps,
         guidance: cli.guidance,
         strength: cli.strength,
+        deflicker: cli.deflicker,
         seed: cli.seed,
         context: cli.context,
         negative: cli.negative.clone(),
@@ -497,6 +506,7 @@ fn resolve(
         multiple: preset.multiple,
         eta: job.eta,
         strength: job.strength,
+        deflicker: job.deflicker,
         blend: cli.blend.unwrap_or(preset.blend),
         reconstruct: preset.reconstruct,
         bundle: preset.bundle.clone(),

@@ -1,5 +1,5 @@
 //! Tests of layer merging (a child module of `resolve`, kept in its own file).
-use super::super::test_support::{cli, pipelines, preset, toml};
+use super::super::test_support::{cli, pipelines, preset, toml, toml_err};
 use super::*;
 
 #[test]
@@ -349,4 +349,39 @@ fn strength_merges_like_eta_and_is_omitted_at_full_strength() {
     assert_eq!(back, full);
     let part = serde_json::to_value(&job).unwrap();
     assert_eq!(part["strength"], 0.5);
+}
+
+#[test]
+fn deflicker_merges_from_every_layer_and_is_omitted_when_off() {
+    let p = preset("default");
+    let file = toml(
+        "source = \"a\"\ndeflicker = 12\n[[edit]]\nprompt = \"b\"\n",
+        "v.prompt.toml",
+    );
+    let job = JobSpec::resolve(&p, None, Some(&file), &cli()).unwrap();
+    assert_eq!(job.deflicker, 12.0);
+    assert_eq!(job.provenance["deflicker"], "sidecar:v.prompt.toml");
+    let off = CliOverrides {
+        deflicker: Some(0.0),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, None, Some(&file), &off).unwrap();
+    assert_eq!(
+        (job.deflicker, job.provenance["deflicker"].as_str()),
+        (0.0, "cli")
+    );
+    // Off, the key is left out: jobs stored before `deflicker` existed keep their keys.
+    let json = serde_json::to_value(&job).unwrap();
+    assert!(json.get("deflicker").is_none(), "{json}");
+    let back: JobSpec = serde_json::from_value(json).unwrap();
+    assert_eq!(back, job);
+
+    for bad in ["-1", "256", "nan"] {
+        let err = toml_err(
+            &format!("source = \"a\"\ndeflicker = {bad}\n"),
+            "d.prompt.toml",
+        );
+        assert!(err.contains("d.prompt.toml: deflicker = "), "{err}");
+        assert!(err.contains("out of range (0..=255)"), "{err}");
+    }
 }
