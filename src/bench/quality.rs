@@ -180,6 +180,8 @@ struct QualityBench {
     guidance: f32,
     blend: f32,
     strength: f64,
+    /// Temporal smoothing of the outputs (0 = off).
+    deflicker: f32,
     /// Held-out sources the analyser reads exactly as labelled (a check on the ruler).
     analyser_exact_sources: usize,
     modes: Vec<ModeResult>,
@@ -343,6 +345,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                 spec.edits[0].guidance,
                 spec.blend,
                 spec.strength,
+                spec.deflicker,
             ));
             let produced = if args.rescore {
                 saved_outputs(clip, &dir)?
@@ -439,7 +442,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         }
     }
 
-    let (steps, guidance, blend, strength) = settings.unwrap_or((0, 0.0, 0.0, 1.0));
+    let (steps, guidance, blend, strength, deflicker) = settings.unwrap_or((0, 0.0, 0.0, 1.0, 0.0));
     let result = QualityBench {
         bundle: bundle.display().to_string(),
         preset: args.preset.clone(),
@@ -449,6 +452,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         guidance,
         blend,
         strength,
+        deflicker,
         analyser_exact_sources: exact,
         modes,
         rows,
@@ -457,7 +461,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     };
     for m in &result.modes {
         println!(
-            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}{}, {} clips, {})\n",
+            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}{}{}, {} clips, {})\n",
             m.mode,
             result.bundle,
             result.preset,
@@ -470,6 +474,11 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
             },
             if blend > 0.0 {
                 format!(", blend {blend}")
+            } else {
+                String::new()
+            },
+            if deflicker > 0.0 {
+                format!(", deflicker {deflicker}")
             } else {
                 String::new()
             },

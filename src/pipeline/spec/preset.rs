@@ -211,6 +211,7 @@ mod tests {
         assert_eq!(demo.name, "demo");
         assert_eq!((demo.steps, demo.guidance, demo.strength), (25, 2.0, 0.8));
         assert_eq!(preset("default").strength, 1.0);
+        assert_eq!((demo.deflicker, preset("default").deflicker), (12.0, 0.0));
         assert_eq!((demo.short_side, demo.multiple), (None, 16));
         assert_eq!(demo.bundle.as_deref(), Some(Path::new("models/demo")));
         let d = preset("default");
