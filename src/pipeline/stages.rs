@@ -19,7 +19,8 @@ use super::tensor;
 use super::windows::WindowPlanner;
 use crate::cache::{CacheCounts, InversionCache, Inverted};
 use crate::diffusion::{
-    self, Blend, Conditioning, ContextConfig, Latent, Models, RunConfig, Schedule, SeededNoise,
+    self, pool, Blend, Conditioning, ContextConfig, Latent, Models, RunConfig, Schedule,
+    SeededNoise,
 };
 use crate::media::scale::Resizer;
 use crate::media::{MediaError, RgbFrame};
@@ -590,10 +591,17 @@ pub fn edit(
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
         let WindowInverted {
-            latents,
+            mut latents,
             conditions,
+            trajectory,
             ..
         } = w;
+        // The window's latents die here: their memory serves the next window's.
+        pool::give(std::mem::replace(
+            &mut latents.x0,
+            Latent::zeros((0, 0, 0, 0, 0)),
+        ));
+        trajectory.into_iter().for_each(pool::give);
         if !send(
             &tx,
             WindowEdited {
@@ -621,7 +629,7 @@ pub fn decode_finish(
 ) -> StageResult {
     let e = err("vae-decode");
     let mut stats = StageStats::default();
-    for w in rx.iter() {
+    for mut w in rx.iter() {
         let t0 = Instant::now();
         let mut per_edit = Vec::with_capacity(w.per_edit.len());
         let mut clip_embeds = Vec::new();
@@ -665,6 +673,10 @@ pub fn decode_finish(
             }
             per_edit.push(restored);
         }
+        // Decoded: the latents' memory serves the next window's.
+        std::mem::take(&mut w.per_edit)
+            .into_iter()
+            .for_each(pool::give);
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
         if !send(

@@ -3,6 +3,7 @@
 
 use ndarray::{Array4, Array5, ArrayView5, ArrayViewD, Axis, Ix4};
 
+use crate::diffusion::pool;
 use crate::media::RgbFrame;
 
 /// Frames (all the same size) as `[N, 3, H, W]` in [-1, 1].
@@ -61,7 +62,9 @@ pub fn to_video_latent(l: ArrayViewD<'_, f32>, scale: f32) -> Result<Array5<f32>
         .into_dimensionality::<Ix4>()
         .map_err(|e| format!("encoder output must be [F, C, h, w]: {e}"))?;
     let (f, c, h, w) = l.dim();
-    let mut v = Array5::<f32>::zeros((1, c, f, h, w));
+    // Every element is written below; the buffer may be a dropped window's.
+    let mut v = Array5::from_shape_vec((1, c, f, h, w), pool::storage(c * f * h * w))
+        .map_err(|e| e.to_string())?;
     for fi in 0..f {
         v.index_axis_mut(Axis(0), 0)
             .index_axis_mut(Axis(1), fi)

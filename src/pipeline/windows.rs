@@ -10,7 +10,7 @@
 
 use ndarray::s;
 
-use crate::diffusion::Latent;
+use crate::diffusion::{pool, Latent};
 
 /// Which frame ties windows together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -88,7 +88,8 @@ impl WindowPlanner {
         // another one), so the networks read it in place.
         let mut dim = new.raw_dim();
         dim[2] += context;
-        let mut x0 = Latent::zeros(dim);
+        // Every element is written below.
+        let mut x0 = pool::take(dim);
         let mut at = 0;
         for part in parts.iter().chain(std::iter::once(&new)) {
             let f = frames(part);
@@ -109,6 +110,7 @@ impl WindowPlanner {
             new.slice(s![.., .., f.saturating_sub(keep).., .., ..])
                 .to_owned()
         });
+        pool::give(new);
         Ok(Planned { x0, context })
     }
 }
