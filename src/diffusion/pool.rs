@@ -9,7 +9,7 @@
 
 use std::sync::Mutex;
 
-use ndarray::{Dimension, Ix5};
+use ndarray::{Array, Dimension, Ix5};
 
 use super::sampler::Latent;
 
@@ -67,7 +67,7 @@ impl Pool {
 
     /// Gives a latent's buffer back for a later `take` on any thread (a view into the
     /// middle of a larger buffer is simply dropped).
-    pub(crate) fn give(&self, l: Latent) {
+    pub(crate) fn give<D: Dimension>(&self, l: Array<f32, D>) {
         if !l.is_standard_layout() {
             return;
         }
@@ -107,8 +107,9 @@ pub(crate) fn copy_of(src: &Latent) -> Latent {
     l
 }
 
-/// [`Pool::give`] to the process's store.
-pub(crate) fn give(l: Latent) {
+/// [`Pool::give`] to the process's store (a latent, or any other array made from
+/// [`storage`]).
+pub(crate) fn give<D: Dimension>(l: Array<f32, D>) {
     GLOBAL.give(l)
 }
 

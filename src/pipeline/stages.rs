@@ -315,12 +315,13 @@ pub fn prepare_encode(
         let scale = cfg.scale_factor;
         let latent = vae
             .run_one_with(
-                vec![("sample", Input::F32(pixels.into_dyn()))],
+                vec![("sample", Input::F32View(pixels.view().into_dyn()))],
                 "latent_mean",
                 |mean| tensor::to_video_latent(mean, scale),
             )
             .map_err(|m| e(m.to_string()))?
             .map_err(&e)?;
+        pool::give(pixels);
         let planned = cfg.planner.plan(latent).map_err(&e)?;
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
@@ -650,12 +651,16 @@ pub fn decode_finish(
             // Read in place from the decoder's output buffer.
             let canvas = vae
                 .run_one_with(
-                    vec![("latent_sample", Input::F32(frames_lat.into_dyn()))],
+                    vec![(
+                        "latent_sample",
+                        Input::F32View(frames_lat.view().into_dyn()),
+                    )],
                     "sample",
                     |pixels| tensor::tensor_to_frames(pixels, &canvas_like),
                 )
                 .map_err(|m| e(m.to_string()))?
                 .map_err(&e)?;
+            pool::give(frames_lat);
             let restored: Vec<RgbFrame> = canvas
                 .iter()
                 .map(|f| resizer.restore(f))

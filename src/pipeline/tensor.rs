@@ -9,7 +9,12 @@ use crate::media::RgbFrame;
 /// Frames (all the same size) as `[N, 3, H, W]` in [-1, 1].
 pub fn frames_to_tensor(frames: &[RgbFrame]) -> Array4<f32> {
     let (w, h) = (frames[0].width as usize, frames[0].height as usize);
-    let mut t = Array4::<f32>::zeros((frames.len(), 3, h, w));
+    // Every element is written below; the buffer may be a past window's (`pool::give` it).
+    let mut t = Array4::from_shape_vec(
+        (frames.len(), 3, h, w),
+        pool::storage(frames.len() * 3 * h * w),
+    )
+    .expect("storage(n) holds n elements");
     for (mut planes, f) in t.outer_iter_mut().zip(frames) {
         // One channel plane at a time, walking the packed pixels in order: no index arithmetic
         // or bounds check per sample.
@@ -76,7 +81,9 @@ pub fn to_video_latent(l: ArrayViewD<'_, f32>, scale: f32) -> Result<Array5<f32>
 /// `[1, C, F, h, w]` back to `[F, C, h, w]` for the VAE decoder.
 pub fn to_frame_latents(v: ArrayView5<'_, f32>) -> Array4<f32> {
     let (_, c, f, h, w) = v.dim();
-    let mut l = Array4::<f32>::zeros((f, c, h, w));
+    // Every element is written below; the buffer may be a past window's (`pool::give` it).
+    let mut l = Array4::from_shape_vec((f, c, h, w), pool::storage(f * c * h * w))
+        .expect("storage(n) holds n elements");
     for fi in 0..f {
         l.index_axis_mut(Axis(0), fi)
             .assign(&v.index_axis(Axis(0), 0).index_axis(Axis(1), fi));
