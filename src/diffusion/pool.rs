@@ -41,14 +41,16 @@ impl Pool {
     }
 
     /// `n` elements with unspecified contents (a kept buffer, else a new zeroed one): the
-    /// caller overwrites them. The smallest kept buffer with room for `n` is taken.
+    /// caller overwrites them. The smallest kept buffer with room for `n` is taken, unless
+    /// it is half as large again: a guided batch's buffer lent to a single latent would hold
+    /// its other half resident for nothing, and the next batch would need a new one.
     pub(crate) fn storage(&self, n: usize) -> Vec<f32> {
         let kept = {
             let mut free = self.free();
             let best = free
                 .iter()
                 .enumerate()
-                .filter(|(_, v)| v.capacity() >= n)
+                .filter(|(_, v)| (n..=n + n / 2).contains(&v.capacity()))
                 .min_by_key(|(_, v)| v.capacity())
                 .map(|(i, _)| i);
             best.map(|i| free.swap_remove(i))
@@ -133,14 +135,16 @@ mod tests {
         let c = POOL.take(Ix5(1, 4, 10, 16, 16));
         assert_ne!(c.as_ptr(), ptr);
         POOL.give(c);
-        // The smallest buffer that fits is the one taken.
+        // The smallest buffer that fits is the one taken, but not one half as large again.
         let d = POOL.take(Ix5(1, 4, 2, 16, 16));
+        assert_ne!(d.as_ptr(), ptr);
+        let d = POOL.take(Ix5(1, 4, 7, 16, 16));
         assert_eq!(d.as_ptr(), ptr);
         // A view offset into its buffer is not kept.
         let mut e = Latent::zeros(Ix5(2, 1, 1, 2, 2));
         e.slice_collapse(ndarray::s![1.., .., .., .., ..]);
         POOL.give(e);
-        assert_eq!(POOL.free().len(), 1);
+        assert_eq!(POOL.free().len(), 1, "the 10-frame buffer");
         for _ in 0..2 * KEEP {
             POOL.give(Latent::zeros(Ix5(1, 1, 1, 1, 1)));
         }
