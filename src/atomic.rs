@@ -59,21 +59,31 @@ impl TempOutput {
     ///
     /// # Errors
     /// fsync or rename failures (e.g. a full disk surfacing late).
-    pub fn commit(mut self) -> io::Result<PathBuf> {
+    pub fn commit(self) -> io::Result<PathBuf> {
         File::open(&self.temp_path)?.sync_all()?;
+        let done = self.rename()?;
+        sync_folder_of(&done);
+        Ok(done)
+    }
+
+    /// Renames the (already flushed) temporary into place, nothing more.
+    fn rename(mut self) -> io::Result<PathBuf> {
         std::fs::rename(&self.temp_path, &self.final_path)?;
-        if let Some(dir) = self.final_path.parent() {
-            // Make the rename itself durable; not all filesystems allow opening a folder.
-            if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            }) {
-                let _ = d.sync_all();
-            }
-        }
         self.committed = true;
         Ok(self.final_path.clone())
+    }
+}
+
+/// Makes renames into `path`'s folder durable; not all filesystems allow opening a folder.
+fn sync_folder_of(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
+            let _ = d.sync_all();
+        }
     }
 }
 
@@ -110,7 +120,11 @@ pub fn staged(path: &Path, bytes: &[u8]) -> io::Result<TempOutput> {
 /// Puts several finished temporaries in place as one set: all of them, or (as far as the
 /// filesystem allows) none. Each is flushed before any is renamed, so the usual late
 /// failure (a full disk) leaves nothing; a rename that fails midway removes the ones
-/// already renamed. Returns the final paths, in order.
+/// already renamed. The renames follow one another with nothing between them, and the
+/// folders are made durable after the last: a kill can still land between two renames (no
+/// filesystem renames several files at once), but in a window of microseconds, where a
+/// folder's fsync after each rename made it milliseconds and a kill -9 campaign met it.
+/// Returns the final paths, in order.
 ///
 /// # Errors
 /// The first failure, naming its file; the set is then not in place.
@@ -123,7 +137,7 @@ pub fn commit_set(set: Vec<TempOutput>) -> Result<Vec<PathBuf>, (PathBuf, io::Er
     let mut done: Vec<PathBuf> = Vec::with_capacity(set.len());
     for t in set {
         let dest = t.final_path.clone();
-        match t.commit() {
+        match t.rename() {
             Ok(p) => done.push(p),
             Err(e) => {
                 for p in &done {
@@ -131,6 +145,13 @@ pub fn commit_set(set: Vec<TempOutput>) -> Result<Vec<PathBuf>, (PathBuf, io::Er
                 }
                 return Err((dest, e));
             }
+        }
+    }
+    let mut synced: Vec<&Path> = Vec::new();
+    for p in &done {
+        if let Some(dir) = p.parent().filter(|d| !synced.contains(d)) {
+            synced.push(dir);
+            sync_folder_of(p);
         }
     }
     Ok(done)
