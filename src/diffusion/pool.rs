@@ -80,7 +80,7 @@ impl Pool {
     }
 
     /// Gives a buffer back; past [`KEEP`] the longest-kept one is dropped.
-    pub(crate) fn give_storage(&self, v: Vec<f32>) {
+    fn give_storage(&self, v: Vec<f32>) {
         if v.capacity() == 0 {
             return;
         }

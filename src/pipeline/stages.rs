@@ -592,23 +592,26 @@ pub fn edit(
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
         let WindowInverted {
-            mut latents,
+            latents:
+                WindowLatents {
+                    meta,
+                    frames,
+                    x0,
+                    context,
+                },
             conditions,
             trajectory,
             ..
         } = w;
         // The window's latents die here: their memory serves the next window's.
-        pool::give(std::mem::replace(
-            &mut latents.x0,
-            Latent::zeros((0, 0, 0, 0, 0)),
-        ));
+        pool::give(x0);
         trajectory.into_iter().for_each(pool::give);
         if !send(
             &tx,
             WindowEdited {
-                meta: latents.meta,
-                frames: latents.frames,
-                context: latents.context,
+                meta,
+                frames,
+                context,
                 per_edit,
                 conditions,
             },
