@@ -56,7 +56,6 @@ pub fn job(
         measure_reconstruction: false,
         spec_json: serde_json::Value::Null,
         cancel: Arc::new(AtomicBool::new(false)),
-        sequential: false,
         cache: None,
     }
 }
@@ -149,7 +148,14 @@ fn windows_keep_every_frame_in_place() {
     let size = (w * h * 3) as usize;
     let frames: Vec<&[u8]> = source.chunks_exact(size).collect();
     assert_eq!(frames.len(), 23);
-    for (window, overlap, anchor) in [(4, 0, false), (4, 2, true), (5, 3, false), (6, 1, true)] {
+    // Both ways through the stages: several windows at once, and one at a time.
+    use ctxd::model::Pipelining::{Off, On};
+    for (window, overlap, anchor, pipelining) in [
+        (4, 0, false, On),
+        (4, 2, true, Off),
+        (5, 3, false, On),
+        (6, 1, true, Off),
+    ] {
         let out = d.path(&format!("w{window}-o{overlap}-{anchor}.mp4"));
         let mut j = job(
             src.clone(),
@@ -159,6 +165,7 @@ fn windows_keep_every_frame_in_place() {
             20,
         );
         (j.window, j.overlap, j.anchor) = (window, overlap, anchor);
+        j.runtime.pipelining = pipelining;
         graph::run(&j, &|_| {}).unwrap();
         let (_, _, edited) = rgb_frames(&out);
         let got: Vec<&[u8]> = edited.chunks_exact(size).collect();
@@ -267,6 +274,49 @@ fn cli_edit_keeps_timing_and_audio_and_writes_reports() {
         "blue output is blue: {:?}",
         &blue[..3]
     );
+}
+
+/// `--pipelining on` (stages on different windows at once) and `off` (one window at a time,
+/// each stage with every core) make the same edit, byte for byte on the oracle, and the report
+/// says which ran; a stream refuses `off`, naming the flag.
+#[test]
+fn cli_edit_pipelining_on_and_off_make_the_same_edit() {
+    let d = Dir::new();
+    let src = gray_clip(&d, "clip.mp4", 2.0, false);
+    let mut frames = Vec::new();
+    for mode in ["on", "off"] {
+        let out = d.path(&format!("{mode}.mp4"));
+        let mut cmd = ctxd();
+        cmd.arg("edit").arg(&src).arg("--output").arg(&out).args([
+            "--source",
+            "gray",
+            "--prompt",
+            "red",
+            "--pipelining",
+            mode,
+            "--no-cache",
+        ]);
+        run_ok(quick(&mut cmd));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path(&format!("{mode}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(report["pipelined"], mode == "on", "{mode}");
+        assert_eq!(report["windows"], 3, "{mode}: 24 frames in windows of 8");
+        frames.push(rgb_frames(&out).2);
+    }
+    assert!(frames[0] == frames[1], "the same frames either way");
+    let (code, err) = run_err(
+        ctxd()
+            .arg("stream")
+            .arg("--input")
+            .arg(&src)
+            .arg("--output")
+            .arg(d.path("x.mkv"))
+            .args(["--prompt", "red", "--pipelining", "off"]),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(!d.path("x.mkv").exists());
+    assert!(err.contains("--pipelining off is for files"), "{err}");
 }
 
 #[test]

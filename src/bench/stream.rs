@@ -258,7 +258,8 @@ pub fn run(args: &StreamBenchArgs) -> Result<()> {
         &edit_out,
         args.steps,
         args.short_side,
-        false,
+        // What `ctxd edit` does on this host.
+        crate::model::Pipelining::Auto,
     );
     ej.window = args.window;
     ej.context = crate::diffusion::ContextMode::Source;

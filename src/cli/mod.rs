@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use clap::{Args, Parser, Subcommand};
 
 use crate::media::{self, transcode, EncodeSettings, InputSpec, MediaError};
-use crate::model::{self, Device, ModelError, RuntimeOptions};
+use crate::model::{self, Device, ModelError, Pipelining, RuntimeOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -219,6 +219,15 @@ pub struct RuntimeArgs {
     /// Threads inside each operator (default: ONNX Runtime's, one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// on: an edit's stages work on different windows at once, sharing the cores; off: one
+    /// window at a time through every stage, each with every core (less memory); auto: off on
+    /// a CPU host of fewer than four cores, where it was as fast, else on.
+    #[arg(long, default_value = "auto", value_parser = parse_pipelining)]
+    pub pipelining: Pipelining,
+}
+
+fn parse_pipelining(s: &str) -> Result<Pipelining, String> {
+    s.parse()
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
@@ -233,6 +242,7 @@ impl RuntimeArgs {
             inter_threads: None,
             share_unet_from: None,
             optimized_cache: None,
+            pipelining: self.pipelining,
         }
         .with_default_cache()
     }

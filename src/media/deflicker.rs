@@ -144,4 +144,54 @@ mod tests {
             assert_eq!(luma(out, 4, 28), level);
         }
     }
+
+    /// The same frames give the same output, byte for byte, however often they are filtered.
+    #[test]
+    fn the_same_frames_come_out_the_same() {
+        crate::media::init();
+        let run = || {
+            let mut d = Deflicker::new(format::Pixel::YUV420P, 64, 64, 12.0).unwrap();
+            let mut outs = Vec::new();
+            let mut input = frame::Video::new(format::Pixel::YUV420P, 64, 64);
+            for i in 0..32u32 {
+                for p in 0..3 {
+                    let (stride, h, w) = (
+                        input.stride(p),
+                        if p == 0 { 64 } else { 32 },
+                        if p == 0 { 64 } else { 32 },
+                    );
+                    let data = input.data_mut(p);
+                    for y in 0..h {
+                        for x in 0..w {
+                            data[y * stride + x] =
+                                ((x as u32 * 7 + y as u32 * 3 + i * 5 + p as u32 * 11) % 31 + 100)
+                                    as u8;
+                        }
+                    }
+                }
+                input.set_pts(Some(i64::from(i)));
+                let out = d.run(&input).unwrap();
+                let mut bytes = Vec::new();
+                for p in 0..3 {
+                    let (stride, h, w) = (
+                        out.stride(p),
+                        if p == 0 { 64 } else { 32 },
+                        if p == 0 { 64 } else { 32 },
+                    );
+                    for y in 0..h {
+                        bytes.extend_from_slice(&out.data(p)[y * stride..y * stride + w]);
+                    }
+                }
+                outs.push(bytes);
+            }
+            outs
+        };
+        let first = run();
+        for _ in 0..20 {
+            assert!(
+                run() == first,
+                "the deflicker's output changed between runs"
+            );
+        }
+    }
 }

@@ -25,5 +25,5 @@ pub use contract::Kind;
 pub use error::ModelError;
 pub use manifest::Manifest;
 pub use network::{Input, Network};
-pub use runtime::{Device, Provider, RuntimeOptions};
+pub use runtime::{Device, Pipelining, Provider, RuntimeOptions};
 pub use text::{PromptTokenizer, TextEncoder};

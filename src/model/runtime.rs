@@ -53,6 +53,53 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// Whether an edit's stages work on different windows at once (decode the next while the
+/// UNet inverts this one and edits the one before), each stage then with a share of the
+/// cores, or take one window at a time through every stage, each stage with every core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pipelining {
+    /// Off on a CPU host of fewer than four cores, else on (`Pipelining::resolve`).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Pipelining {
+    /// Whether the stages overlap on this host. On two cores overlapped stages get one core
+    /// each, and one window at a time with both cores per stage was as fast or faster and
+    /// held less: the oracle bundle's 3-s 640x360 edit 1.1x faster at 0.56x the peak, the
+    /// tiny bundle's 1.2-1.35x faster at 0.69x (README, performance). Four cores and more,
+    /// and CUDA, keep the overlap; unmeasured here, so `ctxd bench pipeline` reports its gain.
+    pub fn resolve(self, device: Device) -> bool {
+        match self {
+            Pipelining::On => true,
+            Pipelining::Off => false,
+            Pipelining::Auto => {
+                let cores = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1);
+                cores >= 4 || matches!(device, Device::Cuda(_))
+            }
+        }
+    }
+}
+
+impl FromStr for Pipelining {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Pipelining, String> {
+        match s {
+            "auto" => Ok(Pipelining::Auto),
+            "on" => Ok(Pipelining::On),
+            "off" => Ok(Pipelining::Off),
+            _ => Err(format!(
+                "unknown pipelining '{s}' (expected auto, on or off)"
+            )),
+        }
+    }
+}
+
 /// Where a session actually runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +130,8 @@ pub struct RuntimeOptions {
     /// Folder for ONNX Runtime's optimized models on CPU (None: optimize at every load). See
     /// [`default_optimized_cache`].
     pub optimized_cache: Option<PathBuf>,
+    /// Whether an edit's stages overlap (`Pipelining::resolve`).
+    pub pipelining: Pipelining,
 }
 
 impl RuntimeOptions {
@@ -425,5 +474,22 @@ mod tests {
         assert_eq!("cuda:2".parse::<Device>(), Ok(Device::Cuda(2)));
         assert!("cuda:-1".parse::<Device>().is_err());
         assert!("gpu".parse::<Device>().unwrap_err().contains("gpu"));
+    }
+
+    #[test]
+    fn pipelining_parses_and_auto_follows_the_host() {
+        assert_eq!("on".parse::<Pipelining>(), Ok(Pipelining::On));
+        assert_eq!("off".parse::<Pipelining>(), Ok(Pipelining::Off));
+        assert_eq!("auto".parse::<Pipelining>(), Ok(Pipelining::Auto));
+        assert!("yes".parse::<Pipelining>().unwrap_err().contains("yes"));
+        assert!(Pipelining::On.resolve(Device::Cpu));
+        assert!(!Pipelining::Off.resolve(Device::Cuda(0)));
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Pipelining::Auto.resolve(Device::Cpu), cores >= 4);
+        assert_eq!(Pipelining::Auto.resolve(Device::Auto), cores >= 4);
+        assert!(
+            Pipelining::Auto.resolve(Device::Cuda(1)),
+            "a GPU keeps the overlap"
+        );
     }
 }

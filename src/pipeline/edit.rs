@@ -89,7 +89,9 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         None => None,
     };
     let cached = cache.as_ref().is_some_and(|c| first_window_cached(job, c));
-    // A clip of one window cannot overlap its stages: each then gets every core.
+    // One window at a time (`--pipelining off`, or auto on a small host): each stage gets
+    // every core. A clip of one window cannot overlap its stages anyway.
+    let sequential = !job.runtime.pipelining.resolve(job.runtime.device);
     let one_window = layout
         .probe
         .video
@@ -99,7 +101,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         &bundle,
         &job.runtime,
         &setup,
-        job.sequential || one_window,
+        sequential || one_window,
         cached,
     )?;
     let providers = models.providers.clone();
@@ -159,7 +161,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         late: None,
         cache,
         cancel: &job.cancel,
-        sequential: job.sequential,
+        sequential,
     };
     // Mux, here: frames in order, audio as far as the decoder has read.
     let mut mux = |w: super::stages::WindowOutput| -> Result<(), StageError> {
@@ -239,6 +241,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             frames: frames_written,
             windows,
             wall_s: started.elapsed().as_secs_f64(),
+            pipelined: !(sequential || one_window),
             stages: stage_stats.clone(),
             inversion_cache: stage_stats.get("invert").and_then(|s| s.cache),
             quality: Quality {

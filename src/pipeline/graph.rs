@@ -134,7 +134,7 @@ pub struct StageModels {
 impl StageModels {
     /// Stages run at the same time, so they share the cores: unless the user fixed a thread
     /// count, each stage's sessions get half of them (the two UNet stages dominate), where one
-    /// stage at a time (`sequential`: the sequential baseline, or a clip of one window, whose
+    /// stage at a time (`sequential`: `--pipelining off`, or a clip of one window, whose
     /// stages cannot overlap) gets them all. When the inversions are
     /// expected from the cache (`inversion_cached`), the edit stage is the only busy one and
     /// gets them all too.
@@ -273,7 +273,8 @@ pub struct Graph<'a> {
     /// The inversion cache (finite inputs only; `decode.hash_content` must be on).
     pub cache: Option<CacheUse>,
     pub cancel: &'a AtomicBool,
-    /// Sequential baseline: each window goes through every stage before the next starts.
+    /// One window at a time: each goes through every stage before the next starts (the
+    /// sequential baseline, `--pipelining off`).
     pub sequential: bool,
 }
 
@@ -309,7 +310,7 @@ pub fn run_graph(
         clip,
         ..
     } = models;
-    // Sequential baseline: one token in circulation; decode takes it before each window and
+    // One window at a time: one token in circulation; decode takes it before each window and
     // the mux returns it after writing that window.
     let (token_tx, token_rx) = bounded::<()>(1);
     if sequential {
@@ -387,6 +388,9 @@ pub fn run_graph(
             // Unblock upstream stages waiting to send.
             cancel.store(true, Ordering::Relaxed);
         }
+        // One window at a time: a decoder waiting for a turn after the windows ended early (a
+        // stage failed or was cancelled) would wait for ever; with no sender it stops.
+        drop(token_tx);
         drop(rx_out);
         let results: Vec<(&str, Result<StageStats, StageError>)> = handles
             .into_iter()

@@ -58,9 +58,6 @@ pub struct EditJob {
     /// The resolved spec, for the report (values and which layer set them).
     pub spec_json: serde_json::Value,
     pub cancel: Arc<AtomicBool>,
-    /// Benchmark baseline: each window goes through every stage before the next one starts
-    /// (the same stages and threads, with the overlap removed).
-    pub sequential: bool,
     /// Where inverted windows are looked up and kept (None: always invert).
     pub cache: Option<InversionCache>,
 }
@@ -153,7 +150,6 @@ impl EditJob {
             measure_reconstruction: spec.reconstruct,
             spec_json: serde_json::to_value(spec).unwrap_or_default(),
             cancel,
-            sequential: false,
             cache: None,
         }
     }

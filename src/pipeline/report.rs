@@ -104,6 +104,9 @@ pub struct EditReport {
     pub frames: u64,
     pub windows: usize,
     pub wall_s: f64,
+    /// Whether the stages worked on different windows at once (`--pipelining`), or took one
+    /// window at a time, each with every core.
+    pub pipelined: bool,
     /// Busy time per stage (working, not waiting) and the part of it inside ONNX Runtime.
     pub stages: BTreeMap<String, StageStats>,
     /// Windows whose inversion came from the cache (hits) or was computed (misses); absent
