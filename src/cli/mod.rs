@@ -221,7 +221,7 @@ pub struct RuntimeArgs {
     pub threads: Option<usize>,
     /// on: an edit's stages work on different windows at once, sharing the cores; off: one
     /// window at a time through every stage, each with every core (less memory); auto: off on
-    /// a CPU host of fewer than four cores, where it was as fast, else on.
+    /// a CPU host of fewer than four cores, where it was mostly as fast, else on.
     #[arg(long, default_value = "auto", value_parser = parse_pipelining)]
     pub pipelining: Pipelining,
 }
