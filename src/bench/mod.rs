@@ -386,7 +386,6 @@ pub(crate) fn edit_job(
     EditJob {
         input: InputSpec::File(input.to_path_buf()),
         bundle_dir: bundle.to_path_buf(),
-        // The staged run overlaps whatever the host (that is what it measures).
         runtime: crate::model::RuntimeOptions {
             pipelining,
             ..Default::default()

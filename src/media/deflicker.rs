@@ -149,20 +149,18 @@ mod tests {
     #[test]
     fn the_same_frames_come_out_the_same() {
         crate::media::init();
+        // 64x64 4:2:0: planes of 64 and 32 pixels a side.
+        let side = |p: usize| if p == 0 { 64 } else { 32 };
         let run = || {
             let mut d = Deflicker::new(format::Pixel::YUV420P, 64, 64, 12.0).unwrap();
             let mut outs = Vec::new();
             let mut input = frame::Video::new(format::Pixel::YUV420P, 64, 64);
             for i in 0..32u32 {
                 for p in 0..3 {
-                    let (stride, h, w) = (
-                        input.stride(p),
-                        if p == 0 { 64 } else { 32 },
-                        if p == 0 { 64 } else { 32 },
-                    );
+                    let (stride, n) = (input.stride(p), side(p));
                     let data = input.data_mut(p);
-                    for y in 0..h {
-                        for x in 0..w {
+                    for y in 0..n {
+                        for x in 0..n {
                             data[y * stride + x] =
                                 ((x as u32 * 7 + y as u32 * 3 + i * 5 + p as u32 * 11) % 31 + 100)
                                     as u8;
@@ -173,13 +171,9 @@ mod tests {
                 let out = d.run(&input).unwrap();
                 let mut bytes = Vec::new();
                 for p in 0..3 {
-                    let (stride, h, w) = (
-                        out.stride(p),
-                        if p == 0 { 64 } else { 32 },
-                        if p == 0 { 64 } else { 32 },
-                    );
-                    for y in 0..h {
-                        bytes.extend_from_slice(&out.data(p)[y * stride..y * stride + w]);
+                    let (stride, n) = (out.stride(p), side(p));
+                    for y in 0..n {
+                        bytes.extend_from_slice(&out.data(p)[y * stride..y * stride + n]);
                     }
                 }
                 outs.push(bytes);

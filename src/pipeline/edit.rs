@@ -97,13 +97,8 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         .video
         .frame_count
         .is_some_and(|n| n <= job.window as u64);
-    let models = StageModels::load(
-        &bundle,
-        &job.runtime,
-        &setup,
-        sequential || one_window,
-        cached,
-    )?;
+    let one_at_a_time = sequential || one_window;
+    let models = StageModels::load(&bundle, &job.runtime, &setup, one_at_a_time, cached)?;
     let providers = models.providers.clone();
     // CLIP-T / CLIP-F when the bundle has a CLIP pair.
     let mut clip_acc: Vec<Option<ClipAccumulator>> = match &models.clip {
@@ -241,7 +236,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             frames: frames_written,
             windows,
             wall_s: started.elapsed().as_secs_f64(),
-            pipelined: !(sequential || one_window),
+            pipelined: !one_at_a_time,
             stages: stage_stats.clone(),
             inversion_cache: stage_stats.get("invert").and_then(|s| s.cache),
             quality: Quality {
