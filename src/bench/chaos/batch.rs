@@ -149,12 +149,10 @@ pub(super) fn batch_campaign(
 }
 
 /// (key, state, attempts) of every job in a batch's store.
-fn batch_rows(db: &Path) -> Result<Vec<(String, String, u32)>> {
-    if !db.exists() {
+pub(super) fn batch_rows(db: &Path) -> Result<Vec<(String, String, u32)>> {
+    let Some(conn) = super::jobs_table(db)? else {
         return Ok(Vec::new());
-    }
-    let conn = rusqlite::Connection::open(db)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    };
     let mut st = conn.prepare("SELECT key, state, attempts FROM jobs")?;
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -193,12 +193,27 @@ fn whole_set(stem: &str, files: &[String]) -> bool {
 /// (id, input file name, state, attempts, error) of every job in the store.
 type JobRow = (i64, String, String, u32, Option<String>);
 
-fn read_jobs(db: &Path) -> Result<Vec<JobRow>> {
+/// A reading connection to a store's `jobs` table, or None while there is none yet: a
+/// process killed between creating the database file and committing its schema leaves a
+/// file without the table, which the next run's `CREATE TABLE IF NOT EXISTS` mends.
+fn jobs_table(db: &Path) -> Result<Option<rusqlite::Connection>> {
     if !db.exists() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let conn = rusqlite::Connection::open(db)?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((tables == 1).then_some(conn))
+}
+
+fn read_jobs(db: &Path) -> Result<Vec<JobRow>> {
+    let Some(conn) = jobs_table(db)? else {
+        return Ok(Vec::new());
+    };
     let mut st = conn.prepare("SELECT id, input_path, state, attempts, error FROM jobs")?;
     let rows = st.query_map([], |r| {
         let path: String = r.get(1)?;
@@ -648,4 +663,28 @@ fn report(args: &ChaosBenchArgs, r: &ChaosResult) -> Result<()> {
         bail!("{} broken promise(s)", r.violations.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kill between creating the database file and committing its schema leaves a file
+    /// with no `jobs` table; the chaos checker reads that as "no jobs yet", not an error.
+    #[test]
+    fn a_store_killed_before_its_schema_reads_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("jobs.sqlite");
+        assert!(read_jobs(&db).unwrap().is_empty());
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        drop(conn);
+        assert!(db.exists());
+        assert!(read_jobs(&db).unwrap().is_empty());
+        assert!(batch::batch_rows(&db).unwrap().is_empty());
+        let store = crate::batch::store::Store::open(&db).unwrap();
+        store.plan("k", "in.mp4", "in.mp4").unwrap();
+        drop(store);
+        assert_eq!(batch::batch_rows(&db).unwrap().len(), 1);
+    }
 }
