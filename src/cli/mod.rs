@@ -220,8 +220,9 @@ pub struct RuntimeArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// on: an edit's stages work on different windows at once, sharing the cores; off: one
-    /// window at a time through every stage, each with every core (less memory); auto: off on
-    /// a CPU host of fewer than four cores, where it was mostly as fast, else on.
+    /// window at a time through the networks, each with every core (less memory; reading the
+    /// input and writing the output still overlap them); auto: off on a CPU host of fewer
+    /// than four cores, else on.
     #[arg(long, default_value = "auto", value_parser = parse_pipelining)]
     pub pipelining: Pipelining,
 }

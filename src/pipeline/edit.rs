@@ -132,7 +132,6 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             window: job.window,
             cancel: &job.cancel,
             stop: None,
-            tokens: None,
             lag: LagPolicy::Wait,
             dropped: &dropped,
             seconds_per_tick: seconds_per_tick(tb),

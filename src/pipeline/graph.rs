@@ -273,7 +273,8 @@ pub struct Graph<'a> {
     /// The inversion cache (finite inputs only; `decode.hash_content` must be on).
     pub cache: Option<CacheUse>,
     pub cancel: &'a AtomicBool,
-    /// One window at a time: each goes through every stage before the next starts (the
+    /// One window at a time through the networks: each goes from the VAE encoder to the VAE
+    /// decoder before the next starts, while decoding and writing overlap them (the
     /// sequential baseline, `--pipelining off`).
     pub sequential: bool,
 }
@@ -290,7 +291,7 @@ pub fn run_graph(
 ) -> Result<BTreeMap<String, StageStats>, PipelineError> {
     let Graph {
         frames,
-        mut decode,
+        decode,
         prepare,
         setup,
         models,
@@ -310,13 +311,17 @@ pub fn run_graph(
         clip,
         ..
     } = models;
-    // One window at a time: one token in circulation; decode takes it before each window and
-    // the mux returns it after writing that window.
-    let (token_tx, token_rx) = bounded::<()>(1);
-    if sequential {
-        token_tx.send(()).expect("fresh channel has room");
-        decode.tokens = Some(token_rx);
-    }
+    // One window at a time through the networks: one turn in circulation; the encoder takes
+    // it before each window and the VAE decoder hands it back once the window is queued for
+    // the writer. Decoding the input and writing the output still overlap with the networks.
+    let (turn_tx, turn_rx) = bounded::<()>(1);
+    let (turns_in, turns_out) = match sequential {
+        true => {
+            turn_tx.send(()).expect("fresh channel has room");
+            (Some(turn_rx), Some(turn_tx))
+        }
+        false => (None, None),
+    };
     let scale = prepare.scale_factor;
     let resizer = Resizer::new(prepare.resizer.geometry());
     let (tx_frames, rx_frames) = bounded(1);
@@ -337,7 +342,7 @@ pub fn run_graph(
             (
                 "encode",
                 spawn(scope, "encode", move || {
-                    stages::prepare_encode(prepare, vae_enc, rx_frames, tx_lat)
+                    stages::prepare_encode(prepare, vae_enc, turns_in, rx_frames, tx_lat)
                 }),
             ),
             (
@@ -365,7 +370,9 @@ pub fn run_graph(
             (
                 "vae-decode",
                 spawn(scope, "vae-decode", move || {
-                    stages::decode_finish(resizer, scale, vae_dec, clip, rx_edit, tx_out)
+                    stages::decode_finish(
+                        resizer, scale, vae_dec, clip, turns_out, rx_edit, tx_out,
+                    )
                 }),
             ),
         ];
@@ -376,10 +383,6 @@ pub fn run_graph(
                 let t0 = Instant::now();
                 mux(w)?;
                 stats.windows += 1;
-                if sequential {
-                    // The decoder may have finished; then nobody needs the token.
-                    let _ = token_tx.try_send(());
-                }
                 stats.busy_s += t0.elapsed().as_secs_f64();
             }
             Ok(stats)
@@ -388,9 +391,6 @@ pub fn run_graph(
             // Unblock upstream stages waiting to send.
             cancel.store(true, Ordering::Relaxed);
         }
-        // One window at a time: a decoder waiting for a turn after the windows ended early (a
-        // stage failed or was cancelled) would wait for ever; with no sender it stops.
-        drop(token_tx);
         drop(rx_out);
         let results: Vec<(&str, Result<StageStats, StageError>)> = handles
             .into_iter()

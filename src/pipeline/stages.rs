@@ -178,8 +178,6 @@ pub struct DecodeConfig<'a> {
     pub cancel: &'a AtomicBool,
     /// Set to end the input gracefully: the windows read so far are finished and written.
     pub stop: Option<&'a AtomicBool>,
-    /// Sequential baseline: one window in flight (a token per window).
-    pub tokens: Option<Receiver<()>>,
     pub lag: LagPolicy,
     /// Windows dropped by the lag policy.
     pub dropped: &'a AtomicU64,
@@ -246,12 +244,6 @@ pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) ->
             return Err(e("cancelled".into()));
         }
         if batch.is_empty() {
-            if let Some(t) = &cfg.tokens {
-                // Sequential baseline: wait until the previous window is fully written.
-                if t.recv().is_err() {
-                    return Ok(stats);
-                }
-            }
             read_at = Instant::now();
         }
         // A frame that cannot be decoded partway is the input's fault, not a passing one.
@@ -295,15 +287,24 @@ pub struct PrepareConfig {
     pub planner: WindowPlanner,
 }
 
+/// `turns`: one window at a time through the networks (`--pipelining off`); the encoder
+/// waits for a turn before each window and the VAE decoder (`decode_finish`) hands it back.
 pub fn prepare_encode(
     mut cfg: PrepareConfig,
     mut vae: Network,
+    turns: Option<Receiver<()>>,
     rx: Receiver<WindowFrames>,
     tx: Sender<WindowLatents>,
 ) -> StageResult {
     let e = err("encode");
     let mut stats = StageStats::default();
     for w in rx.iter() {
+        if let Some(t) = &turns {
+            // The previous window has left the networks (or they stopped: then so do we).
+            if t.recv().is_err() {
+                break;
+            }
+        }
         let t0 = Instant::now();
         let canvas: Vec<RgbFrame> = w
             .frames
@@ -628,6 +629,7 @@ pub fn decode_finish(
     scale_factor: f32,
     mut vae: Network,
     mut clip: Option<super::clip::ClipScorer>,
+    turns: Option<Sender<()>>,
     rx: Receiver<WindowEdited>,
     tx: Sender<WindowOutput>,
 ) -> StageResult {
@@ -687,7 +689,7 @@ pub fn decode_finish(
             .for_each(pool::give);
         stats.busy_s += t0.elapsed().as_secs_f64();
         stats.windows += 1;
-        if !send(
+        let sent = send(
             &tx,
             WindowOutput {
                 meta: w.meta,
@@ -696,7 +698,13 @@ pub fn decode_finish(
                 clip: clip_embeds,
                 conditions: w.conditions,
             },
-        ) {
+        );
+        if let Some(t) = &turns {
+            // Once the window is queued for the writer, so a window waiting there holds the
+            // next one back. The encoder may have finished; then nobody needs the turn.
+            let _ = t.try_send(());
+        }
+        if !sent {
             break;
         }
     }

@@ -210,7 +210,6 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
             window: job.window,
             cancel: &job.cancel,
             stop: Some(&job.stop),
-            tokens: None,
             lag: job.lag,
             dropped: &dropped,
             seconds_per_tick: seconds_per_tick(tb),

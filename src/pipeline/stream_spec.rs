@@ -149,8 +149,9 @@ pub fn build_job(
     stop: Arc<AtomicBool>,
 ) -> Result<StreamJob> {
     if runtime.pipelining == Pipelining::Off {
-        // A window dropped for lateness never reaches the writer, so it would never hand its
-        // turn back; a live stream also needs the throughput more than the memory.
+        // A window dropped for lateness (by the invert stage) never reaches the VAE decoder,
+        // so its turn would never come back; a live stream also needs the throughput more
+        // than the memory.
         anyhow::bail!(
             "--pipelining off is for files: a stream's stages always work on several windows at once"
         );
