@@ -20,4 +20,7 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN");
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib");
+    // src/zeroed_memalign.rs: the binary's memalign must come before glibc's for the shared
+    // libraries (x264), so it goes into the dynamic symbol table.
+    println!("cargo:rustc-link-arg-bin=ctxd=-Wl,--export-dynamic-symbol=memalign");
 }

@@ -394,3 +394,38 @@ fn shared_real_clips() {
         round_trip(&src, &d.path(&format!("rt-{name}")), &[]);
     }
 }
+
+/// The same input makes the same H.264 bytes whatever the heap held before. x264's
+/// macroblock tree reads memory it allocated and never wrote (src/zeroed_memalign.rs);
+/// glibc's MALLOC_PERTURB_ fills new allocations with a given byte, so without ctxd's zeroed
+/// memalign each of these runs wrote a different file (3 distinct of 3 on this clip).
+#[test]
+fn h264_output_does_not_depend_on_what_the_heap_held() {
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "s.mp4",
+        &strs(&args(
+            &[&pattern("320x240", "24", 2.0)],
+            &["-pix_fmt", "yuv420p"],
+        )),
+    );
+    let runs: Vec<Vec<u8>> = ["1", "77", "200"]
+        .iter()
+        .map(|byte| {
+            let out = d.path(&format!("out-{byte}.mp4"));
+            run_ok(
+                ctxd()
+                    .env("MALLOC_PERTURB_", byte)
+                    .args(["transcode"])
+                    .arg(&src)
+                    .arg("-o")
+                    .arg(&out),
+            );
+            std::fs::read(&out).unwrap()
+        })
+        .collect();
+    assert!(
+        runs.iter().all(|r| r == &runs[0]),
+        "the H.264 file changed with MALLOC_PERTURB_"
+    );
+}

@@ -370,9 +370,7 @@ pub fn run_graph(
             (
                 "vae-decode",
                 spawn(scope, "vae-decode", move || {
-                    stages::decode_finish(
-                        resizer, scale, vae_dec, clip, turns_out, rx_edit, tx_out,
-                    )
+                    stages::decode_finish(resizer, scale, vae_dec, clip, turns_out, rx_edit, tx_out)
                 }),
             ),
         ];
