@@ -67,11 +67,11 @@ pub enum Pipelining {
 
 impl Pipelining {
     /// Whether the stages overlap on this host. On two cores overlapped stages get one core
-    /// each, and one window at a time with both cores per stage was mostly as fast or faster
-    /// and held less: the oracle bundle's 3-s 640x360 edit 1.1x faster at 0.56x the peak, the
-    /// tiny bundle's at 128 px 1.1-1.4x faster at 0.69x; at 64 px (`ctxd bench pipeline`)
-    /// overlap won by 1.1x (README, performance). Four cores and more, and CUDA, keep the
-    /// overlap; unmeasured here, so `ctxd bench pipeline` reports its gain.
+    /// each, and one window at a time through the networks with both cores per stage was as
+    /// fast or faster and held less: the oracle bundle's 3-s 640x360 edit 1.1x faster at 0.56x
+    /// the peak, the tiny bundle's at 128 px 1.1-1.4x faster at 0.69x, the tiny bundle at
+    /// 64 px (`ctxd bench pipeline`) 0.97-1.03x (README, performance). Four cores and more,
+    /// and CUDA, keep the overlap; unmeasured here, so `ctxd bench pipeline` reports its gain.
     pub fn resolve(self, device: Device) -> bool {
         match self {
             Pipelining::On => true,
