@@ -20,13 +20,41 @@ use std::ffi::c_void;
 /// The C contract of `memalign(3)`: the caller frees the result with `free`.
 #[no_mangle]
 pub unsafe extern "C" fn memalign(alignment: usize, size: usize) -> *mut c_void {
-    // posix_memalign wants a power of two that is a multiple of a pointer's size; memalign
-    // takes any power of two.
-    let alignment = alignment.max(std::mem::size_of::<*mut c_void>());
+    // posix_memalign wants a power of two that is a multiple of a pointer's size; glibc's
+    // memalign takes any alignment and rounds it up to a power of two.
+    let alignment = alignment
+        .max(std::mem::size_of::<*mut c_void>())
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX);
     let mut p: *mut c_void = std::ptr::null_mut();
-    if libc::posix_memalign(&mut p, alignment, size) != 0 {
+    let rc = libc::posix_memalign(&mut p, alignment, size);
+    if rc != 0 {
+        // memalign reports through errno, posix_memalign through its result.
+        *libc::__errno_location() = rc;
         return std::ptr::null_mut();
     }
     std::ptr::write_bytes(p.cast::<u8>(), 0, size);
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_comes_aligned_and_zeroed_and_any_alignment_is_taken() {
+        for (alignment, size) in [(64, 4096), (48, 100), (1, 7), (4096, 1 << 20)] {
+            // Dirty the heap first so a reused block would show.
+            let dirty = unsafe { libc::malloc(size) };
+            unsafe { std::ptr::write_bytes(dirty.cast::<u8>(), 0xA5, size) };
+            unsafe { libc::free(dirty) };
+            let p = unsafe { memalign(alignment, size) };
+            assert!(!p.is_null(), "memalign({alignment}, {size})");
+            let want = alignment.next_power_of_two();
+            assert_eq!(p as usize % want, 0, "memalign({alignment}, {size})");
+            let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
+            assert!(bytes.iter().all(|b| *b == 0));
+            unsafe { libc::free(p) };
+        }
+    }
 }
