@@ -324,6 +324,8 @@ fn a_udp_source_is_read_and_errors_name_the_cause() {
     assert!(blue, "every frame edited");
 }
 
+/// In both pipelining modes: one window at a time (`off`), a window dropped for lateness
+/// must hand its turn through the networks back, or the stream would stall.
 #[test]
 fn a_live_source_faster_than_editing_drops_windows_and_says_so() {
     let d = Dir::new();
@@ -334,18 +336,43 @@ fn a_live_source_faster_than_editing_drops_windows_and_says_so() {
             &["-g", "20", "-f", "mpegts"],
         )),
     );
-    let report = d.path("r.json");
-    let out = d.path("out.ts");
-    let o = stream_steps(src.to_str().unwrap(), out.to_str().unwrap(), 40)
-        .args(["--prompt", "a red video", "--source", "gray"])
-        .args(["--realtime", "--lag", "drop", "--max-delay", "0.5"])
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    let r = read_report(&report);
+    for mode in ["on", "off"] {
+        let report = d.path(&format!("r-{mode}.json"));
+        let out = d.path(&format!("out-{mode}.ts"));
+        let mut child = stream_steps(src.to_str().unwrap(), out.to_str().unwrap(), 40)
+            .args(["--prompt", "a red video", "--source", "gray"])
+            .args(["--realtime", "--lag", "drop", "--max-delay", "0.5"])
+            .args(["--pipelining", mode])
+            .arg("--report")
+            .arg(&report)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stderr, reader) = drain_stderr(&mut child);
+        // A lost turn stalls the stream for ever (it would not even stop on SIGTERM): fail
+        // instead of hanging the test run. The 3-s input takes a few seconds.
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("{mode}: the stream stalled");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        reader.join().unwrap();
+        let err = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+        assert!(status.success(), "{mode}: {err}");
+        let r = read_report(&report);
+        assert_eq!(r["pipelined"], mode == "on", "{r}");
+        dropped_windows_are_counted_and_the_rest_written(&r, &err, &out);
+    }
+}
+
+fn dropped_windows_are_counted_and_the_rest_written(r: &serde_json::Value, err: &str, out: &Path) {
     let dropped = r["dropped_windows"].as_u64().unwrap();
     let frames = r["frames"].as_u64().unwrap();
     assert!(
@@ -358,7 +385,7 @@ fn a_live_source_faster_than_editing_drops_windows_and_says_so() {
         "every window written or dropped: {r}"
     );
     assert!(err.contains("dropped"), "{err}");
-    assert_eq!(frame_times(&out).len() as u64, frames);
+    assert_eq!(frame_times(out).len() as u64, frames);
 }
 
 fn udp_port() -> u16 {

@@ -322,6 +322,8 @@ pub fn run_graph(
         }
         false => (None, None),
     };
+    // A window the invert stage drops for lateness hands its turn back there.
+    let turns_dropped = turns_out.clone();
     let scale = prepare.scale_factor;
     let resizer = Resizer::new(prepare.resizer.geometry());
     let (tx_frames, rx_frames) = bounded(1);
@@ -356,6 +358,7 @@ pub fn run_graph(
                         late,
                         cache,
                         cancel,
+                        turns_dropped,
                         rx_lat,
                         tx_inv,
                     )

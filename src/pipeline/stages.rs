@@ -400,6 +400,8 @@ pub struct DropLate<'a> {
     pub dropped: &'a AtomicU64,
 }
 
+/// `turns`: one window at a time through the networks (`prepare_encode`); a window dropped
+/// here for lateness hands its turn back, since it will never reach the VAE decoder.
 #[allow(clippy::too_many_arguments)]
 pub fn invert(
     setup: SamplerSetup,
@@ -409,6 +411,7 @@ pub fn invert(
     late: Option<DropLate>,
     cache: Option<CacheUse>,
     cancel: &AtomicBool,
+    turns: Option<Sender<()>>,
     rx: Receiver<WindowLatents>,
     tx: Sender<WindowInverted>,
 ) -> StageResult {
@@ -425,6 +428,9 @@ pub fn invert(
                     w.meta.index,
                     w.meta.t
                 );
+                if let Some(t) = &turns {
+                    let _ = t.try_send(());
+                }
                 continue;
             }
         }

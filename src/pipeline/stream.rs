@@ -128,6 +128,8 @@ pub struct StreamReport {
     pub prompt: PromptStatus,
     pub anchor: Anchor,
     pub window: usize,
+    /// Whether the stages worked on several windows at once (`--pipelining`).
+    pub pipelined: bool,
     pub stages: std::collections::BTreeMap<String, super::stages::StageStats>,
 }
 
@@ -167,7 +169,10 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         job.context,
         job.blend,
     )?;
-    let models = StageModels::load(&bundle, &job.runtime, &setup, false, false)?;
+    // One window at a time through the networks (`--pipelining off`, or `auto` on a small
+    // CPU host): a window dropped for lateness hands its turn back (`stages::invert`).
+    let sequential = !job.runtime.pipelining.resolve(job.runtime.device);
+    let models = StageModels::load(&bundle, &job.runtime, &setup, sequential, false)?;
     let mut encode = job.encode.clone();
     if job.output.is_live() && encode.gop.is_none() {
         // A keyframe every HLS segment's length: segments can end, viewers can join.
@@ -233,7 +238,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         // Live content rarely repeats; a stream would only fill the cache.
         cache: None,
         cancel: &job.cancel,
-        sequential: false,
+        sequential,
     };
 
     set_state(&job.status, "running");
@@ -335,6 +340,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         prompt,
         anchor: job.anchor,
         window: job.window,
+        pipelined: !sequential,
         stages,
     })
 }

@@ -16,7 +16,7 @@ use super::stream::{Reconnect, StreamJob};
 use super::windows::Anchor;
 use crate::diffusion::ContextMode;
 use crate::media::{EncodeSettings, InputSpec, LiveOptions, OutputTarget};
-use crate::model::{Pipelining, RuntimeOptions};
+use crate::model::RuntimeOptions;
 
 /// One stream's settings. Every field but `input` and `output` is optional; the flags of
 /// `ctxd stream` have the same names (with dashes).
@@ -148,14 +148,6 @@ pub fn build_job(
     cancel: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<StreamJob> {
-    if runtime.pipelining == Pipelining::Off {
-        // A window dropped for lateness (by the invert stage) never reaches the VAE decoder,
-        // so its turn would never come back; a live stream also needs the throughput more
-        // than the memory.
-        anyhow::bail!(
-            "--pipelining off is for files: a stream's stages always work on several windows at once"
-        );
-    }
     let context = match args.context.as_deref() {
         Some(c) => Some(c.parse::<ContextMode>().map_err(anyhow::Error::msg)?),
         None => None,
