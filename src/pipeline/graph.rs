@@ -314,15 +314,20 @@ pub fn run_graph(
     // One window at a time through the networks: one turn in circulation; the encoder takes
     // it before each window and the VAE decoder hands it back once the window is queued for
     // the writer. Decoding the input and writing the output still overlap with the networks.
+    // A window the invert stage drops for lateness hands its turn back there.
     let (turn_tx, turn_rx) = bounded::<()>(1);
+    let (downstream_tx, downstream_rx) = bounded::<()>(0);
     let (turns_in, turns_out) = match sequential {
         true => {
             turn_tx.send(()).expect("fresh channel has room");
-            (Some(turn_rx), Some(turn_tx))
+            let gate = stages::TurnGate {
+                turns: turn_rx,
+                downstream: downstream_rx,
+            };
+            (Some(gate), Some(turn_tx))
         }
         false => (None, None),
     };
-    // A window the invert stage drops for lateness hands its turn back there.
     let turns_dropped = turns_out.clone();
     let scale = prepare.scale_factor;
     let resizer = Resizer::new(prepare.resizer.geometry());
@@ -373,6 +378,8 @@ pub fn run_graph(
             (
                 "vae-decode",
                 spawn(scope, "vae-decode", move || {
+                    // Held until this stage ends: then the encoder stops waiting for turns.
+                    let _downstream = downstream_tx;
                     stages::decode_finish(resizer, scale, vae_dec, clip, turns_out, rx_edit, tx_out)
                 }),
             ),

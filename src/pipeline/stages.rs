@@ -287,23 +287,39 @@ pub struct PrepareConfig {
     pub planner: WindowPlanner,
 }
 
-/// `turns`: one window at a time through the networks (`--pipelining off`); the encoder
-/// waits for a turn before each window and the VAE decoder (`decode_finish`) hands it back.
+/// One window at a time through the networks (`--pipelining off`): the encoder waits for a
+/// turn before each window. Turns come back from the VAE decoder (a window done) or the
+/// invert stage (a window dropped for lateness).
+pub struct TurnGate {
+    pub turns: Receiver<()>,
+    /// Never sent on; its sender lives as long as the VAE decoder's thread. When that ends
+    /// (the windows ran out, a stage failed, a cancel) no turn will come back, although the
+    /// invert stage, waiting for the encoder's next window, still holds a sender of `turns`.
+    pub downstream: Receiver<()>,
+}
+
+impl TurnGate {
+    /// Waits for a turn; false once the networks downstream have stopped.
+    fn wait(&self) -> bool {
+        crossbeam_channel::select! {
+            recv(self.turns) -> turn => turn.is_ok(),
+            recv(self.downstream) -> _ => false,
+        }
+    }
+}
+
 pub fn prepare_encode(
     mut cfg: PrepareConfig,
     mut vae: Network,
-    turns: Option<Receiver<()>>,
+    turns: Option<TurnGate>,
     rx: Receiver<WindowFrames>,
     tx: Sender<WindowLatents>,
 ) -> StageResult {
     let e = err("encode");
     let mut stats = StageStats::default();
     for w in rx.iter() {
-        if let Some(t) = &turns {
-            // The previous window has left the networks (or they stopped: then so do we).
-            if t.recv().is_err() {
-                break;
-            }
+        if turns.as_ref().is_some_and(|t| !t.wait()) {
+            break;
         }
         let t0 = Instant::now();
         let canvas: Vec<RgbFrame> = w
