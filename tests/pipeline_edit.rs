@@ -457,39 +457,63 @@ fn cli_edit_from_stdin() {
     assert_eq!(frame_times(&out).len(), 10);
 }
 
+/// In both pipelining modes: one window at a time, a stage waiting for its turn must see the
+/// cancel too (a lost turn once left the edit waiting for ever; the deadline fails instead).
 #[test]
 fn cli_edit_ctrl_c_leaves_no_output() {
     let d = Dir::new();
     let src = gray_clip(&d, "long.mp4", 30.0, false);
-    let child = ctxd()
-        .arg("edit")
-        .arg(&src)
-        .args([
-            "--bundle",
-            "models/oracle",
-            "--steps",
-            "50",
-            "--short-side",
-            "0",
-            "--source",
-            "gray",
-            "--prompt",
-            "red",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !d.listing().iter().any(|n| n.ends_with(".part")) {
-        assert!(started.elapsed().as_secs() < 60, "edit never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    for mode in ["on", "off"] {
+        let mut child = ctxd()
+            .arg("edit")
+            .arg(&src)
+            .args([
+                "--bundle",
+                "models/oracle",
+                "--steps",
+                "50",
+                "--short-side",
+                "0",
+                "--source",
+                "gray",
+                "--prompt",
+                "red",
+                "--pipelining",
+                mode,
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !d.listing().iter().any(|n| n.ends_with(".part")) {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "{mode}: edit never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let signalled = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if signalled.elapsed().as_secs() > 60 {
+                let _ = child.kill();
+                panic!("{mode}: the cancelled edit did not stop");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{mode}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("cancelled"),
+            "{mode}"
+        );
+        assert_eq!(
+            d.listing(),
+            vec!["long.mp4"],
+            "{mode}: nothing half-written left"
+        );
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cancelled"));
-    assert_eq!(d.listing(), vec!["long.mp4"], "nothing half-written left");
 }
 
 #[test]
