@@ -241,6 +241,11 @@ impl VideoSink {
             (Dest::Temp(out), octx)
         };
         let container = octx.format().name().to_string();
+        if matches!(container.as_str(), "matroska" | "webm") {
+            // The same input and settings make the same bytes: otherwise FFmpeg's Matroska
+            // muxer writes a random segment UID and the date into every file.
+            unsafe { (*octx.as_mut_ptr()).flags |= ffi::AVFMT_FLAG_BITEXACT as i32 };
+        }
 
         // --- video encoder ---
         let requested = settings.codec.clone().unwrap_or_else(|| {
