@@ -244,7 +244,7 @@ impl VideoSink {
         if matches!(container.as_str(), "matroska" | "webm") {
             // The same input and settings make the same bytes: otherwise FFmpeg's Matroska
             // muxer writes a random segment UID and the date into every file.
-            unsafe { (*octx.as_mut_ptr()).flags |= ffi::AVFMT_FLAG_BITEXACT as i32 };
+            unsafe { (*octx.as_mut_ptr()).flags |= ffi::AVFMT_FLAG_BITEXACT };
         }
 
         // --- video encoder ---
