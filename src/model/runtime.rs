@@ -55,7 +55,8 @@ impl std::fmt::Display for Device {
 
 /// Whether an edit's stages work on different windows at once (decode the next while the
 /// UNet inverts this one and edits the one before), each stage then with a share of the
-/// cores, or take one window at a time through every stage, each stage with every core.
+/// cores, or take one window at a time through the networks, each stage with every core
+/// (decoding the input and writing the output overlap them either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Pipelining {
     /// Off on a CPU host of fewer than four cores, else on (`Pipelining::resolve`).
