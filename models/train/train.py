@@ -723,6 +723,9 @@ def main(argv=None) -> int:
     p.add_argument("--full-weights", action="store_true",
                    help="keep float32 weights on disk (default: large files store float16 weights, "
                         "computed in float32; models/export/compact.py)")
+    p.add_argument("--int8-weights", action="store_true",
+                   help="then store the weights of files over 5 MB (the UNet) as int8 per output channel, "
+                        "layer by layer where tolerated (compact.py --int8; the shipped demo bundle)")
     p.add_argument("--whiten-upto", type=int, default=None,
                    help="patch PCA: whiten the first N components (0: one global scale, as the first two runs)")
     p.add_argument("--clips-only", action="store_true",
@@ -856,11 +859,18 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
     export_bundle(comps, args.out, command=f"python -m models.train.train --config {args.config}",
                   readme_extra="" if args.full_weights else
                   "Large files store float16 weights with a Cast to float32 in front (folded by "
-                  "ONNX Runtime at load; compute stays float32): models/export/compact.py.")
+                  "ONNX Runtime at load; compute stays float32): models/export/compact.py."
+                  + (" Files over 5 MB store their Conv, MatMul and Gemm weights as int8 with a "
+                     "float32 scale per output channel (Cast and Mul in front, folded the same "
+                     "way), except the layers that alone would move the outputs by more than "
+                     "1e-3 (relative RMS), which stay float16: `compact.py --int8`."
+                     if args.int8_weights else ""))
     if not args.full_weights:
         from models.export.compact import compact_bundle
 
         compact_bundle(args.out)  # float16 storage of the large files: half the size on disk
+        if args.int8_weights:  # a quarter, where each layer tolerates it
+            compact_bundle(args.out, min_mb=5.0, int8=True)
     timings["export"] = time.time() - t
     timings["total"] = time.time() - t_start
     summary = {"config": args.config, "seed": args.seed, "threads": args.threads,
