@@ -88,7 +88,15 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         }),
         None => None,
     };
-    let cached = cache.as_ref().is_some_and(|c| first_window_cached(job, c));
+    let anchor = if job.anchor {
+        Anchor::First
+    } else {
+        Anchor::None
+    };
+    let first_window = anchor.first_window(job.window, job.overlap);
+    let cached = cache
+        .as_ref()
+        .is_some_and(|c| first_window_cached(job, first_window, c));
     // One window at a time (`--pipelining off`, or auto on a small host): each stage gets
     // every core. A clip of one window cannot overlap its stages anyway.
     let sequential = !job.runtime.pipelining.resolve(job.runtime.device);
@@ -96,7 +104,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         .probe
         .video
         .frame_count
-        .is_some_and(|n| n <= job.window as u64);
+        .is_some_and(|n| n <= first_window as u64);
     let one_at_a_time = sequential || one_window;
     let models = StageModels::load(&bundle, &job.runtime, &setup, one_at_a_time, cached)?;
     let providers = models.providers.clone();
@@ -130,6 +138,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         frames: Box::new(source),
         decode: DecodeConfig {
             window: job.window,
+            first_window,
             cancel: &job.cancel,
             stop: None,
             lag: LagPolicy::Wait,
@@ -140,14 +149,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         prepare: PrepareConfig {
             resizer: Resizer::new(geometry),
             scale_factor,
-            planner: WindowPlanner::new(
-                if job.anchor {
-                    Anchor::First
-                } else {
-                    Anchor::None
-                },
-                job.overlap,
-            ),
+            planner: WindowPlanner::new(anchor, job.overlap),
         },
         setup,
         models,
@@ -269,17 +271,14 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
 /// Whether the first window's inversion is in the cache (a second prompt over the same
 /// video): then the edit stage will be the only busy one. Reads the first window of a file
 /// once more; never a stream (stdin, URL) that cannot be read twice.
-fn first_window_cached(job: &EditJob, c: &CacheUse) -> bool {
+fn first_window_cached(job: &EditJob, first_window: usize, c: &CacheUse) -> bool {
     if job.input.as_path().is_none() {
         return false;
     }
     let Ok(source) = VideoSource::open(&job.input) else {
         return false;
     };
-    let frames: Vec<_> = source
-        .take(job.window.max(1))
-        .map_while(Result::ok)
-        .collect();
+    let frames: Vec<_> = source.take(first_window).map_while(Result::ok).collect();
     !frames.is_empty()
         && c.cache
             .contains(&c.key(&super::stages::chain_frames(&[0; 32], &frames)))

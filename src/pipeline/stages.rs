@@ -174,7 +174,11 @@ pub enum LagPolicy {
 
 /// How the decode stage runs.
 pub struct DecodeConfig<'a> {
+    /// New frames per window.
     pub window: usize,
+    /// New frames in the first window (`Anchor::first_window`): the window plus the context
+    /// frames it does not have.
+    pub first_window: usize,
     pub cancel: &'a AtomicBool,
     /// Set to end the input gracefully: the windows read so far are finished and written.
     pub stop: Option<&'a AtomicBool>,
@@ -192,7 +196,8 @@ pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) ->
     let mut stats = StageStats::default();
     let mut working = Instant::now();
     let window = cfg.window.max(1);
-    let mut batch: Vec<RgbFrame> = Vec::with_capacity(window);
+    let mut wanted = cfg.first_window.max(1);
+    let mut batch: Vec<RgbFrame> = Vec::with_capacity(wanted);
     let mut index = 0;
     let mut read_at = Instant::now();
     // Wall clock against media time, from the first frame: how far the run lags the input.
@@ -248,12 +253,13 @@ pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) ->
         }
         // A frame that cannot be decoded partway is the input's fault, not a passing one.
         batch.push(frame.map_err(|m| StageError::media("decode", &m))?);
-        if batch.len() == window {
+        if batch.len() == wanted {
             // Busy = decoding, not waiting for the next stage to take the window.
             stats.busy_s += working.elapsed().as_secs_f64();
             if !emit(std::mem::take(&mut batch), read_at, &mut stats) {
                 return Ok(stats);
             }
+            wanted = window;
             working = Instant::now();
         }
         if stopping() && batch.is_empty() {
@@ -734,4 +740,30 @@ pub fn decode_finish(
     stats.onnx_s =
         (vae.busy().0 + clip.as_ref().map(|c| c.busy()).unwrap_or_default()).as_secs_f64();
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_cuts_a_longer_first_window_then_windows_of_the_set_size() {
+        let (cancel, dropped) = (AtomicBool::new(false), AtomicU64::new(0));
+        let cfg = DecodeConfig {
+            window: 3,
+            first_window: 4,
+            cancel: &cancel,
+            stop: None,
+            lag: LagPolicy::Wait,
+            dropped: &dropped,
+            seconds_per_tick: 1.0,
+            hash_content: false,
+        };
+        let frames: FrameFeed = Box::new((0..11).map(|i| Ok(RgbFrame::new(i, i as i64, 1, 2, 2))));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stats = decode(cfg, frames, tx).unwrap();
+        let sizes: Vec<usize> = rx.iter().map(|w| w.frames.len()).collect();
+        assert_eq!(sizes, [4, 3, 3, 1]);
+        assert_eq!(stats.windows, 4);
+    }
 }

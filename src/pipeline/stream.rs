@@ -213,6 +213,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         frames: Box::new(feed),
         decode: DecodeConfig {
             window: job.window,
+            first_window: job.anchor.first_window(job.window, job.overlap),
             cancel: &job.cancel,
             stop: Some(&job.stop),
             lag: job.lag,

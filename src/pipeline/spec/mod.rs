@@ -34,7 +34,7 @@
 //! | `seed` | integer `0..=2^63-1` (TOML) | `0` | P F E C | Seed of the noise source (used when `eta > 0`). |
 //! | `context` | `"off"`, `"source"`, `"x0_pred"` | `"source"` | P F E C | ContextDiff context mode ([`ContextMode`], CONTEXTDIFF.md): none, the adapter on the source latent once, or on each step's x0 estimate. |
 //! | `negative` | string | none | P F E C | Negative prompt (the unconditional branch of guidance); `""` clears one set below. |
-//! | `window` | integer `1..=64` | `8` | P F | Frames per temporal window. |
+//! | `window` | integer `1..=64` | `8` | P F | New frames per temporal window (the first, with no context, takes the context's count more). |
 //! | `overlap` | integer `< window` | `0` | P F | Frames shared with the previous window. |
 //! | `anchor` | bool | `true` | P F | Include the video's first frame in every window as a shared anchor. |
 //! | `short_side` | integer `0..=8192` | `0` | P F | Processing resolution: scale so the short side is this; 0 = the native size. |
