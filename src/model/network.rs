@@ -242,12 +242,13 @@ impl Network {
             let owned = self.run_one(inputs, output)?;
             return Ok(read(lent.map(|(_, a)| a), owned.view()));
         }
-        // A run at larger shapes than this session ever ran at (a clip's first window has no
-        // context frame, the next has one) gives the arena's free blocks back to the system
-        // when it ends. The arena never does otherwise, and blocks cut for the smaller shapes
-        // do not fit the larger ones: a stage graph held both sizes of every intermediate
-        // (the oracle's fast-preset edit: 160 MB). Smaller shapes are cut from the blocks
-        // already there, so a batch of like clips (its sessions kept warm) shrinks it once.
+        // A run at larger shapes than this session ever ran at (a clip larger than any before
+        // it in a warm process; a clip's own windows share one shape, `Anchor::first_window`)
+        // gives the arena's free blocks back to the system when it ends. The arena never does
+        // otherwise, and blocks cut for the smaller shapes do not fit the larger ones: a stage
+        // graph held both sizes of every intermediate (the oracle's fast-preset edit: 160 MB).
+        // Smaller shapes are cut from the blocks already there, so a batch of like clips (its
+        // sessions kept warm) shrinks it once.
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|(_, i)| i.shape().to_vec()).collect();
         let session_id = {
             use ort::AsPointer;
