@@ -3,8 +3,9 @@
 //! stage, the edited latents in the VAE decoder's), so a per-thread store never saw most of
 //! them again, and each window paid for fresh memory: tens of MB the kernel must zero page by
 //! page, which cost more than a cheap bundle's networks cost to run. Buffers are matched by
-//! capacity, not shape, and made with some room to spare, so a window one context frame
-//! longer than the first (every window after it) still reuses the first window's memory.
+//! capacity, not shape, and made with some room to spare, so a window a frame longer than
+//! those before it still reuses their memory (a clip's own full windows share one shape since
+//! `Anchor::first_window`; a batch's next clip may carry more context).
 //! Room never written is never touched, so it costs address space, not memory.
 
 use std::sync::Mutex;
