@@ -301,7 +301,10 @@ fn cli_edit_pipelining_on_and_off_make_the_same_edit() {
             serde_json::from_slice(&std::fs::read(d.path(&format!("{mode}.json"))).unwrap())
                 .unwrap();
         assert_eq!(report["pipelined"], mode == "on", "{mode}");
-        assert_eq!(report["windows"], 3, "{mode}: 24 frames in windows of 8");
+        assert_eq!(
+            report["windows"], 3,
+            "{mode}: 24 frames in windows of 9 + 8 + 7 new"
+        );
         frames.push(rgb_frames(&out).2);
     }
     assert!(frames[0] == frames[1], "the same frames either way");

@@ -3,7 +3,6 @@
 //! when every stage and every output succeeded (otherwise nothing is left behind).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +15,7 @@ use super::prompts::{EditCondition, FixedPrompts, WindowConditions};
 use super::report::{
     report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
 };
-use super::stages::{CacheUse, DecodeConfig, LagPolicy, PrepareConfig, StageError};
+use super::stages::{CacheUse, DecodeConfig, Dropped, LagPolicy, PrepareConfig, StageError};
 use super::windows::{Anchor, WindowPlanner};
 use crate::diffusion::Conditioning;
 use crate::media::scale::Resizer;
@@ -131,7 +130,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         vec![TemporalAccumulator::default(); job.edits.len()];
     let mut frames_written = 0u64;
     let mut windows = 0usize;
-    let dropped = AtomicU64::new(0);
+    let dropped = Dropped::default();
     let tb = layout.video.time_base;
 
     let graph = Graph {

@@ -172,6 +172,20 @@ pub enum LagPolicy {
     Drop { max_delay_s: f64 },
 }
 
+/// Windows a live stream dropped for lateness (the lag policy), and their new frames.
+#[derive(Debug, Default)]
+pub struct Dropped {
+    pub windows: AtomicU64,
+    pub frames: AtomicU64,
+}
+
+impl Dropped {
+    fn add(&self, frames: usize) {
+        self.windows.fetch_add(1, Ordering::Relaxed);
+        self.frames.fetch_add(frames as u64, Ordering::Relaxed);
+    }
+}
+
 /// How the decode stage runs.
 pub struct DecodeConfig<'a> {
     /// New frames per window.
@@ -184,7 +198,7 @@ pub struct DecodeConfig<'a> {
     pub stop: Option<&'a AtomicBool>,
     pub lag: LagPolicy,
     /// Windows dropped by the lag policy.
-    pub dropped: &'a AtomicU64,
+    pub dropped: &'a Dropped,
     /// Seconds per timestamp tick of the frames, for `WindowMeta::t`.
     pub seconds_per_tick: f64,
     /// Chain a content hash through the frames (`WindowMeta::content`).
@@ -231,7 +245,7 @@ pub fn decode(cfg: DecodeConfig, frames: FrameFeed, tx: Sender<WindowFrames>) ->
                 Err(crossbeam_channel::TrySendError::Full(w)) => {
                     let lag = start.elapsed().as_secs_f64() - (t - t0);
                     if lag > max_delay_s {
-                        cfg.dropped.fetch_add(1, Ordering::Relaxed);
+                        cfg.dropped.add(w.frames.len());
                         tracing::warn!(
                             "window {} (t = {t:.3} s) dropped: the output lags the input by {lag:.1} s",
                             w.meta.index
@@ -419,7 +433,7 @@ impl CacheUse {
 /// the expensive stages (live streams); counted in `dropped`.
 pub struct DropLate<'a> {
     pub max_delay_s: f64,
-    pub dropped: &'a AtomicU64,
+    pub dropped: &'a Dropped,
 }
 
 /// `turns`: one window at a time through the networks (`prepare_encode`); a window dropped
@@ -444,7 +458,7 @@ pub fn invert(
         if let Some(l) = &late {
             let waited = w.meta.read_at.elapsed().as_secs_f64();
             if waited > l.max_delay_s {
-                l.dropped.fetch_add(1, Ordering::Relaxed);
+                l.dropped.add(w.frames.len());
                 tracing::warn!(
                     "window {} (t = {:.3} s) dropped: it waited {waited:.1} s for the inversion",
                     w.meta.index,
@@ -748,7 +762,7 @@ mod tests {
 
     #[test]
     fn decode_cuts_a_longer_first_window_then_windows_of_the_set_size() {
-        let (cancel, dropped) = (AtomicBool::new(false), AtomicU64::new(0));
+        let (cancel, dropped) = (AtomicBool::new(false), Dropped::default());
         let cfg = DecodeConfig {
             window: 3,
             first_window: 4,

@@ -26,7 +26,9 @@ use super::graph::{
 };
 use super::prompts::{LivePrompts, PromptInbox, PromptResolver, PromptStatus, StreamPrompt};
 use super::report::{Temporal, TemporalAccumulator};
-use super::stages::{DecodeConfig, DropLate, LagPolicy, PrepareConfig, StageError, WindowOutput};
+use super::stages::{
+    DecodeConfig, DropLate, Dropped, LagPolicy, PrepareConfig, StageError, WindowOutput,
+};
 use super::windows::{Anchor, WindowPlanner};
 use crate::diffusion::ContextMode;
 use crate::media::scale::Resizer;
@@ -97,6 +99,8 @@ pub struct StreamStatus {
     pub windows: u64,
     /// Windows dropped by the lag policy.
     pub dropped_windows: u64,
+    /// Their new frames: the output is that many frames shorter than the input.
+    pub dropped_frames: u64,
     pub reconnects: u64,
     /// Output frames per second of wall clock since the stream started running.
     pub fps: f64,
@@ -116,6 +120,8 @@ pub struct StreamReport {
     pub frames: u64,
     pub windows: u64,
     pub dropped_windows: u64,
+    /// New frames of the dropped windows: the output is that many frames shorter.
+    pub dropped_frames: u64,
     pub reconnects: u64,
     /// Damage met and passed over: frames FFmpeg concealed plus damaged packets skipped (each
     /// run of them logged once).
@@ -186,7 +192,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
     }
     let mut sink = VideoSink::open(&job.output, &layout, &encode)?;
 
-    let dropped = AtomicU64::new(0);
+    let dropped = Dropped::default();
     let reconnects = Arc::new(AtomicU64::new(0));
     let corrupt = Arc::new(AtomicU64::new(0));
     let stalled = Arc::new(AtomicBool::new(false));
@@ -271,7 +277,8 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
             let mut s = job.status.lock().unwrap_or_else(|p| p.into_inner());
             s.frames = frames;
             s.windows += 1;
-            s.dropped_windows = dropped.load(Ordering::Relaxed);
+            s.dropped_windows = dropped.windows.load(Ordering::Relaxed);
+            s.dropped_frames = dropped.frames.load(Ordering::Relaxed);
             s.reconnects = reconnects.load(Ordering::Relaxed);
             s.fps = rate(frames, running_since);
             s.delay_last_s = delay;
@@ -331,7 +338,8 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         ended: ended.to_string(),
         frames,
         windows: status.windows,
-        dropped_windows: dropped.load(Ordering::Relaxed),
+        dropped_windows: dropped.windows.load(Ordering::Relaxed),
+        dropped_frames: dropped.frames.load(Ordering::Relaxed),
         reconnects: reconnects.load(Ordering::Relaxed),
         damaged: corrupt.load(Ordering::Relaxed),
         wall_s: started.elapsed().as_secs_f64(),
