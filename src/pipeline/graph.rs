@@ -317,16 +317,15 @@ pub fn run_graph(
     // A window the invert stage drops for lateness hands its turn back there.
     let (turn_tx, turn_rx) = bounded::<()>(1);
     let (downstream_tx, downstream_rx) = bounded::<()>(0);
-    let (turns_in, turns_out) = match sequential {
-        true => {
-            turn_tx.send(()).expect("fresh channel has room");
-            let gate = stages::TurnGate {
-                turns: turn_rx,
-                downstream: downstream_rx,
-            };
-            (Some(gate), Some(turn_tx))
-        }
-        false => (None, None),
+    let (turns_in, turns_out) = if sequential {
+        turn_tx.send(()).expect("fresh channel has room");
+        let gate = stages::TurnGate {
+            turns: turn_rx,
+            downstream: downstream_rx,
+        };
+        (Some(gate), Some(turn_tx))
+    } else {
+        (None, None)
     };
     let turns_dropped = turns_out.clone();
     let scale = prepare.scale_factor;
