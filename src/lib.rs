@@ -23,6 +23,7 @@
 //! - [`files`]: opening files others control: no blocking, no links, checked once open.
 //! - [`sync`]: locks that survive a panicked thread.
 //! - [`fuzzing`]: what the fuzz targets (`fuzz/`) and their regression test call.
+//! - [`huge_pages`]: the binary restarts itself once so glibc asks for huge pages.
 //! - [`bench`]: measured, not asserted: ratios against baselines run in the same process.
 //! - [`cli`]: the `ctxd` command line; turns flags into library calls.
 //!
@@ -38,6 +39,7 @@ pub mod daemon;
 pub mod diffusion;
 pub mod files;
 pub mod fuzzing;
+pub mod huge_pages;
 pub mod media;
 pub mod model;
 pub mod pipeline;

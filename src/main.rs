@@ -3,5 +3,6 @@
 mod zeroed_memalign;
 
 fn main() -> std::process::ExitCode {
+    ctxd::huge_pages::restart_with_huge_pages();
     ctxd::cli::main()
 }

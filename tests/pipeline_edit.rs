@@ -310,6 +310,49 @@ fn cli_edit_pipelining_on_and_off_make_the_same_edit() {
     assert!(frames[0] == frames[1], "the same frames either way");
 }
 
+/// The binary restarts itself once so glibc asks for huge pages (where the kernel grants
+/// them), keeps its arguments and exit code through that, and `CTXD_HUGE_PAGES=off` or a
+/// user's own `glibc.malloc.hugetlb` setting is left alone; the report says which ran. Same
+/// frames either way.
+#[test]
+fn cli_edit_asks_for_huge_pages_unless_told_not_to() {
+    let granted = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|m| !m.contains("[never]"));
+    let d = Dir::new();
+    let src = gray_clip(&d, "clip.mp4", 0.5, false);
+    let mut frames = Vec::new();
+    for (name, env, want) in [
+        ("default", None, granted),
+        ("off", Some(("CTXD_HUGE_PAGES", "off")), false),
+        ("users", Some(("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")), false),
+    ] {
+        let out = d.path(&format!("{name}.mp4"));
+        let mut cmd = ctxd();
+        cmd.env_remove("GLIBC_TUNABLES").env_remove("CTXD_HUGE_PAGES");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        cmd.arg("edit").arg(&src).arg("--output").arg(&out).args([
+            "--source",
+            "gray",
+            "--prompt",
+            "red",
+            "--no-cache",
+        ]);
+        run_ok(quick(&mut cmd));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path(&format!("{name}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(report["huge_pages"], want, "{name}");
+        frames.push(rgb_frames(&out).2);
+    }
+    assert!(frames.iter().all(|f| *f == frames[0]), "the same frames");
+    // A usage error's exit code and message come through the restart.
+    let (code, err) = run_err(ctxd().env_remove("CTXD_HUGE_PAGES").args(["edit", "--nope"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--nope"), "{err}");
+}
+
 #[test]
 fn cli_edit_makes_a_missing_output_folder() {
     // Regression: `--out-dir out` failed when `out` did not exist yet.

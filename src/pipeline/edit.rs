@@ -237,6 +237,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             windows,
             wall_s: started.elapsed().as_secs_f64(),
             pipelined: !one_at_a_time,
+            huge_pages: crate::huge_pages::in_use(),
             stages: stage_stats.clone(),
             inversion_cache: stage_stats.get("invert").and_then(|s| s.cache),
             quality: Quality {

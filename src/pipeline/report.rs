@@ -107,6 +107,9 @@ pub struct EditReport {
     /// Whether the stages worked on different windows at once (`--pipelining`), or took one
     /// window at a time, each with every core.
     pub pipelined: bool,
+    /// Whether glibc asked the kernel for huge pages for this process's large blocks
+    /// (`crate::huge_pages`; off with `CTXD_HUGE_PAGES=off` or on a kernel that refuses).
+    pub huge_pages: bool,
     /// Busy time per stage (working, not waiting) and the part of it inside ONNX Runtime.
     pub stages: BTreeMap<String, StageStats>,
     /// Windows whose inversion came from the cache (hits) or was computed (misses); absent
