@@ -324,11 +324,16 @@ fn cli_edit_asks_for_huge_pages_unless_told_not_to() {
     for (name, env, want) in [
         ("default", None, granted),
         ("off", Some(("CTXD_HUGE_PAGES", "off")), false),
-        ("users", Some(("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")), false),
+        (
+            "users",
+            Some(("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")),
+            false,
+        ),
     ] {
         let out = d.path(&format!("{name}.mp4"));
         let mut cmd = ctxd();
-        cmd.env_remove("GLIBC_TUNABLES").env_remove("CTXD_HUGE_PAGES");
+        cmd.env_remove("GLIBC_TUNABLES")
+            .env_remove("CTXD_HUGE_PAGES");
         if let Some((k, v)) = env {
             cmd.env(k, v);
         }
@@ -348,7 +353,11 @@ fn cli_edit_asks_for_huge_pages_unless_told_not_to() {
     }
     assert!(frames.iter().all(|f| *f == frames[0]), "the same frames");
     // A usage error's exit code and message come through the restart.
-    let (code, err) = run_err(ctxd().env_remove("CTXD_HUGE_PAGES").args(["edit", "--nope"]));
+    let (code, err) = run_err(
+        ctxd()
+            .env_remove("CTXD_HUGE_PAGES")
+            .args(["edit", "--nope"]),
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--nope"), "{err}");
 }
