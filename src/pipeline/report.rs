@@ -76,8 +76,9 @@ impl TemporalAccumulator {
             last = Some((&o.data, &s.data));
         }
         // Only the window's last pair is needed across the next boundary.
-        if let Some((o, s)) = out.iter().zip(src).last() {
-            self.last = Some((o.data.clone(), s.data.clone()));
+        let n = out.len().min(src.len());
+        if n > 0 {
+            self.last = Some((out[n - 1].data.clone(), src[n - 1].data.clone()));
         }
     }
 
