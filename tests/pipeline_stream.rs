@@ -109,6 +109,18 @@ fn read_report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// Waits for `child` to exit; kills it and fails the test when it has not within `limit`.
+fn exits_within(child: &mut std::process::Child, limit: Duration, what: &str) {
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running {limit:?} after {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ok() {
@@ -258,7 +270,13 @@ fn sigint_finishes_the_window_in_flight_and_closes_the_output() {
         playlist.exists()
     });
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    // stdin blocks until its writer closes it: close it, as a shell would on ^C.
+    // stdin stays open and silent: one signal must stop the stream anyway (a blocking read
+    // of the pipe used to hold it until the writer closed it).
+    exits_within(
+        &mut child,
+        Duration::from_secs(60),
+        "one SIGINT with stdin held open",
+    );
     drop(stdin);
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -534,6 +552,52 @@ fn named_pipes_in_and_out() {
     let out = d.path("out.ts");
     std::fs::write(&out, reader.join().unwrap()).unwrap();
     assert_eq!(frame_times(&out).len(), 20, "{err}");
+}
+
+/// A named pipe whose writer holds it open and goes silent: one SIGTERM stops the stream
+/// (the window in flight finished, the output closed), and without a signal the stall
+/// timeout ends it, as for any other input.
+#[test]
+fn a_silent_named_pipe_stops_on_one_signal_and_stalls_out() {
+    let d = Dir::new();
+    let src = std::fs::read(gray_ts(&d, "in.ts", 2.0, false)).unwrap();
+    for (case, signal) in [("term", true), ("stall", false)] {
+        let fifo = d.path(&format!("{case}.fifo"));
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (out, report) = (
+            d.path(&format!("{case}.mkv")),
+            d.path(&format!("{case}.json")),
+        );
+        let mut child = stream_cmd(fifo.to_str().unwrap(), out.to_str().unwrap())
+            .args(["--prompt", "a red video", "--source", "gray"])
+            .args(["--stall-timeout", "4", "--report"])
+            .arg(&report)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(&src).unwrap();
+        if signal {
+            // Well inside the stall timeout once the 20 frames are read.
+            std::thread::sleep(Duration::from_secs(2));
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        exits_within(&mut child, Duration::from_secs(60), case);
+        drop(writer);
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{case}: {err}");
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let ended = if signal { "stopped" } else { "input-stalled" };
+        assert_eq!(r["ended"], ended, "{case}: {err}");
+        assert_eq!(
+            frame_times(&out).len() as u64,
+            r["frames"].as_u64().unwrap()
+        );
+        assert!(r["frames"].as_u64().unwrap() > 0, "{case}: {err}");
+    }
 }
 
 #[test]

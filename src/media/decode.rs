@@ -103,6 +103,8 @@ pub struct VideoSource {
     /// A live input's read failed: the decoder is drained of the frames it holds, then this
     /// is returned.
     lost: Option<MediaError>,
+    /// A live pipe read without blocking; after `ictx` so FFmpeg closes its context first.
+    _pipe: Option<super::live_pipe::LivePipe>,
 }
 
 /// Damaged packets in a row after which the input is declared unreadable.
@@ -127,7 +129,7 @@ impl VideoSource {
     }
 
     fn open_with(spec: &InputSpec, live: Option<&LiveOptions>) -> Result<VideoSource> {
-        let ictx = input::open_with(spec, live)?;
+        let (ictx, pipe) = input::open_with(spec, live)?;
         let name = spec.to_string();
         let probe = probe::describe(spec, &ictx)?;
         let st = probe::best_video_stream(&ictx, &name)?;
@@ -250,6 +252,7 @@ impl VideoSource {
             live: live.is_some(),
             offset_s: 0.0,
             lost: None,
+            _pipe: pipe,
         })
     }
 

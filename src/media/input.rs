@@ -10,6 +10,7 @@ use std::time::Duration;
 use ffmpeg_next::format;
 
 use super::error::{MediaError, Result};
+use super::live_pipe::{LivePipe, PipeError};
 use super::log;
 
 /// An input as the user named it.
@@ -138,8 +139,8 @@ fn looks_like_url(s: &str) -> bool {
 pub struct LiveOptions {
     /// A file still being written: keep reading as it grows (FFmpeg's `follow`).
     pub follow: bool,
-    /// No new data for this long fails the read (a stalled source). Pipes and stdin block
-    /// until their writer closes them, whatever this says.
+    /// No new data for this long fails the read (a stalled source); pipes and stdin too,
+    /// which are read without blocking (`live_pipe`).
     pub stall_timeout: Option<Duration>,
     /// Set it to abort a blocked open or read (shutdown).
     pub interrupt: Option<Arc<AtomicBool>>,
@@ -184,14 +185,16 @@ impl LiveOptions {
 /// # Errors
 /// `NotFound`, `Empty`, `NotMedia` (with FFmpeg's own explanation when it gave one).
 pub(crate) fn open(spec: &InputSpec) -> Result<format::context::Input> {
-    open_with(spec, None)
+    Ok(open_with(spec, None)?.0)
 }
 
-/// `open`, for a live input: protocol options and an interrupt flag.
+/// `open`, for a live input: protocol options and an interrupt flag. A pipe (stdin or a
+/// named one) comes back beside the context, set up for non-blocking reads: keep it for as
+/// long as the context.
 pub(crate) fn open_with(
     spec: &InputSpec,
     live: Option<&LiveOptions>,
-) -> Result<format::context::Input> {
+) -> Result<(format::context::Input, Option<LivePipe>)> {
     super::init();
     let name = spec.to_string();
     let meta = match spec {
@@ -226,7 +229,27 @@ pub(crate) fn open_with(
             return Err(MediaError::Empty(name));
         }
     }
-    let ffmpeg_name = spec.ffmpeg_name()?;
+    let pipe = match (live, spec) {
+        (Some(_), InputSpec::Stdin) => LivePipe::stdin(),
+        (Some(l), InputSpec::File(path)) => {
+            LivePipe::named(path, l.interrupt.as_deref()).map_err(|e| match e {
+                PipeError::Stopped => MediaError::InputLost {
+                    path: name.clone(),
+                    time: 0.0,
+                    cause: "stopped before anything was written to the pipe".into(),
+                },
+                PipeError::Io(e) => MediaError::Read {
+                    path: name.clone(),
+                    cause: e.to_string(),
+                },
+            })?
+        }
+        _ => None,
+    };
+    let ffmpeg_name = match &pipe {
+        Some(p) => p.ffmpeg_name(),
+        None => spec.ffmpeg_name()?,
+    };
     log::clear();
     let opened = match live {
         None => format::input(&ffmpeg_name),
@@ -239,7 +262,7 @@ pub(crate) fn open_with(
             )
         }
     };
-    opened.map_err(|e| {
+    let opened = opened.map_err(|e| {
         let said = log::last_message();
         let cause = match (said, e) {
             (Some(m), _) if m.contains("moov atom not found") && *spec == InputSpec::Stdin => {
@@ -254,7 +277,8 @@ pub(crate) fn open_with(
             (None, e) => e.to_string(),
         };
         MediaError::NotMedia { path: name, cause }
-    })
+    })?;
+    Ok((opened, pipe))
 }
 
 #[cfg(test)]

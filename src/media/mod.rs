@@ -22,6 +22,7 @@ pub mod encode;
 pub mod error;
 pub mod frame;
 pub mod input;
+mod live_pipe;
 mod log;
 pub mod output;
 pub mod probe;
