@@ -1142,8 +1142,18 @@ fn a_daemon_stream_restarts_after_its_source_dies_and_takes_prompts_from_the_api
         "{metrics}"
     );
     assert!(metrics.contains("ctxd_stream_frames_total{stream=\"live\"}"));
+    // Dropped windows and their frames, counted over every run of the stream.
+    assert!(
+        metrics.contains("ctxd_stream_dropped_frames_total{stream=\"live\"} "),
+        "{metrics}"
+    );
     let list = json(&http(&addr, "GET", "/streams", None, None).1);
     assert_eq!(list[0]["name"], "live");
+    assert!(list[0]["dropped_frames_total"].is_u64(), "{list}");
+    assert!(
+        list[0]["dropped_frames_total"].as_u64() >= list[0]["dropped_windows_total"].as_u64(),
+        "{list}"
+    );
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     stop(running);
     sender.join().unwrap();

@@ -34,6 +34,7 @@ pub struct StreamHandle {
     /// Frames of the runs before this one (the status counts the current run's).
     frames_before: AtomicU64,
     dropped_before: AtomicU64,
+    dropped_frames_before: AtomicU64,
     last_error: Mutex<Option<String>>,
     stop: Arc<AtomicBool>,
 }
@@ -48,6 +49,8 @@ pub struct StreamView {
     pub status: StreamStatus,
     pub frames_total: u64,
     pub dropped_windows_total: u64,
+    /// New frames of those windows: the outputs are that many frames shorter.
+    pub dropped_frames_total: u64,
     pub restarts: u64,
     pub last_error: Option<String>,
 }
@@ -62,6 +65,8 @@ impl StreamHandle {
             frames_total: self.frames_before.load(Ordering::Relaxed) + status.frames,
             dropped_windows_total: self.dropped_before.load(Ordering::Relaxed)
                 + status.dropped_windows,
+            dropped_frames_total: self.dropped_frames_before.load(Ordering::Relaxed)
+                + status.dropped_frames,
             status,
             restarts: self.restarts.load(Ordering::Relaxed),
             last_error: lock(&self.last_error).clone(),
@@ -126,6 +131,8 @@ impl StreamHandle {
             self.frames_before.fetch_add(s.frames, Ordering::Relaxed);
             self.dropped_before
                 .fetch_add(s.dropped_windows, Ordering::Relaxed);
+            self.dropped_frames_before
+                .fetch_add(s.dropped_frames, Ordering::Relaxed);
             *lock(&self.status) = StreamStatus {
                 prompt: s.prompt,
                 ..Default::default()
@@ -188,6 +195,7 @@ impl Streams {
                 restarts: AtomicU64::new(0),
                 frames_before: AtomicU64::new(0),
                 dropped_before: AtomicU64::new(0),
+                dropped_frames_before: AtomicU64::new(0),
                 last_error: Mutex::new(None),
                 stop: stop.clone(),
             });
@@ -255,6 +263,12 @@ impl Streams {
             "counter",
             "Windows dropped because the output lagged the input too far.",
             &|v| v.dropped_windows_total as f64,
+        );
+        family(
+            "ctxd_stream_dropped_frames_total",
+            "counter",
+            "New frames of the dropped windows: how many frames the outputs are short.",
+            &|v| v.dropped_frames_total as f64,
         );
         family(
             "ctxd_stream_restarts_total",
