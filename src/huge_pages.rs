@@ -5,7 +5,8 @@
 //! set, and glibc reads tunables only when a process starts. So the binary starts itself
 //! again, once, with the tunable added, before anything else runs (no thread, no file open).
 //! Measured in README.md ("Huge pages"): the 1-s oracle edit's page faults 129 k → 19 k.
-//! `CTXD_HUGE_PAGES=off` runs without.
+//! `CTXD_HUGE_PAGES=off` runs without (also the setting for running ctxd under a tool that
+//! is itself the process, such as valgrind, where /proc/self/exe names the tool).
 
 use std::ffi::OsString;
 
