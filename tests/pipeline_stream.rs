@@ -598,6 +598,29 @@ fn a_silent_named_pipe_stops_on_one_signal_and_stalls_out() {
         );
         assert!(r["frames"].as_u64().unwrap() > 0, "{case}: {err}");
     }
+    // A writer that opens the pipe and never writes: the stall timeout ends the wait with
+    // one line saying so, and no output is begun.
+    let fifo = d.path("silent.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = d.path("silent.mkv");
+    let mut child = stream_cmd(fifo.to_str().unwrap(), out.to_str().unwrap())
+        .args(["--prompt", "a red video", "--source", "gray"])
+        .args(["--stall-timeout", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    exits_within(&mut child, Duration::from_secs(60), "a silent writer");
+    drop(writer);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("silent.fifo") && err.contains("--stall-timeout"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output begun");
 }
 
 #[test]

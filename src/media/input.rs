@@ -263,6 +263,20 @@ pub(crate) fn open_with(
         }
     };
     let opened = opened.map_err(|e| {
+        // FFmpeg's `rw_timeout` ends a read that got nothing for that long with EIO.
+        let stalled = live
+            .and_then(|l| l.stall_timeout)
+            .filter(|_| matches!(e, ffmpeg_next::Error::Other { errno } if errno == libc::EIO));
+        if let Some(t) = stalled {
+            return MediaError::InputLost {
+                path: name.clone(),
+                time: 0.0,
+                cause: format!(
+                    "nothing arrived for {:.1} s (--stall-timeout) while it was being opened",
+                    t.as_secs_f64()
+                ),
+            };
+        }
         let said = log::last_message();
         let cause = match (said, e) {
             (Some(m), _) if m.contains("moov atom not found") && *spec == InputSpec::Stdin => {

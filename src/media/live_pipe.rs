@@ -7,15 +7,16 @@
 //!
 //! Two kinds: standard input when it is a pipe or socket (its flags are put back when the
 //! stream is done, since a shell may share that descriptor), and a named pipe given by path,
-//! opened here without blocking (opening one for reading waits for a writer) and handed to
-//! FFmpeg as `pipe:FD` once its writer has connected.
+//! opened here once a writer has opened it (waiting for one can be stopped), made
+//! non-blocking and handed to FFmpeg as `pipe:FD`.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
 
 /// A pipe set up for non-blocking reads; FFmpeg reads it by `ffmpeg_name`. Keep it alive
 /// for as long as FFmpeg's input context: dropping it closes the named pipe or restores
@@ -63,8 +64,8 @@ impl LivePipe {
         })
     }
 
-    /// `path` opened without blocking if it is a named pipe (None if it is not), after its
-    /// writer has connected; waits for that writer for as long as it takes, or until `stop`.
+    /// `path` as a non-blocking descriptor if it is a named pipe (None if it is not), once a
+    /// writer has opened it; waits for that writer for as long as it takes, or until `stop`.
     pub(crate) fn named(
         path: &Path,
         stop: Option<&AtomicBool>,
@@ -76,42 +77,52 @@ impl LivePipe {
         if !is_fifo {
             return Ok(None);
         }
-        let name = CString::new(path.as_os_str().as_bytes())
-            .map_err(|e| PipeError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        let fd = unsafe {
-            libc::open(
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(PipeError::Io(std::io::Error::last_os_error()));
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Until a writer opens it, a read says end of file; wait for its first bytes (or its
-        // going away) instead. poll reports nothing on a pipe no writer has opened yet.
+        // Opening a named pipe for reading returns when a writer opens it, and nothing else
+        // tells that a writer came (a silent writer makes no poll event, and until one comes
+        // a non-blocking read says end of file). So a helper thread opens it the blocking
+        // way while this one watches `stop`.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let opening = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("pipe-open".into())
+            .spawn(move || {
+                let _ = tx.send(std::fs::File::open(&opening));
+            })
+            .map_err(PipeError::Io)?;
         loop {
-            if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                return Err(PipeError::Stopped);
-            }
-            let mut p = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let n = unsafe { libc::poll(&mut p, 1, 100) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(PipeError::Io(e));
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(opened) => {
+                    let fd = OwnedFd::from(opened.map_err(PipeError::Io)?);
+                    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+                    if flags < 0
+                        || unsafe {
+                            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
+                        } != 0
+                    {
+                        return Err(PipeError::Io(std::io::Error::last_os_error()));
+                    }
+                    return Ok(Some(LivePipe {
+                        kind: Kind::Named(fd),
+                    }));
                 }
-            } else if n > 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                break;
+                Err(RecvTimeoutError::Timeout) => {
+                    if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                        // Be the writer it waits for, so the helper's open returns (and its
+                        // descriptor is closed) instead of waiting for ever.
+                        let _ = std::fs::OpenOptions::new()
+                            .write(true)
+                            .custom_flags(libc::O_NONBLOCK)
+                            .open(path);
+                        return Err(PipeError::Stopped);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(PipeError::Io(std::io::Error::other(
+                        "the thread opening the pipe ended without a result",
+                    )))
+                }
             }
         }
-        Ok(Some(LivePipe {
-            kind: Kind::Named(fd),
-        }))
     }
 
     /// The name FFmpeg opens this pipe by.
@@ -134,9 +145,11 @@ impl Drop for LivePipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
     use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     fn fifo(dir: &Path) -> std::path::PathBuf {
         let path = dir.join("p.fifo");
@@ -154,8 +167,11 @@ mod tests {
             move || {
                 std::thread::sleep(Duration::from_millis(300));
                 let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                // Silent at first: the pipe is handed over when the writer opens it, not
+                // when it first writes (a silent writer is the stall timeout's to judge).
+                std::thread::sleep(Duration::from_millis(700));
                 w.write_all(b"abc").unwrap();
-                // Held open and silent for a while: the reader must not block on it.
+                // Held open and silent again: the reader must not block on it.
                 std::thread::sleep(Duration::from_millis(500));
             }
         });
@@ -165,7 +181,10 @@ mod tests {
         };
         let mut buf = [0u8; 16];
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        assert_eq!(&buf[..n as usize], b"abc");
+        assert_eq!(n, -1, "handed over before the writer wrote");
+        std::thread::sleep(Duration::from_millis(900));
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(&buf[..n.max(0) as usize], b"abc");
         let started = Instant::now();
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         let e = std::io::Error::last_os_error();
@@ -192,6 +211,15 @@ mod tests {
             LivePipe::named(&path, Some(&stop)),
             Err(PipeError::Stopped)
         ));
+        // The helper's blocked open was let go and its descriptor closed: no reader is left
+        // (a writer that will not wait is refused).
+        std::thread::sleep(Duration::from_millis(300));
+        let e = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .expect_err("no reader left");
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{e}");
         // Not a pipe: left to FFmpeg.
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
