@@ -5,8 +5,8 @@
 //! set, and glibc reads tunables only when a process starts. So the binary starts itself
 //! again, once, with the tunable added, before anything else runs (no thread, no file open).
 //! Measured in README.md ("Huge pages"): the 1-s oracle edit's page faults 129 k → 19 k.
-//! `CTXD_HUGE_PAGES=off` runs without (also the setting for running ctxd under a tool that
-//! is itself the process, such as valgrind, where /proc/self/exe names the tool).
+//! `CTXD_HUGE_PAGES=off` runs without (also the setting for running ctxd under a tool such
+//! as valgrind, which does not follow a process into a new program unless told to).
 
 use std::ffi::OsString;
 
@@ -41,9 +41,13 @@ pub fn restart_with_huge_pages() {
         }
         let mut args = std::env::args_os();
         let arg0 = args.next().unwrap_or_default();
-        // /proc/self/exe rather than the path: it still works when the file was replaced
-        // since this process started (a reinstall under a running daemon).
-        let error = std::process::Command::new("/proc/self/exe")
+        // The binary's own path, not /proc/self/exe: the kernel names a process after the
+        // file it executes, and `ps`, `top` and `pkill ctxd` would see "exe". A binary
+        // deleted or replaced since it started has no such path left; it runs as it is.
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let error = std::process::Command::new(exe)
             .arg0(arg0)
             .args(args)
             .env("GLIBC_TUNABLES", tunables)

@@ -360,6 +360,48 @@ fn cli_edit_asks_for_huge_pages_unless_told_not_to() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--nope"), "{err}");
+    // After the restart the process still goes by the binary's name (ps, top, pkill ctxd):
+    // a stream waiting for a named pipe's writer, looked at from outside.
+    if granted {
+        let fifo = d.path("wait.fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut child = ctxd()
+            .env_remove("GLIBC_TUNABLES")
+            .env_remove("CTXD_HUGE_PAGES")
+            .args(["stream", "-i", fifo.to_str().unwrap(), "-o"])
+            .arg(d.path("wait.mkv"))
+            .args([
+                "--bundle",
+                "models/oracle",
+                "--prompt",
+                "red",
+                "--source",
+                "gray",
+            ])
+            .spawn()
+            .unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let restarted = loop {
+            let env = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
+            if env
+                .split(|b| *b == 0)
+                .any(|v| v == b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+            {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(restarted, "the stream restarted with the tunable");
+        assert_eq!(comm.trim(), "ctxd");
+    }
 }
 
 #[test]
