@@ -8,6 +8,7 @@ mod cluster;
 mod crash_and_soak;
 mod daemon;
 mod fuzz_regressions;
+mod huge_pages;
 mod inversion_cache;
 mod malformed;
 mod media_errors;
