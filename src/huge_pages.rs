@@ -20,7 +20,7 @@ const THP_MODE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 pub fn in_use() -> bool {
     cfg!(all(target_os = "linux", target_env = "gnu"))
         && std::env::var("GLIBC_TUNABLES").is_ok_and(|t| asks_for_huge_pages(&t))
-        && kernel_grants_them(&std::fs::read_to_string(THP_MODE).unwrap_or_default())
+        && kernel_grants()
 }
 
 /// Starts this binary again with the tunable set, where it helps and the user did not say
@@ -36,7 +36,7 @@ pub fn restart_with_huge_pages() {
         let Some(tunables) = with_huge_pages(std::env::var_os("GLIBC_TUNABLES")) else {
             return;
         };
-        if !kernel_grants_them(&std::fs::read_to_string(THP_MODE).unwrap_or_default()) {
+        if !kernel_grants() {
             return;
         }
         let mut args = std::env::args_os();
@@ -80,6 +80,11 @@ fn asks_for_huge_pages(tunables: &str) -> bool {
     tunables
         .split(':')
         .any(|t| t.strip_prefix(TUNABLE).is_some_and(|v| v == "=1"))
+}
+
+/// Whether this kernel grants a process's ask for transparent huge pages.
+fn kernel_grants() -> bool {
+    kernel_grants_them(&std::fs::read_to_string(THP_MODE).unwrap_or_default())
 }
 
 /// "always [madvise] never": the bracket marks the mode; only `never` refuses a process's ask.

@@ -55,10 +55,7 @@ impl LivePipe {
         if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
             return None;
         }
-        let flags = unsafe { libc::fcntl(0, libc::F_GETFL) };
-        if flags < 0 || unsafe { libc::fcntl(0, libc::F_SETFL, flags | libc::O_NONBLOCK) } != 0 {
-            return None;
-        }
+        let flags = add_nonblock(0).ok()?;
         Some(LivePipe {
             kind: Kind::Stdin { flags },
         })
@@ -93,14 +90,7 @@ impl LivePipe {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(opened) => {
                     let fd = OwnedFd::from(opened.map_err(PipeError::Io)?);
-                    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-                    if flags < 0
-                        || unsafe {
-                            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
-                        } != 0
-                    {
-                        return Err(PipeError::Io(std::io::Error::last_os_error()));
-                    }
+                    add_nonblock(fd.as_raw_fd()).map_err(PipeError::Io)?;
                     return Ok(Some(LivePipe {
                         kind: Kind::Named(fd),
                     }));
@@ -132,6 +122,15 @@ impl LivePipe {
             Kind::Named(fd) => format!("pipe:{}", fd.as_raw_fd()),
         }
     }
+}
+
+/// Adds O_NONBLOCK to `fd`'s status flags; returns the flags it had.
+fn add_nonblock(fd: libc::c_int) -> std::io::Result<libc::c_int> {
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(flags)
 }
 
 impl Drop for LivePipe {

@@ -39,7 +39,8 @@ pub struct TemporalAccumulator {
     counts: [u64; 2],
 }
 
-fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+/// Mean absolute difference of two frames' bytes (0–255).
+pub(crate) fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
     sum_per_byte(a, b, |d| d) as f64 / a.len().max(1) as f64
 }
 

@@ -244,16 +244,10 @@ pub fn frame_change(frames: &[RgbFrame]) -> Option<f64> {
     if frames.len() < 2 {
         return None;
     }
-    let mut sum = 0f64;
-    for w in frames.windows(2) {
-        let (a, b) = (&w[0].data, &w[1].data);
-        sum += a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| x.abs_diff(*y) as f64)
-            .sum::<f64>()
-            / a.len().max(1) as f64;
-    }
+    let sum: f64 = frames
+        .windows(2)
+        .map(|w| crate::pipeline::report::mean_abs_diff(&w[1].data, &w[0].data))
+        .sum();
     Some(sum / (frames.len() - 1) as f64)
 }
 
