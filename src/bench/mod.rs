@@ -325,6 +325,10 @@ struct ColdStart {
     /// The same comparison summed over sessions (each session's own build time).
     session_seconds_uncached: f64,
     session_seconds_cached: f64,
+    /// The same two loads with ONNX Runtime planning memory reuse, as it does unless ctxd turns
+    /// that off (`model::reuse_plan`; None where ctxd cannot, and both runs below are alike).
+    planned_uncached_s: Option<f64>,
+    planned_cached_s: Option<f64>,
 }
 
 /// Times `StageModels::load` for `bundle` without and with the optimized-model cache.
@@ -347,6 +351,12 @@ fn cold_start(bundle_dir: &Path, steps: usize, rounds: usize) -> Result<ColdStar
         optimized_cache: Some(cache.path().to_path_buf()),
         ..Default::default()
     };
+    let planned = |o: &RuntimeOptions| RuntimeOptions {
+        plan_memory_reuse: true,
+        ..o.clone()
+    };
+    let (planned_uncached, planned_cached) = (planned(&uncached), planned(&cached));
+    let compare_planning = crate::model::reuse_plan::planning_off();
     let session_s = |i: usize| build_stats()[i].1;
     let load = |o: &RuntimeOptions| -> Result<f64> {
         let t = Instant::now();
@@ -356,6 +366,7 @@ fn cold_start(bundle_dir: &Path, steps: usize, rounds: usize) -> Result<ColdStar
     load(&uncached)?; // ONNX Runtime's own start-up, paid once per process
     load(&cached)?; // fills the cache
     let (mut a, mut b, mut sa, mut sb) = (vec![], vec![], 0.0, 0.0);
+    let (mut pa, mut pb) = (vec![], vec![]);
     for _ in 0..rounds.max(1) {
         let s0 = session_s(2);
         a.push(load(&uncached)?);
@@ -363,6 +374,10 @@ fn cold_start(bundle_dir: &Path, steps: usize, rounds: usize) -> Result<ColdStar
         let s0 = session_s(0);
         b.push(load(&cached)?);
         sb += session_s(0) - s0;
+        if compare_planning {
+            pa.push(load(&planned_uncached)?);
+            pb.push(load(&planned_cached)?);
+        }
     }
     let (uncached_s, cached_s) = (median(a), median(b));
     Ok(ColdStart {
@@ -371,6 +386,8 @@ fn cold_start(bundle_dir: &Path, steps: usize, rounds: usize) -> Result<ColdStar
         speedup: uncached_s / cached_s,
         session_seconds_uncached: sa / rounds.max(1) as f64,
         session_seconds_cached: sb / rounds.max(1) as f64,
+        planned_uncached_s: compare_planning.then(|| median(pa)),
+        planned_cached_s: compare_planning.then(|| median(pb)),
     })
 }
 
@@ -583,6 +600,13 @@ pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
             "  cold start (every stage's sessions): {:.3} s without the optimized-model cache, {:.3} s with it = {:.2}x (session build seconds {:.3} -> {:.3})",
             c.uncached_s, c.cached_s, c.speedup, c.session_seconds_uncached, c.session_seconds_cached
         );
+        if let (Some(u), Some(k)) = (c.planned_uncached_s, c.planned_cached_s) {
+            println!(
+                "    with ONNX Runtime's memory-reuse planning (CTXD_ORT_MEM_REUSE=1): {u:.3} s and {k:.3} s = {:.2}x; cold start {:.2}x faster without it",
+                u / k,
+                k / c.cached_s
+            );
+        }
         if let Some(m) = &r.memory {
             println!(
                 "  peak RSS: {} s input {:.1} MiB, {} s input {:.1} MiB, ratio {:.2}",

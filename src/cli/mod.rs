@@ -244,6 +244,7 @@ impl RuntimeArgs {
             share_unet_from: None,
             optimized_cache: None,
             pipelining: self.pipelining,
+            plan_memory_reuse: false,
         }
         .with_default_cache()
     }

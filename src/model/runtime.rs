@@ -134,6 +134,10 @@ pub struct RuntimeOptions {
     pub optimized_cache: Option<PathBuf>,
     /// Whether an edit's stages overlap (`Pipelining::resolve`).
     pub pipelining: Pipelining,
+    /// Let ONNX Runtime plan memory reuse when it builds a CPU session, as it does by default
+    /// (false: ctxd turns that quadratic planning off, see `reuse_plan`; `CTXD_ORT_MEM_REUSE=1`
+    /// turns it back on for every session).
+    pub plan_memory_reuse: bool,
 }
 
 impl RuntimeOptions {
@@ -242,7 +246,7 @@ fn cpu_identity() -> &'static str {
 /// Whether CPU sessions allocate from the environment's shared arena ([`share_cpu_arena`]).
 static SHARED_ARENA: AtomicBool = AtomicBool::new(false);
 
-fn environment() -> Result<Environment> {
+pub(crate) fn environment() -> Result<Environment> {
     static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let env = ort::init()
@@ -270,21 +274,10 @@ fn environment() -> Result<Environment> {
 fn share_cpu_arena(env: &Environment) -> std::result::Result<(), String> {
     use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
     use ort::AsPointer;
-    use std::ffi::{c_char, CStr};
+    use std::ffi::c_char;
 
     let api = ort::api();
-    // Turns a status into a Result, releasing it.
-    let check = |status: ort::sys::OrtStatusPtr| -> std::result::Result<(), String> {
-        if status.0.is_null() {
-            return Ok(());
-        }
-        // SAFETY: a non-null status from the API; its message lives until it is released.
-        let msg = unsafe { CStr::from_ptr((api.GetErrorMessage)(status.0)) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { (api.ReleaseStatus)(status.0) };
-        Err(msg)
-    };
+    let check = super::reuse_plan::ort_status;
     let info = MemoryInfo::new(
         AllocationDevice::CPU,
         0,
@@ -364,6 +357,16 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
             .map_err(|e| e.to_string())?;
         b.commit_from_file(path).map_err(|e| e.to_string())
     };
+    // CPU sessions plan no static memory reuse: see reuse_plan.rs (the arena reuses buffers).
+    let cpu_builder_at = |level: GraphOptimizationLevel| {
+        builder_at(level).map(|mut b| {
+            if !opts.plan_memory_reuse {
+                super::reuse_plan::turn_off(&mut b);
+            }
+            b
+        })
+    };
+    let cpu_builder = || cpu_builder_at(GraphOptimizationLevel::Level3);
     // CPU: a cached optimized model loads without optimizing again; a miss optimizes as
     // always and saves the result (to a temporary name, renamed, so concurrent loads never
     // read half a file). Any failure of the cache falls back to the plain load.
@@ -374,12 +377,12 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
             .as_deref()
             .and_then(|dir| optimized_path(dir, path))
         else {
-            let s = builder()?.commit_from_file(path).map_err(load_err)?;
+            let s = cpu_builder()?.commit_from_file(path).map_err(load_err)?;
             count_build(Build::Uncached, since);
             return Ok(s);
         };
         if cached.is_file() {
-            match builder_at(GraphOptimizationLevel::Disable)
+            match cpu_builder_at(GraphOptimizationLevel::Disable)
                 .and_then(|mut b| b.commit_from_file(&cached).map_err(load_err))
             {
                 Ok(s) => {
@@ -401,7 +404,7 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
         let saved = std::fs::create_dir_all(dir)
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                builder()
+                cpu_builder()
                     .map_err(|e| e.to_string())?
                     .with_optimized_model_path(&tmp)
                     .map_err(|e| e.to_string())?
@@ -421,7 +424,7 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
                 // e.g. a model past 2 GB that ONNX Runtime cannot save in one file
                 tracing::debug!("not caching the optimized {}: {e}", path.display());
                 let _ = std::fs::remove_file(&tmp);
-                let s = builder()?.commit_from_file(path).map_err(load_err)?;
+                let s = cpu_builder()?.commit_from_file(path).map_err(load_err)?;
                 count_build(Build::Uncached, since);
                 Ok(s)
             }
