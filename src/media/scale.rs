@@ -53,6 +53,9 @@ pub struct Resizer {
     down: Option<Scaler>,
     up: Option<Scaler>,
     geometry: Letterbox,
+    /// More contexts, for the threads of [`Resizer::to_canvas_all`] and
+    /// [`Resizer::restore_all`] (a context serves one thread at a time).
+    spare: Vec<(Option<Scaler>, Option<Scaler>)>,
 }
 
 impl Resizer {
@@ -61,6 +64,7 @@ impl Resizer {
             down: None,
             up: None,
             geometry,
+            spare: Vec::new(),
         }
     }
 
@@ -70,17 +74,65 @@ impl Resizer {
 
     /// Source-sized frame → processing canvas.
     pub fn to_canvas(&mut self, f: &RgbFrame) -> Result<RgbFrame> {
-        let g = self.geometry;
-        let scaled = scale_rgb(&mut self.down, f, g.content_w, g.content_h)?;
-        Ok(pad_replicate(&scaled, g.canvas_w, g.canvas_h))
+        to_canvas(&mut self.down, self.geometry, f)
     }
 
     /// Processing canvas → source-sized frame (padding cropped off).
     pub fn restore(&mut self, f: &RgbFrame) -> Result<RgbFrame> {
-        let g = self.geometry;
-        let cropped = crop(f, g.content_w, g.content_h);
-        scale_rgb(&mut self.up, &cropped, g.src_w, g.src_h)
+        restore(&mut self.up, self.geometry, f)
     }
+
+    /// [`Resizer::to_canvas`] for a window's frames, spread over the cores: a window's
+    /// resizes were most of what the VAE stages spent outside ONNX Runtime, one frame after
+    /// another on one core while the others waited for the encoder.
+    pub fn to_canvas_all(&mut self, frames: &[RgbFrame]) -> Result<Vec<RgbFrame>> {
+        let g = self.geometry;
+        self.spread(frames, |(down, _), f| to_canvas(down, g, f))
+    }
+
+    /// [`Resizer::restore`] for a window's frames, spread over the cores.
+    pub fn restore_all(&mut self, frames: &[RgbFrame]) -> Result<Vec<RgbFrame>> {
+        let g = self.geometry;
+        self.spread(frames, |(_, up), f| restore(up, g, f))
+    }
+
+    fn spread(
+        &mut self,
+        frames: &[RgbFrame],
+        each: impl Fn(&mut (Option<Scaler>, Option<Scaler>), &RgbFrame) -> Result<RgbFrame> + Sync,
+    ) -> Result<Vec<RgbFrame>> {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads().min(frames.len()).max(1);
+        if threads == 1 {
+            let mut own = (self.down.take(), self.up.take());
+            let out = frames.iter().map(|f| each(&mut own, f)).collect();
+            (self.down, self.up) = own;
+            return out;
+        }
+        self.spare.resize_with(threads, || (None, None));
+        let chunk = frames.len().div_ceil(threads);
+        let parts: Vec<Result<Vec<RgbFrame>>> = self
+            .spare
+            .par_iter_mut()
+            .zip(frames.par_chunks(chunk))
+            .map(|(ctx, part)| part.iter().map(|f| each(ctx, f)).collect())
+            .collect();
+        let mut out = Vec::with_capacity(frames.len());
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+}
+
+fn to_canvas(cache: &mut Option<Scaler>, g: Letterbox, f: &RgbFrame) -> Result<RgbFrame> {
+    let scaled = scale_rgb(cache, f, g.content_w, g.content_h)?;
+    Ok(pad_replicate(&scaled, g.canvas_w, g.canvas_h))
+}
+
+fn restore(cache: &mut Option<Scaler>, g: Letterbox, f: &RgbFrame) -> Result<RgbFrame> {
+    let cropped = crop(f, g.content_w, g.content_h);
+    scale_rgb(cache, &cropped, g.src_w, g.src_h)
 }
 
 /// Scales through planar GBR: swscale resamples each channel on its own, with no colour
@@ -233,5 +285,32 @@ mod tests {
             .max()
             .unwrap();
         assert!(max_err <= 8, "max error {max_err}");
+    }
+
+    #[test]
+    fn a_window_resized_across_threads_is_the_frames_resized_one_by_one() {
+        crate::media::init();
+        let frames: Vec<RgbFrame> = (0..7)
+            .map(|k| {
+                let mut f = RgbFrame::new(k, 10 * k as i64, 1, 200, 120);
+                for (i, b) in f.data.iter_mut().enumerate() {
+                    *b = ((i * (k as usize + 3) / 7) % 251) as u8;
+                }
+                f
+            })
+            .collect();
+        let g = Letterbox::fit(200, 120, Some(48), 16);
+        let mut one = Resizer::new(g);
+        let mut all = Resizer::new(g);
+        let canvases = all.to_canvas_all(&frames).unwrap();
+        assert_eq!(canvases.len(), frames.len());
+        for (f, c) in frames.iter().zip(&canvases) {
+            assert_eq!(&one.to_canvas(f).unwrap(), c, "frame {}", f.index);
+        }
+        let restored = all.restore_all(&canvases).unwrap();
+        for (c, r) in canvases.iter().zip(&restored) {
+            assert_eq!(&one.restore(c).unwrap(), r, "frame {}", c.index);
+        }
+        assert!(all.restore_all(&[]).unwrap().is_empty());
     }
 }

@@ -342,11 +342,9 @@ pub fn prepare_encode(
             break;
         }
         let t0 = Instant::now();
-        let canvas: Vec<RgbFrame> = w
-            .frames
-            .iter()
-            .map(|f| cfg.resizer.to_canvas(f))
-            .collect::<Result<_, _>>()
+        let canvas = cfg
+            .resizer
+            .to_canvas_all(&w.frames)
             .map_err(|m| e(m.to_string()))?;
         let pixels = tensor::frames_to_tensor(&canvas);
         let scale = cfg.scale_factor;
@@ -708,11 +706,7 @@ pub fn decode_finish(
                 .map_err(|m| e(m.to_string()))?
                 .map_err(&e)?;
             pool::give(frames_lat);
-            let restored: Vec<RgbFrame> = canvas
-                .iter()
-                .map(|f| resizer.restore(f))
-                .collect::<Result<_, _>>()
-                .map_err(|m| e(m.to_string()))?;
+            let restored = resizer.restore_all(&canvas).map_err(|m| e(m.to_string()))?;
             if let Some(c) = clip.as_mut() {
                 // CLIP sees the picture at the processing size, padding cropped off: the
                 // restored frame is that picture scaled up, no more, and shrinking it again
