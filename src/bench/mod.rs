@@ -299,12 +299,15 @@ struct PipelineBench {
     /// mux: decoding, colour conversion, x264), and in ctxd's own code (everything else:
     /// the sampler's arithmetic, tensor conversions, resizing, CLIP preprocessing).
     busy_split: BusySplit,
+    /// The same split for the run one window at a time (what `--pipelining auto` picks on a
+    /// small CPU host), where the networks' stages do not compete for the cores.
+    sequential_busy_split: BusySplit,
     cold_start: ColdStart,
     memory: Option<Memory>,
 }
 
 #[derive(Debug, Serialize)]
-struct BusySplit {
+pub(crate) struct BusySplit {
     onnx_s: f64,
     media_s: f64,
     ours_s: f64,
@@ -312,6 +315,39 @@ struct BusySplit {
     ours_per_wall: f64,
     /// (media + ours) / wall time: everything outside ONNX Runtime.
     outside_onnx_per_wall: f64,
+}
+
+impl BusySplit {
+    /// From one run's stages: ONNX Runtime's time in every stage, the rest of the decode and
+    /// mux stages as FFmpeg's, the rest of the other stages as ctxd's.
+    fn of(run: &crate::pipeline::report::EditReport) -> BusySplit {
+        let onnx: f64 = run.stages.values().map(|v| v.onnx_s).sum();
+        let busy: f64 = run.stages.values().map(|v| v.busy_s).sum();
+        let media: f64 = ["decode", "mux"]
+            .iter()
+            .filter_map(|k| run.stages.get(*k))
+            .map(|v| v.busy_s - v.onnx_s)
+            .sum();
+        let ours = busy - onnx - media;
+        BusySplit {
+            onnx_s: onnx,
+            media_s: media,
+            ours_s: ours,
+            ours_per_wall: ours / run.wall_s,
+            outside_onnx_per_wall: (ours + media) / run.wall_s,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "ONNX Runtime {:.2} s, FFmpeg stages {:.2} s, ctxd's own code {:.2} s = {:.1} % of wall time (outside ONNX Runtime: {:.1} % of wall time)",
+            self.onnx_s,
+            self.media_s,
+            self.ours_s,
+            100.0 * self.ours_per_wall,
+            100.0 * self.outside_onnx_per_wall
+        )
+    }
 }
 
 /// Loading every stage's networks, with ONNX Runtime's optimized-model cache off and then
@@ -489,19 +525,8 @@ pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
         .collect();
     let onnx: f64 = stages.values().map(|v| v.1).sum();
     let busy: f64 = stages.values().map(|v| v.0).sum();
-    let media: f64 = ["decode", "mux"]
-        .iter()
-        .filter_map(|k| stages.get(*k))
-        .map(|v| v.0 - v.1)
-        .sum();
-    let ours = busy - onnx - media;
-    let busy_split = BusySplit {
-        onnx_s: onnx,
-        media_s: media,
-        ours_s: ours,
-        ours_per_wall: ours / s.wall_s,
-        outside_onnx_per_wall: (ours + media) / s.wall_s,
-    };
+    let busy_split = BusySplit::of(s);
+    let sequential_busy_split = BusySplit::of(q);
     let cold_start = cold_start(&args.bundle, args.steps, 3)?;
     let memory = if args.no_memory {
         None
@@ -557,6 +582,7 @@ pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
         onnx_per_wall: onnx / s.wall_s,
         stages,
         busy_split,
+        sequential_busy_split,
         cold_start,
         memory,
     };
@@ -586,14 +612,10 @@ pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
         for (k, (b, o)) in &r.stages {
             println!("    {k:<11} busy {b:>7.2} s  onnx {o:>7.2} s");
         }
-        let b = &r.busy_split;
+        println!("  busy time, staged: {}", r.busy_split.line());
         println!(
-            "  busy time: ONNX Runtime {:.2} s, FFmpeg stages {:.2} s, ctxd's own code {:.2} s = {:.1} % of wall time (outside ONNX Runtime: {:.1} % of wall time)",
-            b.onnx_s,
-            b.media_s,
-            b.ours_s,
-            100.0 * b.ours_per_wall,
-            100.0 * b.outside_onnx_per_wall
+            "  busy time, sequential: {}",
+            r.sequential_busy_split.line()
         );
         let c = &r.cold_start;
         println!(
