@@ -159,3 +159,37 @@ fn the_optimized_model_cache_is_filled_and_changes_nothing() {
         );
     }
 }
+
+#[test]
+fn bundles_named_under_the_ctxd_home_open_from_any_folder() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let bench = |extra: &[&str]| {
+        ctxd()
+            .current_dir(elsewhere.path())
+            .env_remove("CTXD_HOME")
+            .args(["bench", "sampler", "--steps", "1", "--frames", "2"])
+            .args(["--latent", "8"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The bench's default, models/tiny, and a --bundle named the same way: neither is under
+    // this folder; both are under the source tree ctxd was built from.
+    for extra in [&[][..], &["--bundle", "models/tiny"]] {
+        let out = bench(extra);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("tiny"));
+    }
+    // A name that is nowhere is refused under the name the user gave.
+    let out = bench(&["--bundle", "models/none"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("models/none") && err.contains("no bundle"),
+        "{err}"
+    );
+}

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub struct BatchBenchArgs {
     /// Bundle every run uses (tiny: real network shapes, so the networks dominate as with a
     /// real model).
-    #[arg(long, default_value = "models/tiny")]
+    #[arg(long, default_value = "models/tiny", value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: PathBuf,
     /// How many clips in the archive.
     #[arg(long, default_value_t = 6)]

@@ -18,7 +18,7 @@ use crate::cluster::ClusterOptions;
 
 #[derive(Args, Debug)]
 pub struct ClusterBenchArgs {
-    #[arg(long, default_value = "models/tiny")]
+    #[arg(long, default_value = "models/tiny", value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: PathBuf,
     /// Jobs per round (clips of --seconds at 160x120, 10 fps).
     #[arg(long, default_value_t = 12)]

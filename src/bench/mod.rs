@@ -128,7 +128,7 @@ pub(crate) fn generate_clip(dir: &Path, seconds: u32) -> Result<PathBuf> {
 #[derive(Args, Debug)]
 pub struct SamplerBenchArgs {
     /// Bundle to run (its UNet and context adapter).
-    #[arg(long, default_value = "models/tiny")]
+    #[arg(long, default_value = "models/tiny", value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: PathBuf,
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
@@ -258,7 +258,7 @@ pub fn sampler(args: &SamplerBenchArgs) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct PipelineBenchArgs {
     /// Bundle for the throughput comparison.
-    #[arg(long, default_value = "models/tiny")]
+    #[arg(long, default_value = "models/tiny", value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: PathBuf,
     /// Length of the generated throughput clip (seconds, 640x360 at 24 fps).
     #[arg(long, default_value_t = 4)]
@@ -541,9 +541,9 @@ pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
             let child = Command::new(exe)
                 .args(["-q", "edit"])
                 .arg(input)
+                .args(["--bundle"])
+                .arg(crate::cli::edit::home().join("models/oracle"))
                 .args([
-                    "--bundle",
-                    "models/oracle",
                     "--source",
                     "gray",
                     "--prompt",

@@ -33,7 +33,7 @@ const SHEET_CLIPS: usize = 6;
 #[derive(Args, Debug)]
 pub struct QualityBenchArgs {
     /// Bundle (default: the preset's, else models/demo).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: Option<PathBuf>,
     /// Held-out set: heldout.json and its clips (default: models/train/clips/heldout).
     #[arg(long)]

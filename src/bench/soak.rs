@@ -30,7 +30,7 @@ pub struct SoakBenchArgs {
     #[arg(long, default_value_t = 8)]
     pub bad_every: usize,
     /// Bundle the daemon uses.
-    #[arg(long, default_value = "models/oracle")]
+    #[arg(long, default_value = "models/oracle", value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: PathBuf,
     /// DDIM steps per edit.
     #[arg(long, default_value_t = 4)]

@@ -27,7 +27,7 @@ use crate::pipeline::windows::Anchor;
 #[derive(Args, Debug)]
 pub struct StreamBenchArgs {
     /// Bundle to edit with.
-    #[arg(long, default_value = "models/oracle")]
+    #[arg(long, default_value = "models/oracle", value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: PathBuf,
     /// Length of the content for throughput, delay and consistency (seconds).
     #[arg(long, default_value_t = 60)]

@@ -18,7 +18,7 @@ use super::harness::{WatchRoot, WatchSettings};
 #[derive(Args, Debug)]
 pub struct WatchBenchArgs {
     /// Bundle both runs use.
-    #[arg(long, default_value = "models/oracle")]
+    #[arg(long, default_value = "models/oracle", value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: PathBuf,
     /// How many clips.
     #[arg(long, default_value_t = 50)]

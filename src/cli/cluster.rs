@@ -62,7 +62,7 @@ pub struct WorkerArgs {
     pub slots: usize,
     /// Model bundle folder (default: $CTXD_BUNDLE, else models/oracle); every worker of a
     /// cluster needs the same one, which submitters key jobs by.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: Option<PathBuf>,
     /// This worker's name in `ctxd status` (default: host-pid).
     #[arg(long)]

@@ -43,7 +43,7 @@ pub struct EditArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SpecArgs {
     /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: Option<PathBuf>,
     /// Pipeline preset: a name in pipelines/ (default, fast, reconstruct; demo for a bundle made
     /// by models/train) or a TOML file.
@@ -147,6 +147,19 @@ pub fn home() -> PathBuf {
         return PathBuf::from(".");
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A bundle folder as given, or, when a relative path names nothing here, the same path under
+/// [`home`]: the benches' default bundles (`models/tiny`) then work from any folder.
+pub fn bundle_dir(s: &str) -> Result<PathBuf, String> {
+    let given = PathBuf::from(s);
+    if given.is_relative() && !given.exists() {
+        let under_home = home().join(&given);
+        if under_home.is_dir() {
+            return Ok(under_home);
+        }
+    }
+    Ok(given)
 }
 
 /// A usage or configuration problem (exit 2), as opposed to a failed job (exit 1).

@@ -54,7 +54,7 @@ pub struct StreamArgs {
     #[arg(long)]
     pub preset: Option<String>,
     /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: Option<PathBuf>,
     /// Frames per window (default: the preset's).
     #[arg(long)]

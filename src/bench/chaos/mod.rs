@@ -56,7 +56,7 @@ pub struct ChaosBenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub max_attempts: u32,
     /// Bundle the daemon uses.
-    #[arg(long, default_value = "models/oracle")]
+    #[arg(long, default_value = "models/oracle", value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: PathBuf,
     /// DDIM steps per edit.
     #[arg(long, default_value_t = 6)]
