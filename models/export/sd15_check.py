@@ -23,7 +23,7 @@
 
 About 17 minutes on 2 CPU cores; peak memory: exporter 9.1 GiB, ctxd edit 9.9 GiB, and this
 process 14.8 GiB in step 5 (it holds the PyTorch UNet and the onnxruntime session at once so
-that their calls can alternate); 8.5 GB of disk in DIR.
+that their calls can alternate); 12 GB of disk (3.6 GB of it the optimized UNet cached with its weights) in DIR.
 Exit status 1 when a step fails (the JSON still records what ran); the timing ratio is
 reported against the goal (<= 1.0) but does not fail the run.
 """

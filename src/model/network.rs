@@ -74,23 +74,10 @@ impl Network {
         manifest: &Manifest,
         opts: &RuntimeOptions,
     ) -> Result<Network> {
-        // ONNX Runtime cannot write an optimized model past 2 GB as one file: trying costs a
-        // second optimization of the largest network on every load, so a network with external
-        // weights is never cached (SD 1.5's UNet: 3.4 GB).
-        let uncached;
-        let opts = if has_external_data(path, manifest) && opts.optimized_cache.is_some() {
-            uncached = RuntimeOptions {
-                optimized_cache: None,
-                ..opts.clone()
-            };
-            &uncached
-        } else {
-            opts
-        };
         let warm_key = super::warm::key(path, opts);
         let (session, provider) = match warm_key.as_ref().and_then(super::warm::take) {
             Some(warm) => warm,
-            None => runtime::open_session(path, opts)?,
+            None => runtime::open_session(path, external_data(path, manifest).as_deref(), opts)?,
         };
         // Checked on every load, warm or not: the manifest may have changed.
         let (inputs, outputs) = contract::check(kind, &session, path, manifest)?;
@@ -401,11 +388,11 @@ fn selecting(kind: Kind, output: &str, shrink: bool) -> Result<RunOptions<HasSel
 }
 
 /// Whether the manifest gives the network at `path` its weights in a separate file.
-fn has_external_data(path: &Path, manifest: &Manifest) -> bool {
-    manifest
-        .models
-        .values()
-        .any(|f| f.external_data.is_some() && path.ends_with(&f.file))
+/// The external weights file of the network at `path`, when its manifest entry names one.
+fn external_data(path: &Path, manifest: &Manifest) -> Option<PathBuf> {
+    let entry = manifest.models.values().find(|f| path.ends_with(&f.file))?;
+    let data = entry.external_data.as_ref()?;
+    Some(path.parent().unwrap_or(Path::new("")).join(data))
 }
 
 fn run_error(kind: Kind, cause: String) -> ModelError {

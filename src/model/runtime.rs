@@ -204,7 +204,46 @@ pub fn default_optimized_cache() -> Option<PathBuf> {
 /// Runtime's API level, the optimization level and this CPU: level 3 writes kernels chosen
 /// for the CPU's instruction set (NCHWc layouts), which another CPU sharing the cache folder
 /// (a home directory on NFS) might not run.
-fn optimized_path(dir: &Path, path: &Path) -> Option<PathBuf> {
+/// Optimizes `path` into the cache for a network whose weights are an external file (past
+/// 2 GB, which one ONNX file cannot hold): the optimized graph at `cached` and its weights
+/// beside it (`<cached>.data`, the name the graph refers to). Both are written in the private
+/// folder `work`, then the weights and last the graph are moved into place, so a load that
+/// finds the graph finds its weights whole.
+fn save_with_external_weights(
+    builder: ort::session::builder::SessionBuilder,
+    path: &Path,
+    work: &Path,
+    cached: &Path,
+) -> std::result::Result<Session, String> {
+    let (Some(dir), Some(name)) = (cached.parent(), cached.file_name()) else {
+        return Err(format!("{}: no folder", cached.display()));
+    };
+    let data = format!("{}.data", name.to_string_lossy());
+    std::fs::create_dir_all(work).map_err(|e| e.to_string())?;
+    let session = builder
+        .with_optimized_model_path(work.join(name))
+        .map_err(|e| e.to_string())?
+        .with_config_entry(
+            "session.optimized_model_external_initializers_file_name",
+            &data,
+        )
+        .map_err(|e| e.to_string())?
+        .with_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            "4096",
+        )
+        .map_err(|e| e.to_string())?
+        .commit_from_file(path)
+        .map_err(|e| e.to_string())?;
+    std::fs::rename(work.join(&data), dir.join(&data))
+        .and_then(|()| std::fs::rename(work.join(name), cached))
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir(work);
+    Ok(session)
+}
+
+/// The cache's file for the optimized `path` (and `external`, its weights, when it has them).
+fn optimized_path(dir: &Path, path: &Path, external: Option<&Path>) -> Option<PathBuf> {
     use sha2::{Digest, Sha256};
     let canon = path.canonicalize().ok()?;
     let meta = std::fs::metadata(&canon).ok()?;
@@ -217,6 +256,17 @@ fn optimized_path(dir: &Path, path: &Path) -> Option<PathBuf> {
     h.update(canon.to_string_lossy().as_bytes());
     h.update(meta.len().to_le_bytes());
     h.update(mtime.as_nanos().to_le_bytes());
+    if let Some(data) = external {
+        let meta = std::fs::metadata(data).ok()?;
+        let mtime = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        h.update(b"external");
+        h.update(meta.len().to_le_bytes());
+        h.update(mtime.as_nanos().to_le_bytes());
+    }
     h.update(ort::MINOR_VERSION.to_le_bytes());
     h.update(b"cpu level3");
     h.update(cpu_identity().as_bytes());
@@ -299,11 +349,16 @@ fn share_cpu_arena(env: &Environment) -> std::result::Result<(), String> {
     registered
 }
 
-/// Opens `path` as a session on the requested device.
+/// Opens `path` (whose weights are in `external`, when it names a file) as a session on the
+/// requested device.
 ///
 /// # Errors
 /// `Load` when ONNX Runtime rejects the file; `Device` when CUDA was required and cannot be had.
-pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Provider)> {
+pub fn open_session(
+    path: &Path,
+    external: Option<&Path>,
+    opts: &RuntimeOptions,
+) -> Result<(Session, Provider)> {
     let env = environment()?;
     let load_err = |e: ort::Error| ModelError::Load {
         path: path.to_path_buf(),
@@ -375,7 +430,7 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
         let Some(cached) = opts
             .optimized_cache
             .as_deref()
-            .and_then(|dir| optimized_path(dir, path))
+            .and_then(|dir| optimized_path(dir, path, external))
         else {
             let s = cpu_builder()?.commit_from_file(path).map_err(load_err)?;
             count_build(Build::Uncached, since);
@@ -395,35 +450,43 @@ pub fn open_session(path: &Path, opts: &RuntimeOptions) -> Result<(Session, Prov
         let dir = cached.parent().unwrap_or(Path::new("."));
         // Unique per process and per load: two stages of one job may load the same UNet at once.
         static LOADS: AtomicU64 = AtomicU64::new(0);
+        let name = cached.file_name().unwrap_or_default().to_string_lossy();
         let tmp = dir.join(format!(
-            ".{}.{}-{}.tmp",
-            cached.file_name().unwrap_or_default().to_string_lossy(),
+            ".{name}.{}-{}.tmp",
             std::process::id(),
             LOADS.fetch_add(1, Ordering::Relaxed)
         ));
         let saved = std::fs::create_dir_all(dir)
             .map_err(|e| e.to_string())
-            .and_then(|()| {
-                cpu_builder()
+            .and_then(|()| match external {
+                None => cpu_builder()
                     .map_err(|e| e.to_string())?
                     .with_optimized_model_path(&tmp)
                     .map_err(|e| e.to_string())?
                     .commit_from_file(path)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string()),
+                Some(_) => save_with_external_weights(
+                    cpu_builder().map_err(|e| e.to_string())?,
+                    path,
+                    &tmp,
+                    &cached,
+                ),
             });
         match saved {
             Ok(s) => {
-                if let Err(e) = std::fs::rename(&tmp, &cached) {
-                    tracing::debug!("optimized model {}: {e}", cached.display());
-                    let _ = std::fs::remove_file(&tmp);
+                if external.is_none() {
+                    if let Err(e) = std::fs::rename(&tmp, &cached) {
+                        tracing::debug!("optimized model {}: {e}", cached.display());
+                        let _ = std::fs::remove_file(&tmp);
+                    }
                 }
                 count_build(Build::Saved, since);
                 Ok(s)
             }
             Err(e) => {
-                // e.g. a model past 2 GB that ONNX Runtime cannot save in one file
                 tracing::debug!("not caching the optimized {}: {e}", path.display());
                 let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_dir_all(&tmp);
                 let s = cpu_builder()?.commit_from_file(path).map_err(load_err)?;
                 count_build(Build::Uncached, since);
                 Ok(s)
@@ -468,6 +531,71 @@ mod tests {
         let id = cpu_identity();
         if std::path::Path::new("/proc/cpuinfo").exists() {
             assert!(id.len() > 10 && id.contains('|'), "{id}");
+        }
+    }
+
+    /// A network whose weights are an external file (the exporter's layout past 2 GB) is
+    /// cached with its weights beside it, both moved into place only when whole, and the next
+    /// load reads them instead of optimizing again; the outputs do not change.
+    #[test]
+    fn a_network_with_external_weights_is_cached_with_them() {
+        use std::os::unix::fs::MetadataExt;
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/external_weights.onnx");
+        let data = model.with_file_name("external_weights.onnx.data");
+        let cache = tempfile::tempdir().unwrap();
+        let cached = RuntimeOptions {
+            device: Device::Cpu,
+            optimized_cache: Some(cache.path().to_path_buf()),
+            ..Default::default()
+        };
+        let plain = RuntimeOptions {
+            device: Device::Cpu,
+            ..Default::default()
+        };
+        let x =
+            ndarray::Array2::from_shape_fn((3, 64), |(i, j)| ((i * 7 + j) % 13) as f32 / 6.5 - 1.0);
+        let run = |opts: &RuntimeOptions| -> Vec<f32> {
+            let (mut s, _) = open_session(&model, Some(&data), opts).unwrap();
+            let out = s
+                .run(ort::inputs!["x" => ort::value::Tensor::from_array(x.clone()).unwrap()])
+                .unwrap();
+            out["y"]
+                .try_extract_array::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        };
+        let want = run(&plain);
+        assert!(want.iter().any(|&v| v > 0.0));
+        let first = run(&cached);
+        let mut names: Vec<String> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names.len(),
+            2,
+            "a graph and its weights, nothing temporary: {names:?}"
+        );
+        assert!(names[0].starts_with("external_weights-") && names[0].ends_with(".onnx"));
+        assert_eq!(names[1], format!("{}.data", names[0]));
+        let graph = cache.path().join(&names[0]);
+        let saved = std::fs::metadata(&graph).unwrap().ino();
+        let second = run(&cached);
+        assert_eq!(
+            std::fs::metadata(&graph).unwrap().ino(),
+            saved,
+            "the second load was served by the cache, not saved again"
+        );
+        for got in [&first, &second] {
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(err < 1e-5, "{err}");
         }
     }
 
