@@ -242,38 +242,74 @@ fn save_with_external_weights(
     Ok(session)
 }
 
-/// The cache's file for the optimized `path` (and `external`, its weights, when it has them).
+/// The cache's file for the optimized `path` (and `external`, its weights, when it has them):
+/// `<stem>-<source>-<key>.onnx`, where `source` names the file (its path) and `key` everything
+/// the optimized graph depends on, so a new version of the same file can replace the entry of
+/// the old one ([`evict_older_versions`]).
 fn optimized_path(dir: &Path, path: &Path, external: Option<&Path>) -> Option<PathBuf> {
     use sha2::{Digest, Sha256};
+    let stamp = |p: &Path| -> Option<(u64, u128)> {
+        let meta = std::fs::metadata(p).ok()?;
+        let mtime = meta.modified().ok()?;
+        let since = mtime.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some((meta.len(), since.as_nanos()))
+    };
     let canon = path.canonicalize().ok()?;
-    let meta = std::fs::metadata(&canon).ok()?;
-    let mtime = meta
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
     let mut h = Sha256::new();
     h.update(canon.to_string_lossy().as_bytes());
-    h.update(meta.len().to_le_bytes());
-    h.update(mtime.as_nanos().to_le_bytes());
+    let source: String = h.clone().finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (len, mtime) = stamp(&canon)?;
+    h.update(len.to_le_bytes());
+    h.update(mtime.to_le_bytes());
     if let Some(data) = external {
-        let meta = std::fs::metadata(data).ok()?;
-        let mtime = meta
-            .modified()
-            .ok()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?;
+        let (len, mtime) = stamp(data)?;
         h.update(b"external");
-        h.update(meta.len().to_le_bytes());
-        h.update(mtime.as_nanos().to_le_bytes());
+        h.update(len.to_le_bytes());
+        h.update(mtime.to_le_bytes());
     }
     h.update(ort::MINOR_VERSION.to_le_bytes());
     h.update(b"cpu level3");
     h.update(cpu_identity().as_bytes());
     let digest = h.finalize();
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let key: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     let stem = path.file_stem()?.to_string_lossy().into_owned();
-    Some(dir.join(format!("{stem}-{hex}.onnx")))
+    Some(dir.join(format!("{stem}-{source}-{key}.onnx")))
+}
+
+/// Removes the cache's entries (graph and weights) for other versions of the file `cached`
+/// was made from: the same stem and source, another key. A re-export or an ONNX Runtime
+/// upgrade would otherwise leave the old entry behind for good, 3.6 GB for an SD-size UNet.
+fn evict_older_versions(cached: &Path) {
+    let (Some(dir), Some(name)) = (cached.parent(), cached.file_name().and_then(|n| n.to_str()))
+    else {
+        return;
+    };
+    let Some((prefix, _)) = name.strip_suffix(".onnx").and_then(|n| n.rsplit_once('-')) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(other) = file.to_str() else { continue };
+        let key = other
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| {
+                r.strip_suffix(".onnx.data")
+                    .or_else(|| r.strip_suffix(".onnx"))
+            });
+        let older = key.is_some_and(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+        if older && !other.starts_with(name) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::debug!("optimized model {}: {e}", entry.path().display());
+            }
+        }
+    }
 }
 
 /// The CPU's model name and feature flags as the kernel reports them (empty where there is no
@@ -480,6 +516,7 @@ pub fn open_session(
                         let _ = std::fs::remove_file(&tmp);
                     }
                 }
+                evict_older_versions(&cached);
                 count_build(Build::Saved, since);
                 Ok(s)
             }
@@ -568,7 +605,23 @@ mod tests {
         };
         let want = run(&plain);
         assert!(want.iter().any(|&v| v > 0.0));
+        // An older version of the same file's entry goes when the new one is saved; another
+        // file's entry stays.
+        let name = optimized_path(cache.path(), &model, Some(&data)).unwrap();
+        let name = name.file_name().unwrap().to_str().unwrap();
+        let (prefix, _) = name
+            .strip_suffix(".onnx")
+            .unwrap()
+            .rsplit_once('-')
+            .unwrap();
+        let old = format!("{prefix}-{}.onnx", "0".repeat(32));
+        let other = format!("{}-{}.onnx", &prefix[..prefix.len() - 1], "0".repeat(32));
+        for f in [old.clone(), format!("{old}.data"), other.clone()] {
+            std::fs::write(cache.path().join(f), b"stale").unwrap();
+        }
         let first = run(&cached);
+        assert!(cache.path().join(&other).exists());
+        std::fs::remove_file(cache.path().join(&other)).unwrap();
         let mut names: Vec<String> = std::fs::read_dir(cache.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
