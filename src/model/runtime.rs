@@ -293,17 +293,23 @@ fn evict_older_versions(cached: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(other) = file.to_str() else { continue };
-        let key = other
-            .strip_prefix(prefix)
+    // Entries named before the source was part of the name (`<stem>-<key>.onnx`) are never
+    // read again: they go too.
+    let stem = prefix.rsplit_once('-').map(|(stem, _)| stem);
+    let is_key = |k: &str| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit());
+    let key_after = |other: &str, head: Option<&str>| -> bool {
+        head.and_then(|h| other.strip_prefix(h))
             .and_then(|r| r.strip_prefix('-'))
             .and_then(|r| {
                 r.strip_suffix(".onnx.data")
                     .or_else(|| r.strip_suffix(".onnx"))
-            });
-        let older = key.is_some_and(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+            })
+            .is_some_and(is_key)
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(other) = file.to_str() else { continue };
+        let older = key_after(other, Some(prefix)) || key_after(other, stem);
         if older && !other.starts_with(name) {
             if let Err(e) = std::fs::remove_file(entry.path()) {
                 tracing::debug!("optimized model {}: {e}", entry.path().display());
@@ -616,7 +622,13 @@ mod tests {
             .unwrap();
         let old = format!("{prefix}-{}.onnx", "0".repeat(32));
         let other = format!("{}-{}.onnx", &prefix[..prefix.len() - 1], "0".repeat(32));
-        for f in [old.clone(), format!("{old}.data"), other.clone()] {
+        let old_naming = format!("external_weights-{}.onnx", "1".repeat(32));
+        for f in [
+            old.clone(),
+            format!("{old}.data"),
+            other.clone(),
+            old_naming,
+        ] {
             std::fs::write(cache.path().join(f), b"stale").unwrap();
         }
         let first = run(&cached);
