@@ -523,9 +523,9 @@ pub fn pipeline(args: &PipelineBenchArgs) -> Result<()> {
         .iter()
         .map(|(k, v)| (k.clone(), (v.busy_s, v.onnx_s)))
         .collect();
-    let onnx: f64 = stages.values().map(|v| v.1).sum();
-    let busy: f64 = stages.values().map(|v| v.0).sum();
     let busy_split = BusySplit::of(s);
+    let onnx = busy_split.onnx_s;
+    let busy = onnx + busy_split.media_s + busy_split.ours_s;
     let sequential_busy_split = BusySplit::of(q);
     let cold_start = cold_start(&args.bundle, args.steps, 3)?;
     let memory = if args.no_memory {

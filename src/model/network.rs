@@ -387,7 +387,6 @@ fn selecting(kind: Kind, output: &str, shrink: bool) -> Result<RunOptions<HasSel
     Ok(options)
 }
 
-/// Whether the manifest gives the network at `path` its weights in a separate file.
 /// The external weights file of the network at `path`, when its manifest entry names one.
 fn external_data(path: &Path, manifest: &Manifest) -> Option<PathBuf> {
     let entry = manifest.models.values().find(|f| path.ends_with(&f.file))?;

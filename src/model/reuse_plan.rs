@@ -18,30 +18,16 @@
 //! layout) and nothing is written: sessions plan reuse as before. `CTXD_ORT_MEM_REUSE=1` keeps
 //! the planning on, for comparison.
 
-use std::ffi::CStr;
 use std::sync::OnceLock;
 
 use ort::session::builder::SessionBuilder;
 use ort::AsPointer;
 
+use super::runtime::ort_status;
+
 /// Bytes of `OrtSessionOptions` looked at; the three flags sit about 48 bytes in, and the
 /// structure is several hundred bytes long.
 const SCAN: usize = 128;
-
-/// Turns a status from the C API into a `Result`, releasing it.
-pub(crate) fn ort_status(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
-    if status.0.is_null() {
-        return Ok(());
-    }
-    let api = ort::api();
-    // SAFETY: a non-null status from the API; its message lives until it is released.
-    let msg = unsafe { CStr::from_ptr((api.GetErrorMessage)(status.0)) }
-        .to_string_lossy()
-        .into_owned();
-    // SAFETY: released once, after its message was copied.
-    unsafe { (api.ReleaseStatus)(status.0) };
-    Err(msg)
-}
 
 /// The offset of `enable_mem_reuse` in `OrtSessionOptions`, when the layout is the known one.
 fn offset() -> Option<usize> {
@@ -119,15 +105,19 @@ fn locate(base: &[u8], no_pattern: &[u8], no_arena: &[u8]) -> Result<usize, Stri
 /// Whether sessions are built without memory-reuse planning (the default, where the layout is
 /// known), or the user asked to keep it.
 pub fn planning_off() -> bool {
-    std::env::var("CTXD_ORT_MEM_REUSE").as_deref() != Ok("1") && offset().is_some()
+    clearable_offset().is_some()
+}
+
+/// The flag's offset, unless the layout is unknown or the user keeps the planning.
+fn clearable_offset() -> Option<usize> {
+    offset().filter(|_| std::env::var("CTXD_ORT_MEM_REUSE").as_deref() != Ok("1"))
 }
 
 /// Turns memory-reuse planning off for sessions built with `builder`; false where it stays on.
 pub(crate) fn turn_off(builder: &mut SessionBuilder) -> bool {
-    if !planning_off() {
+    let Some(at) = clearable_offset() else {
         return false;
-    }
-    let Some(at) = offset() else { return false };
+    };
     let flag = builder.ptr().cast_mut().cast::<u8>().wrapping_add(at);
     // SAFETY: the builder owns its live OrtSessionOptions, whose layout `offset` checked: the
     // byte is the `bool enable_mem_reuse` field, written while nothing else uses the options.

@@ -199,11 +199,6 @@ pub fn default_optimized_cache() -> Option<PathBuf> {
     Some(base.join("ctxd").join("ort"))
 }
 
-/// The cache file for `path` under these options: keyed by the model file's identity (its
-/// canonical path, size and modification time, so an edited or replaced file misses), ONNX
-/// Runtime's API level, the optimization level and this CPU: level 3 writes kernels chosen
-/// for the CPU's instruction set (NCHWc layouts), which another CPU sharing the cache folder
-/// (a home directory on NFS) might not run.
 /// Optimizes `path` into the cache for a network whose weights are an external file (past
 /// 2 GB, which one ONNX file cannot hold): the optimized graph at `cached` and its weights
 /// beside it (`<cached>.data`, the name the graph refers to). Both are written in the private
@@ -243,9 +238,13 @@ fn save_with_external_weights(
 }
 
 /// The cache's file for the optimized `path` (and `external`, its weights, when it has them):
-/// `<stem>-<source>-<key>.onnx`, where `source` names the file (its path) and `key` everything
-/// the optimized graph depends on, so a new version of the same file can replace the entry of
-/// the old one ([`evict_older_versions`]).
+/// `<stem>-<source>-<key>.onnx`, where `source` names the file (its path), so a new version of
+/// the same file can replace the entry of the old one ([`evict_older_versions`]), and `key`
+/// everything the optimized graph depends on: the model file's identity (its canonical path,
+/// size and modification time, and its weights file's, so an edited or replaced file misses),
+/// ONNX Runtime's API level, the optimization level and this CPU: level 3 writes kernels chosen
+/// for the CPU's instruction set (NCHWc layouts), which another CPU sharing the cache folder
+/// (a home directory on NFS) might not run.
 fn optimized_path(dir: &Path, path: &Path, external: Option<&Path>) -> Option<PathBuf> {
     use sha2::{Digest, Sha256};
     let stamp = |p: &Path| -> Option<(u64, u128)> {
@@ -335,6 +334,21 @@ fn cpu_identity() -> &'static str {
     })
 }
 
+/// Turns a status from ONNX Runtime's C API into a `Result`, releasing it.
+pub(crate) fn ort_status(status: ort::sys::OrtStatusPtr) -> std::result::Result<(), String> {
+    if status.0.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status from the API; its message lives until it is released.
+    let msg = unsafe { std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: released once, after its message was copied.
+    unsafe { (api.ReleaseStatus)(status.0) };
+    Err(msg)
+}
+
 /// Whether CPU sessions allocate from the environment's shared arena ([`share_cpu_arena`]).
 static SHARED_ARENA: AtomicBool = AtomicBool::new(false);
 
@@ -369,7 +383,7 @@ fn share_cpu_arena(env: &Environment) -> std::result::Result<(), String> {
     use std::ffi::c_char;
 
     let api = ort::api();
-    let check = super::reuse_plan::ort_status;
+    let check = ort_status;
     let info = MemoryInfo::new(
         AllocationDevice::CPU,
         0,
