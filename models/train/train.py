@@ -97,12 +97,16 @@ class Config:
     # uniform draw left the UNet nearly blind to the prompt there.
     t_high: float = 0.5
     t_high_from: int = 600
+    # The decoder's refiner (decoder.py), trained after export on the bundle's own runs: pairs
+    # from this many training clips, then this many steps (0 clips: the plain PCA decoder)
+    decoder_clips: int = 400
+    decoder_steps: int = 12_000
 
 
 CONFIGS = {
     "cpu": Config(),
     "smoke": Config(train_clips=64, heldout_clips=6, vae_steps=20, clip_steps=10, diffuse_steps=20,
-                    warmup=5),
+                    warmup=5, decoder_clips=2, decoder_steps=20),
     # a host with a GPU: more clips, a wider UNet and text encoder, ten times the batch; the
     # same lossless patch-PCA latent. Diffusion steps are usually set by --diffuse-minutes.
     "gpu": Config(train_clips=16000, clip_hidden=64, clip_steps=1500, clip_batch=128,
@@ -728,6 +732,10 @@ def main(argv=None) -> int:
                         "layer by layer where tolerated (compact.py --int8; the shipped demo bundle)")
     p.add_argument("--whiten-upto", type=int, default=None,
                    help="patch PCA: whiten the first N components (0: one global scale, as the first two runs)")
+    p.add_argument("--decoder-clips", type=int, default=None,
+                   help="train the decoder's refiner on this many clips' runs after export (decoder.py; "
+                        "default: the config's; 0 keeps the plain patch-PCA decoder)")
+    p.add_argument("--decoder-steps", type=int, default=None, help="the refiner's training steps")
     p.add_argument("--clips-only", action="store_true",
                    help="write the held-out set and the demo clip, train nothing")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
@@ -749,6 +757,10 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, whiten_upto=args.whiten_upto)
     if args.layers_per_block:
         cfg = dataclasses.replace(cfg, layers_per_block=args.layers_per_block)
+    if args.decoder_clips is not None:
+        cfg = dataclasses.replace(cfg, decoder_clips=args.decoder_clips)
+    if args.decoder_steps is not None:
+        cfg = dataclasses.replace(cfg, decoder_steps=args.decoder_steps)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -758,6 +770,8 @@ def main(argv=None) -> int:
 
     if args.export_from:
         cfg, saved, model, vae, clip = load_checkpoint(args.export_from)
+        cfg = dataclasses.replace(cfg, **{k: getattr(args, k) for k in ("decoder_clips", "decoder_steps")
+                                          if getattr(args, k) is not None})
         args.config, args.seed, args.no_adapter = saved["config"], saved["seed"], not saved["adapter"]
         log(f"checkpoint {args.export_from}: config {args.config}, {model.steps_done} diffusion steps, "
             f"trained with torch {saved['torch']}")
@@ -872,6 +886,14 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
         if args.int8_weights:  # a quarter, where each layer tolerates it
             compact_bundle(args.out, min_mb=5.0, int8=True)
     timings["export"] = time.time() - t
+    if cfg.vae == "patch-pca" and cfg.decoder_clips > 0:
+        # after compaction: the refiner learns what the shipped UNet file writes
+        from .decoder import refine_bundle
+
+        t = time.time()
+        with torch.enable_grad():
+            refine_bundle(args.out, cfg.decoder_clips, cfg.decoder_steps, args.seed)
+        timings["decoder"] = time.time() - t
     timings["total"] = time.time() - t_start
     summary = {"config": args.config, "seed": args.seed, "threads": args.threads,
                "vae_psnr_db": round(vae_psnr, 2), "scale_factor": scale,
