@@ -109,10 +109,16 @@ class Schedule:
             return self.k_of_abar(self.abar_of(t))
         return 0.0 if self.final_k == "zero" else self.k_of_abar(self.final_abar)
 
-    def ddim_timesteps(self, n: int) -> list[int]:
+    def ddim_timesteps(self, n: int, strength: float = 1.0) -> list[int]:
         """Descending. leading: t_i = i * (T // N) + offset, i = N-1 .. 0; trailing (diffusers'
         DDIMScheduler): round(arange(T, 0, -T/N)) - 1, offset ignored. The step from t goes to
-        t - T // N either way."""
+        t - T // N either way. With `strength` < 1 only the ceil(strength * N) least noisy
+        (ctxd's Schedule::with_strength; the tolerance keeps 0.7 * 10 at 7)."""
+        ts = self._ddim_timesteps(n)
+        keep = min(max(math.ceil(strength * n - 1e-9), 1), n)
+        return ts[n - keep:]
+
+    def _ddim_timesteps(self, n: int) -> list[int]:
         if not 1 <= n <= self.T:
             raise ValueError(f"steps must be between 1 and {self.T} (got {n})")
         if self.spacing == "trailing":
@@ -134,15 +140,16 @@ class Schedule:
 MODELS_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def _session(path: str) -> ort.InferenceSession:
+def _session(path: str, threads: int = 1) -> ort.InferenceSession:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1  # deterministic reductions: --check compares to 1e-6
+    so.intra_op_num_threads = threads  # 1: deterministic reductions (--check compares to 1e-6)
     so.inter_op_num_threads = 1
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 class Bundle:
-    def __init__(self, name_or_path: str):
+    def __init__(self, name_or_path: str, threads: int = 1):
+        """`threads` > 1 runs the UNet faster, for callers that need no parity with the goldens."""
         path = name_or_path if os.path.isdir(name_or_path) else os.path.join(MODELS_DIR,
                                                                              name_or_path)
         self.path = path
@@ -152,7 +159,7 @@ class Bundle:
         if self.convention not in ("U", "S"):
             raise ValueError(f"unknown convention {self.convention!r}")
         m = self.toml["models"]
-        self._unet = _session(os.path.join(path, m["unet"]["file"]))
+        self._unet = _session(os.path.join(path, m["unet"]["file"]), threads)
         self._text = _session(os.path.join(path, m["text_encoder"]["file"]))
         self._adapter = (_session(os.path.join(path, m["context_adapter"]["file"]))
                          if "context_adapter" in m else None)
@@ -287,7 +294,7 @@ def _check_noise(noise, steps, shape, needed):
 # --------------------------------------------------------------------------------------------
 def ddim_sample(bundle, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.0,
                 negative=None, mode="source", final_k="zero", k_schedule=None, noise=None,
-                schedule=None):
+                schedule=None, strength=1.0):
     run = _Run(bundle, x0_source, prompt, guidance=guidance, negative=negative, mode=mode,
                final_k=final_k, k_schedule=k_schedule, schedule=schedule)
     sch = run.sch
@@ -295,7 +302,7 @@ def ddim_sample(bundle, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.
     noise = _check_noise(noise, steps, start.shape, eta > 0)
     x = np.asarray(start, dtype=np.float32)
     traj = [x]
-    for i, t in enumerate(sch.ddim_timesteps(steps)):
+    for i, t in enumerate(sch.ddim_timesteps(steps, strength)):
         prev = t - ratio
         a_t, a_p = sch.abar_of(t), sch.abar_of(prev)
         k_p = sch.k_at(prev)  # final_k rule when prev < 0
@@ -315,14 +322,14 @@ def ddim_sample(bundle, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.
 # DDIM inversion (SPEC "DDIM inversion", CD §3): x0 -> x_T, timesteps ascending
 # --------------------------------------------------------------------------------------------
 def ddim_invert(bundle, start, x0_source, prompt, *, steps, guidance=1.0, negative=None,
-                mode="source", final_k="zero", k_schedule=None, schedule=None):
+                mode="source", final_k="zero", k_schedule=None, schedule=None, strength=1.0):
     run = _Run(bundle, x0_source, prompt, guidance=guidance, negative=negative, mode=mode,
                final_k=final_k, k_schedule=k_schedule, schedule=schedule)
     sch = run.sch
     ratio = sch.T // steps
     x = np.asarray(start, dtype=np.float32)
     traj = [x]
-    for t in reversed(sch.ddim_timesteps(steps)):
+    for t in reversed(sch.ddim_timesteps(steps, strength)):
         cur = t - ratio
         a_c, a_t = sch.abar_of(cur), sch.abar_of(t)
         k_c, k_t = sch.k_at(cur), sch.k_at(t)  # final_k rule when cur < 0

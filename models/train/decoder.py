@@ -95,88 +95,42 @@ def read_pca_decoder(path: str) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # training pairs: what the bundle's UNet ends on
 # ---------------------------------------------------------------------------------------------
-def strength_timesteps(sch, steps: int, strength: float) -> list[int]:
-    """The `ceil(strength * steps)` least noisy DDIM timesteps, descending (ctxd's
-    Schedule::with_strength)."""
-    ts = sch.ddim_timesteps(steps)
-    keep = min(max(math.ceil(strength * steps - 1e-9), 1), steps)
-    return ts[steps - keep:]
-
-
-def _invert(run, x0, ts, ratio):
-    """models/reference/sampler.py's ddim_invert over the timesteps `ts` only."""
-    sch = run.sch
-    x = x0.astype(np.float32)
-    for t in reversed(ts):
-        cur = t - ratio
-        a_c, a_t = sch.abar_of(cur), sch.abar_of(t)
-        r = run.r(t)
-        eps, _ = run.eps_x0(x, t, r)
-        z0 = (x.astype(np.float64) - sch.k_at(cur) * r - math.sqrt(1 - a_c) * eps) / math.sqrt(a_c)
-        x = (math.sqrt(a_t) * z0 + sch.k_at(t) * r + math.sqrt(1 - a_t) * eps).astype(np.float32)
-        run.x0_est = z0
-    return x
-
-
-def _sample(run, x, ts, ratio):
-    """models/reference/sampler.py's ddim_sample (eta 0) over the timesteps `ts` only."""
-    sch = run.sch
-    for t in ts:
-        prev = t - ratio
-        a_p = sch.abar_of(prev)
-        r = run.r(t)
-        eps, z0 = run.eps_x0(x, t, r)
-        x = (math.sqrt(a_p) * z0 + sch.k_at(prev) * r + math.sqrt(1 - a_p) * eps).astype(np.float32)
-        run.x0_est = z0
-    return x
-
-
-def make_pairs(bundle_dir: str, clips: int, seed: int, first: int = 0, steps: int = 25) -> dict:
-    """End latents of inversion + sampling on training clips `first..first+clips` and the frames
+def make_pairs(bundle_dir: str, clips: int, seed: int, steps: int = 25) -> dict:
+    """End latents of inversion + sampling on the first `clips` training clips and the frames
     they should show. Reconstructions only: edits into a training clip (a copy with one attribute
     changed, inverted and sampled back with the clip's caption) were tried as pairs too, and
     made the refiner blur and pale objects (their path drifts, so the target frames disagree
     with what the UNet drew; models/train/README.md)."""
-    import onnxruntime as ort
-
     from models.reference import sampler as ref
 
-    bundle = ref.Bundle(bundle_dir)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(1, os.cpu_count() or 1)  # the reference's one thread is for parity
-    bundle._unet = ort.InferenceSession(os.path.join(bundle_dir, bundle.toml["models"]["unet"]["file"]), so,
-                                        providers=["CPUExecutionProvider"])
-    enc = ort.InferenceSession(os.path.join(bundle_dir, bundle.toml["models"]["vae_encoder"]["file"]), so,
-                               providers=["CPUExecutionProvider"])
+    threads = max(1, os.cpu_count() or 1)  # no parity with the goldens asked: every core
+    bundle = ref.Bundle(bundle_dir, threads=threads)
+    enc = ref._session(os.path.join(bundle_dir, bundle.toml["models"]["vae_encoder"]["file"]), threads)
     scale = float(bundle.toml["latent"]["scale_factor"])
 
     def latent(frames):  # [F, H, W, 3] uint8 -> [1, C, F, h, w]
         pix = frames.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
         return (enc.run(["latent_mean"], {"sample": pix})[0] * scale).transpose(1, 0, 2, 3)[None]
 
-    def invert_and_sample(x0, source_caption, target_caption, strength, guidance):
-        inv = ref._Run(bundle, x0, source_caption, guidance=1.0, mode="source")
-        ts = strength_timesteps(inv.sch, steps, strength)
-        ratio = inv.sch.T // steps
-        xt = _invert(inv, x0, ts, ratio)
-        run = ref._Run(bundle, x0, target_caption, guidance=guidance, mode="source")
-        return _sample(run, xt, ts, ratio)[0].transpose(1, 0, 2, 3)  # [F, C, h, w]
+    def reconstruct(x0, caption, strength, guidance):  # as ctxd edit: inversion without guidance
+        xt = ref.ddim_invert(bundle, x0, x0, caption, steps=steps, strength=strength)[-1]
+        end = ref.ddim_sample(bundle, xt, x0, caption, steps=steps, guidance=guidance, strength=strength)[-1]
+        return end[0].transpose(1, 0, 2, 3)  # [F, C, h, w]
 
-    rng = np.random.default_rng(seed + 31_337 + first)
+    rng = np.random.default_rng(seed + 31_337)
     ends, cleans, frames_out = [], [], []
     t0 = time.time()
-    for i in range(first, first + clips):
+    for i in range(clips):
         labels = domain.sample_clip(np.random.default_rng(seed * 1_000_003 + i))  # train.py's clip i
         frames = domain.render_clip(labels)
         z = latent(frames)
         strength = float(rng.choice([0.6, 0.7, 0.8, 0.8, 0.9, 1.0]))
         guidance = float(rng.choice([1.0, 2.0, 2.0, 3.0]))
-        ends.append(invert_and_sample(z, labels["caption"], labels["caption"], strength, guidance))
+        ends.append(reconstruct(z, labels["caption"], strength, guidance))
         cleans.append(z[0].transpose(1, 0, 2, 3))
         frames_out.append(frames)
-        done = i + 1 - first
-        if done % 20 == 0:
-            log(f"pairs: {done}/{clips} clips ({(time.time() - t0) / done:.1f} s per clip)")
+        if (i + 1) % 20 == 0:
+            log(f"pairs: {i + 1}/{clips} clips ({(time.time() - t0) / (i + 1):.1f} s per clip)")
     return {"end": np.concatenate(ends), "clean": np.concatenate(cleans),
             "frames": np.concatenate(frames_out)}
 
@@ -229,30 +183,24 @@ def train(model: RefinedPatchDecoder, pairs: dict, steps: int, seed: int, batch:
 
 
 def export_onnx(model: RefinedPatchDecoder, path: str, probe: np.ndarray) -> dict:
-    """vae_decoder.onnx with the contract's names, checked against PyTorch on random latents of
-    odd sizes (as models/export checks every file) and on `probe` (real end latents)."""
-    import onnxruntime as ort
+    """vae_decoder.onnx through the exporter (models/export/onnx_export.py), checked against
+    PyTorch as export_bundle checks its decoder (random latents of odd sizes) and on `probe`
+    (real end latents). Returns the max abs error per case."""
+    from models.export.onnx_export import Spec, check_spec, export_spec
 
-    model.eval()
     c = model.dec.weight.shape[0]
-    torch.onnx.export(model, (torch.randn(2, c, 3, 5),), path, input_names=["latent_sample"],
-                      output_names=["sample"], opset_version=17, dynamo=False,
-                      dynamic_axes={"latent_sample": {0: "N", 2: "h", 3: "w"},
-                                    "sample": {0: "N", 2: "H", 3: "W"}})
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(1)
     cases = {"N=1 1x1": torch.randn(1, c, 1, 1, generator=g), "N=3 2x3": torch.randn(3, c, 2, 3, generator=g),
              "N=2 16x16 (end latents)": torch.from_numpy(probe[:2]).float()}
-    errors = {}
-    for name, z in cases.items():
-        with torch.no_grad():
-            want = model(z).numpy()
-        got = sess.run(["sample"], {"latent_sample": z.numpy()})[0]
-        errors[name] = float(np.abs(got - want).max())
-    worst = max(errors.values())
-    if worst > 1e-4:
-        raise SystemExit(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} ({errors})")
-    log(f"wrote {path}: onnxruntime within {worst:.1e} of PyTorch")
+    spec = Spec("vae_decoder", os.path.basename(path), model, ["latent_sample"], ["sample"],
+                {"latent_sample": {0: "N", 2: "h", 3: "w"}, "sample": {0: "N", 2: "H", 3: "W"}},
+                (torch.randn(2, c, 3, 5, generator=g),), [(z,) for z in cases.values()], list(cases))
+    export_spec(spec, os.path.dirname(path) or ".", external_data="never")
+    check = check_spec(spec, os.path.dirname(path) or ".", tolerance=1e-4)
+    errors = {case["case"]: case["max_abs_error"] for case in check["cases"]}
+    if not check["ok"]:
+        raise SystemExit(f"{path}: onnxruntime differs from PyTorch by {check['max_abs_error']:.2e} ({errors})")
+    log(f"wrote {path}: onnxruntime within {check['max_abs_error']:.1e} of PyTorch")
     return errors
 
 

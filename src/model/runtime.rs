@@ -199,6 +199,26 @@ pub fn default_optimized_cache() -> Option<PathBuf> {
     Some(base.join("ctxd").join("ort"))
 }
 
+/// Optimizes `path` (weights inside) into the cache: written to `tmp`, then renamed to
+/// `cached`. A failed rename loses the cache entry, not the load.
+fn save_optimized(
+    builder: ort::session::builder::SessionBuilder,
+    path: &Path,
+    tmp: &Path,
+    cached: &Path,
+) -> std::result::Result<Session, String> {
+    let session = builder
+        .with_optimized_model_path(tmp)
+        .map_err(|e| e.to_string())?
+        .commit_from_file(path)
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = std::fs::rename(tmp, cached) {
+        tracing::debug!("optimized model {}: {e}", cached.display());
+        let _ = std::fs::remove_file(tmp);
+    }
+    Ok(session)
+}
+
 /// Optimizes `path` into the cache for a network whose weights are an external file (past
 /// 2 GB, which one ONNX file cannot hold): the optimized graph at `cached` and its weights
 /// beside it (`<cached>.data`, the name the graph refers to). Both are written in the private
@@ -514,28 +534,15 @@ pub fn open_session(
         ));
         let saved = std::fs::create_dir_all(dir)
             .map_err(|e| e.to_string())
-            .and_then(|()| match external {
-                None => cpu_builder()
-                    .map_err(|e| e.to_string())?
-                    .with_optimized_model_path(&tmp)
-                    .map_err(|e| e.to_string())?
-                    .commit_from_file(path)
-                    .map_err(|e| e.to_string()),
-                Some(_) => save_with_external_weights(
-                    cpu_builder().map_err(|e| e.to_string())?,
-                    path,
-                    &tmp,
-                    &cached,
-                ),
+            .and_then(|()| {
+                let builder = cpu_builder().map_err(|e| e.to_string())?;
+                match external {
+                    None => save_optimized(builder, path, &tmp, &cached),
+                    Some(_) => save_with_external_weights(builder, path, &tmp, &cached),
+                }
             });
         match saved {
             Ok(s) => {
-                if external.is_none() {
-                    if let Err(e) = std::fs::rename(&tmp, &cached) {
-                        tracing::debug!("optimized model {}: {e}", cached.display());
-                        let _ = std::fs::remove_file(&tmp);
-                    }
-                }
                 evict_older_versions(&cached);
                 count_build(Build::Saved, since);
                 Ok(s)

@@ -1,5 +1,5 @@
-"""The decoder's refiner (models/train/decoder.py): it starts as the lossless PCA decoder, and its
-runs take ctxd's strength steps."""
+"""The decoder's refiner (models/train/decoder.py): it starts as the lossless PCA decoder, and the
+runs it learns from (the reference sampler's, with `strength`) take ctxd's strength steps."""
 import numpy as np
 import torch
 
@@ -22,8 +22,8 @@ def test_an_untrained_refiner_is_the_pca_decoder():
 def test_runs_take_the_least_noisy_steps_as_ctxd_strength_does():
     sched = dict(train.SCHEDULE)
     sch = Schedule(sched, {"k_schedule": "scaled_sqrt_one_minus_abar", "scale": 0.018125, "convention": "U"})
-    assert decoder.strength_timesteps(sch, 25, 1.0) == sch.ddim_timesteps(25)
-    ts = decoder.strength_timesteps(sch, 25, 0.8)
+    assert sch.ddim_timesteps(25, 1.0) == sch.ddim_timesteps(25)
+    ts = sch.ddim_timesteps(25, 0.8)
     assert len(ts) == 20 and ts[0] == 799 and ts[-1] == 39
-    assert len(decoder.strength_timesteps(sch, 25, 0.7)) == 18  # ceil(17.5)
-    assert len(decoder.strength_timesteps(sch, 10, 0.7)) == 7  # 0.7 * 10 is not 8
+    assert len(sch.ddim_timesteps(25, 0.7)) == 18  # ceil(17.5)
+    assert len(sch.ddim_timesteps(10, 0.7)) == 7  # 0.7 * 10 is not 8
