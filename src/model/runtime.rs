@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
 use ort::ep;
@@ -15,6 +15,7 @@ use ort::session::Session;
 use serde::Serialize;
 
 use super::error::{ModelError, Result};
+use super::ort_cache;
 
 /// Where networks run, as the user asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,7 +131,7 @@ pub struct RuntimeOptions {
     /// (None: `$CTXD_SHARED_UNET_BYTES`, else 1 GiB; see `pipeline::graph::StageModels`).
     pub share_unet_from: Option<u64>,
     /// Folder for ONNX Runtime's optimized models on CPU (None: optimize at every load). See
-    /// [`default_optimized_cache`].
+    /// [`default_optimized_cache`](super::ort_cache::default_optimized_cache).
     pub optimized_cache: Option<PathBuf>,
     /// Whether an edit's stages overlap (`Pipelining::resolve`).
     pub pipelining: Pipelining,
@@ -143,7 +144,7 @@ pub struct RuntimeOptions {
 impl RuntimeOptions {
     /// These options with the optimized-model cache where the user's environment puts it.
     pub fn with_default_cache(mut self) -> RuntimeOptions {
-        self.optimized_cache = default_optimized_cache();
+        self.optimized_cache = ort_cache::default_optimized_cache();
         self
     }
 }
@@ -184,174 +185,6 @@ fn count_build(kind: Build, since: Instant) {
     let (n, us) = &BUILDS[kind as usize];
     n.fetch_add(1, Ordering::Relaxed);
     us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
-}
-
-/// Where optimized models are kept: `$CTXD_ORT_CACHE` (`off` or empty: nowhere), else
-/// `$XDG_CACHE_HOME/ctxd/ort`, else `~/.cache/ctxd/ort`.
-pub fn default_optimized_cache() -> Option<PathBuf> {
-    if let Some(v) = std::env::var_os("CTXD_ORT_CACHE") {
-        return (!v.is_empty() && v != "off").then(|| PathBuf::from(v));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ctxd").join("ort"))
-}
-
-/// Optimizes `path` (weights inside) into the cache: written to `tmp`, then renamed to
-/// `cached`. A failed rename loses the cache entry, not the load.
-fn save_optimized(
-    builder: ort::session::builder::SessionBuilder,
-    path: &Path,
-    tmp: &Path,
-    cached: &Path,
-) -> std::result::Result<Session, String> {
-    let session = builder
-        .with_optimized_model_path(tmp)
-        .map_err(|e| e.to_string())?
-        .commit_from_file(path)
-        .map_err(|e| e.to_string())?;
-    if let Err(e) = std::fs::rename(tmp, cached) {
-        tracing::debug!("optimized model {}: {e}", cached.display());
-        let _ = std::fs::remove_file(tmp);
-    }
-    Ok(session)
-}
-
-/// Optimizes `path` into the cache for a network whose weights are an external file (past
-/// 2 GB, which one ONNX file cannot hold): the optimized graph at `cached` and its weights
-/// beside it (`<cached>.data`, the name the graph refers to). Both are written in the private
-/// folder `work`, then the weights and last the graph are moved into place, so a load that
-/// finds the graph finds its weights whole.
-fn save_with_external_weights(
-    builder: ort::session::builder::SessionBuilder,
-    path: &Path,
-    work: &Path,
-    cached: &Path,
-) -> std::result::Result<Session, String> {
-    let (Some(dir), Some(name)) = (cached.parent(), cached.file_name()) else {
-        return Err(format!("{}: no folder", cached.display()));
-    };
-    let data = format!("{}.data", name.to_string_lossy());
-    std::fs::create_dir_all(work).map_err(|e| e.to_string())?;
-    let session = builder
-        .with_optimized_model_path(work.join(name))
-        .map_err(|e| e.to_string())?
-        .with_config_entry(
-            "session.optimized_model_external_initializers_file_name",
-            &data,
-        )
-        .map_err(|e| e.to_string())?
-        .with_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes",
-            "4096",
-        )
-        .map_err(|e| e.to_string())?
-        .commit_from_file(path)
-        .map_err(|e| e.to_string())?;
-    std::fs::rename(work.join(&data), dir.join(&data))
-        .and_then(|()| std::fs::rename(work.join(name), cached))
-        .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir(work);
-    Ok(session)
-}
-
-/// The cache's file for the optimized `path` (and `external`, its weights, when it has them):
-/// `<stem>-<source>-<key>.onnx`, where `source` names the file (its path), so a new version of
-/// the same file can replace the entry of the old one ([`evict_older_versions`]), and `key`
-/// everything the optimized graph depends on: the model file's identity (its canonical path,
-/// size and modification time, and its weights file's, so an edited or replaced file misses),
-/// ONNX Runtime's API level, the optimization level and this CPU: level 3 writes kernels chosen
-/// for the CPU's instruction set (NCHWc layouts), which another CPU sharing the cache folder
-/// (a home directory on NFS) might not run.
-fn optimized_path(dir: &Path, path: &Path, external: Option<&Path>) -> Option<PathBuf> {
-    use sha2::{Digest, Sha256};
-    let stamp = |p: &Path| -> Option<(u64, u128)> {
-        let meta = std::fs::metadata(p).ok()?;
-        let mtime = meta.modified().ok()?;
-        let since = mtime.duration_since(std::time::UNIX_EPOCH).ok()?;
-        Some((meta.len(), since.as_nanos()))
-    };
-    let canon = path.canonicalize().ok()?;
-    let mut h = Sha256::new();
-    h.update(canon.to_string_lossy().as_bytes());
-    let source: String = h.clone().finalize()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let (len, mtime) = stamp(&canon)?;
-    h.update(len.to_le_bytes());
-    h.update(mtime.to_le_bytes());
-    if let Some(data) = external {
-        let (len, mtime) = stamp(data)?;
-        h.update(b"external");
-        h.update(len.to_le_bytes());
-        h.update(mtime.to_le_bytes());
-    }
-    h.update(ort::MINOR_VERSION.to_le_bytes());
-    h.update(b"cpu level3");
-    h.update(cpu_identity().as_bytes());
-    let digest = h.finalize();
-    let key: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    let stem = path.file_stem()?.to_string_lossy().into_owned();
-    Some(dir.join(format!("{stem}-{source}-{key}.onnx")))
-}
-
-/// Removes the cache's entries (graph and weights) for other versions of the file `cached`
-/// was made from: the same stem and source, another key. A re-export or an ONNX Runtime
-/// upgrade would otherwise leave the old entry behind for good, 3.6 GB for an SD-size UNet.
-fn evict_older_versions(cached: &Path) {
-    let (Some(dir), Some(name)) = (cached.parent(), cached.file_name().and_then(|n| n.to_str()))
-    else {
-        return;
-    };
-    let Some((prefix, _)) = name.strip_suffix(".onnx").and_then(|n| n.rsplit_once('-')) else {
-        return;
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    // Entries named before the source was part of the name (`<stem>-<key>.onnx`) are never
-    // read again: they go too.
-    let stem = prefix.rsplit_once('-').map(|(stem, _)| stem);
-    let is_key = |k: &str| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit());
-    let key_after = |other: &str, head: Option<&str>| -> bool {
-        head.and_then(|h| other.strip_prefix(h))
-            .and_then(|r| r.strip_prefix('-'))
-            .and_then(|r| {
-                r.strip_suffix(".onnx.data")
-                    .or_else(|| r.strip_suffix(".onnx"))
-            })
-            .is_some_and(is_key)
-    };
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(other) = file.to_str() else { continue };
-        let older = key_after(other, Some(prefix)) || key_after(other, stem);
-        if older && !other.starts_with(name) {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::debug!("optimized model {}: {e}", entry.path().display());
-            }
-        }
-    }
-}
-
-/// The CPU's model name and feature flags as the kernel reports them (empty where there is no
-/// /proc/cpuinfo).
-fn cpu_identity() -> &'static str {
-    static ID: OnceLock<String> = OnceLock::new();
-    ID.get_or_init(|| {
-        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let field = |name: &str| {
-            info.lines()
-                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        format!("{}|{}", field("model name"), field("flags"))
-    })
 }
 
 /// Turns a status from ONNX Runtime's C API into a `Result`, releasing it.
@@ -506,7 +339,7 @@ pub fn open_session(
         let Some(cached) = opts
             .optimized_cache
             .as_deref()
-            .and_then(|dir| optimized_path(dir, path, external))
+            .and_then(|dir| ort_cache::optimized_path(dir, path, external))
         else {
             let s = cpu_builder()?.commit_from_file(path).map_err(load_err)?;
             count_build(Build::Uncached, since);
@@ -517,6 +350,7 @@ pub fn open_session(
                 .and_then(|mut b| b.commit_from_file(&cached).map_err(load_err))
             {
                 Ok(s) => {
+                    ort_cache::mark_used(&cached);
                     count_build(Build::Cached, since);
                     return Ok(s);
                 }
@@ -537,13 +371,21 @@ pub fn open_session(
             .and_then(|()| {
                 let builder = cpu_builder().map_err(|e| e.to_string())?;
                 match external {
-                    None => save_optimized(builder, path, &tmp, &cached),
-                    Some(_) => save_with_external_weights(builder, path, &tmp, &cached),
+                    None => ort_cache::save_optimized(builder, path, &tmp, &cached),
+                    Some(_) => ort_cache::save_with_external_weights(builder, path, &tmp, &cached),
                 }
             });
         match saved {
             Ok(s) => {
-                evict_older_versions(&cached);
+                ort_cache::evict_older_versions(&cached);
+                let unused = Duration::from_secs(ort_cache::UNUSED_DAYS * 24 * 3600);
+                let swept = ort_cache::sweep_unused(dir, unused);
+                if swept > 0 {
+                    tracing::debug!(
+                        "optimized models: {swept} files unused for {} days removed",
+                        ort_cache::UNUSED_DAYS
+                    );
+                }
                 count_build(Build::Saved, since);
                 Ok(s)
             }
@@ -590,14 +432,6 @@ fn first_line(s: &str) -> &str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_cpu_is_part_of_the_optimized_models_key() {
-        let id = cpu_identity();
-        if std::path::Path::new("/proc/cpuinfo").exists() {
-            assert!(id.len() > 10 && id.contains('|'), "{id}");
-        }
-    }
-
     /// A network whose weights are an external file (the exporter's layout past 2 GB) is
     /// cached with its weights beside it, both moved into place only when whole, and the next
     /// load reads them instead of optimizing again; the outputs do not change.
@@ -634,7 +468,8 @@ mod tests {
         assert!(want.iter().any(|&v| v > 0.0));
         // An older version of the same file's entry goes when the new one is saved; another
         // file's entry stays.
-        let name = optimized_path(cache.path(), &model, Some(&data)).unwrap();
+        let name =
+            super::super::ort_cache::optimized_path(cache.path(), &model, Some(&data)).unwrap();
         let name = name.file_name().unwrap().to_str().unwrap();
         let (prefix, _) = name
             .strip_suffix(".onnx")
