@@ -7,7 +7,11 @@ around an object it redrew, ragged edges, remnants of the old shape), and a line
 every one of them. Stable Diffusion's decoder is a large trained network that maps such latents
 back onto images; this is the small version of that: `decode(z) = pca_decode(z + g(z))`, g a few
 3 x 3 convolutions on the 16 x 16 latent (receptive field 36 px) whose last layer starts at zero,
-so training starts from the lossless decoder.
+so training starts from the lossless decoder. Each hidden convolution is followed by a 3-tap one
+across the frames of the window ctxd decodes at once (the batch axis), as Stable Video
+Diffusion's decoder mixes frames, and the loss asks for the rendered frames' frame-to-frame
+changes as well as the frames: the shimmer a run leaves differs from frame to frame, the clip's
+content mostly does not.
 
 Training pairs come from the bundle itself, through onnxruntime and the repository's reference
 sampler (models/reference/sampler.py), on training clips (the training seed's, never the held-out
@@ -36,7 +40,12 @@ import torch.nn.functional as F
 
 from . import domain
 
-STEPS = 12_000  # about 10 minutes on the 2-core build machine
+STEPS = 12_000  # frame by frame first: about 14 minutes on the 2-core build machine
+TEMPORAL_STEPS = 4_000  # then across frames as well: about 7 minutes
+# Weight of the frame-to-frame term in the second stage: the L1 of the decoded frames' changes
+# against the rendered frames' (models/train/README.md, "a temporal decoder").
+DIFF_WEIGHT = 3.0
+CLIP_FRAMES = 8  # the training clips' length (domain.sample_clip's): make_pairs writes them in order
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
@@ -50,30 +59,60 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 class RefinedPatchDecoder(torch.nn.Module):
     """latent [N, 48, h, w] -> frames [N, 3, 4h, 4w] in [-1, 1]: the PCA decoder's 1x1
-    convolution (fixed, read from the bundle's ONNX file) after a learned latent correction."""
+    convolution (fixed, read from the bundle's ONNX file) after a learned latent correction.
 
-    def __init__(self, dec_weight: np.ndarray, dec_bias: np.ndarray, width: int = 64, layers: int = 4):
+    `temporal`: after each hidden 3 x 3 convolution a 3-tap convolution across the batch axis,
+    which ctxd fills with one window's frames in order (as Stable Video Diffusion's decoder
+    mixes frames); the window's ends repeat their frame, so N = 1 is a still image."""
+
+    def __init__(self, dec_weight: np.ndarray, dec_bias: np.ndarray, width: int = 64, layers: int = 4,
+                 temporal: bool = False):
         super().__init__()
         c = dec_weight.shape[0]
+        self.temporal = temporal
         self.dec = torch.nn.Conv2d(c, c, 1)
         with torch.no_grad():
             self.dec.weight.copy_(torch.from_numpy(dec_weight))
             self.dec.bias.copy_(torch.from_numpy(dec_bias))
         self.dec.requires_grad_(False)
-        mods: list[torch.nn.Module] = []
+        self.spatial = torch.nn.ModuleList()
+        self.across = torch.nn.ModuleList()
         cin = c
         for _ in range(layers - 1):
-            mods += [torch.nn.Conv2d(cin, width, 3, padding=1), torch.nn.SiLU()]
+            self.spatial.append(torch.nn.Conv3d(cin, width, (1, 3, 3), padding=(0, 1, 1)))
+            if temporal:  # residual and zero at first: training starts frame by frame
+                across = torch.nn.Conv3d(width, width, (3, 1, 1))
+                torch.nn.init.zeros_(across.weight)
+                torch.nn.init.zeros_(across.bias)
+                self.across.append(across)
             cin = width
-        last = torch.nn.Conv2d(cin, c, 3, padding=1)
-        torch.nn.init.zeros_(last.weight)
-        torch.nn.init.zeros_(last.bias)
-        mods.append(last)
-        self.refine = torch.nn.Sequential(*mods)
+        self.last = torch.nn.Conv3d(cin, c, (1, 3, 3), padding=(0, 1, 1))
+        torch.nn.init.zeros_(self.last.weight)
+        torch.nn.init.zeros_(self.last.bias)
+
+    def refine(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, C, F, h, w] -> the latent correction, same shape."""
+        x = z
+        for i, conv in enumerate(self.spatial):
+            x = conv(x)
+            if self.temporal:
+                x = x + self.across[i](F.pad(x, (0, 0, 0, 0, 1, 1), mode="replicate"))
+            x = F.silu(x)
+        return self.last(x)
+
+    def decode_clips(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, C, F, h, w] -> frames [B, F, 3, H, W]."""
+        z = z + self.refine(z)
+        b, c, f, h, w = z.shape
+        flat = z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        return F.pixel_shuffle(self.dec(flat), 4).reshape(b, f, -1, 4 * h, 4 * w)
 
     def forward(self, latent_sample):
-        z = latent_sample + self.refine(latent_sample)
-        return F.pixel_shuffle(self.dec(z), 4)
+        clip = latent_sample.permute(1, 0, 2, 3).unsqueeze(0)  # the batch is the window's frames
+        return self.decode_clips(clip)[0]
+
+    def trainable(self):
+        return [q for q in self.parameters() if q.requires_grad]
 
 
 def read_pca_decoder(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +160,7 @@ def make_pairs(bundle_dir: str, clips: int, seed: int, steps: int = 25) -> dict:
     ends, cleans, frames_out = [], [], []
     t0 = time.time()
     for i in range(clips):
-        labels = domain.sample_clip(np.random.default_rng(seed * 1_000_003 + i))  # train.py's clip i
+        labels = domain.sample_clip(np.random.default_rng(seed * 1_000_003 + i), frames=CLIP_FRAMES)  # train.py's clip i
         frames = domain.render_clip(labels)
         z = latent(frames)
         strength = float(rng.choice([0.6, 0.7, 0.8, 0.8, 0.9, 1.0]))
@@ -143,32 +182,64 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
-def train(model: RefinedPatchDecoder, pairs: dict, steps: int, seed: int, batch: int = 64,
-          lr: float = 1e-3) -> dict:
-    """L1 in pixels on the end latents (three rows in four) and on clean latents (the rest, so
-    real frames still decode as they are); the last eighth of the frames (whole clips, at most
-    256 frames) only measure."""
+def flicker(frames: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean frame-to-frame change of [B, F, 3, H, W] frames over the target's (the bench's
+    flicker, in pixels' units)."""
+    return ((frames[:, 1:] - frames[:, :-1]).abs().mean() / (target[:, 1:] - target[:, :-1]).abs().mean()).item()
+
+
+def train(model: RefinedPatchDecoder, pairs: dict, steps: int, seed: int, batch: int = 8,
+          lr: float = 1e-3, diff_weight: float = 0.0, frame_by_frame: bool = False) -> dict:
+    """L1 in pixels on the end latents (three in four) and on clean latents (the rest, so real
+    frames still decode as they are); the last eighth of the clips (at least one, at most 32) only measure.
+    `frame_by_frame`: the temporal convolutions stay as they are (zero at first) and a step takes
+    `batch` x 8 frames drawn from any clips; else `batch` whole clips, a quarter of the steps a
+    shorter run of their frames (a video's last window can be short), and `diff_weight` adds
+    the frame-to-frame term."""
     g = torch.Generator().manual_seed(seed)
-    end = torch.from_numpy(pairs["end"]).float()
-    clean = torch.from_numpy(pairs["clean"]).float()
-    target = torch.from_numpy(pairs["frames"]).float().permute(0, 3, 1, 2) / 127.5 - 1.0
-    n = len(end) - min(256, len(end) // 8)
-    opt = torch.optim.AdamW(model.refine.parameters(), lr=lr, weight_decay=1e-4)
+
+    def clips(a: np.ndarray) -> torch.Tensor:  # [N, C, h, w] -> [clips, C, F, h, w]
+        t = torch.from_numpy(a).float()
+        return t.reshape(-1, CLIP_FRAMES, *t.shape[1:]).transpose(1, 2)
+
+    end, clean = clips(pairs["end"]), clips(pairs["clean"])
+    flat_target = torch.from_numpy(pairs["frames"]).float().permute(0, 3, 1, 2) / 127.5 - 1.0
+    target = flat_target.reshape(-1, CLIP_FRAMES, *flat_target.shape[1:])  # [clips, F, 3, H, W]
+    n = len(end) - min(32, max(1, len(end) // 8))  # one clip held back at least (the smoke run has two)
+    params = [q for q in model.trainable() if not (frame_by_frame and any(q is a for a in model.across.parameters()))]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
 
     def measure():
         with torch.no_grad():
-            return {"end_psnr": round(psnr(model(end[n:]), target[n:]), 3),
-                    "clean_psnr": round(psnr(model(clean[n:]), target[n:]), 3)}
+            out_end, out_clean = model.decode_clips(end[n:]), model.decode_clips(clean[n:])
+            return {"end_psnr": round(psnr(out_end, target[n:]), 3),
+                    "clean_psnr": round(psnr(out_clean, target[n:]), 3),
+                    "end_flicker": round(flicker(out_end.clamp(-1, 1), target[n:]), 3)}
 
     report = {"before": measure()}
-    log(f"refiner before: held-back end latents {report['before']['end_psnr']:.2f} dB, clean "
-        f"{report['before']['clean_psnr']:.2f} dB")
+    log(f"refiner before: held-back end latents {report['before']['end_psnr']:.2f} dB "
+        f"(flicker {report['before']['end_flicker']:.2f}), clean {report['before']['clean_psnr']:.2f} dB")
     t0 = time.time()
     for step in range(1, steps + 1):
-        idx = torch.randint(n, (batch,), generator=g)
-        use_clean = torch.rand(batch, generator=g) < 0.25
-        z = torch.where(use_clean[:, None, None, None], clean[idx], end[idx])
-        loss = (model(z) - target[idx]).abs().mean()
+        if frame_by_frame:  # frames from many clips a step: [frames, C, 1, h, w]
+            idx = torch.randint(n * CLIP_FRAMES, (batch * CLIP_FRAMES,), generator=g)
+            use_clean = torch.rand(len(idx), generator=g) < 0.25
+            pick = (idx // CLIP_FRAMES, slice(None), idx % CLIP_FRAMES)
+            z = torch.where(use_clean[:, None, None, None], clean[pick], end[pick])[:, :, None]
+            y = flat_target[idx][:, None]
+        else:
+            idx = torch.randint(n, (batch,), generator=g)
+            use_clean = torch.rand(batch, generator=g) < 0.25
+            z = torch.where(use_clean[:, None, None, None, None], clean[idx], end[idx])
+            y = target[idx]
+        if not frame_by_frame and torch.rand(1, generator=g).item() < 0.25:
+            length = int(torch.randint(1, CLIP_FRAMES, (1,), generator=g))
+            first = int(torch.randint(CLIP_FRAMES - length + 1, (1,), generator=g))
+            z, y = z[:, :, first:first + length], y[:, first:first + length]
+        out = model.decode_clips(z)
+        loss = (out - y).abs().mean()
+        if diff_weight and out.shape[1] > 1:
+            loss = loss + diff_weight * ((out[:, 1:] - out[:, :-1]) - (y[:, 1:] - y[:, :-1])).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -176,9 +247,10 @@ def train(model: RefinedPatchDecoder, pairs: dict, steps: int, seed: int, batch:
             log(f"refiner step {step}: L1 {loss.item():.4f} ({step / (time.time() - t0):.1f} steps/s)")
     report["after"] = measure()
     report["steps"] = steps
+    report["temporal"] = model.temporal
     report["train_minutes"] = round((time.time() - t0) / 60, 2)
-    log(f"refiner after {steps} steps: held-back end latents {report['after']['end_psnr']:.2f} dB, clean "
-        f"{report['after']['clean_psnr']:.2f} dB")
+    log(f"refiner after {steps} steps: held-back end latents {report['after']['end_psnr']:.2f} dB "
+        f"(flicker {report['after']['end_flicker']:.2f}), clean {report['after']['clean_psnr']:.2f} dB")
     return report
 
 
@@ -224,17 +296,18 @@ README_NOTE = """## Decoder: the patch-PCA decoder behind a trained refiner
 
 `vae_decoder.onnx` is the lossless patch-PCA decoder behind a refiner trained on what this
 bundle's UNet writes (`python -m models.train.decoder`; models/train/README.md): a few 3 x 3
-convolutions on the latent that remove the specks and ragged edges a diffusion run leaves.
-Trained on {clips} training clips' reconstructions for {steps} steps. The frames of those runs
-held back from training decode at {end_before:.2f} dB with the PCA decoder and {end_after:.2f} dB
-with the refiner; real frames' latents at {clean_after:.2f} dB (the PCA decoder alone is
-lossless). onnxruntime within {onnx:.1e} of PyTorch (`decoder_report.json`;
-`export_report.json` predates the refiner).
+convolutions on the latent that remove the specks and ragged edges a diffusion run leaves,
+{temporal}. Trained on {clips} training clips' reconstructions for {steps} steps. The frames of
+those runs held back from training decode at {end_before:.2f} dB with the PCA decoder and
+{end_after:.2f} dB with the refiner (frame-to-frame change {flicker_before:.2f}x and
+{flicker_after:.2f}x the rendered frames'); real frames' latents at {clean_after:.2f} dB (the
+PCA decoder alone is lossless). onnxruntime within {onnx:.1e} of PyTorch
+(`decoder_report.json`; `export_report.json` predates the refiner).
 """
 
 
 def refine_bundle(bundle_dir: str, clips: int, steps: int, seed: int, pairs_cache: str | None = None,
-                  out: str | None = None) -> dict:
+                  out: str | None = None, temporal: bool = True, temporal_steps: int = TEMPORAL_STEPS) -> dict:
     """Train the refiner on `bundle_dir`'s own runs and write it as its vae_decoder.onnx (or to
     `out`), with the sha256 in bundle.toml, decoder_report.json and a note in README.md."""
     t0, pairs_minutes = time.time(), None  # None: the pairs came from the cache
@@ -248,12 +321,21 @@ def refine_bundle(bundle_dir: str, clips: int, steps: int, seed: int, pairs_cach
             np.savez(pairs_cache, **pairs)
     w, b = read_pca_decoder(os.path.join(bundle_dir, "vae_decoder.onnx"))
     torch.manual_seed(seed)
-    model = RefinedPatchDecoder(w, b)
-    report = train(model, pairs, steps, seed)
+    model = RefinedPatchDecoder(w, b, temporal=temporal)
+    # Two stages: frame by frame (the temporal convolutions held at zero; frames from many clips a
+    # step learn the spatial part better than whole clips do), then everything with the
+    # frame-to-frame term at a lower rate: trained from the start with that term, the refiner
+    # steadied frames further but averaged shapes (models/train/README.md).
+    report = train(model, pairs, steps, seed, frame_by_frame=True)
+    if model.temporal and temporal_steps:
+        report = {"frame_by_frame": report, **train(model, pairs, temporal_steps, seed, lr=3e-4,
+                                                    diff_weight=DIFF_WEIGHT)}
+        report.update(before=report["frame_by_frame"]["before"], steps=steps + temporal_steps,
+                      train_minutes=round(report["frame_by_frame"]["train_minutes"] + report["train_minutes"], 2))
     target = out or os.path.join(bundle_dir, "vae_decoder.onnx")
     report["onnx_max_abs_error"] = export_onnx(model, target, pairs["end"][-2:])
-    report.update(clips=clips, seed=seed, pairs_minutes=pairs_minutes,
-                  parameters=sum(q.numel() for q in model.refine.parameters()))
+    report.update(clips=len(pairs["end"]) // CLIP_FRAMES, seed=seed, pairs_minutes=pairs_minutes,
+                  parameters=sum(q.numel() for q in model.trainable()))
     if out is None:
         report["sha256"] = set_manifest_sha(bundle_dir, "vae_decoder", target)
         with open(os.path.join(bundle_dir, "decoder_report.json"), "w", encoding="utf-8") as f:
@@ -264,7 +346,11 @@ def refine_bundle(bundle_dir: str, clips: int, steps: int, seed: int, pairs_cach
             text = f.read().rstrip() + "\n\n"
         with open(readme, "w", encoding="utf-8") as f:
             f.write(text + README_NOTE.format(
-                clips=clips, steps=report["steps"], end_before=report["before"]["end_psnr"],
+                temporal=("each followed by a 3-tap convolution across the window's frames (the batch "
+                          "axis: ctxd decodes one window's frames in order)") if model.temporal
+                else "frame by frame",
+                flicker_before=report["before"]["end_flicker"], flicker_after=report["after"]["end_flicker"],
+                clips=report["clips"], steps=report["steps"], end_before=report["before"]["end_psnr"],
                 end_after=report["after"]["end_psnr"], clean_after=report["after"]["clean_psnr"],
                 onnx=max(report["onnx_max_abs_error"].values())))
     return report
@@ -274,12 +360,17 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.train.decoder", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", default=os.path.join(ROOT, "models", "demo"))
     p.add_argument("--clips", type=int, default=400, help="training clips the pairs come from")
-    p.add_argument("--steps", type=int, default=STEPS, help="refiner training steps (batches of 64 frames)")
+    p.add_argument("--steps", type=int, default=STEPS, help="refiner training steps (batches of 8 clips of 8 frames)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", help="cache of the training pairs (.npz): made once, reused")
     p.add_argument("--out", help="write vae_decoder.onnx here and leave the bundle as it is")
+    p.add_argument("--temporal-steps", type=int, default=TEMPORAL_STEPS,
+                   help="second stage: steps across frames, with the frame-to-frame term")
+    p.add_argument("--no-temporal", action="store_true",
+                   help="frame by frame: no convolutions across a window's frames")
     args = p.parse_args(argv)
-    report = refine_bundle(args.bundle, args.clips, args.steps, args.seed, args.pairs, args.out)
+    report = refine_bundle(args.bundle, args.clips, args.steps, args.seed, args.pairs, args.out,
+                           temporal=not args.no_temporal, temporal_steps=args.temporal_steps)
     print(json.dumps(report))
 
 

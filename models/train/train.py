@@ -98,7 +98,8 @@ class Config:
     t_high: float = 0.5
     t_high_from: int = 600
     # The decoder's refiner (decoder.py), trained after export on the bundle's own runs: pairs
-    # from this many training clips, then this many steps (0 clips: the plain PCA decoder)
+    # from this many training clips, then this many steps frame by frame and a third as many
+    # across frames (0 clips: the plain PCA decoder)
     decoder_clips: int = 400
     decoder_steps: int = 12_000
 
@@ -892,7 +893,8 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
 
         t = time.time()
         with torch.enable_grad():
-            refine_bundle(args.out, cfg.decoder_clips, cfg.decoder_steps, args.seed)
+            refine_bundle(args.out, cfg.decoder_clips, cfg.decoder_steps, args.seed,
+                          temporal_steps=cfg.decoder_steps // 3)
         timings["decoder"] = time.time() - t
     timings["total"] = time.time() - t_start
     summary = {"config": args.config, "seed": args.seed, "threads": args.threads,

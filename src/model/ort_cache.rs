@@ -243,8 +243,18 @@ pub(super) fn cpu_identity() -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// The names in `dir`, sorted.
+    pub(in crate::model) fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
 
     #[test]
     fn the_cpu_is_part_of_the_optimized_models_key() {
@@ -286,13 +296,8 @@ mod tests {
         mark_used(&at("read-ee-5.onnx"));
         let limit = Duration::from_secs(UNUSED_DAYS * 24 * 3600);
         assert_eq!(sweep_unused(dir.path(), limit), 4);
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
         assert_eq!(
-            left,
+            names_in(dir.path()),
             [
                 "fresh-dd-4.onnx",
                 "fresh-dd-4.onnx.data",

@@ -490,11 +490,7 @@ mod tests {
         let first = run(&cached);
         assert!(cache.path().join(&other).exists());
         std::fs::remove_file(cache.path().join(&other)).unwrap();
-        let mut names: Vec<String> = std::fs::read_dir(cache.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
+        let names = super::super::ort_cache::tests::names_in(cache.path());
         assert_eq!(
             names.len(),
             2,

@@ -680,6 +680,9 @@ pub fn decode_finish(
         let mut per_edit = Vec::with_capacity(w.per_edit.len());
         let mut clip_embeds = Vec::new();
         for lat in &w.per_edit {
+            // One call per window and edit, the window's own frames in display order along the
+            // batch axis: a temporal decoder (models/demo's, like Stable Video Diffusion's) mixes
+            // neighbouring frames. The context frames are left out: the anchor is not adjacent.
             let frames_lat =
                 tensor::to_frame_latents(lat.slice(s![.., .., w.context.., .., ..])) / scale_factor;
             let g = resizer.geometry();
