@@ -206,8 +206,8 @@ def train(model: RefinedPatchDecoder, pairs: dict, steps: int, seed: int, batch:
     flat_target = torch.from_numpy(pairs["frames"]).float().permute(0, 3, 1, 2) / 127.5 - 1.0
     target = flat_target.reshape(-1, CLIP_FRAMES, *flat_target.shape[1:])  # [clips, F, 3, H, W]
     n = len(end) - min(32, max(1, len(end) // 8))  # one clip held back at least (the smoke run has two)
-    params = [q for q in model.trainable() if not (frame_by_frame and any(q is a for a in model.across.parameters()))]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    held = {id(q) for q in model.across.parameters()} if frame_by_frame else set()
+    opt = torch.optim.AdamW([q for q in model.trainable() if id(q) not in held], lr=lr, weight_decay=1e-4)
 
     def measure():
         with torch.no_grad():

@@ -125,14 +125,20 @@ pub struct InversionCache {
 /// `$CTXD_CACHE_DIR` (`off` or empty: no cache), else `$XDG_CACHE_HOME/ctxd/inversions`, else
 /// `~/.cache/ctxd/inversions`. `None` when caching is off or no home is known.
 pub fn default_dir() -> Option<PathBuf> {
-    if let Some(v) = std::env::var_os("CTXD_CACHE_DIR") {
+    user_cache_dir("CTXD_CACHE_DIR", "inversions")
+}
+
+/// A cache folder of ctxd's: `$<var>` (`off` or empty: none), else
+/// `$XDG_CACHE_HOME/ctxd/<name>`, else `~/.cache/ctxd/<name>`; `None` when no home is known.
+pub fn user_cache_dir(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(v) = std::env::var_os(var) {
         return (!v.is_empty() && v != "off").then(|| PathBuf::from(v));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ctxd").join("inversions"))
+    Some(base.join("ctxd").join(name))
 }
 
 /// `$CTXD_CACHE_MAX` (a [`parse_size`] size), else [`DEFAULT_MAX_BYTES`].

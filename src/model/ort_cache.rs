@@ -13,14 +13,7 @@ use ort::session::Session;
 /// Where optimized models are kept: `$CTXD_ORT_CACHE` (`off` or empty: nowhere), else
 /// `$XDG_CACHE_HOME/ctxd/ort`, else `~/.cache/ctxd/ort`.
 pub fn default_optimized_cache() -> Option<PathBuf> {
-    if let Some(v) = std::env::var_os("CTXD_ORT_CACHE") {
-        return (!v.is_empty() && v != "off").then(|| PathBuf::from(v));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ctxd").join("ort"))
+    crate::cache::user_cache_dir("CTXD_ORT_CACHE", "ort")
 }
 
 /// Optimizes `path` (weights inside) into the cache: written to `tmp`, then renamed to
@@ -125,7 +118,7 @@ pub(super) fn optimized_path(dir: &Path, path: &Path, external: Option<&Path>) -
 /// Removes the cache's entries (graph and weights) for other versions of the file `cached`
 /// was made from: the same stem and source, another key. A re-export or an ONNX Runtime
 /// upgrade would otherwise leave the old entry behind for good, 3.6 GB for an SD-size UNet.
-pub(super) fn evict_older_versions(cached: &Path) {
+fn evict_older_versions(cached: &Path) {
     let (Some(dir), Some(name)) = (cached.parent(), cached.file_name().and_then(|n| n.to_str()))
     else {
         return;
@@ -164,11 +157,11 @@ pub(super) fn evict_older_versions(cached: &Path) {
 /// Entries no load has read for this many days are removed when a new entry is saved.
 pub const UNUSED_DAYS: u64 = 30;
 
-/// Marks the entry at `cached` (and its weights file, if it has one) as read now, so
+/// Marks the entry at `cached` (and its weights file, when `external`) as read now, so
 /// [`sweep_unused`] keeps it: the modification time is the last use.
-pub(super) fn mark_used(cached: &Path) {
-    let data = PathBuf::from(format!("{}.data", cached.display()));
-    for file in [cached, data.as_path()] {
+pub(super) fn mark_used(cached: &Path, external: bool) {
+    let data = external.then(|| PathBuf::from(format!("{}.data", cached.display())));
+    for file in std::iter::once(cached).chain(data.as_deref()) {
         if let Ok(f) = std::fs::File::options().append(true).open(file) {
             if let Err(e) = f.set_modified(SystemTime::now()) {
                 tracing::debug!("optimized model {}: {e}", file.display());
@@ -177,10 +170,21 @@ pub(super) fn mark_used(cached: &Path) {
     }
 }
 
+/// After a new entry at `cached` is saved: its file's older versions go
+/// ([`evict_older_versions`]), and so does whatever no load has read for [`UNUSED_DAYS`].
+pub(super) fn tidy_after_save(cached: &Path) {
+    evict_older_versions(cached);
+    let Some(dir) = cached.parent() else { return };
+    let swept = sweep_unused(dir, Duration::from_secs(UNUSED_DAYS * 24 * 3600));
+    if swept > 0 {
+        tracing::debug!("optimized models: {swept} files unused for {UNUSED_DAYS} days removed");
+    }
+}
+
 /// Removes from `dir` the entries (a graph and its `.data` weights together) and the leftover
 /// temporary files of crashed saves that nothing has used for `max_unused`. Returns how many
 /// files went. Only ctxd's own names are touched: other files in the folder stay.
-pub(super) fn sweep_unused(dir: &Path, max_unused: Duration) -> usize {
+fn sweep_unused(dir: &Path, max_unused: Duration) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -227,7 +231,7 @@ pub(super) fn sweep_unused(dir: &Path, max_unused: Duration) -> usize {
 
 /// The CPU's model name and feature flags as the kernel reports them (empty where there is no
 /// /proc/cpuinfo).
-pub(super) fn cpu_identity() -> &'static str {
+fn cpu_identity() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
         let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -293,7 +297,7 @@ pub(super) mod tests {
                 f.set_modified(long_ago).unwrap();
             }
         }
-        mark_used(&at("read-ee-5.onnx"));
+        mark_used(&at("read-ee-5.onnx"), true);
         let limit = Duration::from_secs(UNUSED_DAYS * 24 * 3600);
         assert_eq!(sweep_unused(dir.path(), limit), 4);
         assert_eq!(

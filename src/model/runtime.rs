@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ort::environment::Environment;
 use ort::ep;
@@ -350,7 +350,7 @@ pub fn open_session(
                 .and_then(|mut b| b.commit_from_file(&cached).map_err(load_err))
             {
                 Ok(s) => {
-                    ort_cache::mark_used(&cached);
+                    ort_cache::mark_used(&cached, external.is_some());
                     count_build(Build::Cached, since);
                     return Ok(s);
                 }
@@ -377,15 +377,7 @@ pub fn open_session(
             });
         match saved {
             Ok(s) => {
-                ort_cache::evict_older_versions(&cached);
-                let unused = Duration::from_secs(ort_cache::UNUSED_DAYS * 24 * 3600);
-                let swept = ort_cache::sweep_unused(dir, unused);
-                if swept > 0 {
-                    tracing::debug!(
-                        "optimized models: {swept} files unused for {} days removed",
-                        ort_cache::UNUSED_DAYS
-                    );
-                }
+                ort_cache::tidy_after_save(&cached);
                 count_build(Build::Saved, since);
                 Ok(s)
             }
