@@ -36,6 +36,7 @@ pub fn job(
                 seed: 0,
                 output: out.clone(),
                 blend: true,
+                strength: None,
             })
             .collect(),
         steps,
@@ -654,6 +655,72 @@ fn a_shared_unet_session_edits_like_two() {
     let mad = mean_abs_diff(&two, &one);
     // Float noise at most (threads differ: the shared session gets every core).
     assert!(mad < 1.0, "mean absolute difference {mad:.3} levels");
+}
+
+/// An edit of lower strength than its video's others starts part way along their one
+/// inversion: its output is the one a job at its strength alone writes, bit for bit (with
+/// local blending too, which follows the same inversion), and not the one at the job's.
+#[test]
+fn an_edit_of_lower_strength_starts_part_way_along_the_shared_inversion() {
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "in.mp4",
+        &strs(&args(&[&pattern("64x48", "12", 0.8)], &["-c:v", "libx264"])),
+    );
+    // Each edit's frames, from a job at `strength` whose edits are (prompt, own strength).
+    let run = |name: &str, strength: f64, edits: &[(&str, Option<f64>)], blend: f32| {
+        let targets: Vec<(&str, &str, PathBuf)> = edits
+            .iter()
+            .enumerate()
+            .map(|(i, (prompt, _))| {
+                (
+                    ["first", "second"][i],
+                    *prompt,
+                    d.path(&format!("{name}.{i}.mkv")),
+                )
+            })
+            .collect();
+        let mut j = job(src.clone(), "tiny", &targets, "a video", 10);
+        j.context = ContextMode::Source;
+        j.encode.codec = Some("ffv1".into());
+        j.strength = strength;
+        j.blend = blend;
+        for (t, (_, own)) in j.edits.iter_mut().zip(edits) {
+            t.strength = *own;
+        }
+        assert_eq!(graph::run(&j, &|_| {}).unwrap().len(), edits.len());
+        targets
+            .iter()
+            .map(|(_, _, o)| rgb_frames(o).2)
+            .collect::<Vec<_>>()
+    };
+    let (red, blue) = ("a red video", "a blue video");
+    for blend in [0.0, 0.3] {
+        let shared = run(
+            &format!("shared{blend}"),
+            0.8,
+            &[(red, None), (blue, Some(0.5))],
+            blend,
+        );
+        let red_alone = run(&format!("red{blend}"), 0.8, &[(red, None)], blend);
+        let blue_low = run(&format!("bluelow{blend}"), 0.5, &[(blue, None)], blend);
+        let blue_high = run(&format!("bluehigh{blend}"), 0.8, &[(blue, None)], blend);
+        assert_eq!(
+            mean_abs_diff(&shared[0], &red_alone[0]),
+            0.0,
+            "blend {blend}: the edit at the job's strength is unchanged"
+        );
+        assert_eq!(
+            mean_abs_diff(&shared[1], &blue_low[0]),
+            0.0,
+            "blend {blend}: the edit at 0.5 is the one a job at 0.5 writes"
+        );
+        let apart = mean_abs_diff(&shared[1], &blue_high[0]);
+        assert!(
+            apart > 0.5,
+            "blend {blend}: strength 0.5 and 0.8 differ by {apart:.3} levels only"
+        );
+    }
 }
 
 /// Mean frame-to-frame change (levels) of frames of `size` bytes, from frame `from` on.

@@ -195,26 +195,33 @@ def write_video(path: str, frames: np.ndarray, fps: int = 8, crf: int = 8) -> No
     subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True)
 
 
-def write_heldout(out_dir: str, cfg: Config, seed: int) -> None:
+HELDOUT_SALT = 7_777  # the held-out set's seed is the run's seed plus this
+VALIDATION_SALT = 5_555  # the validation set's: clips neither trained on nor reported
+
+
+def write_heldout(out_dir: str, cfg: Config, seed: int, salt: int = HELDOUT_SALT, count: int | None = None) -> None:
     """The held-out set: clips never seen in training (their own seed), half with two
-    objects, each with a colour, a shape and a background edit; labels in heldout.json."""
+    objects, each with a colour, a shape and a background edit; labels in heldout.json.
+    With VALIDATION_SALT, the same kind of set from another seed: edit-time settings are
+    chosen on it, so the held-out set only reports."""
     os.makedirs(out_dir, exist_ok=True)
-    rng = np.random.default_rng(seed + 7_777)
+    rng = np.random.default_rng(seed + salt)
     clips = []
-    for i in range(cfg.heldout_clips):
+    for i in range(cfg.heldout_clips if count is None else count):
         labels = domain.sample_clip(rng, frames=cfg.frames, size=cfg.size, two_prob=1.0 if i % 2 else 0.0)
         name = f"{i:03d}.mp4"
         write_video(os.path.join(out_dir, name), domain.render_clip(labels))
         clips.append({"file": name, "caption": labels["caption"], "labels": labels,
                       "edits": domain.edits_for(labels, rng)})
-    meta = {"about": "held-out clips of the demo domain (models/train/domain.py), never trained on; "
+    meta = {"about": f"{'validation' if salt == VALIDATION_SALT else 'held-out'} clips of the demo domain "
+                     "(models/train/domain.py), never trained on; "
                      "labels are ground truth, edits say what a correct edit shows",
-            "seed": seed + 7_777, "size": cfg.size, "frames": cfg.frames, "fps": 8,
+            "seed": seed + salt, "size": cfg.size, "frames": cfg.frames, "fps": 8,
             "palette": domain.palette(), "clips": clips}
     with open(os.path.join(out_dir, "heldout.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
-    log(f"held-out set: {len(clips)} clips, {3 * len(clips)} edits -> {out_dir}")
+    log(f"{meta['about'].split()[0]} set: {len(clips)} clips, {3 * len(clips)} edits -> {out_dir}")
 
 
 def write_demo_clip(path: str, seed: int, frames: int = 32) -> dict:
@@ -739,6 +746,10 @@ def main(argv=None) -> int:
     p.add_argument("--decoder-steps", type=int, default=None, help="the refiner's training steps")
     p.add_argument("--clips-only", action="store_true",
                    help="write the held-out set and the demo clip, train nothing")
+    p.add_argument("--validation-out", default=None,
+                   help="write a validation set of --validation-clips clips here (the held-out set's kind, "
+                        "its own seed; choose edit-time settings on it, report on the held-out set) and stop")
+    p.add_argument("--validation-clips", type=int, default=24)
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
                         "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
@@ -779,6 +790,9 @@ def main(argv=None) -> int:
         torch.set_grad_enabled(False)
         return export(args, cfg, model, vae, clip, saved["scale"], saved["vae_psnr"], dict(saved["timings"]),
                       t_start)
+    if args.validation_out:
+        write_heldout(args.validation_out, cfg, args.seed, VALIDATION_SALT, args.validation_clips)
+        return 0
     if args.clips_only:
         write_heldout(os.path.join(args.clips_out, "heldout"), cfg, args.seed)
         write_demo_clip(os.path.join(args.clips_out, "demo.mp4"), args.seed)

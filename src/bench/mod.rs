@@ -452,6 +452,7 @@ pub(crate) fn edit_job(
             seed: 0,
             output: out.to_path_buf(),
             blend: true,
+            strength: None,
         }],
         steps,
         eta: 0.0,

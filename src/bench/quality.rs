@@ -6,6 +6,7 @@
 //! decoded, read back by the analyser (`quality`) and compared with the scene the edit asked
 //! for. One table per context mode; every row in the JSON.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -56,6 +57,11 @@ pub struct QualityBenchArgs {
     /// Share of the schedule the edits (and the reconstruction) run (default: the preset's).
     #[arg(long)]
     pub strength: Option<f64>,
+    /// An edit kind's own strength, as a prompt file's `[[edit]]` sets one: KIND=S, KIND one
+    /// of colour, shape, background (repeatable; the others run at --strength). The
+    /// inversion runs as far as the strongest edit needs.
+    #[arg(long = "edit-strength", value_parser = parse_kind_strength)]
+    pub edit_strength: Vec<(EditKind, f64)>,
     /// Temporal smoothing of the outputs (default: the preset's; 0 = off).
     #[arg(long)]
     pub deflicker: Option<f32>,
@@ -85,6 +91,24 @@ pub struct QualityBenchArgs {
 
 fn parse_context(s: &str) -> Result<ContextMode, String> {
     s.parse()
+}
+
+fn parse_kind_strength(s: &str) -> Result<(EditKind, f64), String> {
+    let (kind, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': expected KIND=STRENGTH, e.g. background=0.6"))?;
+    let kind = EditKind::ALL
+        .into_iter()
+        .find(|k| k.name() == kind.trim())
+        .ok_or_else(|| format!("'{kind}' is not an edit kind (colour, shape, background)"))?;
+    let v: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{value}' is not a number"))?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(format!("strength {v} is out of range (0 < strength <= 1)"));
+    }
+    Ok((kind, v))
 }
 
 fn mode_name(m: ContextMode) -> &'static str {
@@ -180,6 +204,9 @@ struct QualityBench {
     guidance: f32,
     blend: f32,
     strength: f64,
+    /// Edit kinds run at their own strength (`--edit-strength`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    edit_strength: BTreeMap<&'static str, f64>,
     /// Temporal smoothing of the outputs (0 = off).
     deflicker: f32,
     /// Held-out sources the analyser reads exactly as labelled (a check on the ruler).
@@ -452,6 +479,11 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         guidance,
         blend,
         strength,
+        edit_strength: args
+            .edit_strength
+            .iter()
+            .map(|(k, v)| (k.name(), *v))
+            .collect(),
         deflicker,
         analyser_exact_sources: exact,
         modes,
@@ -461,7 +493,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     };
     for m in &result.modes {
         println!(
-            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}{}{}, {} clips, {})\n",
+            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}{}{}{}, {} clips, {})\n",
             m.mode,
             result.bundle,
             result.preset,
@@ -472,6 +504,11 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
             } else {
                 String::new()
             },
+            result
+                .edit_strength
+                .iter()
+                .map(|(k, v)| format!(", {k} edits at {v}"))
+                .collect::<String>(),
             if blend > 0.0 {
                 format!(", blend {blend}")
             } else {
@@ -606,6 +643,9 @@ fn clip_job(
     );
     for (t, e) in job.edits.iter_mut().zip(&clip.edits) {
         t.name = e.kind.name().to_string();
+        if let Some((_, s)) = args.edit_strength.iter().rev().find(|(k, _)| *k == e.kind) {
+            t.strength = Some(*s);
+        }
     }
     if job.short_side.is_none() {
         let target = reconstruct_target(clip, job.edits[0].seed, dir);
@@ -625,6 +665,7 @@ fn reconstruct_target(clip: &HeldoutClip, seed: u64, dir: &Path) -> EditTarget {
         seed,
         output: spec::output_path(dir, &stem_of(clip), "reconstruct", "mp4"),
         blend: false,
+        strength: None,
     }
 }
 

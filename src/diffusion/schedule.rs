@@ -159,6 +159,14 @@ fn trailing_timesteps(t: usize, steps: usize) -> Vec<i64> {
         .collect()
 }
 
+/// How many of `n` steps an edit of `strength` in (0, 1] runs: `ceil(strength * n)`, at
+/// least one.
+pub fn steps_at_strength(n: usize, strength: f64) -> usize {
+    // The tolerance keeps a product that is whole but for rounding (0.7 * 10 is
+    // 7.000000000000001 in f64) from gaining a step.
+    ((strength * n as f64 - 1e-9).ceil() as usize).clamp(1, n.max(1))
+}
+
 impl Schedule {
     /// DDIM schedule with `steps` steps. Leading: `t_i = i * (T / N) + offset`, i = N-1 … 0;
     /// trailing: `round(arange(T, 0, -T/N)) - 1`. Either way the step from `t` goes to
@@ -228,11 +236,19 @@ impl Schedule {
     /// (SDEdit's and diffusers' img2img `strength`). 1 keeps every step.
     pub fn with_strength(mut self, strength: f64) -> Schedule {
         let n = self.timesteps.len();
-        // The tolerance keeps a product that is whole but for rounding (0.7 * 10 is
-        // 7.000000000000001 in f64) from gaining a step.
-        let keep = ((strength * n as f64 - 1e-9).ceil() as usize).clamp(1, n);
+        let keep = steps_at_strength(n, strength);
         self.timesteps.drain(..n - keep);
         self
+    }
+
+    /// This schedule's `keep` least noisy steps (all of them when `keep` is more): what an
+    /// edit of lower strength than the inversion's runs, starting from the inversion's
+    /// latent after `keep` steps.
+    pub fn least_noisy(&self, keep: usize) -> Schedule {
+        let mut s = self.clone();
+        let n = s.timesteps.len();
+        s.timesteps.drain(..n - keep.clamp(1, n));
+        s
     }
 
     /// `abar[t]`, or the final alpha for t < 0 (the clean end).
@@ -391,6 +407,17 @@ pub(crate) mod tests {
         assert_eq!(full.clone().with_strength(1e-9).timesteps(), &[39]);
         let ten = Schedule::ddim(&zsnr(), 10).unwrap();
         assert_eq!(ten.with_strength(0.7).timesteps().len(), 7);
+        // A lower strength's steps are the tail of a higher one's.
+        let high = full.clone().with_strength(0.8);
+        for s in [0.5, 0.6, 0.76, 0.8] {
+            let keep = steps_at_strength(25, s);
+            assert_eq!(
+                high.least_noisy(keep).timesteps(),
+                full.clone().with_strength(s).timesteps(),
+                "{s}"
+            );
+        }
+        assert_eq!(high.least_noisy(99).timesteps(), high.timesteps());
         assert_eq!(
             full.clone().with_strength(1.0).timesteps(),
             full.timesteps()

@@ -52,7 +52,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
     // Prompts → text states, once, up front (cheap next to the UNet).
     let mut text = bundle.text_encoder(&job.runtime)?;
     let mut edits = Vec::new();
-    for e in &job.edits {
+    for (e, steps) in job.edits.iter().zip(job.partial_steps()) {
         let mut c = Conditioning::new(text.encode(&[&e.prompt])?);
         if e.guidance != 1.0 {
             c.uncond = Some(text.encode(&[e.negative.as_deref().unwrap_or("")])?);
@@ -62,6 +62,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             cond: c,
             seed: e.seed,
             blend: e.blend,
+            steps,
         });
     }
     let conditions = Arc::new(WindowConditions {
@@ -76,10 +77,11 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         &bundle,
         job.steps,
         job.eta,
-        job.strength,
+        job.inversion_strength(),
         job.context,
         job.blend,
-    )?;
+    )?
+    .keeping_trajectory(job.partial_steps().iter().any(Option::is_some));
     let cache = match &job.cache {
         Some(c) => Some(CacheUse {
             cache: c.clone(),
@@ -303,9 +305,9 @@ pub fn inversion_settings(
         "bundle": bundle.identity()?,
         "source": job.source_prompt,
         "steps": job.steps,
-        "strength": job.strength,
+        "strength": job.inversion_strength(),
         "context": crate::pipeline::spec::context_name(job.context),
-        "trajectory": job.blend > 0.0,
+        "trajectory": job.blend > 0.0 || job.partial_steps().iter().any(Option::is_some),
         "window": job.window,
         "overlap": job.overlap,
         "anchor": job.anchor,

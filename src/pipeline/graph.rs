@@ -94,6 +94,7 @@ pub fn sampler_setup(
         context,
         eta,
         blend: (blend > 0.0).then_some(BlendSetup { threshold: blend }),
+        keep_trajectory: blend > 0.0,
     })
 }
 

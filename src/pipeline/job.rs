@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::spec::JobSpec;
 use crate::cache::InversionCache;
+use crate::diffusion::schedule::steps_at_strength;
 use crate::diffusion::ContextMode;
 use crate::media::{EncodeSettings, InputSpec};
 use crate::model::RuntimeOptions;
@@ -24,6 +25,9 @@ pub struct EditTarget {
     /// Whether the job's local blending applies to this edit (false for a reconstruction
     /// check, whose mask would be empty and its output the source itself).
     pub blend: bool,
+    /// This edit's share of the schedule; None: the job's `strength`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,7 +41,8 @@ pub struct EditJob {
     pub edits: Vec<EditTarget>,
     pub steps: usize,
     pub eta: f64,
-    /// Share of the schedule to run (`Schedule::with_strength`); 1 = every step.
+    /// Share of the schedule an edit runs unless it sets its own (`Schedule::with_strength`);
+    /// 1 = every step.
     pub strength: f64,
     pub context: ContextMode,
     /// New frames per temporal window.
@@ -103,6 +108,27 @@ pub(crate) fn with_deflicker(mut encode: EncodeSettings, deflicker: f32) -> Enco
 }
 
 impl EditJob {
+    /// The share of the schedule the inversion runs: as far as the strongest edit needs.
+    pub fn inversion_strength(&self) -> f64 {
+        self.edits
+            .iter()
+            .map(|e| e.strength.unwrap_or(self.strength))
+            .fold(f64::MIN_POSITIVE, f64::max)
+    }
+
+    /// How many of the inversion's steps each edit runs, where fewer than all of them
+    /// (None: the whole inversion, from its end).
+    pub fn partial_steps(&self) -> Vec<Option<usize>> {
+        let all = steps_at_strength(self.steps, self.inversion_strength());
+        self.edits
+            .iter()
+            .map(|e| {
+                let own = steps_at_strength(self.steps, e.strength.unwrap_or(self.strength));
+                (own < all).then_some(own)
+            })
+            .collect()
+    }
+
     /// The job a resolved spec describes: one output per edit (`outputs[i]` for
     /// `spec.edits[i]`), steps and context from the first edit (all edits share one inversion;
     /// callers check they agree).
@@ -134,6 +160,7 @@ impl EditJob {
                     seed: e.seed,
                     output,
                     blend: true,
+                    strength: e.strength,
                 })
                 .collect(),
             steps: first.steps,

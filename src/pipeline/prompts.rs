@@ -23,6 +23,9 @@ pub struct EditCondition {
     pub seed: u64,
     /// Local blending applies (when the setup has it).
     pub blend: bool,
+    /// Runs only this many of the inversion's steps, starting from the inversion's latent
+    /// after them (an edit of lower strength); None: all of them, from its end.
+    pub steps: Option<usize>,
 }
 
 /// What a window is inverted and edited with.
@@ -252,6 +255,7 @@ pub fn encode(
             cond,
             seed,
             blend: true,
+            steps: None,
         }],
         prompts: vec![p.prompt.clone()],
     })
@@ -283,6 +287,7 @@ fn halfway(old: &WindowConditions, new: &WindowConditions) -> WindowConditions {
             },
             seed: n.seed,
             blend: n.blend,
+            steps: n.steps,
         })
         .collect();
     WindowConditions {
@@ -309,6 +314,7 @@ mod tests {
                 cond: c,
                 seed: 0,
                 blend: true,
+                steps: None,
             }],
             prompts: vec![format!("p{v}")],
         }

@@ -384,6 +384,17 @@ pub struct SamplerSetup {
     pub eta: f64,
     /// Local blending (`diffusion::blend`), when on.
     pub blend: Option<BlendSetup>,
+    /// The inversion keeps every step's latent: blending follows it, and edits of lower
+    /// strength start from it part way.
+    pub keep_trajectory: bool,
+}
+
+impl SamplerSetup {
+    /// The same, also keeping the inversion's trajectory when `keep`.
+    pub fn keeping_trajectory(mut self, keep: bool) -> SamplerSetup {
+        self.keep_trajectory |= keep;
+        self
+    }
 }
 
 /// Local blending: the mask threshold (the mask compares the window's source and target
@@ -475,7 +486,7 @@ pub fn invert(
             .zip(w.meta.content.as_ref())
             .map(|(c, content)| c.key(content));
         if let (Some(c), Some(key)) = (&cache, &key) {
-            let keep = setup.blend.is_some();
+            let keep = setup.keep_trajectory;
             let found = c.cache.get(key, &mut counts).filter(|hit| {
                 // A sound entry of the wrong shape would be a key collision: never use it.
                 let fits = hit.x_t.dim() == w.x0.dim()
@@ -511,7 +522,7 @@ pub fn invert(
                 context: setup.context,
                 eta: 0.0,
                 x0_source: Some(&w.x0),
-                keep_trajectory: setup.blend.is_some(),
+                keep_trajectory: setup.keep_trajectory,
             },
             Models {
                 unet: &mut unet,
@@ -575,8 +586,19 @@ pub fn edit(
             let mut noise = SeededNoise::new(
                 ed.seed ^ (w.latents.meta.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
+            // An edit of lower strength runs the inversion's last steps backwards from
+            // the latent the inversion had reached there.
+            let schedule = match ed.steps {
+                Some(k) => &setup.schedule.least_noisy(k),
+                None => &setup.schedule,
+            };
+            let partial_start = ed.steps.map(|k| {
+                w.trajectory
+                    .get(k)
+                    .ok_or_else(|| e(format!("the inversion kept no latent after {k} steps")))
+            });
             let run = RunConfig {
-                schedule: &setup.schedule,
+                schedule,
                 context: setup.context,
                 eta: setup.eta,
                 x0_source: Some(&w.latents.x0),
@@ -588,7 +610,7 @@ pub fn edit(
                 Some(b) => Some(
                     diffusion::edit_mask(
                         &mut unet,
-                        &setup.schedule,
+                        schedule,
                         &w.latents.x0,
                         &edits.source,
                         &ed.cond.cond,
@@ -606,6 +628,10 @@ pub fn edit(
             let (cond, mut steps) = (&ed.cond, progress_cb(cancel));
             let last = i + 1 == edits.edits.len();
             let out = match &mask {
+                None if partial_start.is_some() => {
+                    let start = partial_start.expect("matched")?;
+                    diffusion::sample(run, models, start, cond, Some(&mut noise), &mut steps)
+                }
                 None if last => {
                     let start = x_t.take().expect("taken by the last edit only");
                     diffusion::sample(run, models, start, cond, Some(&mut noise), &mut steps)
@@ -617,12 +643,18 @@ pub fn edit(
                 Some(mask) => diffusion::sample_blended(
                     run,
                     models,
-                    x_t.as_ref().expect("taken by the last edit only"),
+                    match partial_start {
+                        Some(start) => start?,
+                        None => x_t.as_ref().expect("taken by the last edit only"),
+                    },
                     cond,
                     Some(&mut noise),
                     &Blend {
                         mask,
-                        inversion: &w.trajectory,
+                        // An edit of lower strength follows the inversion as far as it starts.
+                        inversion: &w.trajectory[..ed
+                            .steps
+                            .map_or(w.trajectory.len(), |k| (k + 1).min(w.trajectory.len()))],
                     },
                     &mut steps,
                 ),

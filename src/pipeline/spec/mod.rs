@@ -29,7 +29,7 @@
 //! | `steps` | integer `1..=1000` | required | P F E C | DDIM steps (CONTEXTDIFF.md §2). |
 //! | `guidance` | float `0..=50` | required | P F E C | Classifier-free guidance weight `w`; 1 = conditional prediction only. |
 //! | `eta` | float `>= 0` | `0` | P F | DDIM stochasticity; 0 = deterministic. |
-//! | `strength` | float `0 < s <= 1` | `1` | P F C | Share of the schedule an edit runs: the source is inverted through the `ceil(s * steps)` least noisy timesteps and sampled back from there (SDEdit's strength). Lower keeps more of the source's layout and motion; 1 = the whole schedule. Shared by a video's edits (one inversion). |
+//! | `strength` | float `0 < s <= 1` | `1` | P F E C | Share of the schedule an edit runs: the source is inverted through the `ceil(s * steps)` least noisy timesteps and sampled back from there (SDEdit's strength). Lower keeps more of the source's layout and motion; 1 = the whole schedule. A video's edits share one inversion, run as far as its strongest edit needs; an edit with a lower strength starts from the inversion's latent at its own step. |
 //! | `deflicker` | float `0..=255` | `0` | P F C | Temporal smoothing of the edited frames before they are encoded (FFmpeg's `hqdn3d`, temporal part only; the change, in levels of 255, at which a pixel still keeps a quarter of its past): shimmer of a few levels is averaged away, motion passes. 0 = off. |
 //! | `seed` | integer `0..=2^63-1` (TOML) | `0` | P F E C | Seed of the noise source (used when `eta > 0`). |
 //! | `context` | `"off"`, `"source"`, `"x0_pred"` | `"source"` | P F E C | ContextDiff context mode ([`ContextMode`], CONTEXTDIFF.md): none, the adapter on the source latent once, or on each step's x0 estimate. |

@@ -51,6 +51,10 @@ pub struct EditSpec {
     pub seed: Option<u64>,
     #[serde(default, deserialize_with = "de_context_opt")]
     pub context: Option<ContextMode>,
+    /// This edit's share of the schedule, when it differs from the video's (the inversion
+    /// runs as far as the strongest edit needs; the others start part way along it).
+    #[serde(default)]
+    pub strength: Option<f64>,
 }
 
 impl EditSpec {
@@ -64,6 +68,7 @@ impl EditSpec {
             steps: None,
             seed: None,
             context: None,
+            strength: None,
         }
     }
 }
@@ -241,6 +246,9 @@ impl PromptFile {
             }
             if let Some(guidance) = edit.guidance {
                 check.guidance(guidance)?;
+            }
+            if let Some(strength) = edit.strength {
+                check.strength(strength)?;
             }
             edits.push(edit);
         }

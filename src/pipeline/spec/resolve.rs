@@ -65,6 +65,10 @@ pub struct Edit {
     pub seed: u64,
     #[serde(serialize_with = "ser_context", deserialize_with = "de_context")]
     pub context: ContextMode,
+    /// The edit's own share of the schedule, only where it differs from the job's
+    /// [`JobSpec::strength`] (so jobs stored before per-edit strengths keep their keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 /// Everything one video's job needs to know about what to do, merged from all layers. The
@@ -214,6 +218,7 @@ impl Merged {
                 seed: e.seed,
                 context: e.context,
                 negative: e.negative.clone(),
+                strength: e.strength,
                 ..Overrides::default()
             },
             label,
@@ -291,6 +296,11 @@ impl JobSpec {
             o.remove("bundle");
         }
         v
+    }
+
+    /// The share of the schedule `edit` runs: its own, else the job's.
+    pub fn strength_of(&self, edit: &Edit) -> f64 {
+        edit.strength.unwrap_or(self.strength)
     }
 
     /// One inversion serves every edit of a video, so the edits must agree on what shapes
@@ -483,6 +493,10 @@ fn resolve(
         for key in ["steps", "guidance", "seed", "context", "negative"] {
             provenance.insert(format!("edit.{name}.{key}"), m.from[key].clone());
         }
+        let own_strength = (m.strength != job.strength).then_some(m.strength);
+        if own_strength.is_some() {
+            provenance.insert(format!("edit.{name}.strength"), m.from["strength"].clone());
+        }
         provenance.insert(format!("edit.{name}.prompt"), edits_label.clone());
         edits.push(Edit {
             name,
@@ -492,6 +506,7 @@ fn resolve(
             steps: m.steps,
             seed: m.seed,
             context: m.context,
+            strength: own_strength,
         });
     }
 

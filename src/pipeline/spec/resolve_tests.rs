@@ -352,6 +352,48 @@ fn strength_merges_like_eta_and_is_omitted_at_full_strength() {
 }
 
 #[test]
+fn an_edit_can_set_its_own_strength_below_the_command_line() {
+    let p = preset("demo");
+    let file = toml(
+        "source = \"a\"\n[[edit]]\nprompt = \"b\"\n\
+         [[edit]]\nprompt = \"c\"\nstrength = 0.6\n\
+         [[edit]]\nprompt = \"d\"\nstrength = 0.8\n",
+        "v.prompt.toml",
+    );
+    let job = JobSpec::resolve(&p, None, Some(&file), &cli()).unwrap();
+    assert_eq!(job.strength, 0.8, "the demo preset's");
+    let own: Vec<Option<f64>> = job.edits.iter().map(|e| e.strength).collect();
+    // Only an edit that differs from the job carries its own value (stored jobs keep their keys).
+    assert_eq!(own, [None, Some(0.6), None]);
+    assert_eq!(job.strength_of(&job.edits[1]), 0.6);
+    assert_eq!(job.provenance["edit.c.strength"], "sidecar:v.prompt.toml");
+    assert!(!job.provenance.contains_key("edit.b.strength"));
+    let runs = job.what_runs();
+    assert_eq!(runs["edits"][1]["strength"], 0.6);
+    assert!(runs["edits"][0].get("strength").is_none(), "{runs}");
+    let back: JobSpec = serde_json::from_value(serde_json::to_value(&job).unwrap()).unwrap();
+    assert_eq!(back, job);
+
+    // The command line beats every file, per-edit values included.
+    let over = CliOverrides {
+        strength: Some(0.9),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, None, Some(&file), &over).unwrap();
+    assert!(job.edits.iter().all(|e| e.strength.is_none()));
+    assert_eq!(job.strength, 0.9);
+
+    let err = toml_err(
+        "source = \"a\"\n[[edit]]\nprompt = \"b\"\nstrength = 1.5\n",
+        "v.prompt.toml",
+    );
+    assert!(
+        err.contains("[[edit]] #1") && err.contains("0 < strength <= 1"),
+        "{err}"
+    );
+}
+
+#[test]
 fn deflicker_merges_from_every_layer_and_is_omitted_when_off() {
     let p = preset("default");
     let file = toml(
