@@ -37,6 +37,7 @@ pub fn job(
                 output: out.clone(),
                 blend: true,
                 strength: None,
+                blend_threshold: None,
             })
             .collect(),
         steps,
@@ -658,8 +659,9 @@ fn a_shared_unet_session_edits_like_two() {
 }
 
 /// An edit of lower strength than its video's others starts part way along their one
-/// inversion: its output is the one a job at its strength alone writes, bit for bit (with
-/// local blending too, which follows the same inversion), and not the one at the job's.
+/// inversion: its output is the one a job at its strength alone writes, bit for bit, and not
+/// the one at the job's. The same with local blending set for that edit alone (it follows the
+/// inversion as far as the edit starts), beside an edit that does not blend.
 #[test]
 fn an_edit_of_lower_strength_starts_part_way_along_the_shared_inversion() {
     let d = Dir::new();
@@ -667,15 +669,17 @@ fn an_edit_of_lower_strength_starts_part_way_along_the_shared_inversion() {
         "in.mp4",
         &strs(&args(&[&pattern("64x48", "12", 0.8)], &["-c:v", "libx264"])),
     );
-    // Each edit's frames, from a job at `strength` whose edits are (prompt, own strength).
-    let run = |name: &str, strength: f64, edits: &[(&str, Option<f64>)], blend: f32| {
+    // Each edit's frames, from a job at `strength` and `blend` whose edits are (prompt, own
+    // strength, own blend).
+    type Own = (&'static str, Option<f64>, Option<f32>);
+    let run = |name: &str, strength: f64, blend: f32, edits: &[Own]| {
         let targets: Vec<(&str, &str, PathBuf)> = edits
             .iter()
             .enumerate()
-            .map(|(i, (prompt, _))| {
+            .map(|(i, e)| {
                 (
                     ["first", "second"][i],
-                    *prompt,
+                    e.0,
                     d.path(&format!("{name}.{i}.mkv")),
                 )
             })
@@ -685,8 +689,8 @@ fn an_edit_of_lower_strength_starts_part_way_along_the_shared_inversion() {
         j.encode.codec = Some("ffv1".into());
         j.strength = strength;
         j.blend = blend;
-        for (t, (_, own)) in j.edits.iter_mut().zip(edits) {
-            t.strength = *own;
+        for (t, e) in j.edits.iter_mut().zip(edits) {
+            (t.strength, t.blend_threshold) = (e.1, e.2);
         }
         assert_eq!(graph::run(&j, &|_| {}).unwrap().len(), edits.len());
         targets
@@ -696,15 +700,26 @@ fn an_edit_of_lower_strength_starts_part_way_along_the_shared_inversion() {
     };
     let (red, blue) = ("a red video", "a blue video");
     for blend in [0.0, 0.3] {
+        let own_blend = (blend > 0.0).then_some(blend);
         let shared = run(
             &format!("shared{blend}"),
             0.8,
-            &[(red, None), (blue, Some(0.5))],
-            blend,
+            0.0,
+            &[(red, None, None), (blue, Some(0.5), own_blend)],
         );
-        let red_alone = run(&format!("red{blend}"), 0.8, &[(red, None)], blend);
-        let blue_low = run(&format!("bluelow{blend}"), 0.5, &[(blue, None)], blend);
-        let blue_high = run(&format!("bluehigh{blend}"), 0.8, &[(blue, None)], blend);
+        let red_alone = run(&format!("red{blend}"), 0.8, 0.0, &[(red, None, None)]);
+        let blue_low = run(
+            &format!("bluelow{blend}"),
+            0.5,
+            blend,
+            &[(blue, None, None)],
+        );
+        let blue_high = run(
+            &format!("bluehigh{blend}"),
+            0.8,
+            blend,
+            &[(blue, None, None)],
+        );
         assert_eq!(
             mean_abs_diff(&shared[0], &red_alone[0]),
             0.0,

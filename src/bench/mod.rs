@@ -453,6 +453,7 @@ pub(crate) fn edit_job(
             output: out.to_path_buf(),
             blend: true,
             strength: None,
+            blend_threshold: None,
         }],
         steps,
         eta: 0.0,

@@ -62,6 +62,10 @@ pub struct QualityBenchArgs {
     /// inversion runs as far as the strongest edit needs.
     #[arg(long = "edit-strength", value_parser = parse_kind_strength)]
     pub edit_strength: Vec<(EditKind, f64)>,
+    /// An edit kind's own local blending threshold, as a prompt file's `[[edit]]` sets one:
+    /// KIND=T (repeatable; 0 = off; the others blend at --blend).
+    #[arg(long = "edit-blend", value_parser = parse_kind_blend)]
+    pub edit_blend: Vec<(EditKind, f64)>,
     /// Temporal smoothing of the outputs (default: the preset's; 0 = off).
     #[arg(long)]
     pub deflicker: Option<f32>,
@@ -94,9 +98,26 @@ fn parse_context(s: &str) -> Result<ContextMode, String> {
 }
 
 fn parse_kind_strength(s: &str) -> Result<(EditKind, f64), String> {
+    let (kind, v) = parse_kind_value(s, "STRENGTH")?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(format!("strength {v} is out of range (0 < strength <= 1)"));
+    }
+    Ok((kind, v))
+}
+
+fn parse_kind_blend(s: &str) -> Result<(EditKind, f64), String> {
+    let (kind, v) = parse_kind_value(s, "THRESHOLD")?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("blend {v} is out of range (0..=1)"));
+    }
+    Ok((kind, v))
+}
+
+/// `KIND=VALUE`, KIND one of the edit kinds.
+fn parse_kind_value(s: &str, what: &str) -> Result<(EditKind, f64), String> {
     let (kind, value) = s
         .split_once('=')
-        .ok_or_else(|| format!("'{s}': expected KIND=STRENGTH, e.g. background=0.6"))?;
+        .ok_or_else(|| format!("'{s}': expected KIND={what}, e.g. background=0.6"))?;
     let kind = EditKind::ALL
         .into_iter()
         .find(|k| k.name() == kind.trim())
@@ -105,9 +126,6 @@ fn parse_kind_strength(s: &str) -> Result<(EditKind, f64), String> {
         .trim()
         .parse()
         .map_err(|_| format!("'{value}' is not a number"))?;
-    if !(v > 0.0 && v <= 1.0) {
-        return Err(format!("strength {v} is out of range (0 < strength <= 1)"));
-    }
     Ok((kind, v))
 }
 
@@ -207,6 +225,9 @@ struct QualityBench {
     /// Edit kinds run at their own strength (`--edit-strength`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     edit_strength: BTreeMap<&'static str, f64>,
+    /// Edit kinds blended at their own threshold (`--edit-blend`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    edit_blend: BTreeMap<&'static str, f64>,
     /// Temporal smoothing of the outputs (0 = off).
     deflicker: f32,
     /// Held-out sources the analyser reads exactly as labelled (a check on the ruler).
@@ -484,6 +505,11 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
             .iter()
             .map(|(k, v)| (k.name(), *v))
             .collect(),
+        edit_blend: args
+            .edit_blend
+            .iter()
+            .map(|(k, v)| (k.name(), *v))
+            .collect(),
         deflicker,
         analyser_exact_sources: exact,
         modes,
@@ -508,6 +534,12 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                 .edit_strength
                 .iter()
                 .map(|(k, v)| format!(", {k} edits at {v}"))
+                .chain(
+                    result
+                        .edit_blend
+                        .iter()
+                        .map(|(k, v)| format!(", {k} edits blended at {v}"))
+                )
                 .collect::<String>(),
             if blend > 0.0 {
                 format!(", blend {blend}")
@@ -646,6 +678,9 @@ fn clip_job(
         if let Some((_, s)) = args.edit_strength.iter().rev().find(|(k, _)| *k == e.kind) {
             t.strength = Some(*s);
         }
+        if let Some((_, b)) = args.edit_blend.iter().rev().find(|(k, _)| *k == e.kind) {
+            t.blend_threshold = Some(*b as f32);
+        }
     }
     if job.short_side.is_none() {
         let target = reconstruct_target(clip, job.edits[0].seed, dir);
@@ -666,6 +701,7 @@ fn reconstruct_target(clip: &HeldoutClip, seed: u64, dir: &Path) -> EditTarget {
         output: spec::output_path(dir, &stem_of(clip), "reconstruct", "mp4"),
         blend: false,
         strength: None,
+        blend_threshold: None,
     }
 }
 

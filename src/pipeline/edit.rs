@@ -61,7 +61,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         edits.push(EditCondition {
             cond: c,
             seed: e.seed,
-            blend: e.blend,
+            blend: Some(job.blend_of(e)),
             steps,
         });
     }
@@ -81,7 +81,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         job.context,
         job.blend,
     )?
-    .keeping_trajectory(job.partial_steps().iter().any(Option::is_some));
+    .keeping_trajectory(job.keeps_trajectory());
     let cache = match &job.cache {
         Some(c) => Some(CacheUse {
             cache: c.clone(),
@@ -307,7 +307,7 @@ pub fn inversion_settings(
         "steps": job.steps,
         "strength": job.inversion_strength(),
         "context": crate::pipeline::spec::context_name(job.context),
-        "trajectory": job.blend > 0.0 || job.partial_steps().iter().any(Option::is_some),
+        "trajectory": job.keeps_trajectory(),
         "window": job.window,
         "overlap": job.overlap,
         "anchor": job.anchor,

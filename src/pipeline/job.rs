@@ -28,6 +28,9 @@ pub struct EditTarget {
     /// This edit's share of the schedule; None: the job's `strength`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
+    /// This edit's local blending threshold (0 = off); None: the job's `blend`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blend_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +119,22 @@ impl EditJob {
             .fold(f64::MIN_POSITIVE, f64::max)
     }
 
+    /// The local blending threshold `edit` runs with (0 = off).
+    pub fn blend_of(&self, edit: &EditTarget) -> f32 {
+        if edit.blend {
+            edit.blend_threshold.unwrap_or(self.blend)
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether the inversion keeps every step's latent: an edit blends with it, or starts
+    /// part way along it.
+    pub fn keeps_trajectory(&self) -> bool {
+        self.edits.iter().any(|e| self.blend_of(e) > 0.0)
+            || self.partial_steps().iter().any(Option::is_some)
+    }
+
     /// How many of the inversion's steps each edit runs, where fewer than all of them
     /// (None: the whole inversion, from its end).
     pub fn partial_steps(&self) -> Vec<Option<usize>> {
@@ -161,6 +180,7 @@ impl EditJob {
                     output,
                     blend: true,
                     strength: e.strength,
+                    blend_threshold: e.blend,
                 })
                 .collect(),
             steps: first.steps,

@@ -21,8 +21,9 @@ use crate::model::TextEncoder;
 pub struct EditCondition {
     pub cond: Conditioning,
     pub seed: u64,
-    /// Local blending applies (when the setup has it).
-    pub blend: bool,
+    /// Local blending threshold for this edit (None or 0: off). A stream's edit takes the
+    /// setup's (`SamplerSetup::blend`).
+    pub blend: Option<f32>,
     /// Runs only this many of the inversion's steps, starting from the inversion's latent
     /// after them (an edit of lower strength); None: all of them, from its end.
     pub steps: Option<usize>,
@@ -254,7 +255,7 @@ pub fn encode(
         edits: vec![EditCondition {
             cond,
             seed,
-            blend: true,
+            blend: None,
             steps: None,
         }],
         prompts: vec![p.prompt.clone()],
@@ -313,7 +314,7 @@ mod tests {
             edits: vec![EditCondition {
                 cond: c,
                 seed: 0,
-                blend: true,
+                blend: None,
                 steps: None,
             }],
             prompts: vec![format!("p{v}")],

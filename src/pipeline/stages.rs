@@ -605,16 +605,21 @@ pub fn edit(
                 keep_trajectory: false,
             };
             // The mask first: it needs the UNet alone, the sampler then borrows it with the adapter.
-            let mask = match setup.blend.as_ref().filter(|_| ed.blend) {
+            // The edit's own threshold, else the setup's (a stream's); 0 is off.
+            let threshold = ed
+                .blend
+                .or(setup.blend.as_ref().map(|b| b.threshold))
+                .filter(|&t| t > 0.0);
+            let mask = match threshold {
                 None => None,
-                Some(b) => Some(
+                Some(threshold) => Some(
                     diffusion::edit_mask(
                         &mut unet,
                         schedule,
                         &w.latents.x0,
                         &edits.source,
                         &ed.cond.cond,
-                        b.threshold,
+                        threshold,
                     )
                     .map_err(|m| e(m.to_string()))?,
                 ),

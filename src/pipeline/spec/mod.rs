@@ -39,7 +39,7 @@
 //! | `anchor` | bool | `true` | P F | Include the video's first frame in every window as a shared anchor. |
 //! | `short_side` | integer `0..=8192` | `0` | P F | Processing resolution: scale so the short side is this; 0 = the native size. |
 //! | `multiple` | integer `1..=1024` | `64` | P | Pad the processing size up to a multiple of this. |
-//! | `blend` | float `0..=1` | `0` | P C | Local blending (DiffEdit-style): edit only where the source and target prompts make the UNet disagree by at least this fraction of the frame's largest disagreement, keep the source (its inversion trajectory) elsewhere; 0 = off. |
+//! | `blend` | float `0..=1` | `0` | P E C | Local blending (DiffEdit-style): edit only where the source and target prompts make the UNet disagree by at least this fraction of the frame's largest disagreement, keep the source (its inversion trajectory) elsewhere; 0 = off. An `[[edit]]`'s own value beats the preset's; `--blend` beats both. |
 //! | `reconstruct` | bool | `false` | P | Edit with the source prompt instead of the targets: one edit named `reconstruct`, the fidelity check. |
 //! | `bundle` | path | none | P | Default model bundle folder (relative paths are relative to the working directory). |
 //!

@@ -55,6 +55,9 @@ pub struct EditSpec {
     /// runs as far as the strongest edit needs; the others start part way along it).
     #[serde(default)]
     pub strength: Option<f64>,
+    /// This edit's local blending threshold (0 = off), when it differs from the preset's.
+    #[serde(default)]
+    pub blend: Option<f32>,
 }
 
 impl EditSpec {
@@ -69,6 +72,7 @@ impl EditSpec {
             seed: None,
             context: None,
             strength: None,
+            blend: None,
         }
     }
 }
@@ -249,6 +253,9 @@ impl PromptFile {
             }
             if let Some(strength) = edit.strength {
                 check.strength(strength)?;
+            }
+            if let Some(blend) = edit.blend {
+                check.blend(blend)?;
             }
             edits.push(edit);
         }

@@ -69,6 +69,10 @@ pub struct Edit {
     /// [`JobSpec::strength`] (so jobs stored before per-edit strengths keep their keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
+    /// The edit's own local blending threshold (0 = off), only where it differs from the
+    /// job's [`JobSpec::blend`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blend: Option<f32>,
 }
 
 /// Everything one video's job needs to know about what to do, merged from all layers. The
@@ -298,6 +302,11 @@ impl JobSpec {
         v
     }
 
+    /// The local blending threshold of `edit` (0 = off): its own, else the job's.
+    pub fn blend_of(&self, edit: &Edit) -> f32 {
+        edit.blend.unwrap_or(self.blend)
+    }
+
     /// The share of the schedule `edit` runs: its own, else the job's.
     pub fn strength_of(&self, edit: &Edit) -> f64 {
         edit.strength.unwrap_or(self.strength)
@@ -480,6 +489,7 @@ fn resolve(
     };
     provenance.insert("edits".to_owned(), edits_label.clone());
 
+    let job_blend = cli.blend.unwrap_or(preset.blend);
     let mut used = HashSet::new();
     let mut edits = Vec::with_capacity(specs.len());
     for spec in &specs {
@@ -497,6 +507,13 @@ fn resolve(
         if own_strength.is_some() {
             provenance.insert(format!("edit.{name}.strength"), m.from["strength"].clone());
         }
+        // `--blend` beats every file; below it an edit's own value beats the preset's.
+        let own_blend = spec
+            .blend
+            .filter(|&b| cli.blend.is_none() && b != job_blend);
+        if own_blend.is_some() {
+            provenance.insert(format!("edit.{name}.blend"), edits_label.clone());
+        }
         provenance.insert(format!("edit.{name}.prompt"), edits_label.clone());
         edits.push(Edit {
             name,
@@ -507,6 +524,7 @@ fn resolve(
             seed: m.seed,
             context: m.context,
             strength: own_strength,
+            blend: own_blend,
         });
     }
 
@@ -522,7 +540,7 @@ fn resolve(
         eta: job.eta,
         strength: job.strength,
         deflicker: job.deflicker,
-        blend: cli.blend.unwrap_or(preset.blend),
+        blend: job_blend,
         reconstruct: preset.reconstruct,
         bundle: preset.bundle.clone(),
         provenance,

@@ -394,6 +394,61 @@ fn an_edit_can_set_its_own_strength_below_the_command_line() {
 }
 
 #[test]
+fn an_edit_can_set_its_own_blend_below_the_command_line() {
+    let p = preset("demo");
+    let file = toml(
+        "source = \"a\"\n[[edit]]\nprompt = \"b\"\nblend = 0.3\n\
+         [[edit]]\nprompt = \"c\"\n[[edit]]\nprompt = \"d\"\nblend = 0\n",
+        "v.prompt.toml",
+    );
+    let job = JobSpec::resolve(&p, None, Some(&file), &cli()).unwrap();
+    assert_eq!(job.blend, 0.0, "the demo preset blends nowhere");
+    let got: Vec<(Option<f32>, f32)> = job
+        .edits
+        .iter()
+        .map(|e| (e.blend, job.blend_of(e)))
+        .collect();
+    assert_eq!(got, [(Some(0.3), 0.3), (None, 0.0), (None, 0.0)]);
+    assert_eq!(job.provenance["edit.b.blend"], "sidecar:v.prompt.toml");
+    let over = CliOverrides {
+        blend: Some(0.5),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, None, Some(&file), &over).unwrap();
+    assert!(job.edits.iter().all(|e| job.blend_of(e) == 0.5));
+    let err = toml_err(
+        "source = \"a\"\n[[edit]]\nprompt = \"b\"\nblend = 2\n",
+        "v.prompt.toml",
+    );
+    assert!(
+        err.contains("[[edit]] #1") && err.contains("blend"),
+        "{err}"
+    );
+}
+
+/// The README's main job edits the demo clip with its shipped sidecar: three edits at the
+/// strengths their kinds need, under one inversion.
+#[test]
+fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
+    let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/train/clips/demo.mp4");
+    let over = CliOverrides {
+        preset: Some("demo".into()),
+        ..cli()
+    };
+    let job = JobSpec::for_video(&video, &pipelines(), &over).unwrap();
+    let got: Vec<(&str, f64)> = job
+        .edits
+        .iter()
+        .map(|e| (e.name.as_str(), job.strength_of(e)))
+        .collect();
+    assert_eq!(
+        got,
+        [("beige-background", 0.6), ("square", 0.8), ("yellow", 0.9)]
+    );
+    job.check_shared_inversion().unwrap();
+}
+
+#[test]
 fn deflicker_merges_from_every_layer_and_is_omitted_when_off() {
     let p = preset("default");
     let file = toml(
