@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod harness;
 mod media;
+mod per_kind;
 mod quality;
 mod soak;
 mod stream;

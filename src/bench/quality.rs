@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use super::per_kind::{self, KindSettings};
 use crate::diffusion::ContextMode;
 use crate::media::{EncodeSettings, InputSpec, RgbFrame};
 use crate::pipeline::graph;
@@ -57,15 +58,12 @@ pub struct QualityBenchArgs {
     /// Share of the schedule the edits (and the reconstruction) run (default: the preset's).
     #[arg(long)]
     pub strength: Option<f64>,
-    /// An edit kind's own strength, as a prompt file's `[[edit]]` sets one: KIND=S, KIND one
-    /// of colour, shape, background (repeatable; the others run at --strength). The
-    /// inversion runs as far as the strongest edit needs.
-    #[arg(long = "edit-strength", value_parser = parse_kind_strength)]
-    pub edit_strength: Vec<(EditKind, f64)>,
-    /// An edit kind's own local blending threshold, as a prompt file's `[[edit]]` sets one:
-    /// KIND=T (repeatable; 0 = off; the others blend at --blend).
-    #[arg(long = "edit-blend", value_parser = parse_kind_blend)]
-    pub edit_blend: Vec<(EditKind, f64)>,
+    /// One kind of edit's own settings, as a prompt file's `[[edit]]` sets them for one edit:
+    /// KIND:KEY=V[,KEY=V...], KIND one of colour, shape, background, KEY one of strength,
+    /// blend, guidance (repeatable; e.g. background:strength=0.6). The inversion runs as far
+    /// as the strongest edit needs.
+    #[arg(long = "edit", value_parser = per_kind::parse)]
+    pub edit: Vec<KindSettings>,
     /// Temporal smoothing of the outputs (default: the preset's; 0 = off).
     #[arg(long)]
     pub deflicker: Option<f32>,
@@ -95,38 +93,6 @@ pub struct QualityBenchArgs {
 
 fn parse_context(s: &str) -> Result<ContextMode, String> {
     s.parse()
-}
-
-fn parse_kind_strength(s: &str) -> Result<(EditKind, f64), String> {
-    let (kind, v) = parse_kind_value(s, "STRENGTH")?;
-    if !(v > 0.0 && v <= 1.0) {
-        return Err(format!("strength {v} is out of range (0 < strength <= 1)"));
-    }
-    Ok((kind, v))
-}
-
-fn parse_kind_blend(s: &str) -> Result<(EditKind, f64), String> {
-    let (kind, v) = parse_kind_value(s, "THRESHOLD")?;
-    if !(0.0..=1.0).contains(&v) {
-        return Err(format!("blend {v} is out of range (0..=1)"));
-    }
-    Ok((kind, v))
-}
-
-/// `KIND=VALUE`, KIND one of the edit kinds.
-fn parse_kind_value(s: &str, what: &str) -> Result<(EditKind, f64), String> {
-    let (kind, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("'{s}': expected KIND={what}, e.g. background=0.6"))?;
-    let kind = EditKind::ALL
-        .into_iter()
-        .find(|k| k.name() == kind.trim())
-        .ok_or_else(|| format!("'{kind}' is not an edit kind (colour, shape, background)"))?;
-    let v: f64 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{value}' is not a number"))?;
-    Ok((kind, v))
 }
 
 fn mode_name(m: ContextMode) -> &'static str {
@@ -222,12 +188,9 @@ struct QualityBench {
     guidance: f32,
     blend: f32,
     strength: f64,
-    /// Edit kinds run at their own strength (`--edit-strength`).
+    /// Edit kinds run with settings of their own (`--edit`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    edit_strength: BTreeMap<&'static str, f64>,
-    /// Edit kinds blended at their own threshold (`--edit-blend`).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    edit_blend: BTreeMap<&'static str, f64>,
+    edit_settings: BTreeMap<&'static str, KindSettings>,
     /// Temporal smoothing of the outputs (0 = off).
     deflicker: f32,
     /// Held-out sources the analyser reads exactly as labelled (a check on the ruler).
@@ -500,16 +463,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         guidance,
         blend,
         strength,
-        edit_strength: args
-            .edit_strength
-            .iter()
-            .map(|(k, v)| (k.name(), *v))
-            .collect(),
-        edit_blend: args
-            .edit_blend
-            .iter()
-            .map(|(k, v)| (k.name(), *v))
-            .collect(),
+        edit_settings: per_kind::by_name(&args.edit),
         deflicker,
         analyser_exact_sources: exact,
         modes,
@@ -531,15 +485,9 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                 String::new()
             },
             result
-                .edit_strength
+                .edit_settings
                 .iter()
-                .map(|(k, v)| format!(", {k} edits at {v}"))
-                .chain(
-                    result
-                        .edit_blend
-                        .iter()
-                        .map(|(k, v)| format!(", {k} edits blended at {v}"))
-                )
+                .map(|(k, v)| format!(", {k} edits at {}", v.describe()))
                 .collect::<String>(),
             if blend > 0.0 {
                 format!(", blend {blend}")
@@ -675,12 +623,7 @@ fn clip_job(
     );
     for (t, e) in job.edits.iter_mut().zip(&clip.edits) {
         t.name = e.kind.name().to_string();
-        if let Some((_, s)) = args.edit_strength.iter().rev().find(|(k, _)| *k == e.kind) {
-            t.strength = Some(*s);
-        }
-        if let Some((_, b)) = args.edit_blend.iter().rev().find(|(k, _)| *k == e.kind) {
-            t.blend_threshold = Some(*b as f32);
-        }
+        per_kind::for_kind(&args.edit, e.kind).apply(t);
     }
     if job.short_side.is_none() {
         let target = reconstruct_target(clip, job.edits[0].seed, dir);

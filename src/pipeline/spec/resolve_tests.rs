@@ -426,8 +426,8 @@ fn an_edit_can_set_its_own_blend_below_the_command_line() {
     );
 }
 
-/// The README's main job edits the demo clip with its shipped sidecar: three edits at the
-/// strengths their kinds need, under one inversion.
+/// The README's main job edits the demo clip with its shipped sidecar: three edits with the
+/// strength and blending their kinds need, under one inversion.
 #[test]
 fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
     let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/train/clips/demo.mp4");
@@ -436,14 +436,18 @@ fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
         ..cli()
     };
     let job = JobSpec::for_video(&video, &pipelines(), &over).unwrap();
-    let got: Vec<(&str, f64)> = job
+    let got: Vec<(&str, f64, f32)> = job
         .edits
         .iter()
-        .map(|e| (e.name.as_str(), job.strength_of(e)))
+        .map(|e| (e.name.as_str(), job.strength_of(e), job.blend_of(e)))
         .collect();
     assert_eq!(
         got,
-        [("beige-background", 0.6), ("square", 0.8), ("yellow", 0.9)]
+        [
+            ("beige-background", 0.6, 0.0),
+            ("square", 0.8, 0.3),
+            ("yellow", 0.9, 0.4)
+        ]
     );
     job.check_shared_inversion().unwrap();
 }

@@ -1,0 +1,159 @@
+//! `ctxd bench quality --edit KIND:KEY=V,...`: the settings one kind of edit runs with, as a
+//! prompt file's `[[edit]]` table sets them for one edit (its strength, local blending and
+//! guidance), so the bench measures what a user who knows what kind of change they ask for
+//! would run.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::pipeline::job::EditTarget;
+use crate::quality::EditKind;
+
+/// One kind's own settings; None: the preset's (or the command line's).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindSettings {
+    #[serde(skip)]
+    pub kind: EditKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blend: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f32>,
+}
+
+/// Parses `colour:strength=0.9,blend=0.3` (keys strength, blend, guidance).
+pub fn parse(s: &str) -> Result<KindSettings, String> {
+    let (kind, rest) = s.split_once(':').ok_or_else(|| {
+        format!("'{s}': expected KIND:KEY=VALUE[,KEY=VALUE...], e.g. background:strength=0.6")
+    })?;
+    let kind = EditKind::ALL
+        .into_iter()
+        .find(|k| k.name() == kind.trim())
+        .ok_or_else(|| format!("'{kind}' is not an edit kind (colour, shape, background)"))?;
+    let mut out = KindSettings {
+        kind,
+        strength: None,
+        blend: None,
+        guidance: None,
+    };
+    for pair in rest.split(',') {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("'{pair}': expected KEY=VALUE"))?;
+        let v: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{key} = '{value}' is not a number"))?;
+        match key.trim() {
+            "strength" if v > 0.0 && v <= 1.0 => out.strength = Some(v),
+            "blend" if (0.0..=1.0).contains(&v) => out.blend = Some(v as f32),
+            "guidance" if (0.0..=50.0).contains(&v) => out.guidance = Some(v as f32),
+            k @ ("strength" | "blend" | "guidance") => {
+                return Err(format!("{k} = {v} is out of range"))
+            }
+            k => {
+                return Err(format!(
+                    "'{k}' is not a per-edit key (strength, blend, guidance)"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The settings of `kind`: the last `--edit` that names it wins, key by key.
+pub fn for_kind(all: &[KindSettings], kind: EditKind) -> KindSettings {
+    let mut out = KindSettings {
+        kind,
+        strength: None,
+        blend: None,
+        guidance: None,
+    };
+    for k in all.iter().filter(|k| k.kind == kind) {
+        out.strength = k.strength.or(out.strength);
+        out.blend = k.blend.or(out.blend);
+        out.guidance = k.guidance.or(out.guidance);
+    }
+    out
+}
+
+impl KindSettings {
+    /// Sets them on an edit of this kind.
+    pub fn apply(&self, target: &mut EditTarget) {
+        if let Some(s) = self.strength {
+            target.strength = Some(s);
+        }
+        if let Some(b) = self.blend {
+            target.blend_threshold = Some(b);
+        }
+        if let Some(g) = self.guidance {
+            target.guidance = g;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.strength.is_none() && self.blend.is_none() && self.guidance.is_none()
+    }
+
+    /// `strength 0.6, blend 0.3` (empty when none is set).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.strength {
+            parts.push(format!("strength {s}"));
+        }
+        if let Some(b) = self.blend {
+            parts.push(format!("blend {b}"));
+        }
+        if let Some(g) = self.guidance {
+            parts.push(format!("guidance {g}"));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Every kind with settings of its own, by name (for the JSON and the table's heading).
+pub fn by_name(all: &[KindSettings]) -> BTreeMap<&'static str, KindSettings> {
+    EditKind::ALL
+        .into_iter()
+        .map(|k| (k.name(), for_kind(all, k)))
+        .filter(|(_, s)| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_merges_and_refuses() {
+        let a = parse("background:strength=0.6").unwrap();
+        let b = parse("background: blend=0.3 , guidance=3").unwrap();
+        assert!(parse("sky:blend=0.3")
+            .unwrap_err()
+            .contains("not an edit kind"));
+        let c = parse("colour:strength=0.9").unwrap();
+        let merged = for_kind(&[a.clone(), c, b], EditKind::Background);
+        assert_eq!(
+            (merged.strength, merged.blend, merged.guidance),
+            (Some(0.6), Some(0.3), Some(3.0))
+        );
+        assert_eq!(merged.describe(), "strength 0.6, blend 0.3, guidance 3");
+        assert_eq!(
+            by_name(&[a]).keys().copied().collect::<Vec<_>>(),
+            ["background"]
+        );
+        for bad in [
+            "shape:strength=0",
+            "shape:strength=1.5",
+            "shape:blend=2",
+            "shape:steps=3",
+            "shape:strength",
+            "shape",
+            "shape:strength=x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
