@@ -3,7 +3,8 @@
 //! edit, judged by the analyser: the asked-for attribute must appear, and the object count and
 //! the motion (median distance from the labelled path <= 1.5 px) must be kept. Without
 //! models/demo this fails, naming it. A second check edits one clip with two prompts that
-//! share one inversion (colour and background).
+//! share one inversion (colour and background), from a prompt file that gives the background
+//! edit its own strength.
 //! `CTXD_DEMO_BUNDLE=DIR` runs it against another bundle of the same contract (a fresh
 //! training run, say).
 
@@ -130,9 +131,15 @@ fn demo_edits_change_what_was_asked_and_keep_count_and_motion() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Two edits of one video share its inversion: on the first one-object held-out clip, the
-/// colour and the background edits, asked for in one `ctxd edit`, show the asked-for
-/// attribute and keep the object count and its path (median <= 1.5 px off).
+/// Two edits of one video share its inversion, each with its own strength from a prompt
+/// file: on the first one-object held-out clip, the colour edit at the preset's 0.8 and the
+/// background edit at 0.6 (so it starts part way along the colour edit's inversion, as the
+/// demo clip's sidecar has it; each report says the strength it ran) show the asked-for
+/// attribute and keep the object count and its path (median <= 1.5 px off; the background
+/// edit, which runs only the least noisy steps, 0.40 px, against 0.52 at 0.8). The sidecar's
+/// colour edit runs at 0.9 with blending, which changes colour
+/// more often but keeps the path less often (39 % of held-out colour edits keep the scene):
+/// on this clip its square drifts 6 px, so this check stays at 0.8.
 #[test]
 fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_count_and_motion() {
     let bundle = demo_bundle();
@@ -150,20 +157,56 @@ fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_count_and_mot
         .iter()
         .map(|k| clip.edit(*k).expect("an edit of each kind"))
         .collect();
-    let prompts: Vec<&str> = edits.iter().map(|e| e.prompt.as_str()).collect();
-    let edited = edit_clip(
-        &bundle,
-        &set.path_of(clip),
-        &clip.caption,
-        &prompts,
-        d.root(),
+    let prompt_file = d.path("edits.prompt.toml");
+    std::fs::write(
+        &prompt_file,
+        format!(
+            "source = {:?}\n\n[[edit]]\nname = \"colour\"\nprompt = {:?}\n\n\
+             [[edit]]\nname = \"background\"\nprompt = {:?}\nstrength = 0.6\n",
+            clip.caption, edits[0].prompt, edits[1].prompt
+        ),
+    )
+    .unwrap();
+    let out_dir = d.path("out");
+    run_ok(
+        ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("-q")
+            .arg("edit")
+            .arg(set.path_of(clip))
+            .args(["--preset", "demo", "--bundle"])
+            .arg(&bundle)
+            .arg("--prompt-file")
+            .arg(&prompt_file)
+            .arg("--out-dir")
+            .arg(&out_dir),
     );
-    for ((kind, edit), frames) in kinds.into_iter().zip(edits).zip(edited) {
+    let (stem, ext) = ctxd::pipeline::spec::stem_and_ext(&set.path_of(clip));
+    for ((kind, edit), strength) in kinds.into_iter().zip(edits).zip([None, Some(0.6)]) {
+        let out = ctxd::pipeline::spec::output_path(&out_dir, &stem, kind.name(), &ext);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+        assert_eq!(
+            report["edit"]["strength"].as_f64(),
+            strength,
+            "{} edit's report: {}",
+            kind.name(),
+            report["edit"]
+        );
+        assert_eq!(report["job"]["strength"].as_f64(), Some(0.8));
+        let max_px = 1.5;
+        let frames = quality::read_frames(&out).expect("decode the edited clip");
         let cmp = score::compare(&analyser.clip(&frames), &clip.expected_after(edit));
-        let kept_path = cmp.motion_error_px.is_some_and(|m| m <= 1.5);
+        let kept_path = cmp.motion_error_px.is_some_and(|m| m <= max_px);
+        eprintln!(
+            "{} {} edit: motion error {:?} px",
+            clip.file,
+            kind.name(),
+            cmp.motion_error_px
+        );
         if !cmp.success(kind, edit.target) || !cmp.count_ok || !kept_path {
             failures.push(format!(
-                "{} {} edit {:?}: saw a {} {} background, objects {:?}, motion error {:?} px",
+                "{} {} edit {:?}: saw a {} {} background, objects {:?}, motion error {:?} px (at most {max_px})",
                 clip.file,
                 kind.name(),
                 edit.prompt,
