@@ -251,14 +251,15 @@ pub fn build_job(
         seed: edit.seed,
         steps: edit.steps,
         eta: spec.eta,
-        strength: spec.strength,
+        // The stream's one edit: its own values, where its `[[edit]]` sets them.
+        strength: spec.strength_of(edit),
         context: edit.context,
         window,
         overlap: spec.overlap.min(window.saturating_sub(1)),
         anchor,
         short_side: spec.short_side,
         multiple: spec.multiple,
-        blend: spec.blend,
+        blend: spec.blend_of(edit),
         encode,
         lag: if lag {
             LagPolicy::Drop {
@@ -272,4 +273,31 @@ pub fn build_job(
         status: Arc::new(Mutex::new(Default::default())),
         inbox: Arc::new(Mutex::new(None)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream has one edit, so the strength and blending its `[[edit]]` sets are the stream's.
+    #[test]
+    fn a_stream_runs_its_edits_own_strength_and_blend() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("camera.prompt.toml");
+        std::fs::write(
+            &file,
+            "source = \"a street\"\n[[edit]]\nprompt = \"a snowy street\"\nstrength = 0.6\nblend = 0.3\n",
+        )
+        .unwrap();
+        let args = StreamSettings {
+            input: "in.mp4".into(),
+            output: "out.mp4".into(),
+            prompt_file: Some(file),
+            ..Default::default()
+        };
+        let home = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let flag = || Arc::new(AtomicBool::new(false));
+        let job = build_job(&args, home, RuntimeOptions::default(), flag(), flag()).unwrap();
+        assert_eq!((job.strength, job.blend), (0.6, 0.3));
+    }
 }
