@@ -15,6 +15,7 @@ mod media_errors;
 mod media_probe;
 mod media_roundtrip;
 mod models_cli;
+mod per_edit_settings;
 mod pipeline_edit;
 mod pipeline_stream;
 mod quality_edit;

@@ -13,16 +13,16 @@ use crossbeam_channel::bounded;
 use super::clip::ClipScorer;
 use super::prompts::PromptFeed;
 use super::stages::{
-    self, BlendSetup, CacheUse, DecodeConfig, DropLate, FrameFeed, PrepareConfig, SamplerSetup,
-    StageError, StageStats, WindowOutput,
+    self, CacheUse, DecodeConfig, DropLate, FrameFeed, PrepareConfig, SamplerSetup, StageError,
+    StageStats, WindowOutput,
 };
-use crate::diffusion::{ContextConfig, ContextMode, FinalK, Schedule};
 use crate::media::scale::Resizer;
 use crate::media::MediaError;
 use crate::model::denoise::{Adapter, Unet};
 use crate::model::{Bundle, Kind, ModelError, Network, RuntimeOptions};
 
 pub use super::edit::run;
+pub use super::setup::sampler_setup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -54,48 +54,6 @@ impl PipelineError {
             PipelineError::Media(_) => ("media".into(), true),
         }
     }
-}
-
-/// The sampler settings both diffusion stages share, checked against the bundle.
-///
-/// # Errors
-/// A context mode the bundle cannot serve (no adapter), or a bad step count.
-pub fn sampler_setup(
-    bundle: &Bundle,
-    steps: usize,
-    eta: f64,
-    strength: f64,
-    mode: ContextMode,
-    blend: f32,
-) -> Result<SamplerSetup, PipelineError> {
-    let m = bundle.manifest();
-    let context = ContextConfig {
-        k: m.context.k_schedule(),
-        final_k: FinalK::Zero,
-        convention: m.context.convention(),
-        mode,
-    };
-    if context.active() && !bundle.has(Kind::ContextAdapter) {
-        return Err(PipelineError::Config(format!(
-            "context mode {mode:?} needs a context adapter, and bundle {} has none; use --context off",
-            bundle.name()
-        )));
-    }
-    if !(strength > 0.0 && strength <= 1.0) {
-        return Err(PipelineError::Config(format!(
-            "strength {strength} is out of range (0 < strength <= 1)"
-        )));
-    }
-    let schedule = Schedule::ddim(&m.schedule.noise_config(), steps)
-        .map_err(|e| PipelineError::Config(e.to_string()))?
-        .with_strength(strength);
-    Ok(SamplerSetup {
-        schedule,
-        context,
-        eta,
-        blend: (blend > 0.0).then_some(BlendSetup { threshold: blend }),
-        keep_trajectory: blend > 0.0,
-    })
 }
 
 /// The processing canvas for a source of `video`'s size: `short_side` (None: native), padded

@@ -15,13 +15,11 @@ use ndarray::s;
 
 pub use super::prompts::EditCondition;
 use super::prompts::{PromptFeed, WindowConditions};
+pub use super::setup::{BlendSetup, SamplerSetup};
 use super::tensor;
 use super::windows::WindowPlanner;
 use crate::cache::{CacheCounts, InversionCache, Inverted};
-use crate::diffusion::{
-    self, pool, Blend, Conditioning, ContextConfig, Latent, Models, RunConfig, Schedule,
-    SeededNoise,
-};
+use crate::diffusion::{self, pool, Blend, Conditioning, Latent, Models, RunConfig, SeededNoise};
 use crate::media::scale::Resizer;
 use crate::media::{MediaError, RgbFrame};
 use crate::model::denoise::{Adapter, Unet};
@@ -374,34 +372,6 @@ pub fn prepare_encode(
     }
     stats.onnx_s = vae.busy().0.as_secs_f64();
     Ok(stats)
-}
-
-/// What the invert and edit stages share.
-#[derive(Clone)]
-pub struct SamplerSetup {
-    pub schedule: Schedule,
-    pub context: ContextConfig,
-    pub eta: f64,
-    /// Local blending (`diffusion::blend`), when on.
-    pub blend: Option<BlendSetup>,
-    /// The inversion keeps every step's latent: blending follows it, and edits of lower
-    /// strength start from it part way.
-    pub keep_trajectory: bool,
-}
-
-impl SamplerSetup {
-    /// The same, also keeping the inversion's trajectory when `keep`.
-    pub fn keeping_trajectory(mut self, keep: bool) -> SamplerSetup {
-        self.keep_trajectory |= keep;
-        self
-    }
-}
-
-/// Local blending: the mask threshold (the mask compares the window's source and target
-/// prompts).
-#[derive(Clone)]
-pub struct BlendSetup {
-    pub threshold: f32,
 }
 
 fn progress_cb<'a>(

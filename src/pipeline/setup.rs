@@ -1,0 +1,77 @@
+//! What the invert and edit stages share: the schedule, the context, DDIM's eta, local
+//! blending, and whether the inversion keeps every step's latent; checked against the bundle
+//! once, before any stage starts.
+
+use super::graph::PipelineError;
+use crate::diffusion::{ContextConfig, ContextMode, FinalK, Schedule};
+use crate::model::{Bundle, Kind};
+
+/// What the invert and edit stages share.
+#[derive(Clone)]
+pub struct SamplerSetup {
+    pub schedule: Schedule,
+    pub context: ContextConfig,
+    pub eta: f64,
+    /// Local blending (`diffusion::blend`), when on.
+    pub blend: Option<BlendSetup>,
+    /// The inversion keeps every step's latent: blending follows it, and edits of lower
+    /// strength start from it part way.
+    pub keep_trajectory: bool,
+}
+
+impl SamplerSetup {
+    /// The same, also keeping the inversion's trajectory when `keep`.
+    pub fn keeping_trajectory(mut self, keep: bool) -> SamplerSetup {
+        self.keep_trajectory |= keep;
+        self
+    }
+}
+
+/// Local blending: the mask threshold (the mask compares the window's source and target
+/// prompts).
+#[derive(Clone)]
+pub struct BlendSetup {
+    pub threshold: f32,
+}
+
+/// The sampler settings both diffusion stages share, checked against the bundle.
+///
+/// # Errors
+/// A context mode the bundle cannot serve (no adapter), or a bad step count.
+pub fn sampler_setup(
+    bundle: &Bundle,
+    steps: usize,
+    eta: f64,
+    strength: f64,
+    mode: ContextMode,
+    blend: f32,
+) -> Result<SamplerSetup, PipelineError> {
+    let m = bundle.manifest();
+    let context = ContextConfig {
+        k: m.context.k_schedule(),
+        final_k: FinalK::Zero,
+        convention: m.context.convention(),
+        mode,
+    };
+    if context.active() && !bundle.has(Kind::ContextAdapter) {
+        return Err(PipelineError::Config(format!(
+            "context mode {mode:?} needs a context adapter, and bundle {} has none; use --context off",
+            bundle.name()
+        )));
+    }
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(PipelineError::Config(format!(
+            "strength {strength} is out of range (0 < strength <= 1)"
+        )));
+    }
+    let schedule = Schedule::ddim(&m.schedule.noise_config(), steps)
+        .map_err(|e| PipelineError::Config(e.to_string()))?
+        .with_strength(strength);
+    Ok(SamplerSetup {
+        schedule,
+        context,
+        eta,
+        blend: (blend > 0.0).then_some(BlendSetup { threshold: blend }),
+        keep_trajectory: blend > 0.0,
+    })
+}
