@@ -67,6 +67,7 @@ pub struct SpecArgs {
     pub steps: Option<usize>,
     /// Share of the schedule to run (0 < s <= 1; default: the preset's): invert the source
     /// that far and sample back. Lower keeps more of its layout and motion; 1 runs every step.
+    /// Overrides every edit's own `strength` in a prompt file.
     #[arg(long)]
     pub strength: Option<f64>,
     /// Temporal smoothing of the output (0 = off, up to 255; default: the preset's): the
@@ -81,6 +82,7 @@ pub struct SpecArgs {
     pub context: Option<ContextMode>,
     /// Local blending: edit only where the source and target prompts disagree by at least
     /// this fraction of the frame's largest disagreement, keep the source elsewhere (0: off).
+    /// Overrides every edit's own `blend` in a prompt file.
     #[arg(long)]
     pub blend: Option<f32>,
     /// Processing resolution: the short side in pixels (0: native size).
