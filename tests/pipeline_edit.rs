@@ -614,7 +614,7 @@ fn a_shared_unet_session_edits_like_two() {
     use ctxd::pipeline::graph::{sampler_setup, StageModels};
     let bundle =
         Bundle::open(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny")).unwrap();
-    let setup = sampler_setup(&bundle, 4, 0.0, 1.0, ContextMode::Source, 0.0).unwrap();
+    let setup = sampler_setup(&bundle, 4, 0.0, 1.0, ContextMode::Source, false).unwrap();
     let shared_from = |bytes: Option<u64>| RuntimeOptions {
         share_unet_from: bytes,
         ..Default::default()

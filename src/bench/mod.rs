@@ -380,7 +380,7 @@ fn cold_start(bundle_dir: &Path, steps: usize, rounds: usize) -> Result<ColdStar
         0.0,
         1.0,
         crate::diffusion::ContextMode::Source,
-        0.0,
+        false,
     )?;
     let cache = tempfile::tempdir()?;
     let uncached = RuntimeOptions::default();

@@ -32,12 +32,7 @@ pub fn parse(s: &str) -> Result<KindSettings, String> {
         .into_iter()
         .find(|k| k.name() == kind.trim())
         .ok_or_else(|| format!("'{kind}' is not an edit kind (colour, shape, background)"))?;
-    let mut out = KindSettings {
-        kind,
-        strength: None,
-        blend: None,
-        guidance: None,
-    };
+    let mut out = KindSettings::none(kind);
     for pair in rest.split(',') {
         let (key, value) = pair
             .split_once('=')
@@ -65,12 +60,7 @@ pub fn parse(s: &str) -> Result<KindSettings, String> {
 
 /// The settings of `kind`: the last `--edit` that names it wins, key by key.
 pub fn for_kind(all: &[KindSettings], kind: EditKind) -> KindSettings {
-    let mut out = KindSettings {
-        kind,
-        strength: None,
-        blend: None,
-        guidance: None,
-    };
+    let mut out = KindSettings::none(kind);
     for k in all.iter().filter(|k| k.kind == kind) {
         out.strength = k.strength.or(out.strength);
         out.blend = k.blend.or(out.blend);
@@ -80,6 +70,16 @@ pub fn for_kind(all: &[KindSettings], kind: EditKind) -> KindSettings {
 }
 
 impl KindSettings {
+    /// No settings of its own: the preset's for everything.
+    fn none(kind: EditKind) -> KindSettings {
+        KindSettings {
+            kind,
+            strength: None,
+            blend: None,
+            guidance: None,
+        }
+    }
+
     /// Sets them on an edit of this kind.
     pub fn apply(&self, target: &mut EditTarget) {
         if let Some(s) = self.strength {

@@ -61,7 +61,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         edits.push(EditCondition {
             cond: c,
             seed: e.seed,
-            blend: Some(job.blend_of(e)),
+            blend: job.blend_of(e),
             steps,
         });
     }
@@ -79,9 +79,8 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         job.eta,
         job.inversion_strength(),
         job.context,
-        job.blend,
-    )?
-    .keeping_trajectory(job.keeps_trajectory());
+        job.keeps_trajectory(),
+    )?;
     let cache = match &job.cache {
         Some(c) => Some(CacheUse {
             cache: c.clone(),

@@ -115,8 +115,13 @@ impl EditJob {
     pub fn inversion_strength(&self) -> f64 {
         self.edits
             .iter()
-            .map(|e| e.strength.unwrap_or(self.strength))
+            .map(|e| self.strength_of(e))
             .fold(f64::MIN_POSITIVE, f64::max)
+    }
+
+    /// The share of the schedule `edit` runs: its own, else the job's.
+    pub fn strength_of(&self, edit: &EditTarget) -> f64 {
+        edit.strength.unwrap_or(self.strength)
     }
 
     /// The local blending threshold `edit` runs with (0 = off).
@@ -142,7 +147,7 @@ impl EditJob {
         self.edits
             .iter()
             .map(|e| {
-                let own = steps_at_strength(self.steps, e.strength.unwrap_or(self.strength));
+                let own = steps_at_strength(self.steps, self.strength_of(e));
                 (own < all).then_some(own)
             })
             .collect()

@@ -5,7 +5,7 @@
 //! - `job`: one `ctxd edit` run, fully resolved
 //! - `graph`: the engine: stage threads and bounded channels, the models of each stage
 //! - `stages`: the stages themselves (decode, encode, invert, edit, vae-decode)
-//! - `setup`: what the invert and edit stages share (schedule, context, blending)
+//! - `setup`: what the invert and edit stages share (schedule, context, trajectory kept)
 //! - `windows`: the window planner (anchor and overlap frames)
 //! - `prompts`: prompt resolution per window (fixed, or live from a watched prompt file)
 //! - `edit`: `ctxd edit` on the engine (files committed whole, JSON reports)

@@ -21,9 +21,8 @@ use crate::model::TextEncoder;
 pub struct EditCondition {
     pub cond: Conditioning,
     pub seed: u64,
-    /// Local blending threshold for this edit (None or 0: off). A stream's edit takes the
-    /// setup's (`SamplerSetup::blend`).
-    pub blend: Option<f32>,
+    /// Local blending threshold for this edit (`diffusion::blend`); 0 = off.
+    pub blend: f32,
     /// Runs only this many of the inversion's steps, starting from the inversion's latent
     /// after them (an edit of lower strength); None: all of them, from its end.
     pub steps: Option<usize>,
@@ -97,6 +96,8 @@ pub struct LivePrompts {
     file: Option<PathBuf>,
     resolver: Option<PromptResolver>,
     seed: u64,
+    /// The stream's local blending threshold (0 = off).
+    blend: f32,
     /// Modification time and length of the file as last read.
     seen: Option<(Option<SystemTime>, u64)>,
     current: StreamPrompt,
@@ -117,8 +118,9 @@ impl LivePrompts {
         file: Option<(PathBuf, PromptResolver)>,
         inbox: PromptInbox,
         seed: u64,
+        blend: f32,
     ) -> Result<LivePrompts, String> {
-        let conditions = Arc::new(encode(&mut text, &initial, 0, seed)?);
+        let conditions = Arc::new(encode(&mut text, &initial, 0, seed, blend)?);
         let (file, resolver) = match file {
             Some((f, r)) => (Some(f), Some(r)),
             None => (None, None),
@@ -134,6 +136,7 @@ impl LivePrompts {
             file,
             resolver,
             seed,
+            blend,
             seen,
             current: initial,
             conditions,
@@ -195,7 +198,7 @@ impl PromptFeed for LivePrompts {
             return Ok(self.conditions.clone());
         };
         let version = self.conditions.version + 1;
-        let new = encode(&mut self.text, &next, version, self.seed)?;
+        let new = encode(&mut self.text, &next, version, self.seed, self.blend)?;
         tracing::info!(
             "prompt changed at window {index} (t = {t:.3} s): \"{}\" -> \"{}\"",
             self.current.prompt,
@@ -238,6 +241,7 @@ pub fn encode(
     p: &StreamPrompt,
     version: u64,
     seed: u64,
+    blend: f32,
 ) -> Result<WindowConditions, String> {
     let e = |m: crate::model::ModelError| m.to_string();
     let source = text.encode(&[&p.source]).map_err(e)?;
@@ -255,7 +259,7 @@ pub fn encode(
         edits: vec![EditCondition {
             cond,
             seed,
-            blend: None,
+            blend,
             steps: None,
         }],
         prompts: vec![p.prompt.clone()],
@@ -314,7 +318,7 @@ mod tests {
             edits: vec![EditCondition {
                 cond: c,
                 seed: 0,
-                blend: None,
+                blend: 0.0,
                 steps: None,
             }],
             prompts: vec![format!("p{v}")],

@@ -1,6 +1,7 @@
-//! What the invert and edit stages share: the schedule, the context, DDIM's eta, local
-//! blending, and whether the inversion keeps every step's latent; checked against the bundle
-//! once, before any stage starts.
+//! What the invert and edit stages share: the schedule, the context, DDIM's eta and whether
+//! the inversion keeps every step's latent; checked against the bundle once, before any
+//! stage starts. Each edit's own settings (its blending threshold, where it starts) travel
+//! with its prompt (`prompts::EditCondition`).
 
 use super::graph::PipelineError;
 use crate::diffusion::{ContextConfig, ContextMode, FinalK, Schedule};
@@ -12,26 +13,9 @@ pub struct SamplerSetup {
     pub schedule: Schedule,
     pub context: ContextConfig,
     pub eta: f64,
-    /// Local blending (`diffusion::blend`), when on.
-    pub blend: Option<BlendSetup>,
     /// The inversion keeps every step's latent: blending follows it, and edits of lower
     /// strength start from it part way.
     pub keep_trajectory: bool,
-}
-
-impl SamplerSetup {
-    /// The same, also keeping the inversion's trajectory when `keep`.
-    pub fn keeping_trajectory(mut self, keep: bool) -> SamplerSetup {
-        self.keep_trajectory |= keep;
-        self
-    }
-}
-
-/// Local blending: the mask threshold (the mask compares the window's source and target
-/// prompts).
-#[derive(Clone)]
-pub struct BlendSetup {
-    pub threshold: f32,
 }
 
 /// The sampler settings both diffusion stages share, checked against the bundle.
@@ -44,7 +28,7 @@ pub fn sampler_setup(
     eta: f64,
     strength: f64,
     mode: ContextMode,
-    blend: f32,
+    keep_trajectory: bool,
 ) -> Result<SamplerSetup, PipelineError> {
     let m = bundle.manifest();
     let context = ContextConfig {
@@ -71,7 +55,6 @@ pub fn sampler_setup(
         schedule,
         context,
         eta,
-        blend: (blend > 0.0).then_some(BlendSetup { threshold: blend }),
-        keep_trajectory: blend > 0.0,
+        keep_trajectory,
     })
 }

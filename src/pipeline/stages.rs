@@ -15,7 +15,7 @@ use ndarray::s;
 
 pub use super::prompts::EditCondition;
 use super::prompts::{PromptFeed, WindowConditions};
-pub use super::setup::{BlendSetup, SamplerSetup};
+pub use super::setup::SamplerSetup;
 use super::tensor;
 use super::windows::WindowPlanner;
 use crate::cache::{CacheCounts, InversionCache, Inverted};
@@ -575,24 +575,20 @@ pub fn edit(
                 keep_trajectory: false,
             };
             // The mask first: it needs the UNet alone, the sampler then borrows it with the adapter.
-            // The edit's own threshold, else the setup's (a stream's); 0 is off.
-            let threshold = ed
-                .blend
-                .or(setup.blend.as_ref().map(|b| b.threshold))
-                .filter(|&t| t > 0.0);
-            let mask = match threshold {
-                None => None,
-                Some(threshold) => Some(
+            let mask = if ed.blend > 0.0 {
+                Some(
                     diffusion::edit_mask(
                         &mut unet,
                         schedule,
                         &w.latents.x0,
                         &edits.source,
                         &ed.cond.cond,
-                        threshold,
+                        ed.blend,
                     )
                     .map_err(|m| e(m.to_string()))?,
-                ),
+                )
+            } else {
+                None
             };
             let models = Models {
                 unet: &mut unet,

@@ -164,6 +164,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         job.prompt_file,
         job.inbox.clone(),
         job.seed,
+        job.blend,
     )
     .map_err(PipelineError::Config)?;
     let prompt_status = prompts.status();
@@ -173,7 +174,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         job.eta,
         job.strength,
         job.context,
-        job.blend,
+        job.blend > 0.0,
     )?;
     // One window at a time through the networks (`--pipelining off`, or `auto` on a small
     // CPU host): a window dropped for lateness hands its turn back (`stages::invert`).
