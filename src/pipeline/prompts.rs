@@ -70,8 +70,10 @@ pub struct StreamPrompt {
 pub type PromptInbox = Arc<Mutex<Option<StreamPrompt>>>;
 
 /// Reads and validates a prompt file into a `StreamPrompt` (the command line's layers
-/// included), or says why not in one line.
-pub type PromptResolver = Box<dyn Fn(&std::path::Path) -> Result<StreamPrompt, String> + Send>;
+/// included), with the settings it changes that the stream keeps (one line each), or says
+/// why not in one line.
+pub type PromptResolver =
+    Box<dyn Fn(&std::path::Path) -> Result<(StreamPrompt, Vec<String>), String> + Send>;
 
 /// The prompt in force and how it changed, shared with whoever reports on the stream.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -88,6 +90,9 @@ pub struct PromptStatus {
     pub since_t: f64,
     /// Seconds from the prompt file's change to the window that took it (file changes only).
     pub pickup_s: Option<f64>,
+    /// Settings the prompt file last changed that the stream keeps until it restarts
+    /// (strength, steps, ...), one line each; empty when the file agrees with the stream.
+    pub held: Vec<String>,
 }
 
 /// Per-window prompts of a stream.
@@ -163,8 +168,17 @@ impl LivePrompts {
             return None;
         }
         match resolver(file) {
-            Ok(p) => {
+            Ok((p, held)) => {
                 self.seen = Some(now);
+                if !held.is_empty() {
+                    tracing::warn!(
+                        "{}: {}: fixed while the stream runs; restart it for {}",
+                        file.display(),
+                        held.join(", "),
+                        if held.len() == 1 { "this" } else { "these" }
+                    );
+                }
+                self.set_status(|s| s.held = held);
                 let age = now
                     .0
                     .and_then(|t| t.elapsed().ok())

@@ -81,14 +81,51 @@ fn stream_prompt(spec: &JobSpec) -> Result<StreamPrompt, String> {
     }
 }
 
-/// Resolves the prompt file over the preset and the command line (everything but the prompt
-/// comes from the first resolution: steps, window and the rest are fixed for the stream).
-fn resolver(preset: Preset, cli: CliOverrides) -> PromptResolver {
+/// Resolves the prompt file over the preset and the command line. Only the prompt follows a
+/// running stream (source, prompt, negative prompt, guidance); the other settings are those of
+/// the first resolution, `fixed`, and a change to one is named back so that it is not lost
+/// in silence.
+fn resolver(
+    preset: Preset,
+    cli: CliOverrides,
+    fixed: Vec<(&'static str, String)>,
+) -> PromptResolver {
     Box::new(move |path: &Path| {
         let pf = PromptFile::load(path).map_err(|e| e.to_string())?;
         let spec = JobSpec::resolve(&preset, None, Some(&pf), &cli).map_err(|e| e.to_string())?;
-        stream_prompt(&spec)
+        let prompt = stream_prompt(&spec)?;
+        let held = fixed
+            .iter()
+            .zip(fixed_settings(&spec))
+            .filter(|((_, was), (_, now))| was != now)
+            .map(|((key, was), (_, now))| format!("{key} = {now} (the stream runs {was})"))
+            .collect();
+        Ok((prompt, held))
     })
+}
+
+/// What a prompt file may set that a stream fixes when it starts, as `(key, value)`: the
+/// schedule, the inversion and the window plan cannot change between windows.
+fn fixed_settings(spec: &JobSpec) -> Vec<(&'static str, String)> {
+    let Some(e) = spec.edits.first() else {
+        return Vec::new();
+    };
+    vec![
+        ("steps", e.steps.to_string()),
+        ("strength", spec.strength_of(e).to_string()),
+        ("blend", spec.blend_of(e).to_string()),
+        ("seed", e.seed.to_string()),
+        ("context", spec::context_name(e.context).to_string()),
+        ("eta", spec.eta.to_string()),
+        ("deflicker", spec.deflicker.to_string()),
+        ("window", spec.window.to_string()),
+        ("overlap", spec.overlap.to_string()),
+        ("anchor", spec.anchor.to_string()),
+        (
+            "short_side",
+            spec.short_side.map_or("0".into(), |s| s.to_string()),
+        ),
+    ]
 }
 
 /// A prompt pushed while the stream runs (the daemon's `PATCH /streams/{name}`), checked as
@@ -227,7 +264,7 @@ pub fn build_job(
     let prompt_file = args
         .prompt_file
         .clone()
-        .map(|f| (f, resolver(preset, cli.clone())));
+        .map(|f| (f, resolver(preset, cli.clone(), fixed_settings(&spec))));
     Ok(StreamJob {
         live: LiveOptions {
             follow: args.follow,
@@ -299,5 +336,44 @@ mod tests {
         let flag = || Arc::new(AtomicBool::new(false));
         let job = build_job(&args, home, RuntimeOptions::default(), flag(), flag()).unwrap();
         assert_eq!((job.strength, job.blend), (0.6, 0.3));
+    }
+
+    /// A prompt file changed while the stream runs: the prompt follows, and each setting the
+    /// stream keeps is named with the value it runs, instead of being dropped in silence.
+    #[test]
+    fn a_changed_setting_the_stream_keeps_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("camera.prompt.toml");
+        let write =
+            |body: &str| std::fs::write(&file, format!("source = \"a street\"\n{body}")).unwrap();
+        write("[[edit]]\nprompt = \"a snowy street\"\nstrength = 0.6\n");
+        let args = StreamSettings {
+            input: "in.mp4".into(),
+            output: "out.mp4".into(),
+            prompt_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let home = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let flag = || Arc::new(AtomicBool::new(false));
+        let job = build_job(&args, home, RuntimeOptions::default(), flag(), flag()).unwrap();
+        let (_, resolve) = job.prompt_file.as_ref().unwrap();
+
+        // The prompt and guidance follow; nothing is held.
+        write("guidance = 3.0\n[[edit]]\nprompt = \"a rainy street\"\nstrength = 0.6\n");
+        let (p, held) = resolve(&file).unwrap();
+        assert_eq!((p.prompt.as_str(), p.guidance), ("a rainy street", 3.0));
+        assert!(held.is_empty(), "{held:?}");
+
+        // Strength and steps are the stream's for its whole run.
+        write("steps = 7\n[[edit]]\nprompt = \"a rainy street\"\nstrength = 0.9\n");
+        let (p, held) = resolve(&file).unwrap();
+        assert_eq!(p.prompt, "a rainy street");
+        assert_eq!(
+            held,
+            [
+                format!("steps = 7 (the stream runs {})", job.steps),
+                "strength = 0.9 (the stream runs 0.6)".to_string()
+            ]
+        );
     }
 }
