@@ -88,6 +88,7 @@ fn stream_prompt(spec: &JobSpec) -> Result<StreamPrompt, String> {
 fn resolver(
     preset: Preset,
     cli: CliOverrides,
+    window: Option<usize>,
     fixed: Vec<(&'static str, String)>,
 ) -> PromptResolver {
     Box::new(move |path: &Path| {
@@ -96,7 +97,7 @@ fn resolver(
         let prompt = stream_prompt(&spec)?;
         let held = fixed
             .iter()
-            .zip(fixed_settings(&spec))
+            .zip(fixed_settings(&spec, window))
             .filter(|((_, was), (_, now))| was != now)
             .map(|((key, was), (_, now))| format!("{key} = {now} (the stream runs {was})"))
             .collect();
@@ -104,12 +105,15 @@ fn resolver(
     })
 }
 
-/// What a prompt file may set that a stream fixes when it starts, as `(key, value)`: the
-/// schedule, the inversion and the window plan cannot change between windows.
-fn fixed_settings(spec: &JobSpec) -> Vec<(&'static str, String)> {
+/// What a prompt file may set that a stream fixes when it starts, as `(key, value)` with the
+/// value the stream runs (`window`: `--window`, which beats every file): the schedule, the
+/// inversion and the window plan cannot change between windows. (A file's `anchor` is not
+/// among them: a stream's comes from `--anchor` only.)
+fn fixed_settings(spec: &JobSpec, window: Option<usize>) -> Vec<(&'static str, String)> {
     let Some(e) = spec.edits.first() else {
         return Vec::new();
     };
+    let window = window.unwrap_or(spec.window);
     vec![
         ("steps", e.steps.to_string()),
         ("strength", spec.strength_of(e).to_string()),
@@ -118,9 +122,11 @@ fn fixed_settings(spec: &JobSpec) -> Vec<(&'static str, String)> {
         ("context", spec::context_name(e.context).to_string()),
         ("eta", spec.eta.to_string()),
         ("deflicker", spec.deflicker.to_string()),
-        ("window", spec.window.to_string()),
-        ("overlap", spec.overlap.to_string()),
-        ("anchor", spec.anchor.to_string()),
+        ("window", window.to_string()),
+        (
+            "overlap",
+            spec.overlap.min(window.saturating_sub(1)).to_string(),
+        ),
         (
             "short_side",
             spec.short_side.map_or("0".into(), |s| s.to_string()),
@@ -261,10 +267,10 @@ pub fn build_job(
         encode.tune.get_or_insert_with(|| "zerolatency".into());
     }
     let bundle_dir = spec::bundle_dir(args.bundle.as_deref(), spec.bundle.as_deref(), home);
-    let prompt_file = args
-        .prompt_file
-        .clone()
-        .map(|f| (f, resolver(preset, cli.clone(), fixed_settings(&spec))));
+    let prompt_file = args.prompt_file.clone().map(|f| {
+        let fixed = fixed_settings(&spec, args.window);
+        (f, resolver(preset, cli.clone(), args.window, fixed))
+    });
     Ok(StreamJob {
         live: LiveOptions {
             follow: args.follow,
