@@ -543,15 +543,18 @@ def draw_timesteps(B: int, T: int, cfg: Config, gen: torch.Generator) -> torch.T
 
 
 def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok, gen, dev, with_adapter: bool,
-                    minutes: float | None = None):
+                    minutes: float | None = None, init: Diffusion | None = None):
     """Train text encoder, UNet and (with_adapter) the context adapter; return the EMA model.
     With `minutes`, training stops after that much wall time (cfg.diffuse_steps is then an upper
     bound) and the learning rate's cosine follows the elapsed share of that time, so a GPU host
-    of any speed uses its budget whole."""
+    of any speed uses its budget whole. `init` (a bundle's networks, from_bundle.py) goes on
+    training a model trained before: its weights are the EMA's start, and the returned model's
+    `steps_done` counts its earlier steps too."""
     import contextlib
 
     cuda = dev.type == "cuda"
-    model = Diffusion(cfg, with_adapter).to(dev)
+    model = (init if init is not None else Diffusion(cfg, with_adapter)).train().to(dev)
+    steps_before = int(getattr(init, "steps_done", 0) or 0)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -625,7 +628,8 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
-            d = min(cfg.ema, (1 + step) / (10 + step))
+            # a fresh EMA follows the model at first; one carried over holds a trained average
+            d = cfg.ema if init is not None else min(cfg.ema, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_params, model_params, 1 - d)
         loss_sum += loss.detach()
         loss_n += 1
@@ -639,7 +643,7 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
             loss_n = 0
     else:
         step = cfg.diffuse_steps
-    ema.steps_done = step
+    ema.steps_done = steps_before + step
     return ema.cpu()
 
 
@@ -659,7 +663,8 @@ def save_checkpoint(path: str, cfg: Config, args, model, vae, clip, scale: float
     blob = io.BytesIO()
     torch.save({"cfg": dataclasses.asdict(cfg), "config": args.config, "seed": args.seed,
                 "adapter": not args.no_adapter, "model": packed(model.state_dict()),
-                "steps_done": getattr(model, "steps_done", None), "vae": vae.state_dict(),
+                "steps_done": getattr(model, "steps_done", None), "init_from": getattr(args, "init_info", None),
+                "vae": vae.state_dict(),
                 "clip": clip.state_dict(), "scale": scale, "vae_psnr": vae_psnr, "timings": timings,
                 "torch": torch.__version__}, blob)
     data = blob.getvalue()
@@ -750,12 +755,25 @@ def main(argv=None) -> int:
                    help="write a validation set of --validation-clips clips here (the held-out set's kind, "
                         "its own seed; choose edit-time settings on it, report on the held-out set) and stop")
     p.add_argument("--validation-clips", type=int, default=24)
+    p.add_argument("--init-from", default=None, metavar="BUNDLE",
+                   help="go on training the networks of BUNDLE (a bundle this script wrote, e.g. models/demo): "
+                        "its config, VAE and CLIP pair are kept, its text encoder, UNet and adapter trained "
+                        "further (from_bundle.py)")
+    p.add_argument("--lr", type=float, default=None, help="override the config's learning rate")
+    p.add_argument("--train-clips", type=int, default=None, help="override the config's training clips")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
                         "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
     args = p.parse_args(argv)
     cfg = CONFIGS[args.config]
-    if args.diffuse_steps:
+    init = None
+    if args.init_from:
+        init, cfg = init_from_bundle(args)
+    if args.lr:
+        cfg = dataclasses.replace(cfg, lr=args.lr)
+    if args.train_clips:
+        cfg = dataclasses.replace(cfg, train_clips=args.train_clips)
+    if args.diffuse_steps is not None:
         cfg = dataclasses.replace(cfg, diffuse_steps=args.diffuse_steps)
     if args.unet_channels:
         cfg = dataclasses.replace(cfg, unet_channels=tuple(int(c) for c in args.unet_channels.split(",")))
@@ -785,6 +803,7 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, **{k: getattr(args, k) for k in ("decoder_clips", "decoder_steps")
                                           if getattr(args, k) is not None})
         args.config, args.seed, args.no_adapter = saved["config"], saved["seed"], not saved["adapter"]
+        args.init_info = saved.get("init_from")
         log(f"checkpoint {args.export_from}: config {args.config}, {model.steps_done} diffusion steps, "
             f"trained with torch {saved['torch']}")
         torch.set_grad_enabled(False)
@@ -815,7 +834,12 @@ def main(argv=None) -> int:
     tok = build_tokenizer(cfg.seq_len, cfg.num_merges)
     white = f"-white{cfg.whiten_upto}" if cfg.vae == "patch-pca" and cfg.whiten_upto else ""
     cache = os.path.join(args.cache, f"{args.config}-{cfg.vae}{white}-seed{args.seed}.pt")
-    if args.cache and os.path.exists(cache):
+    if init is not None:
+        t = time.time()
+        vae, clip, scale, vae_psnr = init["vae"], init["clip"], init["scale"], init["vae_psnr"]
+        latents = encode_latents(vae, frames_aug, scale, dev)
+        log(f"latents: {tuple(latents.shape)} through {args.init_from}'s VAE ({time.time() - t:.0f}s)")
+    elif args.cache and os.path.exists(cache):
         saved = torch.load(cache, weights_only=False)
         vae, clip, scale, vae_psnr, latents = (saved[k] for k in ("vae", "clip", "scale", "vae_psnr", "latents"))
         log(f"vae, clip pair and latents from {cache} (delete it to train them again)")
@@ -838,9 +862,11 @@ def main(argv=None) -> int:
                        cache + ".tmp")
             os.replace(cache + ".tmp", cache)
     t = time.time()
-    gen = torch.Generator().manual_seed(args.seed + 1)  # the same batches with or without the cache
+    # the same batches with or without the cache; a run going on from a bundle draws new ones
+    steps_before = init["model"].steps_done if init is not None else 0
+    gen = torch.Generator().manual_seed(args.seed + 1 + steps_before)
     model = train_diffusion(cfg, latents, captions, tok, gen, dev, with_adapter=not args.no_adapter,
-                            minutes=args.diffuse_minutes)
+                            minutes=args.diffuse_minutes, init=init["model"] if init is not None else None)
     timings["diffuse"] = time.time() - t
     del latents
     torch.set_grad_enabled(False)
@@ -849,6 +875,29 @@ def main(argv=None) -> int:
         if args.no_export:
             return 0
     return export(args, cfg, model, vae, clip, scale, vae_psnr, timings, t_start)
+
+
+def init_from_bundle(args) -> tuple[dict, Config]:
+    """--init-from: the bundle's networks and config; its config, seed and adapter replace the
+    command line's (the same training clips, the same architecture). Options that would change
+    the architecture are refused."""
+    from .from_bundle import read_bundle
+
+    fixed = ("unet_channels", "layers_per_block", "whiten_upto", "k_schedule", "k_scale")
+    given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) not in (None, False)]
+    if given or args.no_adapter or args.export_from:
+        raise SystemExit(f"--init-from {args.init_from}: the bundle fixes the architecture; drop "
+                         f"{', '.join(given + ['--no-adapter'] * args.no_adapter + ['--export-from'] * bool(args.export_from))}")
+    t = time.time()
+    cfg, model, vae, clip, scale, report, checks = read_bundle(args.init_from)
+    if report.get("config") != args.config:
+        log(f"--init-from: config {report.get('config')} (the bundle's), not {args.config}")
+    args.config, args.seed, args.no_adapter = report["config"], report["seed"], not report.get("adapter", True)
+    args.init_info = {"bundle": args.init_from, "steps_done": model.steps_done}
+    log(f"--init-from {args.init_from}: {model.steps_done} diffusion steps done, every file read back within "
+        f"{max(checks.values()):.1e} of onnxruntime ({time.time() - t:.0f}s)")
+    return {"model": model, "vae": vae, "clip": clip, "scale": scale,
+            "vae_psnr": float(report.get("vae_psnr_db", 0.0))}, cfg
 
 
 def override_flags(cfg: Config, config: str) -> str:
@@ -881,7 +930,9 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
         adapter=model.adapter.eval() if model.adapter is not None else None,
         notes=[f"Trained by `python -m models.train.train --config {args.config} --seed {args.seed}"
                f"{' --no-adapter' if args.no_adapter else ''}{override_flags(cfg, args.config)}`"
-               f" ({getattr(model, 'steps_done', None) or cfg.diffuse_steps} diffusion steps; "
+               f" ({getattr(model, 'steps_done', None) or cfg.diffuse_steps} diffusion steps"
+               + (f", the first {args.init_info['steps_done']} of them in {args.init_info['bundle']}"
+                  if getattr(args, "init_info", None) else "") + "; "
                "models/train/README.md).",
                f"VAE held-out reconstruction PSNR {vae_psnr:.2f} dB; scale_factor {scale:.4f}.",
                "Process at 64 px (pipelines/demo.toml): the networks never saw other sizes."])
@@ -915,6 +966,7 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
                "vae_psnr_db": round(vae_psnr, 2), "scale_factor": scale,
                "minutes": {k: round(v / 60, 2) for k, v in timings.items()},
                "diffuse_steps_done": getattr(model, "steps_done", None),
+               "init_from": getattr(args, "init_info", None),
                "config_values": dataclasses.asdict(cfg), "adapter": not args.no_adapter}
     with open(os.path.join(args.out, "train_report.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
