@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import tomllib
 
 import numpy as np
 import onnx
@@ -165,8 +166,6 @@ def read_bundle(bundle_dir: str):
     vae = tr.PatchAutoencoder(4)
     clip = tr.make_clip(cfg)
     with open(os.path.join(bundle_dir, "bundle.toml"), "rb") as f:
-        import tomllib
-
         scale = float(tomllib.load(f)["latent"]["scale_factor"])
     comps = Components(name="read", description="", text_model=model.text, vae=vae, unet=model.unet,
                        sequence_length=cfg.seq_len, num_merges=cfg.num_merges, schedule={}, context={},

@@ -881,15 +881,18 @@ def init_from_bundle(args) -> tuple[dict, Config]:
     """--init-from: the bundle's networks and config; its config, seed and adapter replace the
     command line's (the same training clips, the same architecture). Options that would change
     the architecture are refused."""
-    from .from_bundle import read_bundle
+    from .from_bundle import BundleReadError, read_bundle
 
-    fixed = ("unet_channels", "layers_per_block", "whiten_upto", "k_schedule", "k_scale")
+    fixed = ("unet_channels", "layers_per_block", "whiten_upto", "k_schedule", "k_scale", "no_adapter",
+             "export_from")
     given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) not in (None, False)]
-    if given or args.no_adapter or args.export_from:
-        raise SystemExit(f"--init-from {args.init_from}: the bundle fixes the architecture; drop "
-                         f"{', '.join(given + ['--no-adapter'] * args.no_adapter + ['--export-from'] * bool(args.export_from))}")
+    if given:
+        raise SystemExit(f"--init-from {args.init_from}: the bundle fixes the networks; drop {', '.join(given)}")
     t = time.time()
-    cfg, model, vae, clip, scale, report, checks = read_bundle(args.init_from)
+    try:
+        cfg, model, vae, clip, scale, report, checks = read_bundle(args.init_from)
+    except (BundleReadError, OSError) as e:
+        raise SystemExit(f"--init-from: {e}") from None
     if report.get("config") != args.config:
         log(f"--init-from: config {report.get('config')} (the bundle's), not {args.config}")
     args.config, args.seed, args.no_adapter = report["config"], report["seed"], not report.get("adapter", True)
