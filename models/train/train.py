@@ -908,7 +908,7 @@ def override_flags(cfg: Config, config: str) -> str:
     base = CONFIGS[config]
     flags = {"unet_channels": "--unet-channels", "diffuse_batch": "--diffuse-batch",
              "layers_per_block": "--layers-per-block", "whiten_upto": "--whiten-upto",
-             "k_schedule": "--k-schedule", "k_scale": "--k-scale"}
+             "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr"}
     out = []
     for field, flag in flags.items():
         value = getattr(cfg, field)
