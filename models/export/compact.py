@@ -70,6 +70,23 @@ def restore_halves(model: onnx.ModelProto) -> int:
     return restored
 
 
+def compute_weights(path: str) -> dict[str, np.ndarray]:
+    """Every initializer of an ONNX file at the value the network computes with, under the
+    exporter's name, this module's storage undone (half_weights' `NAME__f16`, int8_weights'
+    `NAME__i8` times `NAME__scale`, back in float32, as ONNX Runtime folds them at load)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+    out = {}
+    for name, value in inits.items():
+        if name.endswith("__f16"):
+            out[name[:-len("__f16")]] = value.astype(np.float32)
+        elif name.endswith("__i8"):
+            base = name[:-len("__i8")]
+            out[base] = value.astype(np.float32) * inits[base + "__scale"]
+        elif not name.endswith("__scale"):
+            out[name] = value
+    return out
+
+
 def int8_candidates(model: onnx.ModelProto, min_elements: int = 4096) -> dict:
     """float32 weights of Conv, MatMul and Gemm layers: {name: axes reduced to one scale},
     i.e. every axis but the output channel's."""

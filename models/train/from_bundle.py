@@ -8,10 +8,10 @@ trace gives it (`unet.conv_in.weight`, or `onnx::MatMul_4330` for a Linear layer
 transposed). The same modules, built fresh with distinct random values in every parameter, are
 exported the same way; each fresh initializer's values then name the parameter it came from
 (as stored, or transposed), and the bundle's initializer of the same name holds the trained
-value. Storage compaction is undone first (compact.py: float16 behind a Cast, int8 times a
-scale). Every network read back is run against its ONNX file in onnxruntime on the exporter's
-check cases and must agree within `TOLERANCE`, so a name that meant something else, or a
-parameter the trace folded into something else, is an error and not a silently wrong model.
+value, its storage compaction undone (compact.compute_weights: float16 behind a Cast, int8
+times a scale). Every network read back is run against its ONNX file in onnxruntime on the
+exporter's check cases and must agree within `TOLERANCE`, so a name that meant something else,
+or a parameter the trace folded into something else, is an error and not a silently wrong model.
 
 The VAE is the patch-PCA autoencoder: its encoder's 1x1 convolution is read the same way and
 the decoder's is its exact inverse (the shipped vae_decoder.onnx puts a trained refiner in front,
@@ -25,32 +25,13 @@ import tempfile
 import tomllib
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 
 TOLERANCE = 1e-4  # what export_bundle asks of a fresh float32 export
 
 
 class BundleReadError(RuntimeError):
     pass
-
-
-def stored_weights(path: str) -> dict[str, np.ndarray]:
-    """Every initializer of an exported ONNX file at the value the network computes with, under
-    the exporter's name: compact.py's float16 (`NAME__f16`) and int8 (`NAME__i8` times
-    `NAME__scale`) storage turned back into float32."""
-    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
-    out = {}
-    for name, value in inits.items():
-        if name.endswith("__f16"):
-            out[name[:-len("__f16")]] = value.astype(np.float32)
-        elif name.endswith("__i8"):
-            base = name[:-len("__i8")]
-            out[base] = value.astype(np.float32) * inits[base + "__scale"]
-        elif not name.endswith("__scale"):
-            out[name] = value
-    return out
 
 
 def _fill_distinct(modules, seed: int) -> None:
@@ -80,6 +61,7 @@ def load_networks(specs, bundle_dir: str, modules: dict, optional: tuple = ()) -
     bundle's files for `specs`, then check each spec's module against its file. Tensors whose
     name contains one of `optional` may be missing from every file (CLIP's logit scale, which no
     file computes); any other missing one is an error. Returns the check per file."""
+    from models.export.compact import compute_weights
     from models.export.onnx_export import check_spec, export_spec
 
     tensors = _tensors(modules)
@@ -103,8 +85,8 @@ def load_networks(specs, bundle_dir: str, modules: dict, optional: tuple = ()) -
     with tempfile.TemporaryDirectory(prefix="ctxd-from-bundle-") as tmp:
         for spec in specs:
             export_spec(spec, tmp, external_data="never")
-            fresh = stored_weights(os.path.join(tmp, spec.file))
-            trained = stored_weights(os.path.join(bundle_dir, spec.file))
+            fresh = compute_weights(os.path.join(tmp, spec.file))
+            trained = compute_weights(os.path.join(bundle_dir, spec.file))
             for init_name, value in fresh.items():
                 hit = by_value.get(np.ascontiguousarray(value, dtype=np.float32).tobytes()) \
                     if value.dtype == np.float32 else None

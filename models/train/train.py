@@ -663,7 +663,7 @@ def save_checkpoint(path: str, cfg: Config, args, model, vae, clip, scale: float
     blob = io.BytesIO()
     torch.save({"cfg": dataclasses.asdict(cfg), "config": args.config, "seed": args.seed,
                 "adapter": not args.no_adapter, "model": packed(model.state_dict()),
-                "steps_done": getattr(model, "steps_done", None), "init_from": getattr(args, "init_info", None),
+                "steps_done": getattr(model, "steps_done", None), "init_from": args.init_info,
                 "vae": vae.state_dict(),
                 "clip": clip.state_dict(), "scale": scale, "vae_psnr": vae_psnr, "timings": timings,
                 "torch": torch.__version__}, blob)
@@ -764,6 +764,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
                         "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
+    # where the diffusion networks' training began, when not here: {"bundle", "steps_done"}
+    p.set_defaults(init_info=None)
     args = p.parse_args(argv)
     cfg = CONFIGS[args.config]
     init = None
@@ -935,7 +937,7 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
                f"{' --no-adapter' if args.no_adapter else ''}{override_flags(cfg, args.config)}`"
                f" ({getattr(model, 'steps_done', None) or cfg.diffuse_steps} diffusion steps"
                + (f", the first {args.init_info['steps_done']} of them in {args.init_info['bundle']}"
-                  if getattr(args, "init_info", None) else "") + "; "
+                  if args.init_info else "") + "; "
                "models/train/README.md).",
                f"VAE held-out reconstruction PSNR {vae_psnr:.2f} dB; scale_factor {scale:.4f}.",
                "Process at 64 px (pipelines/demo.toml): the networks never saw other sizes."])
@@ -969,7 +971,7 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
                "vae_psnr_db": round(vae_psnr, 2), "scale_factor": scale,
                "minutes": {k: round(v / 60, 2) for k, v in timings.items()},
                "diffuse_steps_done": getattr(model, "steps_done", None),
-               "init_from": getattr(args, "init_info", None),
+               "init_from": args.init_info,
                "config_values": dataclasses.asdict(cfg), "adapter": not args.no_adapter}
     with open(os.path.join(args.out, "train_report.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
