@@ -163,8 +163,10 @@ def render_clip(labels: dict) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # edits (held-out set, demo): change one attribute, keep everything else
 # ---------------------------------------------------------------------------------------------
-def edits_for(labels: dict, rng: np.random.Generator) -> list[dict]:
-    """One colour, one shape and one background edit of the clip, as target labels + prompt."""
+def edited_labels(labels: dict, rng: np.random.Generator) -> list[tuple[str, int | None, dict]]:
+    """One colour, one shape and one background edit of the clip: (kind, the edited object's
+    index left to right or None, the target clip's whole labels). Same path, same everything
+    but the one attribute, so `render_clip` of the target is the ideal edit."""
     import copy
 
     out = []
@@ -172,28 +174,32 @@ def edits_for(labels: dict, rng: np.random.Generator) -> list[dict]:
     i = int(rng.integers(len(objs)))  # which object a colour/shape edit targets
     used = {o["colour"] for o in objs}
 
-    def finish(kind, new):
-        new["caption"] = caption(new)
-        out.append({"kind": kind, "prompt": new["caption"], "target": i if kind != "background" else None,
-                    "expect": {"background": new["background"]["colour"],
-                               "texture": new["background"]["texture"],
-                               "objects": [{"shape": o["shape"], "colour": o["colour"]}
-                                           for o in sorted(new["objects"], key=lambda o: o["path"][0][0])]}})
-
     new = copy.deepcopy(labels)
     tgt = sorted(new["objects"], key=lambda o: o["path"][0][0])[i]
     tgt["colour"] = str(rng.choice([c for c in OBJECT_COLOURS if c not in used]))
-    finish("colour", new)
+    out.append(("colour", i, new))
 
     new = copy.deepcopy(labels)
     tgt = sorted(new["objects"], key=lambda o: o["path"][0][0])[i]
     tgt["shape"] = str(rng.choice([s for s in SHAPES if s != tgt["shape"]]))
-    finish("shape", new)
+    out.append(("shape", i, new))
 
     new = copy.deepcopy(labels)
     new["background"]["colour"] = str(rng.choice([c for c in BACKGROUND_COLOURS if c != labels["background"]["colour"]]))
-    finish("background", new)
+    out.append(("background", None, new))
+    for _, _, new in out:
+        new["caption"] = caption(new)
     return out
+
+
+def edits_for(labels: dict, rng: np.random.Generator) -> list[dict]:
+    """One colour, one shape and one background edit of the clip, as target labels + prompt."""
+    return [{"kind": kind, "prompt": new["caption"], "target": i,
+             "expect": {"background": new["background"]["colour"],
+                        "texture": new["background"]["texture"],
+                        "objects": [{"shape": o["shape"], "colour": o["colour"]}
+                                    for o in sorted(new["objects"], key=lambda o: o["path"][0][0])]}}
+            for kind, i, new in edited_labels(labels, rng)]
 
 
 def palette() -> dict:

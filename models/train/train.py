@@ -97,6 +97,12 @@ class Config:
     # uniform draw left the UNet nearly blind to the prompt there.
     t_high: float = 0.5
     t_high_from: int = 600
+    # Edit pairs (make_pairs): this share of each batch is a clip whose noised latent is
+    # trained towards another clip, the same scene with one attribute changed, under that
+    # clip's caption, at t drawn from [paired_t_from, T). 0: plain denoising only.
+    paired_share: float = 0.0
+    paired_clips: int = 4000
+    paired_t_from: int = 300
     # The decoder's refiner (decoder.py), trained after export on the bundle's own runs: pairs
     # from this many training clips, then this many steps frame by frame and a third as many
     # across frames (0 clips: the plain PCA decoder)
@@ -161,6 +167,32 @@ def _render_one(args):
     rng = np.random.default_rng(seed)
     labels = domain.sample_clip(rng, frames=frames, size=size, two_prob=two_prob)
     return labels, domain.render_clip(labels)
+
+
+PAIRS_SALT = 3_333  # the edit pairs' seeds: (seed + this) * 1_000_003 + i, apart from the training clips'
+
+
+def _render_pair(args):
+    seed, frames, size, two_prob = args
+    rng = np.random.default_rng(seed)
+    labels = domain.sample_clip(rng, frames=frames, size=size, two_prob=two_prob)
+    edits = domain.edited_labels(labels, rng)
+    kind, _, target = edits[int(rng.integers(len(edits)))]
+    return kind, target["caption"], domain.render_clip(labels), domain.render_clip(target)
+
+
+def make_pairs(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
+    """n edit pairs of training-domain clips (never the held-out or validation set's seeds): a
+    clip and the same clip with its colour, shape or background changed (domain.edited_labels).
+    Returns (kinds, target captions, source frames, target frames), frames [n, F, H, W, 3]."""
+    from multiprocessing import Pool
+
+    workers = workers or max(2, min(16, os.cpu_count() or 2))
+    jobs = [((seed + PAIRS_SALT) * 1_000_003 + i, cfg.frames, cfg.size, two_prob) for i in range(n)]
+    with Pool(workers) as pool:
+        out = pool.map(_render_pair, jobs, chunksize=32)
+    return ([o[0] for o in out], [o[1] for o in out], np.stack([o[2] for o in out]),
+            np.stack([o[3] for o in out]))
 
 
 def make_clips(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
@@ -534,6 +566,15 @@ def k_of(abar: torch.Tensor, cfg: Config) -> torch.Tensor:
     return 1 - abar.sqrt()
 
 
+def v_target(x0: torch.Tensor, x_target: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target for x_t = sqrt(abar) x0 + sqrt(1 - abar) eps: the v whose x0
+    estimate, sqrt(abar) x_t - sqrt(1 - abar) v, is x_target (x0 itself but in edit pairs)."""
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    if x_target is x0:
+        return v
+    return v + (x0 - x_target) / (1 - abar).sqrt().clamp(min=1e-4)
+
+
 def draw_timesteps(B: int, T: int, cfg: Config, gen: torch.Generator) -> torch.Tensor:
     """B timesteps: uniform on [0, T), a cfg.t_high share of them on [t_high_from, T)."""
     t = torch.randint(T, (B,), generator=gen)
@@ -543,13 +584,16 @@ def draw_timesteps(B: int, T: int, cfg: Config, gen: torch.Generator) -> torch.T
 
 
 def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok, gen, dev, with_adapter: bool,
-                    minutes: float | None = None, init: Diffusion | None = None):
+                    minutes: float | None = None, init: Diffusion | None = None, pairs: dict | None = None):
     """Train text encoder, UNet and (with_adapter) the context adapter; return the EMA model.
     With `minutes`, training stops after that much wall time (cfg.diffuse_steps is then an upper
     bound) and the learning rate's cosine follows the elapsed share of that time, so a GPU host
     of any speed uses its budget whole. `init` (a bundle's networks, from_bundle.py) goes on
     training a model trained before: its weights are the EMA's start, and the returned model's
-    `steps_done` counts its earlier steps too."""
+    `steps_done` counts its earlier steps too. `pairs` ({"source", "target": latents, "captions":
+    the targets'}) fill cfg.paired_share of each batch: the source clip is noised, the target
+    clip is what the prediction is trained to denoise it to, under the target's caption (never
+    dropped): the edit an inversion asks of the UNet, shown to it with its answer."""
     import contextlib
 
     cuda = dev.type == "cuda"
@@ -569,6 +613,11 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
     # every caption tokenized once (fixed length: the tokenizer pads to seq_len)
     all_ids = tokenize(tok, captions)
     empty = tokenize(tok, [""]).to(dev)
+    n_pair = int(round(cfg.diffuse_batch * cfg.paired_share)) if pairs is not None else 0
+    if n_pair:
+        pair_ids = tokenize(tok, pairs["captions"])
+        log(f"diffuse: {n_pair} of every {cfg.diffuse_batch} clips an edit pair ({len(pair_ids)} pairs), "
+            f"t in [{cfg.paired_t_from}, {T})")
     if cuda:
         # the whole training set on the GPU, noise drawn there: a step moves no data
         latents, all_ids = latents.to(dev), all_ids.to(dev)
@@ -603,6 +652,14 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         drop = torch.rand(B, generator=gen) < cfg.caption_dropout
         ids[drop.to(dev)] = empty
         t = draw_timesteps(B, T, cfg, gen).to(dev)
+        x_target = x0
+        if n_pair:
+            j = torch.randint(len(pair_ids), (n_pair,), generator=gen)
+            x0, x_target = x0.clone(), x0.clone()
+            x0[:n_pair] = pairs["source"][j].to(dev)
+            x_target[:n_pair] = pairs["target"][j].to(dev)
+            ids[:n_pair] = pair_ids[j].to(dev)
+            t[:n_pair] = torch.randint(cfg.paired_t_from, T, (n_pair,), generator=gen).to(dev)
         a = abar[t].view(B, 1, 1, 1, 1)
         if cuda:
             eps = torch.randn(x0.shape, generator=noise_gen, device=dev)
@@ -619,7 +676,7 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
                 xt = xt + k_of(a, cfg) * r * keep
                 reg = cfg.context_l2 * (r ** 2).mean()
             pred = model.unet(xt, t.float(), states).float()
-        v = a.sqrt() * eps - (1 - a).sqrt() * x0
+        v = v_target(x0, x_target, eps, a)
         snr = a / (1 - a).clamp(min=1e-8)
         w = (snr + 1).clamp(max=cfg.snr_cap + 1) / (snr + 1)  # min-SNR-5 in x0 terms, +1 so snr=0 counts
         loss = (w * (pred - v) ** 2).mean() + reg
@@ -761,6 +818,10 @@ def main(argv=None) -> int:
                         "further (from_bundle.py)")
     p.add_argument("--lr", type=float, default=None, help="override the config's learning rate")
     p.add_argument("--train-clips", type=int, default=None, help="override the config's training clips")
+    p.add_argument("--paired-share", type=float, default=None,
+                   help="this share of each diffusion batch is an edit pair: a clip noised and trained "
+                        "towards the same clip with one attribute changed, under its caption (default 0)")
+    p.add_argument("--paired-clips", type=int, default=None, help="how many edit pairs to render")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
                         "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
@@ -775,6 +836,10 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, lr=args.lr)
     if args.train_clips:
         cfg = dataclasses.replace(cfg, train_clips=args.train_clips)
+    if args.paired_share is not None:
+        cfg = dataclasses.replace(cfg, paired_share=args.paired_share)
+    if args.paired_clips:
+        cfg = dataclasses.replace(cfg, paired_clips=args.paired_clips)
     if args.diffuse_steps is not None:
         cfg = dataclasses.replace(cfg, diffuse_steps=args.diffuse_steps)
     if args.unet_channels:
@@ -867,8 +932,18 @@ def main(argv=None) -> int:
     # the same batches with or without the cache; a run going on from a bundle draws new ones
     steps_before = init["model"].steps_done if init is not None else 0
     gen = torch.Generator().manual_seed(args.seed + 1 + steps_before)
+    pairs = None
+    if cfg.paired_share > 0:
+        t = time.time()
+        kinds, pair_captions, src, tgt = make_pairs(args.seed, cfg.paired_clips, cfg)
+        pairs = {"source": encode_latents(vae, src, scale, dev), "target": encode_latents(vae, tgt, scale, dev),
+                 "captions": pair_captions}
+        del src, tgt
+        log(f"edit pairs: {len(kinds)} ({', '.join(f'{kinds.count(k)} {k}' for k in sorted(set(kinds)))}) "
+            f"({time.time() - t:.0f}s)")
     model = train_diffusion(cfg, latents, captions, tok, gen, dev, with_adapter=not args.no_adapter,
-                            minutes=args.diffuse_minutes, init=init["model"] if init is not None else None)
+                            minutes=args.diffuse_minutes, init=init["model"] if init is not None else None,
+                            pairs=pairs)
     timings["diffuse"] = time.time() - t
     del latents
     torch.set_grad_enabled(False)
@@ -910,7 +985,8 @@ def override_flags(cfg: Config, config: str) -> str:
     base = CONFIGS[config]
     flags = {"unet_channels": "--unet-channels", "diffuse_batch": "--diffuse-batch",
              "layers_per_block": "--layers-per-block", "whiten_upto": "--whiten-upto",
-             "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr"}
+             "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr",
+             "paired_share": "--paired-share", "paired_clips": "--paired-clips"}
     out = []
     for field, flag in flags.items():
         value = getattr(cfg, field)
