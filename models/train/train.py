@@ -999,12 +999,14 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
            t_start: float) -> int:
     """Write the bundle (export_bundle, then float16 storage) and its train_report.json."""
     t = time.time()
-    where = "on a GPU" if args.config == "gpu" else "on CPU"
+    where = "here on a GPU" if args.config == "gpu" else "here on CPU"
+    if args.init_info:  # where the earlier steps ran is the earlier bundle's to say
+        where = f"here, the diffusion networks going on from {args.init_info['bundle']}"
     name = args.name or ("demo" if not args.no_adapter else "demo-noadapter")
     comps = Components(
         name=name,
         description=("Trained demo bundle: coloured shapes moving over plain, striped and checkered "
-                     f"backgrounds at 64 px (models/train); every network trained here {where}"),
+                     f"backgrounds at 64 px (models/train); every network trained {where}"),
         text_model=model.text.eval(), vae=vae.eval(), unet=model.unet.eval(), sequence_length=cfg.seq_len,
         num_merges=cfg.num_merges, schedule=dict(SCHEDULE), context=context_of(cfg), scale_factor=scale,
         clip_model=clip, clip_image_mean=CLIP_MEAN, clip_image_std=CLIP_STD,
