@@ -169,6 +169,16 @@ def _render_one(args):
     return labels, domain.render_clip(labels)
 
 
+def _render_seeded(render, seed: int, n: int, cfg: Config, two_prob: float, workers=None) -> list:
+    """render((seed_i, frames, size, two_prob)) for i < n, on a pool of workers."""
+    from multiprocessing import Pool
+
+    workers = workers or max(2, min(16, os.cpu_count() or 2))
+    jobs = [(seed * 1_000_003 + i, cfg.frames, cfg.size, two_prob) for i in range(n)]
+    with Pool(workers) as pool:
+        return pool.map(render, jobs, chunksize=32)
+
+
 PAIRS_SALT = 3_333  # the edit pairs' seeds: (seed + this) * 1_000_003 + i, apart from the training clips'
 
 
@@ -185,24 +195,13 @@ def make_pairs(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
     """n edit pairs of training-domain clips (never the held-out or validation set's seeds): a
     clip and the same clip with its colour, shape or background changed (domain.edited_labels).
     Returns (kinds, target captions, source frames, target frames), frames [n, F, H, W, 3]."""
-    from multiprocessing import Pool
-
-    workers = workers or max(2, min(16, os.cpu_count() or 2))
-    jobs = [((seed + PAIRS_SALT) * 1_000_003 + i, cfg.frames, cfg.size, two_prob) for i in range(n)]
-    with Pool(workers) as pool:
-        out = pool.map(_render_pair, jobs, chunksize=32)
+    out = _render_seeded(_render_pair, seed + PAIRS_SALT, n, cfg, two_prob, workers)
     return ([o[0] for o in out], [o[1] for o in out], np.stack([o[2] for o in out]),
             np.stack([o[3] for o in out]))
 
 
 def make_clips(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
-    from multiprocessing import Pool
-
-    workers = workers or max(2, min(16, os.cpu_count() or 2))
-
-    jobs = [(seed * 1_000_003 + i, cfg.frames, cfg.size, two_prob) for i in range(n)]
-    with Pool(workers) as pool:
-        out = pool.map(_render_one, jobs, chunksize=32)
+    out = _render_seeded(_render_one, seed, n, cfg, two_prob, workers)
     labels = [o[0] for o in out]
     frames = np.stack([o[1] for o in out])  # [N, F, H, W, 3] uint8
     return labels, frames
@@ -621,6 +620,9 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
     if cuda:
         # the whole training set on the GPU, noise drawn there: a step moves no data
         latents, all_ids = latents.to(dev), all_ids.to(dev)
+        if n_pair:
+            pairs = {k: pairs[k].to(dev) for k in ("source", "target")}
+            pair_ids = pair_ids.to(dev)
         noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(2 ** 31, (1,), generator=gen)))
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -656,9 +658,9 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         if n_pair:
             j = torch.randint(len(pair_ids), (n_pair,), generator=gen)
             x0, x_target = x0.clone(), x0.clone()
-            x0[:n_pair] = pairs["source"][j].to(dev)
-            x_target[:n_pair] = pairs["target"][j].to(dev)
-            ids[:n_pair] = pair_ids[j].to(dev)
+            x0[:n_pair] = pairs["source"][j.to(dev)]
+            x_target[:n_pair] = pairs["target"][j.to(dev)]
+            ids[:n_pair] = pair_ids[j.to(dev)]
             t[:n_pair] = torch.randint(cfg.paired_t_from, T, (n_pair,), generator=gen).to(dev)
         a = abar[t].view(B, 1, 1, 1, 1)
         if cuda:
