@@ -41,9 +41,11 @@ def render_toml(top: dict, tables: list[tuple[str, dict]]) -> str:
 
 
 def write_bundle_toml(out_dir: str, *, name: str, description: str, text: dict, latent: dict,
-                      schedule: dict, context: dict, models: list[tuple[str, dict]]) -> str:
+                      schedule: dict, context: dict, models: list[tuple[str, dict]],
+                      preset: str | None = None) -> str:
     """models: [(key, {"file", "dtype", optional "external_data", extra keys...})]; sha256 of
-    every file (and of its external data file) is computed here."""
+    every file (and of its external data file) is computed here. preset: the pipeline preset
+    made for the bundle, which ctxd takes when a job names the bundle but no preset."""
     tables = [("text", text), ("latent", latent), ("schedule", schedule), ("context", context)]
     for key, m in models:
         entry = {"file": m["file"], "sha256": sha256_file(os.path.join(out_dir, m["file"])),
@@ -55,7 +57,10 @@ def write_bundle_toml(out_dir: str, *, name: str, description: str, text: dict, 
             if k not in ("file", "dtype", "external_data"):
                 entry[k] = v
         tables.append((f"models.{key}", entry))
-    text_out = render_toml({"format_version": 1, "name": name, "description": description}, tables)
+    top = {"format_version": 1, "name": name, "description": description}
+    if preset:
+        top["preset"] = preset
+    text_out = render_toml(top, tables)
     path = os.path.join(out_dir, "bundle.toml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(text_out)

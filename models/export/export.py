@@ -61,6 +61,7 @@ class Components:
     clip_image_std: list | None = None
     adapter: ContextAdapter | None = None
     notes: list = dataclasses.field(default_factory=list)
+    preset: str | None = None            # the pipeline preset made for it (bundle.toml `preset`)
 
     @property
     def latent_channels(self) -> int:
@@ -234,7 +235,7 @@ def export_bundle(c: Components, out_dir: str, *, fp16: bool = False, tolerance:
               "hidden_size": c.hidden_size, "pad_token_id": eos},
         latent={"channels": c.latent_channels, "downsampling": c.downsampling,
                 "scale_factor": float(c.scale_factor)},
-        schedule=c.schedule, context=c.context, models=entries)
+        schedule=c.schedule, context=c.context, models=entries, preset=c.preset)
     report["tokenizer_sha256"] = bundle_mod.sha256_file(os.path.join(out_dir, "tokenizer.json"))
     with open(os.path.join(out_dir, "export_report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, sort_keys=True)

@@ -221,6 +221,15 @@ class Bundle:
 # --------------------------------------------------------------------------------------------
 # Shared pieces: prompts/guidance, context r, model outputs
 # --------------------------------------------------------------------------------------------
+def _rows(bundle: Bundle, prompt, B: int) -> np.ndarray:
+    """[B, S, D] states: one prompt for every row, or a list of B prompts, one per row."""
+    if isinstance(prompt, str):
+        return np.repeat(bundle.text_states(prompt), B, axis=0)
+    if len(prompt) != B:
+        raise ValueError(f"{len(prompt)} prompts for a batch of {B}")
+    return np.concatenate([bundle.text_states(p) for p in prompt])
+
+
 class _Run:
     """What one sampling/inversion run needs: schedule, prompt states, guidance, context."""
 
@@ -232,11 +241,11 @@ class _Run:
         self.sch = bundle.schedule(k_schedule, final_k, schedule)
         self.w = float(guidance)
         self.B = x0_source.shape[0]
-        # conditional states, one row per latent batch row
-        self.cond = np.repeat(bundle.text_states(prompt), self.B, axis=0)
+        # conditional states, one row per latent batch row (a list: one prompt per row)
+        self.cond = _rows(bundle, prompt, self.B)
         # uncond = negative prompt, or the empty prompt (SPEC "Model outputs", CD §2)
-        self.uncond = (np.repeat(bundle.text_states(negative if negative is not None else ""),
-                                 self.B, axis=0) if self.w != 1.0 else None)
+        self.uncond = (_rows(bundle, negative if negative is not None else "", self.B)
+                       if self.w != 1.0 else None)
         # Convention S: r = 0, adapter never called (SPEC "Context scale k").
         self.mode = "off" if bundle.convention == "S" else mode
         self.x0_source = np.asarray(x0_source, dtype=np.float32)

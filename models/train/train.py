@@ -103,6 +103,12 @@ class Config:
     paired_share: float = 0.0
     paired_clips: int = 4000
     paired_t_from: int = 300
+    # This share of the edit pairs is noised with the noise of the source's DDIM inversion
+    # through the --init-from bundle (inverted.py) instead of fresh noise, at the timesteps the
+    # inversion visits: the latents an edit really starts from. Only the first
+    # paired_inverted_clips pairs are inverted (their noise is kept for every timestep).
+    paired_inverted: float = 0.0
+    paired_inverted_clips: int = 500
     # The decoder's refiner (decoder.py), trained after export on the bundle's own runs: pairs
     # from this many training clips, then this many steps frame by frame and a third as many
     # across frames (0 clips: the plain PCA decoder)
@@ -188,16 +194,18 @@ def _render_pair(args):
     labels = domain.sample_clip(rng, frames=frames, size=size, two_prob=two_prob)
     edits = domain.edited_labels(labels, rng)
     kind, _, target = edits[int(rng.integers(len(edits)))]
-    return kind, target["caption"], domain.render_clip(labels), domain.render_clip(target)
+    return (kind, target["caption"], domain.render_clip(labels), domain.render_clip(target),
+            labels["caption"])
 
 
 def make_pairs(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
     """n edit pairs of training-domain clips (never the held-out or validation set's seeds): a
     clip and the same clip with its colour, shape or background changed (domain.edited_labels).
-    Returns (kinds, target captions, source frames, target frames), frames [n, F, H, W, 3]."""
+    Returns (kinds, target captions, source frames, target frames, source captions), frames
+    [n, F, H, W, 3]."""
     out = _render_seeded(_render_pair, seed + PAIRS_SALT, n, cfg, two_prob, workers)
     return ([o[0] for o in out], [o[1] for o in out], np.stack([o[2] for o in out]),
-            np.stack([o[3] for o in out]))
+            np.stack([o[3] for o in out]), [o[4] for o in out])
 
 
 def make_clips(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
@@ -613,15 +621,18 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
     all_ids = tokenize(tok, captions)
     empty = tokenize(tok, [""]).to(dev)
     n_pair = int(round(cfg.diffuse_batch * cfg.paired_share)) if pairs is not None else 0
+    # of those, the first n_inv are noised with their source's inversion noise (inverted.py)
+    n_inv = int(round(n_pair * cfg.paired_inverted)) if n_pair and "inv_eps" in pairs else 0
     if n_pair:
         pair_ids = tokenize(tok, pairs["captions"])
         log(f"diffuse: {n_pair} of every {cfg.diffuse_batch} clips an edit pair ({len(pair_ids)} pairs), "
-            f"t in [{cfg.paired_t_from}, {T})")
+            f"t in [{cfg.paired_t_from}, {T})"
+            + (f", {n_inv} of them noised as the inversion noises them" if n_inv else ""))
     if cuda:
         # the whole training set on the GPU, noise drawn there: a step moves no data
         latents, all_ids = latents.to(dev), all_ids.to(dev)
         if n_pair:
-            pairs = {k: pairs[k].to(dev) for k in ("source", "target")}
+            pairs = {k: pairs[k].to(dev) for k in ("source", "target", "inv_t", "inv_eps") if k in pairs}
             pair_ids = pair_ids.to(dev)
         noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(2 ** 31, (1,), generator=gen)))
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -662,11 +673,20 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
             x_target[:n_pair] = pairs["target"][j.to(dev)]
             ids[:n_pair] = pair_ids[j.to(dev)]
             t[:n_pair] = torch.randint(cfg.paired_t_from, T, (n_pair,), generator=gen).to(dev)
+        if n_inv:  # at a timestep the inversion visited, with the noise it left there
+            ji = torch.randint(len(pairs["inv_eps"]), (n_inv,), generator=gen).to(dev)
+            si = torch.randint(len(pairs["inv_t"]), (n_inv,), generator=gen).to(dev)
+            x0[:n_inv] = pairs["source"][ji]
+            x_target[:n_inv] = pairs["target"][ji]
+            ids[:n_inv] = pair_ids[ji.to(pair_ids.device)].to(dev)
+            t[:n_inv] = pairs["inv_t"][si].to(dev)
         a = abar[t].view(B, 1, 1, 1, 1)
         if cuda:
             eps = torch.randn(x0.shape, generator=noise_gen, device=dev)
         else:
             eps = torch.randn(x0.shape, generator=gen)
+        if n_inv:
+            eps[:n_inv] = pairs["inv_eps"][ji, si].to(dev, eps.dtype)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         reg = torch.zeros((), device=dev)
         # drawn with or without an adapter, so both runs of the ablation see the same batches
@@ -824,6 +844,12 @@ def main(argv=None) -> int:
                    help="this share of each diffusion batch is an edit pair: a clip noised and trained "
                         "towards the same clip with one attribute changed, under its caption (default 0)")
     p.add_argument("--paired-clips", type=int, default=None, help="how many edit pairs to render")
+    p.add_argument("--paired-inverted", type=float, default=None, metavar="SHARE",
+                   help="this share of the edit pairs is noised with the noise of the source's DDIM "
+                        "inversion through the --init-from bundle, as an edit noises it (inverted.py; "
+                        "needs --init-from and --paired-share)")
+    p.add_argument("--paired-inverted-clips", type=int, default=None,
+                   help="how many edit pairs to invert (the first N; default 500)")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
                         "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
@@ -842,6 +868,13 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, paired_share=args.paired_share)
     if args.paired_clips:
         cfg = dataclasses.replace(cfg, paired_clips=args.paired_clips)
+    if args.paired_inverted is not None:
+        cfg = dataclasses.replace(cfg, paired_inverted=args.paired_inverted)
+    if args.paired_inverted_clips:
+        cfg = dataclasses.replace(cfg, paired_inverted_clips=args.paired_inverted_clips)
+    if cfg.paired_inverted > 0 and not (args.init_from and cfg.paired_share > 0):
+        raise SystemExit("--paired-inverted needs --paired-share and --init-from (the bundle whose "
+                         "inversion noises the pairs)")
     if args.diffuse_steps is not None:
         cfg = dataclasses.replace(cfg, diffuse_steps=args.diffuse_steps)
     if args.unet_channels:
@@ -937,12 +970,20 @@ def main(argv=None) -> int:
     pairs = None
     if cfg.paired_share > 0:
         t = time.time()
-        kinds, pair_captions, src, tgt = make_pairs(args.seed, cfg.paired_clips, cfg)
+        kinds, pair_captions, src, tgt, src_captions = make_pairs(args.seed, cfg.paired_clips, cfg)
         pairs = {"source": encode_latents(vae, src, scale, dev), "target": encode_latents(vae, tgt, scale, dev),
                  "captions": pair_captions}
         del src, tgt
         log(f"edit pairs: {len(kinds)} ({', '.join(f'{kinds.count(k)} {k}' for k in sorted(set(kinds)))}) "
             f"({time.time() - t:.0f}s)")
+        if cfg.paired_inverted > 0:
+            from .inverted import inversion_noise
+
+            t1, n = time.time(), min(cfg.paired_inverted_clips, cfg.paired_clips)
+            pairs["inv_t"], pairs["inv_eps"] = inversion_noise(
+                args.init_from, pairs["source"][:n], src_captions[:n], t_from=cfg.paired_t_from, log=log)
+            log(f"edit pairs: the first {n} noised as {args.init_from}'s inversion noises them, at "
+                f"{len(pairs['inv_t'])} timesteps ({time.time() - t1:.0f}s)")
     model = train_diffusion(cfg, latents, captions, tok, gen, dev, with_adapter=not args.no_adapter,
                             minutes=args.diffuse_minutes, init=init["model"] if init is not None else None,
                             pairs=pairs)
@@ -988,7 +1029,8 @@ def override_flags(cfg: Config, config: str) -> str:
     flags = {"unet_channels": "--unet-channels", "diffuse_batch": "--diffuse-batch",
              "layers_per_block": "--layers-per-block", "whiten_upto": "--whiten-upto",
              "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr",
-             "paired_share": "--paired-share", "paired_clips": "--paired-clips"}
+             "paired_share": "--paired-share", "paired_clips": "--paired-clips",
+             "paired_inverted": "--paired-inverted", "paired_inverted_clips": "--paired-inverted-clips"}
     out = []
     for field, flag in flags.items():
         value = getattr(cfg, field)
@@ -1020,7 +1062,8 @@ def export(args, cfg: Config, model, vae, clip, scale: float, vae_psnr: float, t
                   if args.init_info else "") + "; "
                "models/train/README.md).",
                f"VAE held-out reconstruction PSNR {vae_psnr:.2f} dB; scale_factor {scale:.4f}.",
-               "Process at 64 px (pipelines/demo.toml): the networks never saw other sizes."])
+               "Process at 64 px (pipelines/demo.toml): the networks never saw other sizes."],
+        preset="demo")
     export_bundle(comps, args.out, command=f"python -m models.train.train --config {args.config}",
                   readme_extra="" if args.full_weights else
                   "Large files store float16 weights with a Cast to float32 in front (folded by "

@@ -46,7 +46,8 @@ pub struct SpecArgs {
     #[arg(long, value_parser = crate::cli::edit::bundle_dir)]
     pub bundle: Option<PathBuf>,
     /// Pipeline preset: a name in pipelines/ (default, fast, reconstruct; demo for a bundle made
-    /// by models/train) or a TOML file.
+    /// by models/train) or a TOML file. Default: the one --bundle's manifest names for itself
+    /// (models/demo: demo), else default.
     #[arg(long)]
     pub preset: Option<String>,
     /// What the input shows (the inversion prompt).
@@ -94,7 +95,10 @@ impl SpecArgs {
     /// These flags as the command-line layer of a job spec.
     pub fn overrides(&self) -> CliOverrides {
         CliOverrides {
-            preset: self.preset.clone(),
+            preset: crate::model::preset_or_declared(
+                self.preset.as_deref(),
+                self.bundle.as_deref(),
+            ),
             source: self.source.clone(),
             prompts: self.prompts.clone(),
             negative: self.negative.clone(),

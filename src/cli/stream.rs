@@ -50,7 +50,8 @@ pub struct StreamArgs {
     /// off, source or x0_pred.
     #[arg(long)]
     pub context: Option<String>,
-    /// Pipeline preset (a name in pipelines/ or a TOML file).
+    /// Pipeline preset (a name in pipelines/ or a TOML file; default: the one --bundle's
+    /// manifest names for itself, else default).
     #[arg(long)]
     pub preset: Option<String>,
     /// Model bundle folder (default: the preset's, else $CTXD_BUNDLE, else models/oracle).
@@ -112,7 +113,10 @@ impl StreamArgs {
             deflicker: self.deflicker,
             seed: self.seed,
             context: self.context.clone(),
-            preset: self.preset.clone(),
+            preset: crate::model::preset_or_declared(
+                self.preset.as_deref(),
+                self.bundle.as_deref(),
+            ),
             bundle: self.bundle.clone(),
             window: self.window,
             anchor: self.anchor.clone(),

@@ -62,7 +62,7 @@ pub fn resolve_spec(
     prompt: Option<&str>,
 ) -> Result<JobSpec, String> {
     let cli = CliOverrides {
-        preset: m.preset.clone(),
+        preset: crate::model::preset_or_declared(m.preset.as_deref(), m.bundle.as_deref()),
         ..Default::default()
     };
     let prompt = prompt

@@ -15,6 +15,22 @@ use super::network::Network;
 use super::runtime::RuntimeOptions;
 use super::text::{PromptTokenizer, TextEncoder};
 
+/// The preset `dir`'s manifest names for itself (`preset = ...`), if it can be read and
+/// names one. Only a default: an unreadable bundle is reported where it is opened.
+pub fn declared_preset(dir: &Path) -> Option<String> {
+    let path = dir.join("bundle.toml");
+    let text = std::fs::read_to_string(&path).ok()?;
+    Manifest::parse(&text, &path).ok()?.preset
+}
+
+/// `preset` when given, else what `bundle` declares (`declared_preset`), else None (the
+/// default preset): how every front end picks a job's preset.
+pub fn preset_or_declared(preset: Option<&str>, bundle: Option<&Path>) -> Option<String> {
+    preset
+        .map(str::to_owned)
+        .or_else(|| bundle.and_then(declared_preset))
+}
+
 #[derive(Debug, Clone)]
 pub struct Bundle {
     dir: PathBuf,
@@ -260,6 +276,24 @@ pub fn find_bundles(root: &Path) -> Vec<(PathBuf, Result<Bundle>)> {
 mod tests {
     use super::*;
     use crate::model::RuntimeOptions;
+
+    #[test]
+    fn the_demo_bundle_names_its_preset_and_a_given_preset_wins() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let demo = models.join("demo");
+        assert_eq!(declared_preset(&demo).as_deref(), Some("demo"));
+        assert_eq!(declared_preset(&models.join("oracle")), None);
+        assert_eq!(declared_preset(&models.join("nosuch")), None);
+        assert_eq!(
+            preset_or_declared(None, Some(&demo)).as_deref(),
+            Some("demo")
+        );
+        assert_eq!(
+            preset_or_declared(Some("fast"), Some(&demo)).as_deref(),
+            Some("fast")
+        );
+        assert_eq!(preset_or_declared(None, None), None);
+    }
 
     /// A writable copy of a committed bundle.
     fn copy_bundle(name: &str) -> tempfile::TempDir {

@@ -5,6 +5,8 @@
 //! format_version = 1
 //! name = "tiny"
 //! description = "..."
+//! preset = "demo"   optional: the pipeline preset a job that names this bundle and no preset
+//!                   runs with (the bundle's native size and settings)
 //! [text]       tokenizer, sequence_length, hidden_size (D), pad_token_id
 //! [latent]     channels (C), downsampling (d: image side / latent side), scale_factor
 //! [schedule]   train_steps, beta_schedule (linear | scaled_linear | squaredcos_cap_v2),
@@ -39,6 +41,11 @@ pub struct Manifest {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// The pipeline preset made for this bundle (a name in pipelines/): what a job that names
+    /// this bundle but no preset runs with. A bundle trained at one size (the demo bundle's
+    /// 64 px) is otherwise run at the default preset's 512 px, slowly and in many GB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     pub text: TextConfig,
     pub latent: LatentConfig,
     pub schedule: ScheduleConfig,
@@ -300,6 +307,15 @@ mod tests {
             let m = Manifest::parse(&std::fs::read_to_string(&p).unwrap(), Path::new(&p)).unwrap();
             assert_eq!(m.name, b);
         }
+    }
+
+    #[test]
+    fn a_bundle_may_name_its_own_preset() {
+        let m = Manifest::parse(&oracle_text(), Path::new("x")).unwrap();
+        assert_eq!(m.preset, None);
+        let named = oracle_text().replacen("name = ", "preset = \"fast\"\nname = ", 1);
+        let m = Manifest::parse(&named, Path::new("x")).unwrap();
+        assert_eq!(m.preset.as_deref(), Some("fast"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod runtime;
 pub mod text;
 pub mod warm;
 
-pub use bundle::{find_bundles, Bundle};
+pub use bundle::{declared_preset, find_bundles, preset_or_declared, Bundle};
 pub use contract::Kind;
 pub use error::ModelError;
 pub use manifest::Manifest;

@@ -195,3 +195,17 @@ def test_sd_schedule_reads_zero_snr_and_spacing(tmp_path):
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="linspace"):
         sd_schedule(str(tmp_path))
+
+
+def test_bundle_toml_names_its_preset_only_when_given(tmp_path):
+    from models.export.bundle import write_bundle_toml
+
+    (tmp_path / "unet.onnx").write_bytes(b"x")
+    args = dict(name="b", description="d", text={"tokenizer": "t.json"}, latent={"channels": 4},
+                schedule={"train_steps": 10}, context={"scale": 1.0},
+                models=[("unet", {"file": "unet.onnx"})])
+    with open(write_bundle_toml(str(tmp_path), **args), "rb") as f:
+        assert "preset" not in tomllib.load(f)
+    with open(write_bundle_toml(str(tmp_path), preset="demo", **args), "rb") as f:
+        m = tomllib.load(f)
+    assert m["preset"] == "demo" and m["models"]["unet"]["sha256"] == sha256_file(str(tmp_path / "unet.onnx"))

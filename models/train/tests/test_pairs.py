@@ -9,8 +9,9 @@ from models.train import domain, train
 
 def test_a_pair_changes_one_attribute_and_keeps_every_pixel_it_does_not_touch():
     cfg = train.CONFIGS["smoke"]
-    kinds, captions, src, tgt = train.make_pairs(0, 24, cfg, workers=2)
+    kinds, captions, src, tgt, src_captions = train.make_pairs(0, 24, cfg, workers=2)
     assert set(kinds) == {"colour", "shape", "background"}
+    assert all(a != b for a, b in zip(captions, src_captions))  # one word differs
     assert src.shape == tgt.shape == (24, cfg.frames, cfg.size, cfg.size, 3)
     for k, cap, s, t in zip(kinds, captions, src, tgt):
         changed = np.abs(s.astype(int) - t.astype(int)).max(axis=-1) > 0  # [F, H, W]
@@ -27,7 +28,7 @@ def test_a_pair_changes_one_attribute_and_keeps_every_pixel_it_does_not_touch():
 
 def test_pairs_are_not_the_heldout_or_validation_clips():
     cfg = train.CONFIGS["smoke"]
-    _, captions, src, _ = train.make_pairs(0, 8, cfg, workers=2)
+    _, captions, src, _, _ = train.make_pairs(0, 8, cfg, workers=2)
     for salt in (train.HELDOUT_SALT, train.VALIDATION_SALT):
         rng = np.random.default_rng(0 + salt)
         first = domain.render_clip(domain.sample_clip(rng, frames=cfg.frames, size=cfg.size, two_prob=0.0))
@@ -45,3 +46,36 @@ def test_the_paired_v_target_estimates_the_target_clip():
     plain = train.v_target(x0, x0, eps, a)
     assert torch.allclose(plain, a.sqrt() * eps - (1 - a).sqrt() * x0)
     assert torch.allclose(a.sqrt() * xt - (1 - a).sqrt() * plain, x0, atol=1e-5)
+
+
+def test_inversion_noise_rebuilds_each_rows_inverted_latent():
+    """inverted.inversion_noise (--paired-inverted): per row, sqrt(abar) x0 + sqrt(1 - abar) eps
+    plus the context shift is the latent the reference DDIM inversion reaches under that row's
+    own caption, at every timestep >= t_from it visits (rows with different captions in one
+    batch, a batch split across calls)."""
+    import math
+    import os
+
+    from models.reference import sampler as ref
+    from models.train.inverted import inversion_noise
+
+    tiny = os.path.join(os.path.dirname(ref.__file__), "..", "tiny")
+    b = ref.Bundle(tiny)
+    sch = b.schedule()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, int(b.toml["latent"]["channels"]), 2, 8, 8, generator=g)
+    caps = ["a red circle on a gray background", "a blue square on a white background",
+            "a red circle on a gray background"]
+    ts, eps = inversion_noise(tiny, x0, caps, steps=5, t_from=300, batch=2, threads=1, log=lambda m: None)
+    asc = list(reversed(sch.ddim_timesteps(5)))
+    assert ts.tolist() == [t for t in asc if t >= 300] and eps.shape == (3, len(ts)) + tuple(x0.shape[1:])
+    for row, cap in enumerate(caps):
+        x = x0[row:row + 1].numpy()
+        traj = ref.ddim_invert(b, x, x, cap, steps=5)
+        r = b.adapter(x, b.text_states(cap), 0)
+        for s, t in enumerate(ts.tolist()):
+            a = sch.abar_of(t)
+            rebuilt = math.sqrt(a) * x + math.sqrt(1 - a) * eps[row:row + 1, s].double().numpy() + sch.k_at(t) * r
+            assert np.abs(rebuilt - traj[asc.index(t) + 1]).max() < 5e-3, (cap, t)
+    # the two rows with one caption and different latents hold different noise
+    assert not torch.equal(eps[0], eps[2])
