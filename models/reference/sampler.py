@@ -221,7 +221,7 @@ class Bundle:
 # --------------------------------------------------------------------------------------------
 # Shared pieces: prompts/guidance, context r, model outputs
 # --------------------------------------------------------------------------------------------
-def _rows(bundle: Bundle, prompt, B: int) -> np.ndarray:
+def prompt_rows(bundle: Bundle, prompt, B: int) -> np.ndarray:
     """[B, S, D] states: one prompt for every row, or a list of B prompts, one per row."""
     if isinstance(prompt, str):
         return np.repeat(bundle.text_states(prompt), B, axis=0)
@@ -242,9 +242,9 @@ class _Run:
         self.w = float(guidance)
         self.B = x0_source.shape[0]
         # conditional states, one row per latent batch row (a list: one prompt per row)
-        self.cond = _rows(bundle, prompt, self.B)
+        self.cond = prompt_rows(bundle, prompt, self.B)
         # uncond = negative prompt, or the empty prompt (SPEC "Model outputs", CD §2)
-        self.uncond = (_rows(bundle, negative if negative is not None else "", self.B)
+        self.uncond = (prompt_rows(bundle, negative if negative is not None else "", self.B)
                        if self.w != 1.0 else None)
         # Convention S: r = 0, adapter never called (SPEC "Context scale k").
         self.mode = "off" if bundle.convention == "S" else mode

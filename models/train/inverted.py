@@ -50,7 +50,7 @@ def inversion_noise(bundle_dir: str, sources: torch.Tensor, captions: list[str],
         x0 = sources[lo:lo + batch].detach().cpu().numpy().astype(np.float32)
         caps = captions[lo:lo + batch]
         traj = ref.ddim_invert(bundle, x0, x0, caps, steps=steps, mode=mode)  # [steps + 1, B, ...]
-        r = (bundle.adapter(x0, ref._rows(bundle, caps, len(caps)), 0) if mode == "source"
+        r = (bundle.adapter(x0, ref.prompt_rows(bundle, caps, len(caps)), 0) if mode == "source"
              else np.zeros(x0.shape))
         for s, i in enumerate(keep):
             t = ascending[i]

@@ -668,25 +668,23 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         x_target = x0
         if n_pair:
             j = torch.randint(len(pair_ids), (n_pair,), generator=gen)
-            x0, x_target = x0.clone(), x0.clone()
-            x0[:n_pair] = pairs["source"][j.to(dev)]
-            x_target[:n_pair] = pairs["target"][j.to(dev)]
-            ids[:n_pair] = pair_ids[j.to(dev)]
             t[:n_pair] = torch.randint(cfg.paired_t_from, T, (n_pair,), generator=gen).to(dev)
-        if n_inv:  # at a timestep the inversion visited, with the noise it left there
-            ji = torch.randint(len(pairs["inv_eps"]), (n_inv,), generator=gen).to(dev)
-            si = torch.randint(len(pairs["inv_t"]), (n_inv,), generator=gen).to(dev)
-            x0[:n_inv] = pairs["source"][ji]
-            x_target[:n_inv] = pairs["target"][ji]
-            ids[:n_inv] = pair_ids[ji.to(pair_ids.device)].to(dev)
-            t[:n_inv] = pairs["inv_t"][si].to(dev)
+            if n_inv:  # an inverted pair, at a timestep its inversion visited
+                j[:n_inv] = torch.randint(len(pairs["inv_eps"]), (n_inv,), generator=gen)
+                si = torch.randint(len(pairs["inv_t"]), (n_inv,), generator=gen).to(dev)
+                t[:n_inv] = pairs["inv_t"][si].to(dev)
+            j = j.to(dev)
+            x0, x_target = x0.clone(), x0.clone()
+            x0[:n_pair] = pairs["source"][j]
+            x_target[:n_pair] = pairs["target"][j]
+            ids[:n_pair] = pair_ids[j]
         a = abar[t].view(B, 1, 1, 1, 1)
         if cuda:
             eps = torch.randn(x0.shape, generator=noise_gen, device=dev)
         else:
             eps = torch.randn(x0.shape, generator=gen)
-        if n_inv:
-            eps[:n_inv] = pairs["inv_eps"][ji, si].to(dev, eps.dtype)
+        if n_inv:  # with the noise the inversion left there
+            eps[:n_inv] = pairs["inv_eps"][j[:n_inv], si].to(dev, eps.dtype)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         reg = torch.zeros((), device=dev)
         # drawn with or without an adapter, so both runs of the ablation see the same batches

@@ -18,9 +18,23 @@ use super::text::{PromptTokenizer, TextEncoder};
 /// The preset `dir`'s manifest names for itself (`preset = ...`), if it can be read and
 /// names one. Only a default: an unreadable bundle is reported where it is opened.
 pub fn declared_preset(dir: &Path) -> Option<String> {
+    read_manifest(dir).ok()?.preset
+}
+
+/// Reads and checks `dir/bundle.toml`.
+///
+/// # Errors
+/// `NoBundle` when there is none, `Manifest` otherwise.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join("bundle.toml");
-    let text = std::fs::read_to_string(&path).ok()?;
-    Manifest::parse(&text, &path).ok()?.preset
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ModelError::NoBundle(dir.to_path_buf()),
+        _ => ModelError::Manifest {
+            path: path.clone(),
+            cause: e.to_string(),
+        },
+    })?;
+    Manifest::parse(&text, &path)
 }
 
 /// `preset` when given, else what `bundle` declares (`declared_preset`), else None (the
@@ -43,15 +57,7 @@ impl Bundle {
     /// # Errors
     /// `NoBundle`, `Manifest`, `MissingFile`.
     pub fn open(dir: &Path) -> Result<Bundle> {
-        let path = dir.join("bundle.toml");
-        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ModelError::NoBundle(dir.to_path_buf()),
-            _ => ModelError::Manifest {
-                path: path.clone(),
-                cause: e.to_string(),
-            },
-        })?;
-        let manifest = Manifest::parse(&text, &path)?;
+        let manifest = read_manifest(dir)?;
         let bundle = Bundle {
             dir: dir.to_path_buf(),
             manifest,
