@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use ctxd::cache::InversionCache;
-use ctxd::diffusion::ContextMode;
+use ctxd::diffusion::{ContextMode, Inversion};
 use ctxd::pipeline::graph;
 use ctxd::pipeline::report::EditReport;
 
@@ -36,6 +36,17 @@ fn edit(
     cache: Option<&InversionCache>,
     blend: f32,
 ) -> EditReport {
+    edit_with(input, out, prompt, cache, blend, Inversion::Ddim)
+}
+
+fn edit_with(
+    input: &Path,
+    out: PathBuf,
+    prompt: &str,
+    cache: Option<&InversionCache>,
+    blend: f32,
+    inversion: Inversion,
+) -> EditReport {
     let mut j = job(
         input.to_path_buf(),
         "tiny",
@@ -45,6 +56,7 @@ fn edit(
     );
     j.context = ContextMode::Source;
     j.blend = blend;
+    j.inversion = inversion;
     j.cache = cache.cloned();
     graph::run(&j, &|_| {}).unwrap().remove(0)
 }
@@ -131,6 +143,34 @@ fn a_second_prompt_skips_the_inversion_and_a_hit_equals_a_recompute() {
     // ...while the latents of another clip give another picture, so the check can fail.
     let other = mean_abs_diff(&frames("red.mkv"), &frames("b.red.mkv"));
     assert!(other > 5.0, "{other}");
+}
+
+#[test]
+fn an_edit_friendly_inversion_is_kept_with_its_residuals() {
+    let d = Dir::new();
+    let src = clip(&d, "a.mp4", "testsrc2");
+    let cache = InversionCache::open(&d.path("cache"), u64::MAX).unwrap();
+    let ddpm = |out: &str, prompt: &str, cache: Option<&InversionCache>| {
+        edit_with(&src, d.path(out), prompt, cache, 0.0, Inversion::Ddpm)
+    };
+    // A DDIM entry of the same clip is not an edit-friendly one.
+    edit(&src, d.path("ddim.mkv"), "red", Some(&cache), 0.0);
+    let first = ddpm("red.mkv", "red", Some(&cache));
+    let c = first.inversion_cache.unwrap();
+    assert_eq!((c.hits, c.misses, c.stored), (0, 3, 3));
+    // Another prompt reads the latents and residuals back; the same prompt from the cache
+    // and without it give the same picture.
+    let second = ddpm("blue.mkv", "blue", Some(&cache));
+    assert_eq!(invert_stage(&second), (0, 3, 0.0));
+    let again = ddpm("red2.mkv", "red", Some(&cache));
+    assert_eq!(again.inversion_cache.unwrap().hits, 3);
+    let plain = ddpm("red3.mkv", "red", None);
+    let frames = |p: &str| rgb_frames(&d.path(p)).2;
+    same_picture(&frames("red.mkv"), &frames("red2.mkv"));
+    same_picture(&frames("red.mkv"), &frames("red3.mkv"));
+    // ...and the setting changes what is drawn.
+    let other = mean_abs_diff(&frames("red.mkv"), &frames("ddim.mkv"));
+    assert!(other > 2.0, "{other}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use ctxd::diffusion::ContextMode;
+use ctxd::diffusion::{ContextMode, Inversion};
 use ctxd::media::{EncodeSettings, InputSpec};
 use ctxd::model::RuntimeOptions;
 use ctxd::pipeline::graph;
@@ -42,6 +42,7 @@ pub fn job(
             .collect(),
         steps,
         eta: 0.0,
+        inversion: Inversion::Ddim,
         strength: 1.0,
         context: ContextMode::Off,
         window: 4,
@@ -605,6 +606,58 @@ fn cli_reconstruct_preset_reports_psnr() {
     assert!(psnr > 30.0, "reconstruction PSNR {psnr}");
 }
 
+/// Edit-friendly inversion gives the source back under its own prompt, through the real
+/// engine, where DDIM inversion (which the demo UNet cannot run backwards exactly) loses
+/// detail: only the VAE's round trip and the encoder are left between input and output.
+#[test]
+fn an_edit_friendly_inversion_reconstructs_better_than_ddim() {
+    let d = Dir::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("models/train/clips/demo.mp4");
+    let psnr = |inversion: &str| {
+        let out = d.path(&format!("t.{inversion}.mp4"));
+        run_ok(
+            ctxd()
+                .current_dir(&root)
+                .arg("edit")
+                .arg(&src)
+                .args([
+                    "--preset",
+                    "reconstruct",
+                    "--bundle",
+                    "models/demo",
+                    "--steps",
+                    "10",
+                    "--short-side",
+                    "0",
+                    "--source",
+                    "a red circle on a striped gray background",
+                    "--inversion",
+                    inversion,
+                    "--output",
+                ])
+                .arg(&out),
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+        report["quality"]["reconstruction_psnr_db"]
+            .as_f64()
+            .unwrap()
+    };
+    let (ddim, ddpm) = (psnr("ddim"), psnr("ddpm"));
+    eprintln!("reconstruction: ddim {ddim:.1} dB, ddpm {ddpm:.1} dB");
+    assert!(
+        ddpm > 30.0 && ddpm > ddim + 10.0,
+        "ddim {ddim:.1} dB, ddpm {ddpm:.1} dB"
+    );
+    let (code, err) = run_err(ctxd().arg("edit").arg(&src).args(["--inversion", "ddpx"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("ddpx") && err.contains("ddim or ddpm"),
+        "{err}"
+    );
+}
+
 /// A UNet past the size limit is loaded once and the invert and edit stages take turns on it
 /// (its weights are not held twice); the edit is the same as with two sessions, and each stage
 /// still reports its own time inside ONNX Runtime.
@@ -614,7 +667,16 @@ fn a_shared_unet_session_edits_like_two() {
     use ctxd::pipeline::graph::{sampler_setup, StageModels};
     let bundle =
         Bundle::open(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny")).unwrap();
-    let setup = sampler_setup(&bundle, 4, 0.0, 1.0, ContextMode::Source, false).unwrap();
+    let setup = sampler_setup(
+        &bundle,
+        4,
+        0.0,
+        1.0,
+        ContextMode::Source,
+        false,
+        Inversion::Ddim,
+    )
+    .unwrap();
     let shared_from = |bytes: Option<u64>| RuntimeOptions {
         share_unet_from: bytes,
         ..Default::default()

@@ -381,6 +381,7 @@ fn cold_start(bundle_dir: &Path, steps: usize, rounds: usize) -> Result<ColdStar
         1.0,
         crate::diffusion::ContextMode::Source,
         false,
+        crate::diffusion::Inversion::Ddim,
     )?;
     let cache = tempfile::tempdir()?;
     let uncached = RuntimeOptions::default();
@@ -458,6 +459,7 @@ pub(crate) fn edit_job(
         }],
         steps,
         eta: 0.0,
+        inversion: Default::default(),
         strength: 1.0,
         context: crate::diffusion::ContextMode::Source,
         window: 8,

@@ -17,7 +17,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::per_kind::{self, KindSettings};
-use crate::diffusion::ContextMode;
+use crate::diffusion::{ContextMode, Inversion};
 use crate::media::{EncodeSettings, InputSpec, RgbFrame};
 use crate::pipeline::graph;
 use crate::pipeline::job::{EditJob, EditTarget};
@@ -58,6 +58,9 @@ pub struct QualityBenchArgs {
     /// Share of the schedule the edits (and the reconstruction) run (default: the preset's).
     #[arg(long)]
     pub strength: Option<f64>,
+    /// How each clip is inverted: ddim or ddpm (edit-friendly; default: the preset's).
+    #[arg(long)]
+    pub inversion: Option<Inversion>,
     /// One kind of edit's own settings, as a prompt file's `[[edit]]` sets them for one edit:
     /// KIND:KEY=V[,KEY=V...], KIND one of colour, shape, background, KEY one of strength,
     /// blend, guidance (repeatable; e.g. background:strength=0.6). The inversion runs as far
@@ -188,6 +191,7 @@ struct QualityBench {
     guidance: f32,
     blend: f32,
     strength: f64,
+    inversion: Inversion,
     /// Edit kinds run with settings of their own (`--edit`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     edit_settings: BTreeMap<&'static str, KindSettings>,
@@ -357,6 +361,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                 spec.blend,
                 spec.strength,
                 spec.deflicker,
+                spec.inversion,
             ));
             let produced = if args.rescore {
                 saved_outputs(clip, &dir)?
@@ -453,7 +458,8 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         }
     }
 
-    let (steps, guidance, blend, strength, deflicker) = settings.unwrap_or((0, 0.0, 0.0, 1.0, 0.0));
+    let (steps, guidance, blend, strength, deflicker, inversion) =
+        settings.unwrap_or((0, 0.0, 0.0, 1.0, 0.0, Inversion::Ddim));
     let result = QualityBench {
         bundle: bundle.display().to_string(),
         preset: args.preset.clone(),
@@ -463,6 +469,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         guidance,
         blend,
         strength,
+        inversion,
         edit_settings: per_kind::by_name(&args.edit),
         deflicker,
         analyser_exact_sources: exact,
@@ -473,11 +480,12 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     };
     for m in &result.modes {
         println!(
-            "\n### context = {} ({}, preset {}, {} steps, guidance {}{}{}{}{}, {} clips, {})\n",
+            "\n### context = {} ({}, preset {}, {} steps, {} inversion, guidance {}{}{}{}{}, {} clips, {})\n",
             m.mode,
             result.bundle,
             result.preset,
             steps,
+            inversion,
             guidance,
             if strength < 1.0 {
                 format!(", strength {strength}")
@@ -597,6 +605,7 @@ fn clip_job(
         deflicker: args.deflicker,
         context: Some(mode),
         blend: args.blend,
+        inversion: args.inversion,
         ..CliOverrides::default()
     };
     let spec = JobSpec::resolve(preset, None, None, &cli)?;

@@ -19,19 +19,24 @@ const CODEC: &str = "f32le-shuffle4-lz4";
 const MAX_HEADER: usize = 64 * 1024;
 
 /// What is kept per window: the inverted latent and, when local blending needs it, the
-/// inversion trajectory (clean latent first).
+/// inversion trajectory (clean latent first); after an edit-friendly inversion, its
+/// residuals too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inverted {
     pub x_t: Array5<f32>,
     pub trajectory: Vec<Array5<f32>>,
+    pub residuals: Vec<Array5<f32>>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Header {
     key: String,
     codec: String,
-    /// Shapes: x_t first, then each trajectory step.
+    /// Shapes: x_t first, then each trajectory step, then each residual.
     shapes: Vec<[usize; 5]>,
+    /// How many of the last arrays are residuals (entries from before they existed: none).
+    #[serde(default)]
+    residuals: usize,
     raw_bytes: u64,
     sha256: String,
 }
@@ -71,6 +76,7 @@ fn unshuffle(shuffled: &[u8]) -> Vec<u8> {
 pub fn encode(key: &str, value: &Inverted) -> Vec<u8> {
     let arrays: Vec<&Array5<f32>> = std::iter::once(&value.x_t)
         .chain(value.trajectory.iter())
+        .chain(value.residuals.iter())
         .collect();
     let mut raw = Vec::with_capacity(arrays.iter().map(|a| a.len() * 4).sum());
     let mut shapes = Vec::with_capacity(arrays.len());
@@ -86,6 +92,7 @@ pub fn encode(key: &str, value: &Inverted) -> Vec<u8> {
         key: key.to_string(),
         codec: CODEC.into(),
         shapes,
+        residuals: value.residuals.len(),
         raw_bytes: raw.len() as u64,
         sha256: hex(&Sha256::digest(&raw)),
     };
@@ -128,7 +135,7 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Inverted, Corrupt> {
         .iter()
         .map(|s| s.iter().product::<usize>())
         .sum();
-    if header.shapes.is_empty() || (floats as u64) * 4 != header.raw_bytes {
+    if header.shapes.len() <= header.residuals || (floats as u64) * 4 != header.raw_bytes {
         return Err(bad("shapes disagree with the stored length"));
     }
     // The decompressor is told the exact size, so a lying payload cannot make it allocate more.
@@ -153,8 +160,13 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Inverted, Corrupt> {
         .map_err(|e| Corrupt(e.to_string()))
     });
     let x_t = arrays.next().ok_or_else(|| bad("no arrays"))??;
-    let trajectory = arrays.collect::<Result<Vec<_>, _>>()?;
-    Ok(Inverted { x_t, trajectory })
+    let mut trajectory = arrays.collect::<Result<Vec<_>, _>>()?;
+    let residuals = trajectory.split_off(trajectory.len() - header.residuals);
+    Ok(Inverted {
+        x_t,
+        trajectory,
+        residuals,
+    })
 }
 
 #[cfg(test)]
@@ -162,6 +174,10 @@ mod tests {
     use super::*;
 
     fn sample(trajectory: usize) -> Inverted {
+        sample_with(trajectory, 0)
+    }
+
+    fn sample_with(trajectory: usize, residuals: usize) -> Inverted {
         let a = |k: f32| {
             Array5::from_shape_fn((1, 4, 3, 2, 5), |(_, c, f, y, x)| {
                 (c as f32 - 1.5) * 0.37 + f as f32 * k - y as f32 * 1e-3 + x as f32 * 1e7
@@ -170,15 +186,18 @@ mod tests {
         Inverted {
             x_t: a(0.5),
             trajectory: (0..trajectory).map(|i| a(i as f32)).collect(),
+            residuals: (0..residuals).map(|i| a(-(i as f32))).collect(),
         }
     }
 
     #[test]
     fn round_trips_bit_exactly_with_and_without_a_trajectory() {
-        for n in [0, 3] {
-            let v = sample(n);
+        for (n, r) in [(0, 0), (3, 0), (4, 3)] {
+            let v = sample_with(n, r);
             let bytes = encode("k1", &v);
-            assert_eq!(decode("k1", &bytes).unwrap(), v);
+            let back = decode("k1", &bytes).unwrap();
+            assert_eq!((back.trajectory.len(), back.residuals.len()), (n, r));
+            assert_eq!(back, v);
         }
         // A non-standard layout is stored in logical order.
         let mut v = sample(0);

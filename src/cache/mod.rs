@@ -381,6 +381,7 @@ mod tests {
         Inverted {
             x_t: Array5::from_elem((1, 4, 2, 8, 8), v),
             trajectory: vec![],
+            residuals: vec![],
         }
     }
 

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
 use super::{CacheArgs, EncodeArgs, RuntimeArgs};
-use crate::diffusion::ContextMode;
+use crate::diffusion::{ContextMode, Inversion};
 use crate::media::InputSpec;
 use crate::pipeline::graph;
 use crate::pipeline::job::{EditJob, Phase, Progress};
@@ -81,6 +81,11 @@ pub struct SpecArgs {
     /// off, source or x0_pred.
     #[arg(long, value_parser = parse_context)]
     pub context: Option<ContextMode>,
+    /// How the source is inverted: ddim (one deterministic noisy latent) or ddpm
+    /// (edit-friendly: a latent and a residual per step, which keep the source's layout and
+    /// motion through an edit). Default: the preset's.
+    #[arg(long)]
+    pub inversion: Option<Inversion>,
     /// Local blending: edit only where the source and target prompts disagree by at least
     /// this fraction of the frame's largest disagreement, keep the source elsewhere (0: off).
     /// Overrides every edit's own `blend` in a prompt file.
@@ -108,6 +113,7 @@ impl SpecArgs {
             deflicker: self.deflicker,
             seed: self.seed,
             context: self.context,
+            inversion: self.inversion,
             blend: self.blend,
             short_side: self.short_side,
         }

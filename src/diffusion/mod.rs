@@ -9,6 +9,7 @@
 //! - `sampler`: the loops (sample, invert, ddpm)
 //! - `guide`: classifier-free guidance on buffers reused across steps
 //! - `pool`: latent buffers reused across windows, per thread
+//! - `friendly`: edit-friendly DDPM inversion (per-step residuals that keep the layout)
 //! - `blend`: local blending (edit where the prompts disagree, keep the source elsewhere)
 //! - `latent_io`: saving and loading inverted latents
 
@@ -32,6 +33,7 @@ pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 32 * 1024;
 
 pub mod blend;
 pub mod context;
+pub mod friendly;
 mod guide;
 pub mod latent_io;
 pub mod noise;
@@ -42,6 +44,7 @@ mod step;
 
 pub use blend::{edit_mask, Blend};
 pub use context::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};
+pub use friendly::{invert_friendly, FriendlyInversion, Inversion, Residuals};
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use sampler::{
     ddpm, edit, invert, no_progress, sample, sample_blended, Conditioning, ContextAdapter, Latent,

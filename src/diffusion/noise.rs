@@ -2,17 +2,37 @@
 //! noise comes from ChaCha8, which gives the same numbers on every platform and run; it is
 //! drawn on the calling thread in a fixed order, so thread counts cannot change it.
 
-use ndarray::{Array, ArrayD, IxDyn};
+use ndarray::{Array, ArrayD, ArrayViewMut5, IxDyn, Zip};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::sampler::Latent;
+use super::sampler::{check_shape, Latent};
 use super::DiffusionError;
 
 pub trait NoiseSource {
     /// Standard-normal noise for step `step`, shaped like the latent.
     fn next(&mut self, step: usize, shape: &[usize]) -> Result<Latent, DiffusionError>;
+
+    /// Adds step `step`'s noise to the step's result `x`: `sigma` times a draw (nothing, and
+    /// no draw, when `sigma` is 0). A source that is not a draw (the edit-friendly
+    /// inversion's residuals) adds its own term instead, whatever `sigma` is.
+    fn perturb(
+        &mut self,
+        step: usize,
+        sigma: f64,
+        x: ArrayViewMut5<f32>,
+    ) -> Result<(), DiffusionError> {
+        if sigma <= 0.0 {
+            return Ok(());
+        }
+        let z = self.next(step, x.shape())?;
+        check_shape(&z, x.shape(), "noise")?;
+        zip_for_each!(Zip::from(x).and(&z), |n, &zv| {
+            *n = (*n as f64 + sigma * zv as f64) as f32;
+        });
+        Ok(())
+    }
 }
 
 pub struct SeededNoise {

@@ -16,7 +16,7 @@
 
 use std::ops::ControlFlow;
 
-use ndarray::{Array3, Array5, ArrayView5, Dimension, Zip};
+use ndarray::{Array3, Array5, ArrayView5, Dimension};
 
 use super::blend::{self, Blend};
 use super::context::{ContextConfig, ContextMode};
@@ -427,15 +427,14 @@ fn run_loop(
         guide.run(&mut *unet, t, cond, &mut |x, twin, eps| {
             step::apply(&update, x, twin, x0.as_mut(), eps, r.as_ref())
         })?;
-        if sigma > 0.0 {
-            let n = noise.as_mut().ok_or_else(|| {
-                DiffusionError::Config("eta > 0 (or DDPM) needs a noise source".into())
-            })?;
-            let z = n.next(index, shape)?;
-            check_shape(&z, shape, "noise")?;
-            zip_for_each!(Zip::from(guide.x_mut()).and(&z), |n, &zv| {
-                *n = (*n as f64 + sigma * zv as f64) as f32;
-            });
+        match noise.as_mut() {
+            Some(n) => n.perturb(index, sigma, guide.x_mut())?,
+            None if sigma > 0.0 => {
+                return Err(DiffusionError::Config(
+                    "eta > 0 (or DDPM) needs a noise source".into(),
+                ))
+            }
+            None => {}
         }
         if let Some(b) = blend {
             blend::apply(b, guide.x_mut(), index, total)?;

@@ -251,6 +251,13 @@ impl Schedule {
         s
     }
 
+    /// Step `index` of this schedule alone (from `timesteps()[index]` down by `ratio`).
+    pub fn single_step(&self, index: usize) -> Schedule {
+        let mut s = self.clone();
+        s.timesteps = vec![self.timesteps[index.min(self.timesteps.len() - 1)]];
+        s
+    }
+
     /// `abar[t]`, or the final alpha for t < 0 (the clean end).
     pub fn abar_of(&self, t: i64) -> f64 {
         if t < 0 {

@@ -80,6 +80,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         job.inversion_strength(),
         job.context,
         job.keeps_trajectory(),
+        job.inversion,
     )?;
     let cache = match &job.cache {
         Some(c) => Some(CacheUse {
@@ -298,7 +299,7 @@ pub fn inversion_settings(
     geometry: &crate::media::scale::Letterbox,
 ) -> Result<[u8; 32], PipelineError> {
     use sha2::{Digest, Sha256};
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "format": 2,
         "ctxd": env!("CARGO_PKG_VERSION"),
         "bundle": bundle.identity()?,
@@ -313,6 +314,10 @@ pub fn inversion_settings(
         "canvas": [geometry.src_w, geometry.src_h, geometry.content_w, geometry.content_h,
                    geometry.canvas_w, geometry.canvas_h],
     });
+    // Named only when it is not DDIM, so DDIM entries keep the keys they always had.
+    if job.inversion != crate::diffusion::Inversion::Ddim {
+        settings["inversion"] = job.inversion.to_string().into();
+    }
     Ok(Sha256::digest(settings.to_string().as_bytes()).into())
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::spec::JobSpec;
 use crate::cache::InversionCache;
 use crate::diffusion::schedule::steps_at_strength;
-use crate::diffusion::ContextMode;
+use crate::diffusion::{ContextMode, Inversion};
 use crate::media::{EncodeSettings, InputSpec};
 use crate::model::RuntimeOptions;
 
@@ -44,6 +44,8 @@ pub struct EditJob {
     pub edits: Vec<EditTarget>,
     pub steps: usize,
     pub eta: f64,
+    /// DDIM or edit-friendly DDPM inversion.
+    pub inversion: Inversion,
     /// Share of the schedule an edit runs unless it sets its own (`Schedule::with_strength`);
     /// 1 = every step.
     pub strength: f64,
@@ -136,7 +138,8 @@ impl EditJob {
     /// Whether the inversion keeps every step's latent: an edit blends with it, or starts
     /// part way along it.
     pub fn keeps_trajectory(&self) -> bool {
-        self.edits.iter().any(|e| self.blend_of(e) > 0.0)
+        self.inversion == Inversion::Ddpm
+            || self.edits.iter().any(|e| self.blend_of(e) > 0.0)
             || self.partial_steps().iter().any(Option::is_some)
     }
 
@@ -190,6 +193,7 @@ impl EditJob {
                 .collect(),
             steps: first.steps,
             eta: spec.eta,
+            inversion: spec.inversion,
             strength: spec.strength,
             context: first.context,
             window: spec.window,

@@ -4,7 +4,7 @@
 //! with its prompt (`prompts::EditCondition`).
 
 use super::graph::PipelineError;
-use crate::diffusion::{ContextConfig, ContextMode, FinalK, Schedule};
+use crate::diffusion::{ContextConfig, ContextMode, FinalK, Inversion, Schedule};
 use crate::model::{Bundle, Kind};
 
 /// What the invert and edit stages share.
@@ -16,6 +16,8 @@ pub struct SamplerSetup {
     /// The inversion keeps every step's latent: blending follows it, and edits of lower
     /// strength start from it part way.
     pub keep_trajectory: bool,
+    /// DDIM, or edit-friendly DDPM (which always keeps its trajectory).
+    pub inversion: Inversion,
 }
 
 /// The sampler settings both diffusion stages share, checked against the bundle.
@@ -29,6 +31,7 @@ pub fn sampler_setup(
     strength: f64,
     mode: ContextMode,
     keep_trajectory: bool,
+    inversion: Inversion,
 ) -> Result<SamplerSetup, PipelineError> {
     let m = bundle.manifest();
     let context = ContextConfig {
@@ -55,6 +58,7 @@ pub fn sampler_setup(
         schedule,
         context,
         eta,
-        keep_trajectory,
+        keep_trajectory: keep_trajectory || inversion == Inversion::Ddpm,
+        inversion,
     })
 }

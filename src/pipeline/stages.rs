@@ -19,7 +19,10 @@ pub use super::setup::SamplerSetup;
 use super::tensor;
 use super::windows::WindowPlanner;
 use crate::cache::{CacheCounts, InversionCache, Inverted};
-use crate::diffusion::{self, pool, Blend, Conditioning, Latent, Models, RunConfig, SeededNoise};
+use crate::diffusion::{
+    self, pool, Blend, Conditioning, Inversion, Latent, Models, NoiseSource, Residuals, RunConfig,
+    SeededNoise,
+};
 use crate::media::scale::Resizer;
 use crate::media::{MediaError, RgbFrame};
 use crate::model::denoise::{Adapter, Unet};
@@ -128,8 +131,11 @@ pub struct WindowLatents {
 pub struct WindowInverted {
     pub latents: WindowLatents,
     pub x_t: Latent,
-    /// The inversion trajectory (clean latent first), kept only for local blending.
+    /// The inversion trajectory (clean latent first), kept for local blending, edits of
+    /// lower strength and edit-friendly inversions.
     pub trajectory: Vec<Latent>,
+    /// An edit-friendly inversion's residuals, one per sampling step (empty after DDIM).
+    pub residuals: Vec<Latent>,
     /// The prompts this window is edited with (resolved when its inversion started).
     pub conditions: Arc<WindowConditions>,
 }
@@ -408,6 +414,9 @@ impl CacheUse {
     }
 }
 
+/// Seed of an edit-friendly inversion's draws (with the window's index mixed in).
+const FRIENDLY_SEED: u64 = 0x6672_6965_6e64;
+
 /// Windows whose output would come later than this after their input are dropped before
 /// the expensive stages (live streams); counted in `dropped`.
 pub struct DropLate<'a> {
@@ -459,8 +468,11 @@ pub fn invert(
             let keep = setup.keep_trajectory;
             let found = c.cache.get(key, &mut counts).filter(|hit| {
                 // A sound entry of the wrong shape would be a key collision: never use it.
+                let steps = setup.schedule.timesteps().len();
+                let friendly = setup.inversion == Inversion::Ddpm;
                 let fits = hit.x_t.dim() == w.x0.dim()
-                    && (!keep || hit.trajectory.len() == setup.schedule.timesteps().len() + 1);
+                    && (!keep || hit.trajectory.len() == steps + 1)
+                    && hit.residuals.len() == if friendly { steps } else { 0 };
                 if !fits {
                     tracing::warn!(
                         "inversion cache: entry {key} does not fit this window; recomputing"
@@ -477,6 +489,7 @@ pub fn invert(
                         latents: w,
                         x_t: hit.x_t,
                         trajectory: if keep { hit.trajectory } else { Vec::new() },
+                        residuals: hit.residuals,
                         conditions,
                     },
                 ) {
@@ -486,28 +499,54 @@ pub fn invert(
             }
         }
         let cond = Conditioning::new(conditions.source.clone());
-        let out = diffusion::invert(
-            RunConfig {
-                schedule: &setup.schedule,
-                context: setup.context,
-                eta: 0.0,
-                x0_source: Some(&w.x0),
-                keep_trajectory: setup.keep_trajectory,
-            },
-            Models {
-                unet: &mut unet,
-                adapter: adapter
-                    .as_mut()
-                    .map(|a| a as &mut dyn diffusion::ContextAdapter),
-            },
-            &w.x0,
-            &cond,
-            &mut progress_cb(cancel),
-        )
-        .map_err(|m| e(m.to_string()))?;
-        let value = Inverted {
-            x_t: out.latent,
-            trajectory: out.trajectory,
+        let run = RunConfig {
+            schedule: &setup.schedule,
+            context: setup.context,
+            eta: 0.0,
+            x0_source: Some(&w.x0),
+            keep_trajectory: setup.keep_trajectory,
+        };
+        let models = Models {
+            unet: &mut unet,
+            adapter: adapter
+                .as_mut()
+                .map(|a| a as &mut dyn diffusion::ContextAdapter),
+        };
+        let value = match setup.inversion {
+            Inversion::Ddim => {
+                let out = diffusion::invert(run, models, &w.x0, &cond, &mut progress_cb(cancel))
+                    .map_err(|m| e(m.to_string()))?;
+                Inverted {
+                    x_t: out.latent,
+                    trajectory: out.trajectory,
+                    residuals: Vec::new(),
+                }
+            }
+            Inversion::Ddpm => {
+                // The draws are a function of the window alone, so a cached inversion is
+                // the one this run would compute.
+                let mut noise = SeededNoise::new(
+                    FRIENDLY_SEED ^ (w.meta.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                let out = diffusion::invert_friendly(
+                    run,
+                    models,
+                    &w.x0,
+                    &cond,
+                    &mut noise,
+                    &mut progress_cb(cancel),
+                )
+                .map_err(|m| e(m.to_string()))?;
+                Inverted {
+                    x_t: out
+                        .trajectory
+                        .last()
+                        .cloned()
+                        .unwrap_or_else(|| w.x0.clone()),
+                    trajectory: out.trajectory,
+                    residuals: out.residuals,
+                }
+            }
         };
         if let (Some(c), Some(key)) = (&cache, &key) {
             c.cache.put(key, &value, &mut counts);
@@ -520,6 +559,7 @@ pub fn invert(
                 latents: w,
                 x_t: value.x_t,
                 trajectory: value.trajectory,
+                residuals: value.residuals,
                 conditions,
             },
         ) {
@@ -567,13 +607,19 @@ pub fn edit(
                     .get(k)
                     .ok_or_else(|| e(format!("the inversion kept no latent after {k} steps")))
             });
+            // After an edit-friendly inversion the run adds the inversion's residuals where
+            // DDPM (eta = 1) would add fresh noise.
+            let friendly = !w.residuals.is_empty();
             let run = RunConfig {
                 schedule,
                 context: setup.context,
-                eta: setup.eta,
+                eta: if friendly { 1.0 } else { setup.eta },
                 x0_source: Some(&w.latents.x0),
                 keep_trajectory: false,
             };
+            let n = w.residuals.len();
+            let mut residuals = Residuals(&w.residuals[n - schedule.timesteps().len().min(n)..]);
+            let noise: &mut dyn NoiseSource = if friendly { &mut residuals } else { &mut noise };
             // The mask first: it needs the UNet alone, the sampler then borrows it with the adapter.
             let mask = if ed.blend > 0.0 {
                 Some(
@@ -601,15 +647,15 @@ pub fn edit(
             let out = match &mask {
                 None if partial_start.is_some() => {
                     let start = partial_start.expect("matched")?;
-                    diffusion::sample(run, models, start, cond, Some(&mut noise), &mut steps)
+                    diffusion::sample(run, models, start, cond, Some(noise), &mut steps)
                 }
                 None if last => {
                     let start = x_t.take().expect("taken by the last edit only");
-                    diffusion::sample(run, models, start, cond, Some(&mut noise), &mut steps)
+                    diffusion::sample(run, models, start, cond, Some(noise), &mut steps)
                 }
                 None => {
                     let start = x_t.as_ref().expect("taken by the last edit only");
-                    diffusion::sample(run, models, start, cond, Some(&mut noise), &mut steps)
+                    diffusion::sample(run, models, start, cond, Some(noise), &mut steps)
                 }
                 Some(mask) => diffusion::sample_blended(
                     run,
@@ -619,7 +665,7 @@ pub fn edit(
                         None => x_t.as_ref().expect("taken by the last edit only"),
                     },
                     cond,
-                    Some(&mut noise),
+                    Some(noise),
                     &Blend {
                         mask,
                         // An edit of lower strength follows the inversion as far as it starts.
@@ -645,11 +691,13 @@ pub fn edit(
                 },
             conditions,
             trajectory,
+            residuals,
             ..
         } = w;
         // The window's latents die here: their memory serves the next window's.
         pool::give(x0);
         trajectory.into_iter().for_each(pool::give);
+        residuals.into_iter().for_each(pool::give);
         if !send(
             &tx,
             WindowEdited {

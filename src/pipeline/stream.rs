@@ -30,7 +30,7 @@ use super::stages::{
     DecodeConfig, DropLate, Dropped, LagPolicy, PrepareConfig, StageError, WindowOutput,
 };
 use super::windows::{Anchor, WindowPlanner};
-use crate::diffusion::ContextMode;
+use crate::diffusion::{ContextMode, Inversion};
 use crate::media::scale::Resizer;
 use crate::media::{
     AudioPacket, EncodeSettings, InputSpec, LiveOptions, MediaError, OutputTarget, RgbFrame,
@@ -62,6 +62,7 @@ pub struct StreamJob {
     pub seed: u64,
     pub steps: usize,
     pub eta: f64,
+    pub inversion: Inversion,
     /// Share of the schedule to run (`Schedule::with_strength`).
     pub strength: f64,
     pub context: ContextMode,
@@ -175,6 +176,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         job.strength,
         job.context,
         job.blend > 0.0,
+        job.inversion,
     )?;
     // One window at a time through the networks (`--pipelining off`, or `auto` on a small
     // CPU host): a window dropped for lateness hands its turn back (`stages::invert`).

@@ -226,6 +226,7 @@ pub fn build_job(
         deflicker: args.deflicker,
         seed: args.seed,
         context,
+        inversion: None,
         blend: None,
         short_side: args.short_side,
     };
@@ -294,6 +295,7 @@ pub fn build_job(
         seed: edit.seed,
         steps: edit.steps,
         eta: spec.eta,
+        inversion: spec.inversion,
         // The stream's one edit: its own values, where its `[[edit]]` sets them.
         strength: spec.strength_of(edit),
         context: edit.context,

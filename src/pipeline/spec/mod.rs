@@ -29,6 +29,7 @@
 //! | `steps` | integer `1..=1000` | required | P F E C | DDIM steps (CONTEXTDIFF.md §2). |
 //! | `guidance` | float `0..=50` | required | P F E C | Classifier-free guidance weight `w`; 1 = conditional prediction only. |
 //! | `eta` | float `>= 0` | `0` | P F | DDIM stochasticity; 0 = deterministic. |
+//! | `inversion` | `"ddim"`, `"ddpm"` | `"ddim"` | P F C | How the source is inverted ([`Inversion`]). `ddim`: deterministic DDIM inversion to one noisy latent. `ddpm`: edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024): each timestep's latent drawn from the forward process and each step's residual kept, edits sampled at eta = 1 adding those residuals, so the source's layout and motion carry through the whole schedule; reconstructs the source exactly under the source prompt. Costs the same UNet calls; the cache keeps the residuals (one latent per step). |
 //! | `strength` | float `0 < s <= 1` | `1` | P F E C | Share of the schedule an edit runs: the source is inverted through the `ceil(s * steps)` least noisy timesteps and sampled back from there (SDEdit's strength). Lower keeps more of the source's layout and motion; 1 = the whole schedule. A video's edits share one inversion, run as far as its strongest edit needs; an edit with a lower strength starts from the inversion's latent at its own step. |
 //! | `deflicker` | float `0..=255` | `0` | P F C | Temporal smoothing of the edited frames before they are encoded (FFmpeg's `hqdn3d`, temporal part only; the change, in levels of 255, at which a pixel still keeps a quarter of its past): shimmer of a few levels is averaged away, motion passes. 0 = off. |
 //! | `seed` | integer `0..=2^63-1` (TOML) | `0` | P F E C | Seed of the noise source (used when `eta > 0`). |
@@ -93,7 +94,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-use crate::diffusion::ContextMode;
+use crate::diffusion::{ContextMode, Inversion};
 
 /// The folder-level defaults file, beside the videos it applies to.
 pub const DEFAULTS_FILE: &str = "_defaults.toml";
@@ -112,6 +113,12 @@ pub const MAX_WINDOW: usize = 64;
 /// `strength` when no layer sets it: the whole schedule.
 fn full_strength() -> f64 {
     1.0
+}
+
+/// A job with DDIM inversion serializes without the key (stored jobs' keys stay what they
+/// were before `inversion` existed).
+fn is_ddim(v: &Inversion) -> bool {
+    *v == Inversion::Ddim
 }
 
 /// A job at full strength serializes without the key, so what runs (and so the keys of

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::check::{Checker, MULTIPLE};
 use super::{de_context, toml_error, utf8, SpecError};
-use crate::diffusion::ContextMode;
+use crate::diffusion::{ContextMode, Inversion};
 
 /// A pipeline preset: `pipelines/<name>.toml` (keys in the module docs).
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,8 @@ pub struct Preset {
     pub steps: usize,
     pub guidance: f32,
     pub eta: f64,
+    /// DDIM or edit-friendly DDPM inversion.
+    pub inversion: Inversion,
     /// Share of the schedule an edit runs: invert that far, sample back (1 = all of it).
     pub strength: f64,
     /// Temporal smoothing of the output (`media::deflicker`); 0 = off.
@@ -49,6 +51,8 @@ struct PresetFile {
     guidance: f32,
     #[serde(default)]
     eta: f64,
+    #[serde(default)]
+    inversion: Inversion,
     #[serde(default = "full_strength")]
     strength: f64,
     #[serde(default)]
@@ -179,6 +183,7 @@ impl Preset {
             steps: raw.steps,
             guidance: raw.guidance,
             eta: raw.eta,
+            inversion: raw.inversion,
             strength: raw.strength,
             deflicker: raw.deflicker,
             seed: raw.seed,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::check::{non_empty, Checker};
 use super::{de_context_opt, json_error, toml_error, utf8, SpecError, SIDECAR_SUFFIXES};
-use crate::diffusion::ContextMode;
+use crate::diffusion::{ContextMode, Inversion};
 
 /// The top-level keys a prompt file (or the command line) may override; `None` = not set.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,6 +17,8 @@ pub struct Overrides {
     pub steps: Option<usize>,
     pub guidance: Option<f32>,
     pub eta: Option<f64>,
+    /// DDIM or edit-friendly DDPM inversion.
+    pub inversion: Option<Inversion>,
     /// Share of the schedule an edit runs (`Schedule::with_strength`).
     pub strength: Option<f64>,
     /// Temporal smoothing of the output (0 = off).
@@ -135,6 +137,8 @@ struct RawPromptFile {
     #[serde(default)]
     eta: Option<f64>,
     #[serde(default)]
+    inversion: Option<Inversion>,
+    #[serde(default)]
     strength: Option<f64>,
     #[serde(default)]
     deflicker: Option<f32>,
@@ -228,6 +232,7 @@ impl PromptFile {
             steps: raw.steps,
             guidance: raw.guidance,
             eta: raw.eta,
+            inversion: raw.inversion,
             strength: raw.strength,
             deflicker: raw.deflicker,
             seed: raw.seed,
@@ -308,6 +313,7 @@ fn parse_txt(text: &str, path: &Path) -> Result<RawPromptFile, SpecError> {
         steps: None,
         guidance: None,
         eta: None,
+        inversion: None,
         strength: None,
         deflicker: None,
         seed: None,

@@ -15,7 +15,7 @@ use super::{
     de_context, find_sidecar, ser_context, EditSpec, Overrides, Preset, PromptFile, SpecError,
     DEFAULTS_FILE, DEFAULT_PRESET,
 };
-use crate::diffusion::ContextMode;
+use crate::diffusion::{ContextMode, Inversion};
 
 /// The origin named in errors about command-line values.
 const CLI_ORIGIN: &str = "command line";
@@ -47,6 +47,8 @@ pub struct CliOverrides {
     pub deflicker: Option<f32>,
     pub seed: Option<u64>,
     pub context: Option<ContextMode>,
+    /// DDIM or edit-friendly DDPM inversion.
+    pub inversion: Option<Inversion>,
     /// Local blending threshold (0 = off).
     pub blend: Option<f32>,
     /// Processing short side (0 = the native size).
@@ -92,6 +94,9 @@ pub struct JobSpec {
     pub short_side: Option<u32>,
     pub multiple: u32,
     pub eta: f64,
+    /// DDIM or edit-friendly DDPM inversion (`diffusion::friendly`).
+    #[serde(default, skip_serializing_if = "super::is_ddim")]
+    pub inversion: Inversion,
     /// Share of the schedule the edits run (`Schedule::with_strength`); 1 = all of it.
     #[serde(
         default = "super::full_strength",
@@ -150,6 +155,7 @@ struct Merged {
     steps: usize,
     guidance: f32,
     eta: f64,
+    inversion: Inversion,
     strength: f64,
     deflicker: f32,
     seed: u64,
@@ -168,6 +174,7 @@ impl Merged {
             "steps",
             "guidance",
             "eta",
+            "inversion",
             "strength",
             "deflicker",
             "seed",
@@ -185,6 +192,7 @@ impl Merged {
             steps: preset.steps,
             guidance: preset.guidance,
             eta: preset.eta,
+            inversion: preset.inversion,
             strength: preset.strength,
             deflicker: preset.deflicker,
             seed: preset.seed,
@@ -211,7 +219,7 @@ impl Merged {
                 })*
             };
         }
-        take!(steps, guidance, eta, strength, deflicker, seed, context, window, overlap, anchor; negative, short_side);
+        take!(steps, guidance, eta, inversion, strength, deflicker, seed, context, window, overlap, anchor; negative, short_side);
     }
 
     fn apply_edit(&mut self, e: &EditSpec, label: &str) {
@@ -383,6 +391,7 @@ fn cli_layer(cli: &CliOverrides) -> Result<Layer, SpecError> {
         deflicker: cli.deflicker,
         seed: cli.seed,
         context: cli.context,
+        inversion: cli.inversion,
         negative: cli.negative.clone(),
         short_side: cli.short_side,
         ..Overrides::default()
@@ -538,6 +547,7 @@ fn resolve(
         short_side: job.short_side.filter(|&s| s > 0),
         multiple: preset.multiple,
         eta: job.eta,
+        inversion: job.inversion,
         strength: job.strength,
         deflicker: job.deflicker,
         blend: job_blend,

@@ -486,3 +486,34 @@ fn deflicker_merges_from_every_layer_and_is_omitted_when_off() {
         assert!(err.contains("out of range (0..=255)"), "{err}");
     }
 }
+
+#[test]
+fn inversion_merges_from_every_layer_and_is_omitted_for_ddim() {
+    let p = preset("default");
+    assert_eq!(p.inversion, Inversion::Ddim);
+    let file = toml(
+        "source = \"a\"\ninversion = \"ddpm\"\n[[edit]]\nprompt = \"b\"\n",
+        "v.prompt.toml",
+    );
+    let job = JobSpec::resolve(&p, None, Some(&file), &cli()).unwrap();
+    assert_eq!(job.inversion, Inversion::Ddpm);
+    assert_eq!(job.provenance["inversion"], "sidecar:v.prompt.toml");
+    let json = serde_json::to_value(&job).unwrap();
+    assert_eq!(json["inversion"], "ddpm");
+    assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), job);
+    let ddim = CliOverrides {
+        inversion: Some(Inversion::Ddim),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&p, None, Some(&file), &ddim).unwrap();
+    assert_eq!(
+        (job.inversion, job.provenance["inversion"].as_str()),
+        (Inversion::Ddim, "cli")
+    );
+    // DDIM, the key is left out: jobs stored before `inversion` existed keep their keys.
+    let json = serde_json::to_value(&job).unwrap();
+    assert!(json.get("inversion").is_none(), "{json}");
+
+    let err = toml_err("source = \"a\"\ninversion = \"ddpx\"\n", "d.prompt.toml");
+    assert!(err.contains("d.prompt.toml") && err.contains("ddpx"), "{err}");
+}

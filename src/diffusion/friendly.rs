@@ -1,0 +1,389 @@
+//! Edit-friendly DDPM inversion (Huberman-Spiegelglas, Kulikov and Michaeli, "An Edit
+//! Friendly DDPM Noise Space", CVPR 2024), with the context bias of CONTEXTDIFF.md §1.
+//!
+//! DDIM inversion leaves one latent x_T that sampling must turn back into the source. Near
+//! the top of a zero-terminal-SNR schedule little of *where* things are survives in it, so an
+//! edit redraws the object where the UNet likes. Here instead every timestep's latent is drawn
+//! on its own from the forward process,
+//!   x_t = sqrt(abar_t) x0 + k_t r + sqrt(1 - abar_t) e_t      (e_t independent),
+//! and each sampling step's residual
+//!   d_t = x_prev - mu(x_t, t, source prompt)                  (mu: the eta = 1 step, no noise)
+//! is kept. A sampler run at eta = 1 that adds d_t where it would add fresh noise gives the
+//! source back exactly under the source prompt; under another prompt it keeps the layout the
+//! residuals carry. Edits of lower strength start at x_t part way and use the later residuals.
+
+use std::ops::ControlFlow;
+
+use ndarray::{ArrayViewMut5, Zip};
+
+use super::context::ContextMode;
+use super::noise::NoiseSource;
+use super::sampler::{
+    check_shape, sample, Conditioning, ContextAdapter, Latent, Models, RunConfig, StepInfo,
+};
+use super::DiffusionError;
+
+/// How a source is inverted before its edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Inversion {
+    /// Deterministic DDIM inversion (CONTEXTDIFF.md §3): one latent at the top.
+    #[default]
+    Ddim,
+    /// Edit-friendly DDPM inversion (this module): a latent and a residual per step; edits
+    /// run at eta = 1 and keep the source's layout.
+    Ddpm,
+}
+
+impl std::str::FromStr for Inversion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ddim" => Ok(Inversion::Ddim),
+            "ddpm" => Ok(Inversion::Ddpm),
+            _ => Err(format!("unknown inversion '{s}' (expected ddim or ddpm)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Inversion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Inversion::Ddim => "ddim",
+            Inversion::Ddpm => "ddpm",
+        })
+    }
+}
+
+/// What an edit-friendly inversion keeps.
+#[derive(Debug, Clone)]
+pub struct FriendlyInversion {
+    /// The clean latent, then x_t at each of the schedule's timesteps, ascending (as
+    /// `invert`'s trajectory): where an edit of any strength starts, and local blending's
+    /// reference.
+    pub trajectory: Vec<Latent>,
+    /// One per sampling step of the schedule (descending timesteps, the sampler's order): the
+    /// term added after that step.
+    pub residuals: Vec<Latent>,
+}
+
+impl FriendlyInversion {
+    /// The residuals a run of the schedule's `steps` least noisy steps adds.
+    pub fn residuals_for(&self, steps: usize) -> Residuals<'_> {
+        let n = self.residuals.len();
+        Residuals(&self.residuals[n - steps.min(n)..])
+    }
+}
+
+/// A run's residuals as its noise: step `i` adds `residuals[i]`, whatever its sigma.
+pub struct Residuals<'a>(pub &'a [Latent]);
+
+impl NoiseSource for Residuals<'_> {
+    fn next(&mut self, step: usize, shape: &[usize]) -> Result<Latent, DiffusionError> {
+        let d = self.0.get(step).ok_or_else(|| {
+            DiffusionError::Config(format!("no edit-friendly residual for step {step}"))
+        })?;
+        check_shape(d, shape, "residual")?;
+        Ok(d.clone())
+    }
+
+    fn perturb(
+        &mut self,
+        step: usize,
+        _: f64,
+        x: ArrayViewMut5<f32>,
+    ) -> Result<(), DiffusionError> {
+        let d = self.0.get(step).ok_or_else(|| {
+            DiffusionError::Config(format!(
+                "no edit-friendly residual for step {step} ({} kept)",
+                self.0.len()
+            ))
+        })?;
+        check_shape(d, x.shape(), "residual")?;
+        zip_for_each!(Zip::from(x).and(d), |n, &dv| *n += dv);
+        Ok(())
+    }
+}
+
+/// Adds nothing: a step's mean alone.
+struct NoNoise;
+
+impl NoiseSource for NoNoise {
+    fn next(&mut self, _: usize, shape: &[usize]) -> Result<Latent, DiffusionError> {
+        ndarray::ArrayD::<f32>::zeros(shape)
+            .into_dimensionality()
+            .map_err(|e| DiffusionError::Shape(e.to_string()))
+    }
+
+    fn perturb(&mut self, _: usize, _: f64, _: ArrayViewMut5<f32>) -> Result<(), DiffusionError> {
+        Ok(())
+    }
+}
+
+/// Edit-friendly inversion of `x0` under `cond` over `run.schedule` (module docs); `noise`
+/// draws each timestep's e_t. `run.eta` is ignored: the residuals belong to eta = 1, and an
+/// edit that uses them must run at eta = 1.
+///
+/// # Errors
+/// Shape or configuration errors, a failing network, or `Cancelled` when `on_step` breaks.
+pub fn invert_friendly(
+    run: RunConfig,
+    mut models: Models,
+    x0: &Latent,
+    cond: &Conditioning,
+    noise: &mut dyn NoiseSource,
+    on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<FriendlyInversion, DiffusionError> {
+    let sched = run.schedule;
+    let ctx = run.context;
+    let shape = x0.shape().to_vec();
+    // The forward process's bias: r from the clean source (as context `source` has it; the
+    // x0_pred mode's first estimate is the same latent).
+    let r = if ctx.active() {
+        let adapter = models.adapter.as_mut().ok_or_else(|| {
+            DiffusionError::Config("this context mode needs the bundle's context adapter".into())
+        })?;
+        let r = adapter.context(run.x0_source.unwrap_or(x0), &cond.cond, 0.0)?;
+        check_shape(&r, &shape, "context")?;
+        Some(r)
+    } else {
+        None
+    };
+    let timesteps = sched.timesteps();
+    let n = timesteps.len();
+    let mut trajectory = Vec::with_capacity(n + 1);
+    trajectory.push(x0.clone());
+    for i in 1..=n {
+        let t = timesteps[n - i];
+        let a = sched.abar_of(t);
+        let (sa, s1a) = (a.sqrt(), (1.0 - a).sqrt());
+        let k = if ctx.active() {
+            ctx.k_at(sched, t)
+        } else {
+            0.0
+        };
+        let e = noise.next(i - 1, &shape)?;
+        check_shape(&e, &shape, "noise")?;
+        let mut x = Latent::zeros(x0.raw_dim());
+        Zip::from(&mut x)
+            .and(x0)
+            .and(&e)
+            .for_each(|o, &x0v, &ev| *o = (sa * x0v as f64 + s1a * ev as f64) as f32);
+        if let Some(r) = &r {
+            Zip::from(&mut x)
+                .and(r)
+                .for_each(|o, &rv| *o = (*o as f64 + k * rv as f64) as f32);
+        }
+        trajectory.push(x);
+    }
+    let mut residuals = Vec::with_capacity(n);
+    // In x0_pred mode a sampling run's adapter reads the previous step's x0 estimate; the
+    // inversion hands each step the one its predecessor made from the trajectory, so a run
+    // of the whole schedule sees the same context (one of lower strength starts from the
+    // source latent instead, and is exact only up to that first step's context).
+    let x0_pred = ctx.active() && ctx.mode == ContextMode::X0Pred;
+    let mut estimate: Option<Latent> = None;
+    for (index, &t) in timesteps.iter().enumerate() {
+        let step = sched.single_step(index);
+        let one = RunConfig {
+            schedule: &step,
+            eta: 1.0,
+            keep_trajectory: false,
+            x0_source: estimate.as_ref().or(run.x0_source).or(Some(x0)),
+            ..run
+        };
+        let m = Models {
+            unet: &mut *models.unet,
+            adapter: models
+                .adapter
+                .as_mut()
+                .map(|a| &mut **a as &mut dyn ContextAdapter),
+        };
+        let from = &trajectory[n - index];
+        let mut next_estimate = None;
+        let mean = sample(one, m, from, cond, Some(&mut NoNoise), &mut |s| {
+            if x0_pred {
+                next_estimate = s.x0.cloned();
+            }
+            ControlFlow::Continue(())
+        })?
+        .latent;
+        if x0_pred {
+            estimate = next_estimate;
+        }
+        let mut d = trajectory[n - index - 1].clone();
+        Zip::from(&mut d).and(&mean).for_each(|dv, &m| *dv -= m);
+        let info = StepInfo {
+            index,
+            total: n,
+            t,
+            latent: d.view(),
+            x0: None,
+        };
+        if on_step(&info).is_break() {
+            return Err(DiffusionError::Cancelled);
+        }
+        residuals.push(d);
+    }
+    Ok(FriendlyInversion {
+        trajectory,
+        residuals,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::noise::SeededNoise;
+    use crate::diffusion::sampler::{no_progress, NoisePredictor, TextStates};
+    use crate::diffusion::schedule::{BetaSchedule, NoiseConfig, Prediction, Schedule, Spacing};
+    use crate::diffusion::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};
+
+    /// A predictor that depends on the latent, the timestep and the prompt (its first value).
+    struct Toy;
+
+    impl NoisePredictor for Toy {
+        fn predict(
+            &mut self,
+            x: &Latent,
+            t: f32,
+            text: &TextStates,
+        ) -> Result<Latent, DiffusionError> {
+            let p = text[[0, 0, 0]];
+            Ok(x.mapv(|v| 0.6 * v + p * (1.0 - t / 1000.0)))
+        }
+    }
+
+    struct Half;
+
+    impl ContextAdapter for Half {
+        fn context(
+            &mut self,
+            x: &Latent,
+            _: &TextStates,
+            _: f32,
+        ) -> Result<Latent, DiffusionError> {
+            Ok(x.mapv(|v| 0.5 * v))
+        }
+    }
+
+    fn schedule() -> Schedule {
+        let cfg = NoiseConfig {
+            train_steps: 1000,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            prediction: Prediction::V,
+            set_alpha_to_one: true,
+            steps_offset: 0,
+            rescale_zero_terminal_snr: true,
+            timestep_spacing: Spacing::Trailing,
+        };
+        Schedule::ddim(&cfg, 10).unwrap()
+    }
+
+    fn context(mode: ContextMode) -> ContextConfig {
+        ContextConfig {
+            k: KSchedule::ScaledSqrtOneMinusAbar { scale: 0.5 },
+            final_k: FinalK::Zero,
+            convention: Convention::U,
+            mode,
+        }
+    }
+
+    fn prompt(v: f32) -> Conditioning {
+        Conditioning::new(TextStates::from_elem((1, 2, 3), v))
+    }
+
+    fn x0() -> Latent {
+        Latent::from_shape_fn((1, 2, 3, 4, 4), |(_, c, f, y, x)| {
+            ((c * 7 + f * 5 + y * 3 + x) as f32 * 0.37).sin()
+        })
+    }
+
+    /// Inverts, then samples `steps` least noisy steps from the trajectory under `edit`.
+    fn round_trip(mode: ContextMode, steps: usize, edit: f32) -> (Latent, Latent) {
+        let s = schedule();
+        let x0 = x0();
+        let run = RunConfig {
+            schedule: &s,
+            context: context(mode),
+            eta: 0.0,
+            x0_source: Some(&x0),
+            keep_trajectory: false,
+        };
+        let (mut unet, mut adapter) = (Toy, Half);
+        let inv = invert_friendly(
+            run,
+            Models {
+                unet: &mut unet,
+                adapter: Some(&mut adapter),
+            },
+            &x0,
+            &prompt(0.2),
+            &mut SeededNoise::new(3),
+            &mut no_progress,
+        )
+        .unwrap();
+        assert_eq!(inv.trajectory.len(), 11);
+        assert_eq!(inv.residuals.len(), 10);
+        let part = s.least_noisy(steps);
+        let out = sample(
+            RunConfig {
+                schedule: &part,
+                eta: 1.0,
+                ..run
+            },
+            Models {
+                unet: &mut unet,
+                adapter: Some(&mut adapter),
+            },
+            &inv.trajectory[steps],
+            &prompt(edit),
+            Some(&mut inv.residuals_for(steps)),
+            &mut no_progress,
+        )
+        .unwrap();
+        (out.latent, x0)
+    }
+
+    fn max_diff(a: &Latent, b: &Latent) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn the_source_prompt_gives_the_source_back_at_any_strength() {
+        for mode in [ContextMode::Off, ContextMode::Source, ContextMode::X0Pred] {
+            // x0_pred: exact over the whole schedule only (`invert_friendly`)
+            let strengths: &[usize] = if mode == ContextMode::X0Pred {
+                &[10]
+            } else {
+                &[10, 6, 1]
+            };
+            for &steps in strengths {
+                let (out, x0) = round_trip(mode, steps, 0.2);
+                assert!(max_diff(&out, &x0) < 1e-5, "{mode:?} {steps}");
+            }
+        }
+    }
+
+    #[test]
+    fn another_prompt_changes_the_result() {
+        let (out, x0) = round_trip(ContextMode::Source, 10, 0.9);
+        assert!(max_diff(&out, &x0) > 0.05);
+    }
+
+    #[test]
+    fn too_few_residuals_is_an_error() {
+        let d = [Latent::zeros((1, 1, 1, 1, 1))];
+        let mut r = Residuals(&d);
+        let mut x = Latent::zeros((1, 1, 1, 1, 1));
+        assert!(r.perturb(0, 0.0, x.view_mut()).is_ok());
+        assert!(r.perturb(1, 0.0, x.view_mut()).is_err());
+        let mut wrong = Latent::zeros((1, 1, 1, 1, 2));
+        assert!(r.perturb(0, 0.0, wrong.view_mut()).is_err());
+    }
+}
