@@ -125,6 +125,7 @@ fn run_with(
             .as_mut()
             .map(|a| a as &mut dyn diffusion::ContextAdapter),
     };
+    let noise_steps = noise.clone();
     let mut fixed = noise.map(FixedNoise::new);
     let mut cb = diffusion::no_progress;
     let out = match op {
@@ -145,6 +146,38 @@ fn run_with(
             fixed.as_mut().expect("ddpm needs noise"),
             &mut cb,
         ),
+        // The latents (ascending), then the residuals (sampling order), as the reference
+        // stacks them.
+        "friendly" => {
+            let inv = diffusion::invert_friendly(
+                run,
+                models,
+                start,
+                &cond,
+                fixed
+                    .as_mut()
+                    .expect("an edit-friendly inversion needs its draws"),
+                &mut cb,
+            )
+            .unwrap();
+            return inv.trajectory.into_iter().chain(inv.residuals).collect();
+        }
+        // `noise` holds the residuals, added after each step of a run at eta = 1.
+        "friendly_edit" => {
+            let residuals: Vec<Latent> = noise_steps
+                .expect("an edit-friendly edit needs residuals")
+                .outer_iter()
+                .map(|r| latent(r.to_owned()))
+                .collect();
+            diffusion::sample(
+                RunConfig { eta: 1.0, ..run },
+                models,
+                start,
+                &cond,
+                Some(&mut diffusion::Residuals(&residuals)),
+                &mut cb,
+            )
+        }
         other => panic!("unknown op {other}"),
     }
     .unwrap();

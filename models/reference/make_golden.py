@@ -100,6 +100,16 @@ def case_list():
         _case("tiny_zsnr_sample_n50_off", "tiny", "sample", 50, "off", 505, schedule=ZSNR),
         _case("tiny_zsnr_ddpm_x0pred", "tiny", "ddpm", 1000, "x0_pred", 506, schedule=ZSNR),
     ]
+    # edit-friendly inversion (latents and residuals), then an edit that adds the residuals
+    c += [
+        _case("tiny_zsnr_friendly_n10_source", "tiny", "friendly", 10, "source", 601,
+              schedule=ZSNR, prompt="a gray car"),
+        _case("tiny_zsnr_friendly_n10_x0pred", "tiny", "friendly", 10, "x0_pred", 602,
+              schedule=ZSNR, prompt="a gray car"),
+        _case("tiny_zsnr_friendly_edit_n10_source_cfg2", "tiny", "friendly_edit", 10, "source",
+              601, schedule=ZSNR, guidance=2.0, prompt="a red car",
+              start_from="tiny_zsnr_friendly_n10_source"),
+    ]
     return c
 
 
@@ -110,9 +120,9 @@ def inputs(case, bundle):
         x0 = rng.standard_normal(SHAPE) * bundle.toml["latent"]["scale_factor"]
     else:  # oracle: around N(0.3, 0.5)
         x0 = 0.3 + 0.5 * rng.standard_normal(SHAPE)
-    start = x0 if case["op"] == "invert" else rng.standard_normal(SHAPE)
+    start = x0 if case["op"] in ("invert", "friendly") else rng.standard_normal(SHAPE)
     noise = None
-    if case["eta"] > 0 or case["op"] == "ddpm":
+    if case["eta"] > 0 or case["op"] in ("ddpm", "friendly"):
         noise = rng.standard_normal((case["steps"],) + SHAPE)
     f32 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32)  # noqa
     return f32(x0), f32(start), f32(noise)
@@ -127,7 +137,11 @@ def generate(out_dir):
             bundles[case["bundle"]] = sampler.Bundle(case["bundle"])
         b = bundles[case["bundle"]]
         x0, start, noise = inputs(case, b)
-        if case["start_from"]:
+        if case["start_from"] and case["op"] == "friendly_edit":
+            # the inversion's latent at the top, and its residuals as the run's "noise"
+            inv, n = trajs[case["start_from"]], case["steps"]
+            start, noise = inv[n], inv[n + 1:]
+        elif case["start_from"]:
             start = trajs[case["start_from"]][-1]
         traj = sampler.run_op(b, case["op"], start, x0, case["prompt"], steps=case["steps"],
                               eta=case["eta"], guidance=case["guidance"],

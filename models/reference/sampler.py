@@ -381,11 +381,83 @@ def ddpm_sample(bundle, start, x0_source, prompt, *, noise, guidance=1.0, negati
     return np.stack(traj)
 
 
+# --------------------------------------------------------------------------------------------
+# Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024; SPEC "Edit-friendly
+# inversion"): each timestep's latent drawn on its own from the forward process, and each
+# sampling step's residual against the eta = 1 DDIM mean under the source prompt.
+# --------------------------------------------------------------------------------------------
+def _eta1_mean(run, x, t, prev):
+    """The eta = 1 DDIM step's mean from x at t to prev (float32), and x0_hat."""
+    sch = run.sch
+    a_t, a_p = sch.abar_of(t), sch.abar_of(prev)
+    r = run.r(t)
+    eps, x0 = run.eps_x0(x, t, r)
+    sigma = math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
+    mean = (math.sqrt(a_p) * x0 + sch.k_at(prev) * r
+            + math.sqrt(max(1 - a_p - sigma ** 2, 0.0)) * eps)
+    return mean.astype(np.float32), x0
+
+
+def friendly_invert(bundle, x0, x0_source, prompt, *, steps, noise, guidance=1.0,
+                    negative=None, mode="source", final_k="zero", k_schedule=None,
+                    schedule=None, strength=1.0):
+    """[x0, x_t1, ..., x_tn (ascending), d_0, ..., d_{n-1} (sampling order)] stacked.
+
+    noise[i - 1] draws x at the i-th least noisy timestep; d_j = x_prev - mean of step j.
+    """
+    run = _Run(bundle, x0_source, prompt, guidance=guidance, negative=negative, mode=mode,
+               final_k=final_k, k_schedule=k_schedule, schedule=schedule)
+    sch = run.sch
+    ratio = sch.T // steps
+    ts = sch.ddim_timesteps(steps, strength)
+    n = len(ts)
+    noise = _check_noise(noise, n, x0.shape, True)
+    x0 = np.asarray(x0, dtype=np.float32)
+    # the forward process's bias: r of the clean source at t = 0 (zero with the context off)
+    r0 = (np.zeros(x0.shape) if run.mode == "off"
+          else bundle.adapter(run.x0_source, run.cond, 0))
+    xs = [x0]
+    for i in range(1, n + 1):
+        t = ts[n - i]
+        a = sch.abar_of(t)
+        k = 0.0 if run.mode == "off" else sch.k_at(t)
+        x = (math.sqrt(a) * x0.astype(np.float64) + k * r0
+             + math.sqrt(1 - a) * noise[i - 1].astype(np.float64))
+        xs.append(x.astype(np.float32))
+    res = []
+    for j, t in enumerate(ts):
+        mean, x0_hat = _eta1_mean(run, xs[n - j], t, t - ratio)
+        run.x0_est = x0_hat
+        res.append(xs[n - j - 1] - mean)
+    return np.stack(xs + res)
+
+
+def friendly_edit(bundle, start, x0_source, prompt, *, steps, residuals, guidance=1.0,
+                  negative=None, mode="source", final_k="zero", k_schedule=None,
+                  schedule=None, strength=1.0):
+    """Sampling at eta = 1 that adds residuals[i] after step i instead of fresh noise."""
+    run = _Run(bundle, x0_source, prompt, guidance=guidance, negative=negative, mode=mode,
+               final_k=final_k, k_schedule=k_schedule, schedule=schedule)
+    sch = run.sch
+    ratio = sch.T // steps
+    ts = sch.ddim_timesteps(steps, strength)
+    residuals = _check_noise(residuals, len(ts), start.shape, True)
+    x = np.asarray(start, dtype=np.float32)
+    traj = [x]
+    for i, t in enumerate(ts):
+        mean, x0_hat = _eta1_mean(run, x, t, t - ratio)
+        run.x0_est = x0_hat
+        x = mean + residuals[i]
+        traj.append(x)
+    return np.stack(traj)
+
+
 def run_op(bundle, op, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.0,
            negative=None, mode="source", final_k="zero", k_schedule=None, noise=None,
            schedule=None):
-    """Dispatch one golden-file operation ("invert" | "sample" | "ddpm"); `schedule` overrides
-    keys of the bundle's [schedule]."""
+    """Dispatch one golden-file operation ("invert" | "sample" | "ddpm" | "friendly" |
+    "friendly_edit"; for the last, `noise` holds the residuals); `schedule` overrides keys of
+    the bundle's [schedule]."""
     kw = dict(guidance=guidance, negative=negative, mode=mode, final_k=final_k,
               k_schedule=k_schedule, schedule=schedule)
     if op == "invert":
@@ -395,6 +467,11 @@ def run_op(bundle, op, start, x0_source, prompt, *, steps, eta=0.0, guidance=1.0
     if op == "sample":
         return ddim_sample(bundle, start, x0_source, prompt, steps=steps, eta=eta,
                            noise=noise, **kw)
+    if op == "friendly":
+        return friendly_invert(bundle, start, x0_source, prompt, steps=steps, noise=noise, **kw)
+    if op == "friendly_edit":
+        return friendly_edit(bundle, start, x0_source, prompt, steps=steps, residuals=noise,
+                             **kw)
     if op == "ddpm":
         if steps != bundle.schedule(schedule=schedule).T:
             raise ValueError("ddpm runs every training step (steps = train_steps)")

@@ -387,3 +387,23 @@ def test_golden_layout():
             assert np.load(os.path.join(HERE, "golden", c["noise"])).shape == traj[1:].shape
         if c["op"] == "invert":
             assert np.array_equal(np.load(os.path.join(HERE, "golden", c["x0_source"])), start)
+
+
+@pytest.mark.parametrize("mode,n", [("off", 10), ("source", 25), ("x0_pred", 10)])
+def test_friendly_inversion_reconstructs_exactly(oracle, mode, n):
+    """Edit-friendly inversion: the residuals make the source prompt's run give x0 back
+    (to float32 rounding), whatever the network; another prompt moves it."""
+    rng = np.random.default_rng(17)
+    x0 = (ch(MU_RED) + SIGMA * rng.standard_normal((1, 4, 2, 8, 8))).astype(np.float32)
+    noise = rng.standard_normal((n, 1, 4, 2, 8, 8)).astype(np.float32)
+    inv = S.friendly_invert(oracle, x0, x0, "a red car", steps=n, noise=noise, mode=mode)
+    assert inv.shape[0] == 2 * n + 1
+    xs, res = inv[: n + 1], inv[n + 1:]
+    assert np.array_equal(xs[0], x0)
+    rec = S.friendly_edit(oracle, xs[n], x0, "a red car", steps=n, residuals=res, mode=mode)
+    assert np.max(np.abs(rec[-1].astype(np.float64) - x0)) < 1e-5
+    # every intermediate latent of the run is the inversion's own
+    assert np.max(np.abs(rec[::-1] - xs)) < 1e-5
+    other = S.friendly_edit(oracle, xs[n], x0, "a blue car", steps=n, residuals=res,
+                            mode=mode)
+    assert np.max(np.abs(other[-1].astype(np.float64) - x0)) > 0.05

@@ -515,5 +515,8 @@ fn inversion_merges_from_every_layer_and_is_omitted_for_ddim() {
     assert!(json.get("inversion").is_none(), "{json}");
 
     let err = toml_err("source = \"a\"\ninversion = \"ddpx\"\n", "d.prompt.toml");
-    assert!(err.contains("d.prompt.toml") && err.contains("ddpx"), "{err}");
+    assert!(
+        err.contains("d.prompt.toml") && err.contains("ddpx"),
+        "{err}"
+    );
 }
