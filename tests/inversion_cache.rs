@@ -165,6 +165,7 @@ fn an_edit_friendly_inversion_is_kept_with_its_residuals() {
     let again = ddpm("red2.mkv", "red", Some(&cache));
     assert_eq!(again.inversion_cache.unwrap().hits, 3);
     let plain = ddpm("red3.mkv", "red", None);
+    assert!(plain.inversion_cache.is_none());
     let frames = |p: &str| rgb_frames(&d.path(p)).2;
     same_picture(&frames("red.mkv"), &frames("red2.mkv"));
     same_picture(&frames("red.mkv"), &frames("red3.mkv"));
