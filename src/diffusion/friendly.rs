@@ -18,9 +18,7 @@ use ndarray::{ArrayViewMut5, Zip};
 
 use super::context::ContextMode;
 use super::noise::NoiseSource;
-use super::sampler::{
-    check_shape, sample, Conditioning, ContextAdapter, Latent, Models, RunConfig, StepInfo,
-};
+use super::sampler::{check_shape, sample, Conditioning, Latent, Models, RunConfig, StepInfo};
 use super::DiffusionError;
 
 /// How a source is inverted before its edits.
@@ -192,21 +190,21 @@ pub fn invert_friendly(
             x0_source: estimate.as_ref().or(run.x0_source).or(Some(x0)),
             ..run
         };
-        let m = Models {
-            unet: &mut *models.unet,
-            adapter: models
-                .adapter
-                .as_mut()
-                .map(|a| &mut **a as &mut dyn ContextAdapter),
-        };
         let from = &trajectory[n - index];
         let mut next_estimate = None;
-        let mean = sample(one, m, from, cond, Some(&mut NoNoise), &mut |s| {
-            if x0_pred {
-                next_estimate = s.x0.cloned();
-            }
-            ControlFlow::Continue(())
-        })?
+        let mean = sample(
+            one,
+            models.reborrow(),
+            from,
+            cond,
+            Some(&mut NoNoise),
+            &mut |s| {
+                if x0_pred {
+                    next_estimate = s.x0.cloned();
+                }
+                ControlFlow::Continue(())
+            },
+        )?
         .latent;
         if x0_pred {
             estimate = next_estimate;
@@ -235,8 +233,8 @@ pub fn invert_friendly(
 mod tests {
     use super::*;
     use crate::diffusion::noise::SeededNoise;
-    use crate::diffusion::sampler::{no_progress, NoisePredictor, TextStates};
-    use crate::diffusion::schedule::{BetaSchedule, NoiseConfig, Prediction, Schedule, Spacing};
+    use crate::diffusion::sampler::{no_progress, ContextAdapter, NoisePredictor, TextStates};
+    use crate::diffusion::schedule::Schedule;
     use crate::diffusion::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};
 
     /// A predictor that depends on the latent, the timestep and the prompt (its first value).
@@ -268,18 +266,7 @@ mod tests {
     }
 
     fn schedule() -> Schedule {
-        let cfg = NoiseConfig {
-            train_steps: 1000,
-            beta_schedule: BetaSchedule::ScaledLinear,
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            prediction: Prediction::V,
-            set_alpha_to_one: true,
-            steps_offset: 0,
-            rescale_zero_terminal_snr: true,
-            timestep_spacing: Spacing::Trailing,
-        };
-        Schedule::ddim(&cfg, 10).unwrap()
+        Schedule::ddim(&crate::diffusion::schedule::tests::zsnr(), 10).unwrap()
     }
 
     fn context(mode: ContextMode) -> ContextConfig {

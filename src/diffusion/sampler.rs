@@ -153,6 +153,19 @@ pub struct Models<'a> {
     pub adapter: Option<&'a mut dyn ContextAdapter>,
 }
 
+impl Models<'_> {
+    /// The same networks lent for one run (several runs from one `Models`).
+    pub fn reborrow(&mut self) -> Models<'_> {
+        Models {
+            unet: &mut *self.unet,
+            adapter: self
+                .adapter
+                .as_mut()
+                .map(|a| &mut **a as &mut dyn ContextAdapter),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Sample,
@@ -238,17 +251,10 @@ pub fn edit(
 ) -> Result<Vec<Outcome>, DiffusionError> {
     let mut out = Vec::with_capacity(prompts.len());
     for (i, cond) in prompts.iter().enumerate() {
-        let m = Models {
-            unet: &mut *models.unet,
-            adapter: models
-                .adapter
-                .as_mut()
-                .map(|a| &mut **a as &mut dyn ContextAdapter),
-        };
         out.push(run_loop(
             Direction::Sample,
             run,
-            m,
+            models.reborrow(),
             inverted.into(),
             cond,
             None,
