@@ -427,7 +427,8 @@ fn an_edit_can_set_its_own_blend_below_the_command_line() {
 }
 
 /// The README's main job edits the demo clip with its shipped sidecar: three edits with the
-/// strength and blending their kinds need, under one inversion.
+/// strength, blending and guidance their kinds need, under one edit-friendly inversion (the
+/// demo preset's).
 #[test]
 fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
     let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/train/clips/demo.mp4");
@@ -436,19 +437,20 @@ fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
         ..cli()
     };
     let job = JobSpec::for_video(&video, &pipelines(), &over).unwrap();
-    let got: Vec<(&str, f64, f32)> = job
+    let got: Vec<(&str, f64, f32, f32)> = job
         .edits
         .iter()
-        .map(|e| (e.name.as_str(), job.strength_of(e), job.blend_of(e)))
+        .map(|e| (e.name.as_str(), job.strength_of(e), job.blend_of(e), e.guidance))
         .collect();
     assert_eq!(
         got,
         [
-            ("beige-background", 0.6, 0.0),
-            ("square", 0.8, 0.3),
-            ("yellow", 0.9, 0.4)
+            ("beige-background", 0.6, 0.0, 2.0),
+            ("square", 0.8, 0.3, 2.0),
+            ("yellow", 0.6, 0.4, 3.0)
         ]
     );
+    assert_eq!(job.inversion, Inversion::Ddpm);
     job.check_shared_inversion().unwrap();
 }
 
