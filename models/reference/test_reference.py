@@ -382,10 +382,13 @@ def test_golden_layout():
         start = np.load(os.path.join(HERE, "golden", c["start"]))
         traj = np.load(os.path.join(HERE, "golden", c["trajectory"]))
         assert start.dtype == np.float32 and start.shape == (1, 4, 2, 4, 4)
-        assert traj.shape == (c["steps"] + 1,) + start.shape and np.array_equal(traj[0], start)
+        # an edit-friendly inversion stacks its n + 1 latents and its n residuals
+        length = 2 * c["steps"] + 1 if c["op"] == "friendly" else c["steps"] + 1
+        assert traj.shape == (length,) + start.shape and np.array_equal(traj[0], start)
         if c["noise"]:
-            assert np.load(os.path.join(HERE, "golden", c["noise"])).shape == traj[1:].shape
-        if c["op"] == "invert":
+            assert (np.load(os.path.join(HERE, "golden", c["noise"])).shape
+                    == (c["steps"],) + start.shape)
+        if c["op"] in ("invert", "friendly"):
             assert np.array_equal(np.load(os.path.join(HERE, "golden", c["x0_source"])), start)
 
 
