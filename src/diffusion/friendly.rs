@@ -68,21 +68,35 @@ pub struct FriendlyInversion {
 impl FriendlyInversion {
     /// The residuals a run of the schedule's `steps` least noisy steps adds.
     pub fn residuals_for(&self, steps: usize) -> Residuals<'_> {
-        let n = self.residuals.len();
-        Residuals(&self.residuals[n - steps.min(n)..])
+        Residuals::last(&self.residuals, steps)
     }
 }
 
 /// A run's residuals as its noise: step `i` adds `residuals[i]`, whatever its sigma.
 pub struct Residuals<'a>(pub &'a [Latent]);
 
-impl NoiseSource for Residuals<'_> {
-    fn next(&mut self, step: usize, shape: &[usize]) -> Result<Latent, DiffusionError> {
+impl<'a> Residuals<'a> {
+    /// Of a whole schedule's residuals, those of its `steps` least noisy steps (what a run of
+    /// lower strength adds).
+    pub fn last(all: &'a [Latent], steps: usize) -> Residuals<'a> {
+        Residuals(&all[all.len() - steps.min(all.len())..])
+    }
+
+    fn at(&self, step: usize, shape: &[usize]) -> Result<&'a Latent, DiffusionError> {
         let d = self.0.get(step).ok_or_else(|| {
-            DiffusionError::Config(format!("no edit-friendly residual for step {step}"))
+            DiffusionError::Config(format!(
+                "no edit-friendly residual for step {step} ({} kept)",
+                self.0.len()
+            ))
         })?;
         check_shape(d, shape, "residual")?;
-        Ok(d.clone())
+        Ok(d)
+    }
+}
+
+impl NoiseSource for Residuals<'_> {
+    fn next(&mut self, step: usize, shape: &[usize]) -> Result<Latent, DiffusionError> {
+        self.at(step, shape).cloned()
     }
 
     fn perturb(
@@ -91,13 +105,7 @@ impl NoiseSource for Residuals<'_> {
         _: f64,
         x: ArrayViewMut5<f32>,
     ) -> Result<(), DiffusionError> {
-        let d = self.0.get(step).ok_or_else(|| {
-            DiffusionError::Config(format!(
-                "no edit-friendly residual for step {step} ({} kept)",
-                self.0.len()
-            ))
-        })?;
-        check_shape(d, x.shape(), "residual")?;
+        let d = self.at(step, x.shape())?;
         zip_for_each!(Zip::from(x).and(d), |n, &dv| *n += dv);
         Ok(())
     }

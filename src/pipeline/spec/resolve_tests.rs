@@ -440,7 +440,14 @@ fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
     let got: Vec<(&str, f64, f32, f32)> = job
         .edits
         .iter()
-        .map(|e| (e.name.as_str(), job.strength_of(e), job.blend_of(e), e.guidance))
+        .map(|e| {
+            (
+                e.name.as_str(),
+                job.strength_of(e),
+                job.blend_of(e),
+                e.guidance,
+            )
+        })
         .collect();
     assert_eq!(
         got,
