@@ -109,6 +109,13 @@ class Config:
     # paired_inverted_clips pairs are inverted (their noise is kept for every timestep).
     paired_inverted: float = 0.0
     paired_inverted_clips: int = 500
+    # This share of the edit pairs (the last rows, never inverted ones) is noised from a mix of
+    # source and target, (1 - lam) source + lam target with lam uniform on [0, 1): the latent an
+    # edit holds part way, once its first steps have moved it towards the target (an
+    # edit-friendly inversion's edit adds each step's change of mean to the source's own
+    # forward-process latent). Trained towards the target, so the UNet learns to finish an edit
+    # where it started it, not to redraw it.
+    paired_blend: float = 0.0
     # The decoder's refiner (decoder.py), trained after export on the bundle's own runs: pairs
     # from this many training clips, then this many steps frame by frame and a third as many
     # across frames (0 clips: the plain PCA decoder)
@@ -623,11 +630,14 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
     n_pair = int(round(cfg.diffuse_batch * cfg.paired_share)) if pairs is not None else 0
     # of those, the first n_inv are noised with their source's inversion noise (inverted.py)
     n_inv = int(round(n_pair * cfg.paired_inverted)) if n_pair and "inv_eps" in pairs else 0
+    # and the last n_blend are noised from a mix of source and target
+    n_blend = min(int(round(n_pair * cfg.paired_blend)), n_pair - n_inv)
     if n_pair:
         pair_ids = tokenize(tok, pairs["captions"])
         log(f"diffuse: {n_pair} of every {cfg.diffuse_batch} clips an edit pair ({len(pair_ids)} pairs), "
             f"t in [{cfg.paired_t_from}, {T})"
-            + (f", {n_inv} of them noised as the inversion noises them" if n_inv else ""))
+            + (f", {n_inv} of them noised as the inversion noises them" if n_inv else "")
+            + (f", {n_blend} of them noised from a mix of source and target" if n_blend else ""))
     if cuda:
         # the whole training set on the GPU, noise drawn there: a step moves no data
         latents, all_ids = latents.to(dev), all_ids.to(dev)
@@ -677,6 +687,10 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
             x0, x_target = x0.clone(), x0.clone()
             x0[:n_pair] = pairs["source"][j]
             x_target[:n_pair] = pairs["target"][j]
+            if n_blend:  # part way through an edit
+                lam = torch.rand(n_blend, generator=gen).to(dev).view(n_blend, 1, 1, 1, 1)
+                lo = n_pair - n_blend
+                x0[lo:n_pair] = (1 - lam) * x0[lo:n_pair] + lam * x_target[lo:n_pair]
             ids[:n_pair] = pair_ids[j]
         a = abar[t].view(B, 1, 1, 1, 1)
         if cuda:
@@ -848,6 +862,9 @@ def main(argv=None) -> int:
                         "needs --init-from and --paired-share)")
     p.add_argument("--paired-inverted-clips", type=int, default=None,
                    help="how many edit pairs to invert (the first N; default 500)")
+    p.add_argument("--paired-blend", type=float, default=None, metavar="SHARE",
+                   help="this share of the edit pairs is noised from a random mix of source and target, "
+                        "as an edit holds it part way (needs --paired-share)")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
                         "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
@@ -870,6 +887,10 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, paired_inverted=args.paired_inverted)
     if args.paired_inverted_clips:
         cfg = dataclasses.replace(cfg, paired_inverted_clips=args.paired_inverted_clips)
+    if args.paired_blend is not None:
+        cfg = dataclasses.replace(cfg, paired_blend=args.paired_blend)
+    if cfg.paired_blend > 0 and cfg.paired_share <= 0:
+        raise SystemExit("--paired-blend needs --paired-share (the pairs it mixes)")
     if cfg.paired_inverted > 0 and not (args.init_from and cfg.paired_share > 0):
         raise SystemExit("--paired-inverted needs --paired-share and --init-from (the bundle whose "
                          "inversion noises the pairs)")
@@ -1028,7 +1049,8 @@ def override_flags(cfg: Config, config: str) -> str:
              "layers_per_block": "--layers-per-block", "whiten_upto": "--whiten-upto",
              "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr",
              "paired_share": "--paired-share", "paired_clips": "--paired-clips",
-             "paired_inverted": "--paired-inverted", "paired_inverted_clips": "--paired-inverted-clips"}
+             "paired_inverted": "--paired-inverted", "paired_inverted_clips": "--paired-inverted-clips",
+             "paired_blend": "--paired-blend"}
     out = []
     for field, flag in flags.items():
         value = getattr(cfg, field)
