@@ -454,7 +454,7 @@ fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
         [
             ("beige-background", 0.6, 0.0, 2.0),
             ("square", 0.8, 0.3, 2.0),
-            ("yellow", 0.6, 0.4, 3.0)
+            ("yellow", 0.6, 0.4, 2.0)
         ]
     );
     assert_eq!(job.inversion, Inversion::Ddpm);
