@@ -589,6 +589,13 @@ def v_target(x0: torch.Tensor, x_target: torch.Tensor, eps: torch.Tensor, abar: 
     return v + (x0 - x_target) / (1 - abar).sqrt().clamp(min=1e-4)
 
 
+def mix_pair_rows(x0: torch.Tensor, x_target: torch.Tensor, lo: int, hi: int, lam: torch.Tensor) -> None:
+    """Rows lo..hi of x0 (edit-pair sources) become (1 - lam) source + lam target in place, one
+    lam per row: the latent an edit holds part way (cfg.paired_blend). x_target is untouched."""
+    lam = lam.view(hi - lo, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    x0[lo:hi] = (1 - lam) * x0[lo:hi] + lam * x_target[lo:hi]
+
+
 def draw_timesteps(B: int, T: int, cfg: Config, gen: torch.Generator) -> torch.Tensor:
     """B timesteps: uniform on [0, T), a cfg.t_high share of them on [t_high_from, T)."""
     t = torch.randint(T, (B,), generator=gen)
@@ -688,9 +695,8 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
             x0[:n_pair] = pairs["source"][j]
             x_target[:n_pair] = pairs["target"][j]
             if n_blend:  # part way through an edit
-                lam = torch.rand(n_blend, generator=gen).to(dev).view(n_blend, 1, 1, 1, 1)
-                lo = n_pair - n_blend
-                x0[lo:n_pair] = (1 - lam) * x0[lo:n_pair] + lam * x_target[lo:n_pair]
+                lam = torch.rand(n_blend, generator=gen).to(dev)
+                mix_pair_rows(x0, x_target, n_pair - n_blend, n_pair, lam)
             ids[:n_pair] = pair_ids[j]
         a = abar[t].view(B, 1, 1, 1, 1)
         if cuda:

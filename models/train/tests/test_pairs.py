@@ -48,6 +48,22 @@ def test_the_paired_v_target_estimates_the_target_clip():
     assert torch.allclose(a.sqrt() * xt - (1 - a).sqrt() * plain, x0, atol=1e-5)
 
 
+def test_mixed_pair_rows_lie_between_source_and_target_and_still_aim_at_the_target():
+    g = torch.Generator().manual_seed(1)
+    src, tgt, eps = (torch.randn(5, 4, 2, 3, 3, generator=g) for _ in range(3))
+    x0 = src.clone()
+    lam = torch.tensor([0.0, 1.0, 0.25])
+    train.mix_pair_rows(x0, tgt, 1, 4, lam)
+    assert torch.equal(x0[0], src[0]) and torch.equal(x0[4], src[4])  # rows outside untouched
+    assert torch.allclose(x0[1], src[1]) and torch.allclose(x0[2], tgt[2])
+    assert torch.allclose(x0[3], 0.75 * src[3] + 0.25 * tgt[3])
+    # noised from the mix, the v target's x0 estimate is still the target clip
+    abar = torch.tensor([0.3, 0.5, 0.9, 0.05, 0.7]).view(5, 1, 1, 1, 1)
+    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    v = train.v_target(x0, tgt, eps, abar)
+    assert torch.allclose(abar.sqrt() * xt - (1 - abar).sqrt() * v, tgt, atol=1e-5)
+
+
 def test_inversion_noise_rebuilds_each_rows_inverted_latent():
     """inverted.inversion_noise (--paired-inverted): per row, sqrt(abar) x0 + sqrt(1 - abar) eps
     plus the context shift is the latent the reference DDIM inversion reaches under that row's
