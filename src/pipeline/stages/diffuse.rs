@@ -103,9 +103,9 @@ pub fn invert(
             .as_ref()
             .zip(w.meta.content.as_ref())
             .map(|(c, content)| c.key(content));
-        if let (Some(c), Some(key)) = (&cache, &key) {
-            let keep = setup.keep_trajectory;
-            let found = c.cache.get(key, &mut counts).filter(|hit| {
+        let keep = setup.keep_trajectory;
+        let hit = cache.as_ref().zip(key.as_ref()).and_then(|(c, key)| {
+            c.cache.get(key, &mut counts).filter(|hit| {
                 // A sound entry of the wrong shape would be a key collision: never use it.
                 let steps = setup.schedule.timesteps().len();
                 let friendly = setup.inversion == Inversion::Ddpm;
@@ -118,80 +118,73 @@ pub fn invert(
                     );
                 }
                 fits
-            });
-            if let Some(hit) = found {
-                stats.busy_s += t0.elapsed().as_secs_f64();
-                stats.cached += 1;
-                if !send(
-                    &tx,
-                    WindowInverted {
-                        latents: w,
-                        x_t: hit.x_t,
-                        trajectory: if keep { hit.trajectory } else { Vec::new() },
-                        residuals: hit.residuals,
-                        conditions,
-                    },
-                ) {
-                    break;
-                }
-                continue;
+            })
+        });
+        let value = if let Some(hit) = hit {
+            stats.cached += 1;
+            Inverted {
+                trajectory: if keep { hit.trajectory } else { Vec::new() },
+                ..hit
             }
-        }
-        let cond = Conditioning::new(conditions.source.clone());
-        let run = RunConfig {
-            schedule: &setup.schedule,
-            context: setup.context,
-            eta: 0.0,
-            x0_source: Some(&w.x0),
-            keep_trajectory: setup.keep_trajectory,
-        };
-        let models = Models {
-            unet: &mut unet,
-            adapter: adapter
-                .as_mut()
-                .map(|a| a as &mut dyn diffusion::ContextAdapter),
-        };
-        let value = match setup.inversion {
-            Inversion::Ddim => {
-                let out = diffusion::invert(run, models, &w.x0, &cond, &mut progress_cb(cancel))
+        } else {
+            let cond = Conditioning::new(conditions.source.clone());
+            let run = RunConfig {
+                schedule: &setup.schedule,
+                context: setup.context,
+                eta: 0.0,
+                x0_source: Some(&w.x0),
+                keep_trajectory: setup.keep_trajectory,
+            };
+            let models = Models {
+                unet: &mut unet,
+                adapter: adapter
+                    .as_mut()
+                    .map(|a| a as &mut dyn diffusion::ContextAdapter),
+            };
+            let value = match setup.inversion {
+                Inversion::Ddim => {
+                    let out =
+                        diffusion::invert(run, models, &w.x0, &cond, &mut progress_cb(cancel))
+                            .map_err(|m| e(m.to_string()))?;
+                    Inverted {
+                        x_t: out.latent,
+                        trajectory: out.trajectory,
+                        residuals: Vec::new(),
+                    }
+                }
+                Inversion::Ddpm => {
+                    // The draws are a function of the window alone, so a cached inversion is
+                    // the one this run would compute.
+                    let mut noise = SeededNoise::new(
+                        FRIENDLY_SEED ^ (w.meta.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    );
+                    let out = diffusion::invert_friendly(
+                        run,
+                        models,
+                        &w.x0,
+                        &cond,
+                        &mut noise,
+                        &mut progress_cb(cancel),
+                    )
                     .map_err(|m| e(m.to_string()))?;
-                Inverted {
-                    x_t: out.latent,
-                    trajectory: out.trajectory,
-                    residuals: Vec::new(),
+                    Inverted {
+                        x_t: out
+                            .trajectory
+                            .last()
+                            .cloned()
+                            .unwrap_or_else(|| w.x0.clone()),
+                        trajectory: out.trajectory,
+                        residuals: out.residuals,
+                    }
                 }
+            };
+            if let (Some(c), Some(key)) = (&cache, &key) {
+                c.cache.put(key, &value, &mut counts);
             }
-            Inversion::Ddpm => {
-                // The draws are a function of the window alone, so a cached inversion is
-                // the one this run would compute.
-                let mut noise = SeededNoise::new(
-                    FRIENDLY_SEED ^ (w.meta.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                );
-                let out = diffusion::invert_friendly(
-                    run,
-                    models,
-                    &w.x0,
-                    &cond,
-                    &mut noise,
-                    &mut progress_cb(cancel),
-                )
-                .map_err(|m| e(m.to_string()))?;
-                Inverted {
-                    x_t: out
-                        .trajectory
-                        .last()
-                        .cloned()
-                        .unwrap_or_else(|| w.x0.clone()),
-                    trajectory: out.trajectory,
-                    residuals: out.residuals,
-                }
-            }
+            stats.windows += 1;
+            value
         };
-        if let (Some(c), Some(key)) = (&cache, &key) {
-            c.cache.put(key, &value, &mut counts);
-        }
         stats.busy_s += t0.elapsed().as_secs_f64();
-        stats.windows += 1;
         if !send(
             &tx,
             WindowInverted {
