@@ -453,8 +453,8 @@ fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
         got,
         [
             ("beige-background", 0.6, 0.0, 2.0),
-            ("square", 0.8, 0.3, 2.0),
-            ("yellow", 0.6, 0.4, 2.0)
+            ("square", 0.8, 0.4, 2.0),
+            ("yellow", 0.5, 0.4, 2.0)
         ]
     );
     assert_eq!(job.inversion, Inversion::Ddpm);
