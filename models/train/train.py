@@ -116,6 +116,12 @@ class Config:
     # forward-process latent). Trained towards the target, so the UNet learns to finish an edit
     # where it started it, not to redraw it.
     paired_blend: float = 0.0
+    # This share of the training clips and of the edit pairs whose captions name no triangle
+    # (the one shape that is not the same upside down) is flipped upside down before training.
+    # Mirrored copies make the data, and so the UNet, even left to right; nothing made it even
+    # top to bottom, and an edit drew its object about 1.5 px above the source's, whichever
+    # way up the clip was (models/train/README.md, "upside down").
+    vflip: float = 0.0
     # The decoder's refiner (decoder.py), trained after export on the bundle's own runs: pairs
     # from this many training clips, then this many steps frame by frame and a third as many
     # across frames (0 clips: the plain PCA decoder)
@@ -192,6 +198,7 @@ def _render_seeded(render, seed: int, n: int, cfg: Config, two_prob: float, work
         return pool.map(render, jobs, chunksize=32)
 
 
+VFLIP_SALT = 4_444  # which clips --vflip flips: seeded apart from everything else
 PAIRS_SALT = 3_333  # the edit pairs' seeds: (seed + this) * 1_000_003 + i, apart from the training clips'
 
 
@@ -213,6 +220,18 @@ def make_pairs(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
     out = _render_seeded(_render_pair, seed + PAIRS_SALT, n, cfg, two_prob, workers)
     return ([o[0] for o in out], [o[1] for o in out], np.stack([o[2] for o in out]),
             np.stack([o[3] for o in out]), [o[4] for o in out])
+
+
+def flip_upside_down(clips: list[np.ndarray], captions: list[list[str]], share: float, seed: int) -> int:
+    """Flips `share` of the clips upside down in place, drawn (seeded) among those whose
+    captions name no triangle: clips[k][i] is clip i's k-th array ([F, H, W, 3]; a pair's
+    source and target flip together), captions[i] its captions. Returns how many flipped."""
+    upright = [i for i, caps in enumerate(captions) if not any("triangle" in c for c in caps)]
+    pick = np.random.default_rng(seed).random(len(upright)) < share
+    flip = [i for i, p in zip(upright, pick) if p]
+    for arr in clips:
+        arr[flip] = arr[flip][:, :, ::-1]
+    return len(flip)
 
 
 def make_clips(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
@@ -871,6 +890,9 @@ def main(argv=None) -> int:
     p.add_argument("--paired-blend", type=float, default=None, metavar="SHARE",
                    help="this share of the edit pairs is noised from a random mix of source and target, "
                         "as an edit holds it part way (needs --paired-share)")
+    p.add_argument("--vflip", type=float, default=None, metavar="SHARE",
+                   help="flip this share of the training clips and edit pairs upside down (those whose "
+                        "captions name no triangle), so the UNet learns no up or down")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
                         "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
@@ -895,6 +917,8 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, paired_inverted_clips=args.paired_inverted_clips)
     if args.paired_blend is not None:
         cfg = dataclasses.replace(cfg, paired_blend=args.paired_blend)
+    if args.vflip is not None:
+        cfg = dataclasses.replace(cfg, vflip=args.vflip)
     if cfg.paired_blend > 0 and cfg.paired_share <= 0:
         raise SystemExit("--paired-blend needs --paired-share (the pairs it mixes)")
     if cfg.paired_inverted > 0 and not (args.init_from and cfg.paired_share > 0):
@@ -947,6 +971,9 @@ def main(argv=None) -> int:
     labels, frames = make_clips(args.seed, cfg.train_clips, cfg)
     _, held_frames = make_clips(args.seed + 999, 64, cfg)  # for the VAE's PSNR only
     captions = [l["caption"] for l in labels]
+    if cfg.vflip > 0:
+        n = flip_upside_down([frames], [[c] for c in captions], cfg.vflip, args.seed + VFLIP_SALT)
+        log(f"data: {n} of {len(captions)} clips flipped upside down (--vflip {cfg.vflip})")
     captions += [flipped(l)["caption"] for l in labels]
     frames_aug = np.concatenate([frames, frames[:, :, :, ::-1]])  # mirrored copies
     log(f"data: {cfg.train_clips} clips (+ mirrored) of {cfg.frames} frames, "
@@ -960,7 +987,8 @@ def main(argv=None) -> int:
 
     tok = build_tokenizer(cfg.seq_len, cfg.num_merges)
     white = f"-white{cfg.whiten_upto}" if cfg.vae == "patch-pca" and cfg.whiten_upto else ""
-    cache = os.path.join(args.cache, f"{args.config}-{cfg.vae}{white}-seed{args.seed}.pt")
+    vflip = f"-vflip{cfg.vflip}" if cfg.vflip > 0 else ""  # other clips, other latents
+    cache = os.path.join(args.cache, f"{args.config}-{cfg.vae}{white}{vflip}-seed{args.seed}.pt")
     if init is not None:
         t = time.time()
         vae, clip, scale, vae_psnr = init["vae"], init["clip"], init["scale"], init["vae_psnr"]
@@ -996,6 +1024,10 @@ def main(argv=None) -> int:
     if cfg.paired_share > 0:
         t = time.time()
         kinds, pair_captions, src, tgt, src_captions = make_pairs(args.seed, cfg.paired_clips, cfg)
+        if cfg.vflip > 0:
+            n = flip_upside_down([src, tgt], list(zip(src_captions, pair_captions)), cfg.vflip,
+                                 args.seed + PAIRS_SALT + VFLIP_SALT)
+            log(f"edit pairs: {n} flipped upside down")
         pairs = {"source": encode_latents(vae, src, scale, dev), "target": encode_latents(vae, tgt, scale, dev),
                  "captions": pair_captions}
         del src, tgt
@@ -1056,7 +1088,7 @@ def override_flags(cfg: Config, config: str) -> str:
              "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr",
              "paired_share": "--paired-share", "paired_clips": "--paired-clips",
              "paired_inverted": "--paired-inverted", "paired_inverted_clips": "--paired-inverted-clips",
-             "paired_blend": "--paired-blend"}
+             "paired_blend": "--paired-blend", "vflip": "--vflip"}
     out = []
     for field, flag in flags.items():
         value = getattr(cfg, field)

@@ -95,3 +95,23 @@ def test_inversion_noise_rebuilds_each_rows_inverted_latent():
             assert np.abs(rebuilt - traj[asc.index(t) + 1]).max() < 5e-3, (cap, t)
     # the two rows with one caption and different latents hold different noise
     assert not torch.equal(eps[0], eps[2])
+
+
+def test_vflip_turns_upside_down_only_clips_without_a_triangle_and_a_pair_together():
+    cfg = train.CONFIGS["smoke"]
+    kinds, captions, src, tgt, src_captions = train.make_pairs(0, 40, cfg, workers=2)
+    before_src, before_tgt = src.copy(), tgt.copy()
+    caps = list(zip(src_captions, captions))
+    n = train.flip_upside_down([src, tgt], caps, 0.5, seed=7)
+    upright = [i for i, c in enumerate(caps) if not any("triangle" in x for x in c)]
+    assert 0 < n < len(upright)  # about half of them, seeded
+    flipped = 0
+    for i, c in enumerate(caps):
+        same = np.array_equal(src[i], before_src[i]) and np.array_equal(tgt[i], before_tgt[i])
+        turned = (np.array_equal(src[i], before_src[i][:, ::-1])
+                  and np.array_equal(tgt[i], before_tgt[i][:, ::-1]))
+        assert same or turned, c
+        if turned and not same:
+            assert i in upright, c  # a triangle would point down: never flipped
+            flipped += 1
+    assert flipped == n
