@@ -140,6 +140,8 @@ struct EditRow {
     ghost_frames: usize,
     frames: usize,
     motion_error_px: Option<f32>,
+    /// Mean (seen − labelled) position, (x, y) px, y down: the signed drift.
+    offset_px: Option<[f32; 2]>,
     /// Output's frame-to-frame change / the source's.
     flicker: Option<f64>,
     clip_t: Option<f64>,
@@ -166,6 +168,9 @@ struct Summary {
     ghost_frame_rate: f64,
     /// Median over edits of each edit's median motion error (px).
     motion_error_px: Option<f64>,
+    /// Mean over edits of each edit's mean offset from the path, (x, y) px, y down: a drift
+    /// every edit shares (a median motion error does not say which way).
+    mean_offset_px: Option<[f64; 2]>,
     flicker: Option<f64>,
     clip_t: Option<f64>,
     clip_f: Option<f64>,
@@ -249,6 +254,15 @@ fn summarise(kind: &str, rows: &[&EditRow]) -> Summary {
                 .filter_map(|r| r.motion_error_px.map(f64::from))
                 .collect(),
         ),
+        mean_offset_px: mean(
+            rows.iter()
+                .filter_map(|r| r.offset_px.map(|o| f64::from(o[0]))),
+        )
+        .zip(mean(
+            rows.iter()
+                .filter_map(|r| r.offset_px.map(|o| f64::from(o[1]))),
+        ))
+        .map(|(x, y)| [x, y]),
         flicker: mean(rows.iter().filter_map(|r| r.flicker)),
         clip_t: mean(rows.iter().filter_map(|r| r.clip_t)),
         clip_f: mean(rows.iter().filter_map(|r| r.clip_f)),
@@ -262,18 +276,20 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 /// The markdown table of one mode.
 fn table(m: &ModeResult) -> String {
     let mut s = String::from(
-        "| edit | n | success | success + preserve | ghost frames | motion error (px) | flicker | CLIP-T | CLIP-F |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| edit | n | success | success + preserve | ghost frames | motion error (px) | mean offset x, y (px) | flicker | CLIP-T | CLIP-F |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &m.summaries {
         s.push_str(&format!(
-            "| {} | {} | {:.1} % | {:.1} % | {:.1} % | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.1} % | {:.1} % | {:.1} % | {} | {} | {} | {} | {} |\n",
             r.kind,
             r.n,
             100.0 * r.success,
             100.0 * r.success_and_preserve,
             100.0 * r.ghost_frame_rate,
             fmt_opt(r.motion_error_px, 2),
+            r.mean_offset_px
+                .map_or("–".to_string(), |[x, y]| format!("{x:+.2}, {y:+.2}")),
             fmt_opt(r.flicker, 2),
             fmt_opt(r.clip_t, 3),
             fmt_opt(r.clip_f, 3),
@@ -406,6 +422,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                     ghost_frames: cmp.ghost_frames,
                     frames: cmp.frames,
                     motion_error_px: cmp.motion_error_px,
+                    offset_px: cmp.mean_offset_px,
                     flicker: score::flicker(&out, &sources[ci]),
                     clip_t: report.clip_t,
                     clip_f: report.clip_f,

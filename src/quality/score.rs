@@ -76,6 +76,9 @@ pub struct Comparison {
     pub objects: Vec<ObjectVerdict>,
     /// Median over (frame, matched object) of the distance to the labelled path.
     pub motion_error_px: Option<f32>,
+    /// Mean over (frame, matched object) of where the object is seen minus where its label
+    /// puts it, (x, y) px: which way the objects stray, when they stray one way (y down).
+    pub mean_offset_px: Option<[f32; 2]>,
     pub per_frame: Vec<FrameVerdict>,
 }
 
@@ -96,6 +99,7 @@ fn median(mut v: Vec<f32>) -> Option<f32> {
 pub fn compare(clip: &ClipAnalysis, expected: &Expected) -> Comparison {
     let frames = clip.frames.len();
     let mut per_frame = Vec::with_capacity(frames);
+    let mut offsets: Vec<[f32; 2]> = Vec::new();
     for (fi, f) in clip.frames.iter().enumerate() {
         let want: Vec<[f32; 2]> = expected
             .objects
@@ -106,6 +110,7 @@ pub fn compare(clip: &ClipAnalysis, expected: &Expected) -> Comparison {
         let mut objects = vec![None; expected.objects.len()];
         for (e, d, error) in match_nearest(&want, &got) {
             let o = &f.objects[d];
+            offsets.push([o.position[0] - want[e][0], o.position[1] - want[e][1]]);
             objects[e] = Some(Seen {
                 shape: o.shape_fits.then_some(o.shape),
                 colour: o.colour.clone(),
@@ -160,6 +165,13 @@ pub fn compare(clip: &ClipAnalysis, expected: &Expected) -> Comparison {
             .count(),
         objects,
         motion_error_px: median(all_errors),
+        mean_offset_px: (!offsets.is_empty()).then(|| {
+            let n = offsets.len() as f32;
+            let sum = offsets
+                .iter()
+                .fold([0.0, 0.0], |a, o| [a[0] + o[0], a[1] + o[1]]);
+            [sum[0] / n, sum[1] / n]
+        }),
         per_frame,
     }
 }
@@ -340,6 +352,8 @@ mod tests {
         assert_eq!(c.objects[0].frames_seen, 4);
         assert!(c.objects[0].shape_ok && c.objects[0].colour_ok);
         assert_eq!(c.motion_error_px, Some(0.5));
+        // seen − labelled: +0.5 x in frames 0-2, +1 y in frame 3
+        assert_eq!(c.mean_offset_px, Some([0.375, 0.25]));
         assert!(c.success(EditKind::Colour, Some(0)) && c.success(EditKind::Background, None));
         assert!(c.scene_ok(1.5) && !c.scene_ok(0.4));
         let m = c.frame_mismatches(&expected, 0.6);
