@@ -119,7 +119,7 @@ class Config:
     # This share of the training clips and of the edit pairs whose captions name no triangle
     # (the one shape that is not the same upside down) is flipped upside down before training.
     # Mirrored copies make the data, and so the UNet, even left to right; nothing made it even
-    # top to bottom, and an edit drew its object about 1.5 px above the source's, whichever
+    # top to bottom, and edits drew their objects up to 2 px above the source's, whichever
     # way up the clip was (models/train/README.md, "upside down").
     vflip: float = 0.0
     # The decoder's refiner (decoder.py), trained after export on the bundle's own runs: pairs
