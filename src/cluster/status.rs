@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{nats_err, ClusterOptions, JobState, Result, State, WorkerInfo};
@@ -73,15 +72,9 @@ pub fn status(opts: &ClusterOptions, with_jobs: bool) -> Result<ClusterStatus> {
         let mut failed = Vec::new();
         let (mut done_last_hour, mut run_total) = (0u64, 0.0);
         let hour_ago = super::now() - 3600.0;
-        let mut keys = c
-            .state
-            .keys()
-            .await
-            .map_err(|e| nats_err("listing jobs")(&e))?;
-        let mut all = Vec::new();
-        while let Some(Ok(k)) = keys.next().await {
-            all.push(k);
-        }
+        // The stream's subjects, one per key, retried: the KV's key watcher can stop at an
+        // error or hand a key out twice while a node rejoins, and the counts would be off.
+        let all = super::bucket_keys(&c.state, super::STATE_BUCKET).await?;
         let mut job_list = Vec::new();
         for k in all {
             let Some((s, _)) = c.job(&k).await? else {
