@@ -116,6 +116,10 @@ class Config:
     # forward-process latent). Trained towards the target, so the UNet learns to finish an edit
     # where it started it, not to redraw it.
     paired_blend: float = 0.0
+    # How often each kind of edit pair is drawn, relative weights for (colour, shape,
+    # background) as domain.edited_labels orders them: shape edits were the one kind still
+    # short of the issue's goal, so a run can give them more of the pairs.
+    paired_kinds: tuple = (1.0, 1.0, 1.0)
     # This share of the training clips and of the edit pairs whose captions name no triangle
     # (the one shape that is not the same upside down) is flipped upside down before training.
     # Mirrored copies make the data, and so the UNet, even left to right; nothing made it even
@@ -188,12 +192,13 @@ def _render_one(args):
     return labels, domain.render_clip(labels)
 
 
-def _render_seeded(render, seed: int, n: int, cfg: Config, two_prob: float, workers=None) -> list:
-    """render((seed_i, frames, size, two_prob)) for i < n, on a pool of workers."""
+def _render_seeded(render, seed: int, n: int, cfg: Config, two_prob: float, workers=None,
+                   extra: tuple = ()) -> list:
+    """render((seed_i, frames, size, two_prob, *extra)) for i < n, on a pool of workers."""
     from multiprocessing import Pool
 
     workers = workers or max(2, min(16, os.cpu_count() or 2))
-    jobs = [(seed * 1_000_003 + i, cfg.frames, cfg.size, two_prob) for i in range(n)]
+    jobs = [(seed * 1_000_003 + i, cfg.frames, cfg.size, two_prob, *extra) for i in range(n)]
     with Pool(workers) as pool:
         return pool.map(render, jobs, chunksize=32)
 
@@ -202,22 +207,31 @@ VFLIP_SALT = 4_444  # which clips --vflip flips: seeded apart from everything el
 PAIRS_SALT = 3_333  # the edit pairs' seeds: (seed + this) * 1_000_003 + i, apart from the training clips'
 
 
+def _pick_edit(edits: list, weights: tuple, rng: np.random.Generator):
+    """One of domain.edited_labels' edits, drawn with `weights` (even weights draw as the
+    runs before --paired-kinds did, so their pairs stay the same)."""
+    if len(set(weights)) == 1:
+        return edits[int(rng.integers(len(edits)))]
+    p = np.asarray(weights, dtype=np.float64)
+    return edits[int(rng.choice(len(edits), p=p / p.sum()))]
+
+
 def _render_pair(args):
-    seed, frames, size, two_prob = args
+    seed, frames, size, two_prob, weights = args
     rng = np.random.default_rng(seed)
     labels = domain.sample_clip(rng, frames=frames, size=size, two_prob=two_prob)
-    edits = domain.edited_labels(labels, rng)
-    kind, _, target = edits[int(rng.integers(len(edits)))]
+    kind, _, target = _pick_edit(domain.edited_labels(labels, rng), weights, rng)
     return (kind, target["caption"], domain.render_clip(labels), domain.render_clip(target),
             labels["caption"])
 
 
 def make_pairs(seed: int, n: int, cfg: Config, two_prob=0.35, workers=None):
     """n edit pairs of training-domain clips (never the held-out or validation set's seeds): a
-    clip and the same clip with its colour, shape or background changed (domain.edited_labels).
-    Returns (kinds, target captions, source frames, target frames, source captions), frames
-    [n, F, H, W, 3]."""
-    out = _render_seeded(_render_pair, seed + PAIRS_SALT, n, cfg, two_prob, workers)
+    clip and the same clip with its colour, shape or background changed (domain.edited_labels),
+    the kind drawn with cfg.paired_kinds' weights. Returns (kinds, target captions, source
+    frames, target frames, source captions), frames [n, F, H, W, 3]."""
+    out = _render_seeded(_render_pair, seed + PAIRS_SALT, n, cfg, two_prob, workers,
+                         extra=(tuple(cfg.paired_kinds),))
     return ([o[0] for o in out], [o[1] for o in out], np.stack([o[2] for o in out]),
             np.stack([o[3] for o in out]), [o[4] for o in out])
 
@@ -890,6 +904,8 @@ def main(argv=None) -> int:
     p.add_argument("--paired-blend", type=float, default=None, metavar="SHARE",
                    help="this share of the edit pairs is noised from a random mix of source and target, "
                         "as an edit holds it part way (needs --paired-share)")
+    p.add_argument("--paired-kinds", default=None, metavar="C,S,B",
+                   help="relative weights of colour, shape and background edit pairs (default 1,1,1)")
     p.add_argument("--vflip", type=float, default=None, metavar="SHARE",
                    help="flip this share of the training clips and edit pairs upside down (those whose "
                         "captions name no triangle), so the UNet learns no up or down")
@@ -917,6 +933,11 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, paired_inverted_clips=args.paired_inverted_clips)
     if args.paired_blend is not None:
         cfg = dataclasses.replace(cfg, paired_blend=args.paired_blend)
+    if args.paired_kinds:
+        weights = tuple(float(w) for w in args.paired_kinds.split(","))
+        if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+            raise SystemExit("--paired-kinds takes three weights, colour,shape,background (e.g. 1,2,1)")
+        cfg = dataclasses.replace(cfg, paired_kinds=weights)
     if args.vflip is not None:
         cfg = dataclasses.replace(cfg, vflip=args.vflip)
     if cfg.paired_blend > 0 and cfg.paired_share <= 0:
@@ -1088,7 +1109,7 @@ def override_flags(cfg: Config, config: str) -> str:
              "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr",
              "paired_share": "--paired-share", "paired_clips": "--paired-clips",
              "paired_inverted": "--paired-inverted", "paired_inverted_clips": "--paired-inverted-clips",
-             "paired_blend": "--paired-blend", "vflip": "--vflip"}
+             "paired_blend": "--paired-blend", "paired_kinds": "--paired-kinds", "vflip": "--vflip"}
     out = []
     for field, flag in flags.items():
         value = getattr(cfg, field)

@@ -115,3 +115,17 @@ def test_vflip_turns_upside_down_only_clips_without_a_triangle_and_a_pair_togeth
             assert i in upright, c  # a triangle would point down: never flipped
             flipped += 1
     assert flipped == n
+
+
+def test_paired_kinds_weights_which_edits_pairs_show():
+    import dataclasses
+
+    cfg = train.CONFIGS["smoke"]
+    only_shape = dataclasses.replace(cfg, paired_kinds=(0.0, 1.0, 0.0))
+    kinds = train.make_pairs(0, 24, only_shape, workers=2)[0]
+    assert set(kinds) == {"shape"}
+    # even weights of any size draw as the runs before the option did
+    even = train.make_pairs(0, 24, cfg, workers=2)
+    doubled = train.make_pairs(0, 24, dataclasses.replace(cfg, paired_kinds=(2.0, 2.0, 2.0)), workers=2)
+    assert even[0] == doubled[0] and np.array_equal(even[2], doubled[2])
+    assert len(set(even[0])) == 3
