@@ -7,6 +7,7 @@ mod batch;
 mod cluster;
 mod crash_and_soak;
 mod daemon;
+mod deflicker;
 mod fuzz_regressions;
 mod huge_pages;
 mod inversion_cache;
