@@ -934,7 +934,10 @@ def main(argv=None) -> int:
     if args.paired_blend is not None:
         cfg = dataclasses.replace(cfg, paired_blend=args.paired_blend)
     if args.paired_kinds:
-        weights = tuple(float(w) for w in args.paired_kinds.split(","))
+        try:
+            weights = tuple(float(w) for w in args.paired_kinds.split(","))
+        except ValueError:
+            weights = ()
         if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
             raise SystemExit("--paired-kinds takes three weights, colour,shape,background (e.g. 1,2,1)")
         cfg = dataclasses.replace(cfg, paired_kinds=weights)
