@@ -175,3 +175,50 @@ fn bench_quality_names_a_missing_bundle() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("/nonexistent/demo"), "{err}");
 }
+
+#[test]
+fn bench_quality_says_why_each_edit_missed() {
+    // Unguided (guidance 0), a colour edit is the unconditional model's: the source's red
+    // square stays red (and comes out round): it misses as "not edited".
+    let d = crate::util::Dir::new();
+    let json = d.path("q.json");
+    let out = crate::util::run_ok(
+        crate::util::ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "bench",
+                "quality",
+                "--limit",
+                "1",
+                "--edit",
+                "colour:guidance=0",
+            ])
+            .arg("--json")
+            .arg(&json),
+    );
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("| colour | 1 of 1 | 1 |"),
+        "the misses table counts the colour edit as not edited:\n{out}"
+    );
+    let q: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = q["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let misses = r["misses"].as_array().map_or(0, |m| m.len());
+        assert_eq!(r["success_and_preserve"] == true, misses == 0, "{r}");
+    }
+    let colour = rows.iter().find(|r| r["kind"] == "colour").unwrap();
+    assert_eq!(colour["misses"][0], "not_edited", "{colour}");
+    let overall = &q["modes"][0]["summaries"][3];
+    assert_eq!(overall["kind"], "overall");
+    let missed = rows
+        .iter()
+        .filter(|r| r["success_and_preserve"] == false)
+        .count();
+    assert_eq!(overall["missed"], missed);
+    assert!(
+        overall["misses"]["not_edited"].as_u64().unwrap() >= 1,
+        "{overall}"
+    );
+}

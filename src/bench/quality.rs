@@ -23,7 +23,7 @@ use crate::pipeline::graph;
 use crate::pipeline::job::{EditJob, EditTarget};
 use crate::pipeline::spec::{self, CliOverrides, JobSpec, Preset};
 use crate::quality::heldout::HeldoutClip;
-use crate::quality::score::{self, Expected};
+use crate::quality::score::{self, Expected, Miss};
 use crate::quality::sheet::{self, SheetOptions};
 use crate::quality::{self, Analyser, AnalyserConfig, EditKind, Heldout, Shape, Texture};
 
@@ -137,6 +137,9 @@ struct EditRow {
     /// ... and the rest of the scene is kept (background colour and texture, object count,
     /// every object's shape and colour, motion error <= 1.5 px).
     success_and_preserve: bool,
+    /// Why not, when not (`score::Comparison::misses`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    misses: Vec<Miss>,
     ghost_frames: usize,
     frames: usize,
     motion_error_px: Option<f32>,
@@ -164,6 +167,10 @@ struct Summary {
     n: usize,
     success: f64,
     success_and_preserve: f64,
+    /// Edits that are not a success with the scene kept, and how many missed in each way
+    /// (an edit can miss in more than one).
+    missed: usize,
+    misses: BTreeMap<Miss, usize>,
     /// Ghost frames / frames.
     ghost_frame_rate: f64,
     /// Median over edits of each edit's median motion error (px).
@@ -247,6 +254,11 @@ fn summarise(kind: &str, rows: &[&EditRow]) -> Summary {
         n,
         success: rate(&|r| r.success),
         success_and_preserve: rate(&|r| r.success_and_preserve),
+        missed: rows.iter().filter(|r| !r.success_and_preserve).count(),
+        misses: Miss::ALL
+            .iter()
+            .map(|m| (*m, rows.iter().filter(|r| r.misses.contains(m)).count()))
+            .collect(),
         ghost_frame_rate: rows.iter().map(|r| r.ghost_frames).sum::<usize>() as f64
             / frames.max(1) as f64,
         motion_error_px: median(
@@ -271,6 +283,28 @@ fn summarise(kind: &str, rows: &[&EditRow]) -> Summary {
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// The markdown table of why the edits of one mode missed.
+fn misses_table(m: &ModeResult) -> String {
+    let mut s = String::from(
+        "| edit | missed | asked-for attribute not there | off the path | object count | something else changed |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &m.summaries {
+        let count = |k: Miss| r.misses.get(&k).copied().unwrap_or(0);
+        s.push_str(&format!(
+            "| {} | {} of {} | {} | {} | {} | {} |\n",
+            r.kind,
+            r.missed,
+            r.n,
+            count(Miss::NotEdited),
+            count(Miss::OffPath),
+            count(Miss::Count),
+            count(Miss::Changed),
+        ));
+    }
+    s
 }
 
 /// The markdown table of one mode.
@@ -419,6 +453,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                     },
                     success,
                     success_and_preserve: success && cmp.scene_ok(MAX_MOTION_PX),
+                    misses: cmp.misses(edit.kind, edit.target, MAX_MOTION_PX),
                     ghost_frames: cmp.ghost_frames,
                     frames: cmp.frames,
                     motion_error_px: cmp.motion_error_px,
@@ -532,6 +567,11 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
             }
         );
         print!("{}", table(m));
+        print!(
+            "\nWhy the edits that did not keep the scene missed (one edit can miss in more than one way; \
+             each row's `misses` in --json):\n\n{}",
+            misses_table(m)
+        );
         println!(
             "\nReconstruction PSNR (source prompt, guidance 1, native size): {} dB, mean of {n} clips.",
             fmt_opt(m.reconstruction_psnr_db, 2)

@@ -82,6 +82,25 @@ pub struct Comparison {
     pub per_frame: Vec<FrameVerdict>,
 }
 
+/// One way an edit falls short of a success with the scene kept (`Comparison::misses`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Miss {
+    /// The asked-for colour, shape or background is not what the analyser reads.
+    NotEdited,
+    /// The objects' median distance from their path is over the limit (or none was found).
+    OffPath,
+    /// Another number of objects than the scene's (majority over frames).
+    Count,
+    /// Something the edit should have kept changed: the background or its texture, another
+    /// object, or the edited object's other attribute.
+    Changed,
+}
+
+impl Miss {
+    pub const ALL: [Miss; 4] = [Miss::NotEdited, Miss::OffPath, Miss::Count, Miss::Changed];
+}
+
 fn median(mut v: Vec<f32>) -> Option<f32> {
     if v.is_empty() {
         return None;
@@ -196,6 +215,33 @@ impl Comparison {
             && self.count_ok
             && self.objects.iter().all(|o| o.shape_ok && o.colour_ok)
             && self.motion_error_px.is_some_and(|m| m <= max_motion_px)
+    }
+
+    /// Why an edit is not a success with the scene kept: empty exactly when
+    /// `success(kind, target) && scene_ok(max_motion_px)`, else each way it falls short once,
+    /// in `Miss` order.
+    pub fn misses(&self, kind: EditKind, target: Option<usize>, max_motion_px: f32) -> Vec<Miss> {
+        // What the edit asked to change is judged by `success`; everything else must be kept.
+        let kept = |k: usize, o: &ObjectVerdict| match (kind, Some(k) == target) {
+            (EditKind::Colour, true) => o.shape_ok,
+            (EditKind::Shape, true) => o.colour_ok,
+            _ => o.shape_ok && o.colour_ok,
+        };
+        let changed = !self.texture_ok
+            || (kind != EditKind::Background && !self.background_ok)
+            || self.objects.iter().enumerate().any(|(k, o)| !kept(k, o));
+        [
+            (!self.success(kind, target), Miss::NotEdited),
+            (
+                !self.motion_error_px.is_some_and(|m| m <= max_motion_px),
+                Miss::OffPath,
+            ),
+            (!self.count_ok, Miss::Count),
+            (changed, Miss::Changed),
+        ]
+        .into_iter()
+        .filter_map(|(missed, m)| missed.then_some(m))
+        .collect()
     }
 
     /// Every way some frame differs from `expected`, with positions off by more than
@@ -362,6 +408,69 @@ mod tests {
             m.iter()
                 .any(|s| s.contains("frame 3: object 0 is a blue circle")),
             "{m:?}"
+        );
+    }
+
+    fn verdict(shape_ok: bool, colour_ok: bool) -> ObjectVerdict {
+        ObjectVerdict {
+            shape: None,
+            colour: None,
+            shape_ok,
+            colour_ok,
+            frames_seen: 8,
+            median_error: Some(0.5),
+        }
+    }
+
+    fn comparison(objects: Vec<ObjectVerdict>, background_ok: bool, motion: f32) -> Comparison {
+        Comparison {
+            frames: 8,
+            background: "gray".into(),
+            background_ok,
+            texture: Texture::Plain,
+            texture_ok: true,
+            object_count: objects.len(),
+            count_ok: true,
+            ghost_frames: 0,
+            objects,
+            motion_error_px: Some(motion),
+            mean_offset_px: None,
+            per_frame: vec![],
+        }
+    }
+
+    #[test]
+    fn misses_say_why_and_are_empty_exactly_when_the_scene_is_kept() {
+        use EditKind::*;
+        let kinds = [(Colour, Some(1)), (Shape, Some(1)), (Background, None)];
+        // every combination of the verdicts, under every kind of edit
+        for bits in 0u32..1 << 7 {
+            let b = |i: u32| bits & (1 << i) != 0;
+            let mut c = comparison(
+                vec![verdict(b(0), b(1)), verdict(b(2), b(3))],
+                b(4),
+                if b(5) { 0.5 } else { 2.0 },
+            );
+            c.count_ok = b(6);
+            for (kind, target) in kinds {
+                let m = c.misses(kind, target, 1.5);
+                let ok = c.success(kind, target) && c.scene_ok(1.5);
+                assert_eq!(m.is_empty(), ok, "{bits:07b} {kind:?}: {m:?}");
+                assert_eq!(m.contains(&Miss::NotEdited), !c.success(kind, target));
+                assert_eq!(m.contains(&Miss::OffPath), !b(5));
+                assert_eq!(m.contains(&Miss::Count), !b(6));
+            }
+        }
+        // a shape edit that drew the shape in another colour changed something
+        let c = comparison(vec![verdict(true, true), verdict(true, false)], true, 0.5);
+        assert_eq!(c.misses(Shape, Some(1), 1.5), vec![Miss::Changed]);
+        // a colour edit that missed its colour did not change anything else
+        assert_eq!(c.misses(Colour, Some(1), 1.5), vec![Miss::NotEdited]);
+        // a background edit whose background is wrong is not edited; a wrong object changed
+        let c = comparison(vec![verdict(true, false)], false, 2.0);
+        assert_eq!(
+            c.misses(Background, None, 1.5),
+            vec![Miss::NotEdited, Miss::OffPath, Miss::Changed]
         );
     }
 
