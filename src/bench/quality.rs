@@ -432,6 +432,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                 let expected = clip.expected_after(edit);
                 let cmp = score::compare(&analyser.clip(&out), &expected);
                 let success = cmp.success(edit.kind, edit.target);
+                let misses = cmp.misses(edit.kind, edit.target, MAX_MOTION_PX);
                 rows.push(EditRow {
                     mode: name,
                     clip: clip.file.clone(),
@@ -452,8 +453,9 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                             .collect(),
                     },
                     success,
-                    success_and_preserve: success && cmp.scene_ok(MAX_MOTION_PX),
-                    misses: cmp.misses(edit.kind, edit.target, MAX_MOTION_PX),
+                    // empty exactly when a success with the scene kept (Comparison::misses)
+                    success_and_preserve: misses.is_empty(),
+                    misses,
                     ghost_frames: cmp.ghost_frames,
                     frames: cmp.frames,
                     motion_error_px: cmp.motion_error_px,
