@@ -179,7 +179,8 @@ fn bench_quality_names_a_missing_bundle() {
 #[test]
 fn bench_quality_says_why_each_edit_missed() {
     // Unguided (guidance 0), a colour edit is the unconditional model's: the source's red
-    // square stays red (and comes out round): it misses as "not edited".
+    // square stays red (and comes out round): it misses as "not edited". `--kinds` leaves the
+    // background edit out of the run, the rows and the tables.
     let d = crate::util::Dir::new();
     let json = d.path("q.json");
     let out = crate::util::run_ok(
@@ -192,6 +193,8 @@ fn bench_quality_says_why_each_edit_missed() {
                 "1",
                 "--edit",
                 "colour:guidance=0",
+                "--kinds",
+                "colour,shape",
             ])
             .arg("--json")
             .arg(&json),
@@ -202,15 +205,17 @@ fn bench_quality_says_why_each_edit_missed() {
         "the misses table counts the colour edit as not edited:\n{out}"
     );
     let q: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(!out.contains("| background |"), "{out}");
     let rows = q["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 3);
+    let kinds: Vec<_> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["colour", "shape"]);
     for r in rows {
         let misses = r["misses"].as_array().map_or(0, |m| m.len());
         assert_eq!(r["success_and_preserve"] == true, misses == 0, "{r}");
     }
     let colour = rows.iter().find(|r| r["kind"] == "colour").unwrap();
     assert_eq!(colour["misses"][0], "not_edited", "{colour}");
-    let overall = &q["modes"][0]["summaries"][3];
+    let overall = &q["modes"][0]["summaries"][2];
     assert_eq!(overall["kind"], "overall");
     let missed = rows
         .iter()

@@ -23,15 +23,20 @@ pub struct KindSettings {
     pub guidance: Option<f32>,
 }
 
+/// Parses an edit kind's name: colour, shape or background.
+pub fn parse_kind(s: &str) -> Result<EditKind, String> {
+    EditKind::ALL
+        .into_iter()
+        .find(|k| k.name() == s.trim())
+        .ok_or_else(|| format!("'{s}' is not an edit kind (colour, shape, background)"))
+}
+
 /// Parses `colour:strength=0.9,blend=0.3` (keys strength, blend, guidance).
 pub fn parse(s: &str) -> Result<KindSettings, String> {
     let (kind, rest) = s.split_once(':').ok_or_else(|| {
         format!("'{s}': expected KIND:KEY=VALUE[,KEY=VALUE...], e.g. background:strength=0.6")
     })?;
-    let kind = EditKind::ALL
-        .into_iter()
-        .find(|k| k.name() == kind.trim())
-        .ok_or_else(|| format!("'{kind}' is not an edit kind (colour, shape, background)"))?;
+    let kind = parse_kind(kind)?;
     let mut out = KindSettings::none(kind);
     for pair in rest.split(',') {
         let (key, value) = pair
