@@ -197,7 +197,14 @@ fn bench_quality_says_why_each_edit_missed() {
                 "colour,shape",
             ])
             .arg("--json")
-            .arg(&json),
+            .arg(&json)
+            .arg("--sheet")
+            .arg(d.path("sheets")),
+    );
+    let legend = std::fs::read_to_string(d.path("sheets").join("quality-source.txt")).unwrap();
+    assert!(
+        legend.contains("rows: source, then the colour, shape edits"),
+        "{legend}"
     );
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(

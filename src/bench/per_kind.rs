@@ -21,6 +21,10 @@ pub struct KindSettings {
     pub blend: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f32>,
+    /// `negative=source`: the clip's own caption is the edit's negative prompt, so guidance
+    /// pushes away from what the source shows rather than from the unconditional image.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub negative_source: bool,
 }
 
 /// Parses an edit kind's name: colour, shape or background.
@@ -42,6 +46,15 @@ pub fn parse(s: &str) -> Result<KindSettings, String> {
         let (key, value) = pair
             .split_once('=')
             .ok_or_else(|| format!("'{pair}': expected KEY=VALUE"))?;
+        if key.trim() == "negative" {
+            if value.trim() != "source" {
+                return Err(format!(
+                    "negative = '{value}': the only negative a kind can take is 'source' (the clip's caption)"
+                ));
+            }
+            out.negative_source = true;
+            continue;
+        }
         let v: f64 = value
             .trim()
             .parse()
@@ -55,7 +68,7 @@ pub fn parse(s: &str) -> Result<KindSettings, String> {
             }
             k => {
                 return Err(format!(
-                    "'{k}' is not a per-edit key (strength, blend, guidance)"
+                    "'{k}' is not a per-edit key (strength, blend, guidance, negative)"
                 ))
             }
         }
@@ -70,6 +83,7 @@ pub fn for_kind(all: &[KindSettings], kind: EditKind) -> KindSettings {
         out.strength = k.strength.or(out.strength);
         out.blend = k.blend.or(out.blend);
         out.guidance = k.guidance.or(out.guidance);
+        out.negative_source |= k.negative_source;
     }
     out
 }
@@ -82,11 +96,15 @@ impl KindSettings {
             strength: None,
             blend: None,
             guidance: None,
+            negative_source: false,
         }
     }
 
-    /// Sets them on an edit of this kind.
-    pub fn apply(&self, target: &mut EditTarget) {
+    /// Sets them on an edit of this kind of a clip captioned `source`.
+    pub fn apply(&self, target: &mut EditTarget, source: &str) {
+        if self.negative_source {
+            target.negative = Some(source.to_string());
+        }
         if let Some(s) = self.strength {
             target.strength = Some(s);
         }
@@ -99,7 +117,10 @@ impl KindSettings {
     }
 
     fn is_empty(&self) -> bool {
-        self.strength.is_none() && self.blend.is_none() && self.guidance.is_none()
+        self.strength.is_none()
+            && self.blend.is_none()
+            && self.guidance.is_none()
+            && !self.negative_source
     }
 
     /// `strength 0.6, blend 0.3` (empty when none is set).
@@ -113,6 +134,9 @@ impl KindSettings {
         }
         if let Some(g) = self.guidance {
             parts.push(format!("guidance {g}"));
+        }
+        if self.negative_source {
+            parts.push("negative: the source caption".to_string());
         }
         parts.join(", ")
     }
@@ -157,8 +181,41 @@ mod tests {
             "shape:strength",
             "shape",
             "shape:strength=x",
+            "shape:negative=a red circle",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn negative_source_puts_the_caption_in_the_negative_prompt() {
+        let s = for_kind(
+            &[parse("shape:negative=source,guidance=3").unwrap()],
+            EditKind::Shape,
+        );
+        assert!(s.negative_source);
+        assert_eq!(s.describe(), "guidance 3, negative: the source caption");
+        let mut t = EditTarget {
+            name: "shape".into(),
+            prompt: "a red circle".into(),
+            negative: None,
+            guidance: 1.0,
+            seed: 0,
+            output: "out.mp4".into(),
+            blend: false,
+            strength: None,
+            blend_threshold: None,
+        };
+        s.apply(&mut t, "a red square");
+        assert_eq!(
+            (t.negative.as_deref(), t.guidance),
+            (Some("a red square"), 3.0)
+        );
+        KindSettings::none(EditKind::Shape).apply(&mut t, "a blue square");
+        assert_eq!(
+            t.negative.as_deref(),
+            Some("a red square"),
+            "no setting, no change"
+        );
     }
 }

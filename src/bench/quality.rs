@@ -63,7 +63,8 @@ pub struct QualityBenchArgs {
     pub inversion: Option<Inversion>,
     /// One kind of edit's own settings, as a prompt file's `[[edit]]` sets them for one edit:
     /// KIND:KEY=V[,KEY=V...], KIND one of colour, shape, background, KEY one of strength,
-    /// blend, guidance (repeatable; e.g. background:strength=0.6). The inversion runs as far
+    /// blend, guidance, or negative=source (the clip's caption as the negative prompt)
+    /// (repeatable; e.g. background:strength=0.6). The inversion runs as far
     /// as the strongest edit needs.
     #[arg(long = "edit", value_parser = per_kind::parse)]
     pub edit: Vec<KindSettings>,
@@ -82,7 +83,7 @@ pub struct QualityBenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Write a contact sheet per context mode of the first 6 clips here
-    /// (quality-<mode>.png: per clip a row for the source, then colour, shape, background;
+    /// (quality-<mode>.png: per clip a row for the source, then one per kind of edit run;
     /// quality-<mode>.txt says which row is which).
     #[arg(long)]
     pub sheet: Option<PathBuf>,
@@ -713,7 +714,7 @@ fn clip_job(
     );
     for (t, e) in job.edits.iter_mut().zip(&clip.edits) {
         t.name = e.kind.name().to_string();
-        per_kind::for_kind(&args.edit, e.kind).apply(t);
+        per_kind::for_kind(&args.edit, e.kind).apply(t, &clip.caption);
     }
     if job.short_side.is_none() {
         let target = reconstruct_target(clip, job.edits[0].seed, dir);
@@ -755,7 +756,7 @@ fn reconstruct_job(edit_job: &EditJob, clip: &HeldoutClip, dir: &Path) -> EditJo
     job
 }
 
-/// quality-<mode>.png (source, colour, shape, background per clip) and its legend.
+/// quality-<mode>.png (source, then each kind of edit run, per clip) and its legend.
 fn write_sheets(
     dir: &Path,
     mode: &str,
@@ -765,8 +766,15 @@ fn write_sheets(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut groups: Vec<Vec<PathBuf>> = Vec::new();
+    let kinds: Vec<&str> = EditKind::ALL
+        .into_iter()
+        .filter(|k| rows.iter().any(|r| r.kind == *k))
+        .map(EditKind::name)
+        .collect();
     let mut legend = format!(
-        "quality-{mode}.png: one group per clip; rows: source, then the colour, shape and background edits (context {mode}).\n"
+        "quality-{mode}.png: one group per clip; rows: source, then the {} edit{} (context {mode}).\n",
+        kinds.join(", "),
+        if kinds.len() == 1 { "" } else { "s" }
     );
     for clip in clips.iter().take(SHEET_CLIPS) {
         let mut g = vec![set.path_of(clip)];
