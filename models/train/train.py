@@ -909,6 +909,9 @@ def main(argv=None) -> int:
     p.add_argument("--vflip", type=float, default=None, metavar="SHARE",
                    help="flip this share of the training clips and edit pairs upside down (those whose "
                         "captions name no triangle), so the UNet learns no up or down")
+    p.add_argument("--t-high", type=float, default=None, metavar="SHARE",
+                   help="share of each batch whose timestep is drawn from the noisy end, [t_high_from, T), "
+                        "instead of [0, T) (default 0.5; 0: every timestep uniform)")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"),
                    help="the VAE, CLIP pair and training latents of a (config, seed) are kept here, so a "
                         "second run (--no-adapter) trains its UNet on exactly the same latents; '' for none")
@@ -943,6 +946,10 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, paired_kinds=weights)
     if args.vflip is not None:
         cfg = dataclasses.replace(cfg, vflip=args.vflip)
+    if args.t_high is not None:
+        if not 0 <= args.t_high <= 1:
+            raise SystemExit("--t-high is a share of each batch, from 0 to 1")
+        cfg = dataclasses.replace(cfg, t_high=args.t_high)
     if cfg.paired_blend > 0 and cfg.paired_share <= 0:
         raise SystemExit("--paired-blend needs --paired-share (the pairs it mixes)")
     if cfg.paired_inverted > 0 and not (args.init_from and cfg.paired_share > 0):
@@ -1112,7 +1119,8 @@ def override_flags(cfg: Config, config: str) -> str:
              "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr",
              "paired_share": "--paired-share", "paired_clips": "--paired-clips",
              "paired_inverted": "--paired-inverted", "paired_inverted_clips": "--paired-inverted-clips",
-             "paired_blend": "--paired-blend", "paired_kinds": "--paired-kinds", "vflip": "--vflip"}
+             "paired_blend": "--paired-blend", "paired_kinds": "--paired-kinds", "vflip": "--vflip",
+             "t_high": "--t-high"}
     out = []
     for field, flag in flags.items():
         value = getattr(cfg, field)
