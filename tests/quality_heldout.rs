@@ -216,6 +216,7 @@ fn bench_quality_says_why_each_edit_missed() {
     let rows = q["rows"].as_array().unwrap();
     let kinds: Vec<_> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["colour", "shape"]);
+    assert_eq!(q["kinds"], serde_json::json!(["colour", "shape"]));
     for r in rows {
         let misses = r["misses"].as_array().map_or(0, |m| m.len());
         assert_eq!(r["success_and_preserve"] == true, misses == 0, "{r}");

@@ -35,7 +35,7 @@ pub fn parse_kind(s: &str) -> Result<EditKind, String> {
         .ok_or_else(|| format!("'{s}' is not an edit kind (colour, shape, background)"))
 }
 
-/// Parses `colour:strength=0.9,blend=0.3` (keys strength, blend, guidance).
+/// Parses `colour:strength=0.9,blend=0.3` (keys strength, blend, guidance; `negative=source`).
 pub fn parse(s: &str) -> Result<KindSettings, String> {
     let (kind, rest) = s.split_once(':').ok_or_else(|| {
         format!("'{s}': expected KIND:KEY=VALUE[,KEY=VALUE...], e.g. background:strength=0.6")

@@ -210,6 +210,9 @@ struct QualityBench {
     blend: f32,
     strength: f64,
     inversion: Inversion,
+    /// The kinds of edit run (`--kinds`; empty: all three).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    kinds: Vec<EditKind>,
     /// Edit kinds run with settings of their own (`--edit`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     edit_settings: BTreeMap<&'static str, KindSettings>,
@@ -547,6 +550,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         blend,
         strength,
         inversion,
+        kinds: args.kinds.clone(),
         edit_settings: per_kind::by_name(&args.edit),
         deflicker,
         analyser_exact_sources: exact,
