@@ -103,6 +103,13 @@ pub struct QualityBenchArgs {
     pub runtime: crate::cli::RuntimeArgs,
 }
 
+impl QualityBenchArgs {
+    /// Whether edits of `kind` run (`--kinds`; none named: every kind).
+    fn runs(&self, kind: EditKind) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&kind)
+    }
+}
+
 fn parse_context(s: &str) -> Result<ContextMode, String> {
     s.parse()
 }
@@ -214,8 +221,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         .iter()
         .map(|c| {
             let mut c = c.clone();
-            c.edits
-                .retain(|e| args.kinds.is_empty() || args.kinds.contains(&e.kind));
+            c.edits.retain(|e| args.runs(e.kind));
             c
         })
         .collect();
@@ -369,7 +375,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         let mode_rows: Vec<&EditRow> = rows[first_row..].iter().collect();
         let mut summaries: Vec<Summary> = EditKind::ALL
             .iter()
-            .filter(|k| args.kinds.is_empty() || args.kinds.contains(k))
+            .filter(|k| args.runs(**k))
             .map(|k| {
                 let r: Vec<&EditRow> = mode_rows.iter().copied().filter(|r| r.kind == *k).collect();
                 summarise(k.name(), &r)
