@@ -36,7 +36,7 @@ fn edit(
     cache: Option<&InversionCache>,
     blend: f32,
 ) -> EditReport {
-    edit_with(input, out, prompt, cache, blend, Inversion::Ddim)
+    edit_with(input, out, prompt, cache, blend, Inversion::Ddim, 0)
 }
 
 fn edit_with(
@@ -46,6 +46,7 @@ fn edit_with(
     cache: Option<&InversionCache>,
     blend: f32,
     inversion: Inversion,
+    seed: u64,
 ) -> EditReport {
     let mut j = job(
         input.to_path_buf(),
@@ -57,6 +58,7 @@ fn edit_with(
     j.context = ContextMode::Source;
     j.blend = blend;
     j.inversion = inversion;
+    j.edits[0].seed = seed;
     j.cache = cache.cloned();
     graph::run(&j, &|_| {}).unwrap().remove(0)
 }
@@ -150,9 +152,11 @@ fn an_edit_friendly_inversion_is_kept_with_its_residuals() {
     let d = Dir::new();
     let src = clip(&d, "a.mp4", "testsrc2");
     let cache = InversionCache::open(&d.path("cache"), u64::MAX).unwrap();
-    let ddpm = |out: &str, prompt: &str, cache: Option<&InversionCache>| {
-        edit_with(&src, d.path(out), prompt, cache, 0.0, Inversion::Ddpm)
+    let seeded = |out: &str, prompt: &str, cache: Option<&InversionCache>, seed: u64| {
+        edit_with(&src, d.path(out), prompt, cache, 0.0, Inversion::Ddpm, seed)
     };
+    let ddpm =
+        |out: &str, prompt: &str, cache: Option<&InversionCache>| seeded(out, prompt, cache, 0);
     // A DDIM entry of the same clip is not an edit-friendly one.
     edit(&src, d.path("ddim.mkv"), "red", Some(&cache), 0.0);
     let first = ddpm("red.mkv", "red", Some(&cache));
@@ -172,6 +176,16 @@ fn an_edit_friendly_inversion_is_kept_with_its_residuals() {
     // ...and the setting changes what is drawn.
     let other = mean_abs_diff(&frames("red.mkv"), &frames("ddim.mkv"));
     assert!(other > 2.0, "{other}");
+    // The job's seed picks the inversion's draws: another seed is another inversion (its
+    // own entries, not seed 0's) and another take of the edit; it is cached as seed 0's is.
+    let take2 = seeded("red-s1.mkv", "red", Some(&cache), 1);
+    let c = take2.inversion_cache.unwrap();
+    assert_eq!((c.hits, c.misses, c.stored), (0, 3, 3));
+    let again2 = seeded("red-s1b.mkv", "red", Some(&cache), 1);
+    assert_eq!(again2.inversion_cache.unwrap().hits, 3);
+    same_picture(&frames("red-s1.mkv"), &frames("red-s1b.mkv"));
+    let other = mean_abs_diff(&frames("red.mkv"), &frames("red-s1.mkv"));
+    assert!(other > 1.0, "another seed, the same picture: {other}");
 }
 
 #[test]

@@ -162,7 +162,7 @@ enum BenchCommand {
     /// shape and background edits through the engine, read back by the analyser (success,
     /// success with the scene kept, ghost frames, motion error, flicker, reconstruction PSNR,
     /// CLIP-T/F), one markdown table per context mode.
-    Quality(crate::bench::QualityBenchArgs),
+    Quality(Box<crate::bench::QualityBenchArgs>),
     /// `ctxd watch` under steady drops (some broken) with its API polled: resident memory,
     /// open descriptors and threads sampled, judged flat or growing.
     Soak(crate::bench::SoakBenchArgs),

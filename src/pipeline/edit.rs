@@ -81,7 +81,8 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
         job.context,
         job.keeps_trajectory(),
         job.inversion,
-    )?;
+    )?
+    .with_inversion_seed(job.inversion_seed());
     let cache = match &job.cache {
         Some(c) => Some(CacheUse {
             cache: c.clone(),
@@ -317,6 +318,10 @@ pub fn inversion_settings(
     // Named only when it is not DDIM, so DDIM entries keep the keys they always had.
     if job.inversion != crate::diffusion::Inversion::Ddim {
         settings["inversion"] = job.inversion.to_string().into();
+        // Named only when it is not 0, so entries made before it was a setting keep their keys.
+        if job.inversion_seed() != 0 {
+            settings["inversion_seed"] = job.inversion_seed().into();
+        }
     }
     Ok(Sha256::digest(settings.to_string().as_bytes()).into())
 }

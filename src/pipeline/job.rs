@@ -135,6 +135,12 @@ impl EditJob {
         }
     }
 
+    /// The seed of an edit-friendly inversion's draws: the first edit's, as the job's `steps`
+    /// and `context` are (a video's edits share one inversion).
+    pub fn inversion_seed(&self) -> u64 {
+        self.edits.first().map_or(0, |e| e.seed)
+    }
+
     /// Whether the inversion keeps every step's latent: an edit blends with it, or starts
     /// part way along it.
     pub fn keeps_trajectory(&self) -> bool {

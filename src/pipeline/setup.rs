@@ -18,6 +18,20 @@ pub struct SamplerSetup {
     pub keep_trajectory: bool,
     /// DDIM, or edit-friendly DDPM (which always keeps its trajectory).
     pub inversion: Inversion,
+    /// Picks an edit-friendly inversion's forward-process draws (the job's seed: its first
+    /// edit's, as `steps` and `context`); 0 unless `with_inversion_seed` says otherwise.
+    pub inversion_seed: u64,
+}
+
+impl SamplerSetup {
+    /// The same setup with an edit-friendly inversion drawn from `seed` (another take of the
+    /// same edit; DDIM inversion draws nothing).
+    pub fn with_inversion_seed(self, seed: u64) -> SamplerSetup {
+        SamplerSetup {
+            inversion_seed: seed,
+            ..self
+        }
+    }
 }
 
 /// The sampler settings both diffusion stages share, checked against the bundle.
@@ -60,5 +74,6 @@ pub fn sampler_setup(
         eta,
         keep_trajectory: keep_trajectory || inversion == Inversion::Ddpm,
         inversion,
+        inversion_seed: 0,
     })
 }

@@ -177,7 +177,8 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         job.context,
         job.blend > 0.0,
         job.inversion,
-    )?;
+    )?
+    .with_inversion_seed(job.seed);
     // One window at a time through the networks (`--pipelining off`, or `auto` on a small
     // CPU host): a window dropped for lateness hands its turn back (`stages::invert`).
     let sequential = !job.runtime.pipelining.resolve(job.runtime.device);

@@ -52,6 +52,10 @@ pub struct QualityBenchArgs {
     /// DDIM steps (default: the preset's).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Seed (default: the preset's): after an edit-friendly inversion it picks the
+    /// inversion's draws, so runs with two seeds show how much the draw alone moves a number.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Guidance weight of the edits (default: the preset's).
     #[arg(long)]
     pub guidance: Option<f32>,
@@ -187,6 +191,9 @@ struct QualityBench {
     blend: f32,
     strength: f64,
     inversion: Inversion,
+    /// The edits' seed (`--seed`, else the preset's), where it is not 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    seed: u64,
     /// The kinds of edit run (`--kinds`; empty: all three).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     kinds: Vec<EditKind>,
@@ -298,6 +305,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                 spec.strength,
                 spec.deflicker,
                 spec.inversion,
+                spec.edits[0].seed,
             ));
             let produced = if args.rescore {
                 saved_outputs(clip, &dir)?
@@ -399,8 +407,8 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         }
     }
 
-    let (steps, guidance, blend, strength, deflicker, inversion) =
-        settings.unwrap_or((0, 0.0, 0.0, 1.0, 0.0, Inversion::Ddim));
+    let (steps, guidance, blend, strength, deflicker, inversion, seed) =
+        settings.unwrap_or((0, 0.0, 0.0, 1.0, 0.0, Inversion::Ddim, 0));
     let result = QualityBench {
         bundle: bundle.display().to_string(),
         preset: args.preset.clone(),
@@ -411,6 +419,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         blend,
         strength,
         inversion,
+        seed,
         kinds: args.kinds.clone(),
         edit_settings: per_kind::by_name(&args.edit),
         deflicker,
@@ -422,12 +431,17 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     };
     for m in &result.modes {
         println!(
-            "\n### context = {} ({}, preset {}, {} steps, {} inversion, guidance {}{}{}{}{}, {} clips, {})\n",
+            "\n### context = {} ({}, preset {}, {} steps, {} inversion{}, guidance {}{}{}{}{}, {} clips, {})\n",
             m.mode,
             result.bundle,
             result.preset,
             steps,
             inversion,
+            if seed != 0 {
+                format!(", seed {seed}")
+            } else {
+                String::new()
+            },
             guidance,
             if strength < 1.0 {
                 format!(", strength {strength}")
@@ -548,6 +562,7 @@ fn clip_job(
         prompts: clip.edits.iter().map(|e| e.prompt.clone()).collect(),
         guidance: args.guidance,
         steps: args.steps,
+        seed: args.seed,
         strength: args.strength,
         deflicker: args.deflicker,
         context: Some(mode),
@@ -671,4 +686,8 @@ fn write_sheets(
     crate::atomic::write_atomic(&dir.join(format!("quality-{mode}.txt")), legend.as_bytes())?;
     eprintln!("ctxd: wrote {}", png.display());
     Ok(())
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

@@ -153,10 +153,11 @@ pub fn invert(
                     }
                 }
                 Inversion::Ddpm => {
-                    // The draws are a function of the window alone, so a cached inversion is
-                    // the one this run would compute.
+                    // The draws are a function of the window and the seed alone (both in the
+                    // cache key), so a cached inversion is the one this run would compute.
                     let mut noise = SeededNoise::new(
-                        FRIENDLY_SEED ^ (w.meta.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        FRIENDLY_SEED.wrapping_add(setup.inversion_seed)
+                            ^ (w.meta.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                     );
                     let out = diffusion::invert_friendly(
                         run,
