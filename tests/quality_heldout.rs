@@ -235,3 +235,67 @@ fn bench_quality_says_why_each_edit_missed() {
         "{overall}"
     );
 }
+
+#[test]
+fn bench_quality_runs_each_seed_as_a_draw_and_tables_them_together() {
+    // Two seeds: the set runs once per draw of the edit-friendly inversion's noise, each in a
+    // folder of its own, the reconstruction once; the draws table agrees with the rows.
+    let d = crate::util::Dir::new();
+    let json = d.path("q.json");
+    let work = d.path("work");
+    let out = crate::util::run_ok(
+        crate::util::ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "bench", "quality", "--limit", "1", "--kinds", "shape", "--seed", "0,3",
+            ])
+            .arg("--json")
+            .arg(&json)
+            .arg("--work-dir")
+            .arg(&work),
+    );
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("| edit | n | seed 0 | seed 3 | mean |"),
+        "the draws table names both seeds:\n{out}"
+    );
+    let q: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(q["seeds"], serde_json::json!([0, 3]));
+    let rows = q["rows"].as_array().unwrap();
+    let seeds: Vec<_> = rows.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [0, 3]);
+    let recs = q["reconstructions"].as_array().unwrap();
+    assert_eq!(recs.len(), 1, "reconstructed once: {recs:?}");
+    let a = std::fs::read(rows[0]["output"].as_str().unwrap()).unwrap();
+    let b = std::fs::read(rows[1]["output"].as_str().unwrap()).unwrap();
+    assert_ne!(a, b, "another seed draws another edit");
+    assert!(work.join("source-seed0").is_dir() && work.join("source-seed3").is_dir());
+    let draws = q["draws"].as_array().unwrap();
+    assert_eq!(draws.len(), 2, "shape, overall: {draws:?}");
+    let kept: Vec<bool> = rows
+        .iter()
+        .map(|r| r["success_and_preserve"] == true)
+        .collect();
+    let shape = &draws[0];
+    assert_eq!(shape["kind"], "shape");
+    for (i, p) in shape["per_seed"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(p[0], rows[i]["seed"]);
+        assert_eq!(p[1].as_f64().unwrap(), if kept[i] { 1.0 } else { 0.0 });
+    }
+    assert_eq!(
+        shape["kept_under_every_draw"],
+        u64::from(kept.iter().all(|k| *k))
+    );
+    assert_eq!(
+        shape["kept_under_some_draw"],
+        u64::from(kept.iter().any(|k| *k))
+    );
+    // a seed named twice is refused
+    let (code, err) = crate::util::run_err(
+        crate::util::ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["bench", "quality", "--limit", "1", "--seed", "2,2"]),
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("2 is named twice"), "{err}");
+}

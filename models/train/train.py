@@ -109,6 +109,10 @@ class Config:
     # paired_inverted_clips pairs are inverted (their noise is kept for every timestep).
     paired_inverted: float = 0.0
     paired_inverted_clips: int = 500
+    # How those pairs are noised: "ddim", the DDIM inversion's noise (inverted.py), or "edit",
+    # the latents an edit-friendly edit towards the target visits, every one of its steps
+    # (edited.py): the states of the UNet's own making, drift and all, with the answer.
+    paired_inverted_as: str = "ddim"
     # This share of the edit pairs (the last rows, never inverted ones) is noised from a mix of
     # source and target, (1 - lam) source + lam target with lam uniform on [0, 1): the latent an
     # edit holds part way, once its first steps have moved it towards the target (an
@@ -676,13 +680,14 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         pair_ids = tokenize(tok, pairs["captions"])
         log(f"diffuse: {n_pair} of every {cfg.diffuse_batch} clips an edit pair ({len(pair_ids)} pairs), "
             f"t in [{cfg.paired_t_from}, {T})"
-            + (f", {n_inv} of them noised as the inversion noises them" if n_inv else "")
+            + (f", {n_inv} of them noised as {'edits leave' if 'inv_n' in pairs else 'the inversion noises'} them"
+               if n_inv else "")
             + (f", {n_blend} of them noised from a mix of source and target" if n_blend else ""))
     if cuda:
         # the whole training set on the GPU, noise drawn there: a step moves no data
         latents, all_ids = latents.to(dev), all_ids.to(dev)
         if n_pair:
-            pairs = {k: pairs[k].to(dev) for k in ("source", "target", "inv_t", "inv_eps") if k in pairs}
+            pairs = {k: pairs[k].to(dev) for k in ("source", "target", "inv_t", "inv_n", "inv_eps") if k in pairs}
             pair_ids = pair_ids.to(dev)
         noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(2 ** 31, (1,), generator=gen)))
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -719,7 +724,13 @@ def train_diffusion(cfg: Config, latents: torch.Tensor, captions: list[str], tok
         if n_pair:
             j = torch.randint(len(pair_ids), (n_pair,), generator=gen)
             t[:n_pair] = torch.randint(cfg.paired_t_from, T, (n_pair,), generator=gen).to(dev)
-            if n_inv:  # an inverted pair, at a timestep its inversion visited
+            if n_inv and "inv_n" in pairs:  # an edited pair, at one of the steps its edit ran
+                j[:n_inv] = torch.randint(len(pairs["inv_eps"]), (n_inv,), generator=gen)
+                ji = j[:n_inv].to(pairs["inv_n"].device)
+                si = (torch.rand(n_inv, generator=gen).to(ji.device) * pairs["inv_n"][ji]).long()
+                t[:n_inv] = pairs["inv_t"][ji, si].to(dev)
+                si = si.to(dev)
+            elif n_inv:  # an inverted pair, at a timestep its inversion visited
                 j[:n_inv] = torch.randint(len(pairs["inv_eps"]), (n_inv,), generator=gen)
                 si = torch.randint(len(pairs["inv_t"]), (n_inv,), generator=gen).to(dev)
                 t[:n_inv] = pairs["inv_t"][si].to(dev)
@@ -901,6 +912,10 @@ def main(argv=None) -> int:
                         "needs --init-from and --paired-share)")
     p.add_argument("--paired-inverted-clips", type=int, default=None,
                    help="how many edit pairs to invert (the first N; default 500)")
+    p.add_argument("--paired-inverted-as", choices=("ddim", "edit"), default=None,
+                   help="ddim (default): the pairs' noise is the source's DDIM inversion's; edit: the "
+                        "latents the --init-from bundle's edit-friendly edit towards the target visits "
+                        "(edited.py), at each of its steps")
     p.add_argument("--paired-blend", type=float, default=None, metavar="SHARE",
                    help="this share of the edit pairs is noised from a random mix of source and target, "
                         "as an edit holds it part way (needs --paired-share)")
@@ -934,6 +949,8 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, paired_inverted=args.paired_inverted)
     if args.paired_inverted_clips:
         cfg = dataclasses.replace(cfg, paired_inverted_clips=args.paired_inverted_clips)
+    if args.paired_inverted_as:
+        cfg = dataclasses.replace(cfg, paired_inverted_as=args.paired_inverted_as)
     if args.paired_blend is not None:
         cfg = dataclasses.replace(cfg, paired_blend=args.paired_blend)
     if args.paired_kinds:
@@ -1064,7 +1081,16 @@ def main(argv=None) -> int:
         del src, tgt
         log(f"edit pairs: {len(kinds)} ({', '.join(f'{kinds.count(k)} {k}' for k in sorted(set(kinds)))}) "
             f"({time.time() - t:.0f}s)")
-        if cfg.paired_inverted > 0:
+        if cfg.paired_inverted > 0 and cfg.paired_inverted_as == "edit":
+            from .edited import edit_noise
+
+            t1, n = time.time(), min(cfg.paired_inverted_clips, cfg.paired_clips)
+            pairs["inv_t"], pairs["inv_n"], pairs["inv_eps"] = edit_noise(
+                args.init_from, pairs["source"][:n], src_captions[:n], pair_captions[:n], kinds[:n],
+                seed=args.seed + PAIRS_SALT, log=log)
+            log(f"edit pairs: the first {n} noised as {args.init_from}'s edits leave them, at "
+                f"{int(pairs['inv_n'].sum())} (pair, step) latents ({time.time() - t1:.0f}s)")
+        elif cfg.paired_inverted > 0:
             from .inverted import inversion_noise
 
             t1, n = time.time(), min(cfg.paired_inverted_clips, cfg.paired_clips)
@@ -1119,6 +1145,7 @@ def override_flags(cfg: Config, config: str) -> str:
              "k_schedule": "--k-schedule", "k_scale": "--k-scale", "train_clips": "--train-clips", "lr": "--lr",
              "paired_share": "--paired-share", "paired_clips": "--paired-clips",
              "paired_inverted": "--paired-inverted", "paired_inverted_clips": "--paired-inverted-clips",
+             "paired_inverted_as": "--paired-inverted-as",
              "paired_blend": "--paired-blend", "paired_kinds": "--paired-kinds", "vflip": "--vflip",
              "t_high": "--t-high"}
     out = []

@@ -97,6 +97,50 @@ def test_inversion_noise_rebuilds_each_rows_inverted_latent():
     assert not torch.equal(eps[0], eps[2])
 
 
+def test_edit_noise_rebuilds_the_latents_each_rows_edit_visits():
+    """edited.edit_noise (--paired-inverted-as edit): per row, sqrt(abar) x0 + sqrt(1 - abar) eps
+    plus the context shift is the latent the reference edit-friendly edit towards the row's
+    target caption holds at each of its steps, at its kind's strength (rows of different kinds,
+    a kind split across batches); steps past a row's own count are left zero."""
+    import math
+    import os
+
+    from models.reference import sampler as ref
+    from models.train import edited
+
+    tiny = os.path.join(os.path.dirname(ref.__file__), "..", "tiny")
+    b = ref.Bundle(tiny)
+    sch = b.schedule()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, int(b.toml["latent"]["channels"]), 2, 8, 8, generator=g)
+    src = ["a red circle on a gray background", "a blue square on a white background",
+           "a red circle on a gray background", "a green diamond on a black background"]
+    tgt = ["a red square on a gray background", "a yellow square on a white background",
+           "a red circle on a beige background", "a green circle on a black background"]
+    kinds = ["shape", "colour", "background", "shape"]
+    ts, n, eps = edited.edit_noise(tiny, x0, src, tgt, kinds, seed=5, batch=1, threads=1, log=lambda m: None)
+    counts = [len(sch.ddim_timesteps(edited.STEPS, edited.STRENGTH[k])) for k in kinds]
+    assert n.tolist() == counts and eps.shape == (4, max(counts)) + tuple(x0.shape[1:])
+    for row in range(4):
+        x = x0[row:row + 1].numpy()
+        steps = sch.ddim_timesteps(edited.STEPS, edited.STRENGTH[kinds[row]])
+        noise = np.random.default_rng([5, row]).standard_normal((len(steps), 1) + x.shape[1:]).astype(np.float32)
+        inv = ref.friendly_invert(b, x, x, src[row], steps=edited.STEPS, noise=noise,
+                                  strength=edited.STRENGTH[kinds[row]])
+        k = len(steps)
+        traj = ref.friendly_edit(b, inv[k], x, tgt[row], steps=edited.STEPS, residuals=inv[k + 1:],
+                                 guidance=edited.GUIDANCE, strength=edited.STRENGTH[kinds[row]])
+        r = b.adapter(x, b.text_states(tgt[row]), 0)
+        assert ts[row, :k].tolist() == steps
+        for s, t in enumerate(steps):
+            a = sch.abar_of(t)
+            rebuilt = math.sqrt(a) * x + math.sqrt(1 - a) * eps[row:row + 1, s].double().numpy() + sch.k_at(t) * r
+            assert np.abs(rebuilt - traj[s]).max() < 5e-3, (row, t)
+        assert not eps[row, k:].any() and not ts[row, k:].any()
+    # the edit moves off the forward process: the last step's noise is not the first's
+    assert not torch.allclose(eps[0, 0], eps[0, counts[0] - 1], atol=0.1)
+
+
 def test_vflip_turns_upside_down_only_clips_without_a_triangle_and_a_pair_together():
     cfg = train.CONFIGS["smoke"]
     kinds, captions, src, tgt, src_captions = train.make_pairs(0, 40, cfg, workers=2)

@@ -33,7 +33,10 @@ pub const MAX_MOTION_PX: f32 = 1.5;
 const SHEET_CLIPS: usize = 6;
 
 mod tables;
-use tables::{fmt_opt, mean, misses_table, summarise, table, ModeResult, Summary};
+use tables::{
+    draws, draws_table, fmt_opt, mean, misses_table, summarise, table, DrawSummary, ModeResult,
+    Summary,
+};
 
 #[derive(Args, Debug)]
 pub struct QualityBenchArgs {
@@ -53,9 +56,11 @@ pub struct QualityBenchArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// Seed (default: the preset's): after an edit-friendly inversion it picks the
-    /// inversion's draws, so runs with two seeds show how much the draw alone moves a number.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// inversion's draws. Several (e.g. 0,1,2) run the set once per draw, then show each kind's
+    /// success + preserve under every draw, its mean and spread, and how many edits keep the
+    /// scene under every draw and under at least one: how much the draw alone moves a number.
+    #[arg(long, alias = "seeds", value_delimiter = ',')]
+    pub seed: Vec<u64>,
     /// Guidance weight of the edits (default: the preset's).
     #[arg(long)]
     pub guidance: Option<f32>,
@@ -146,6 +151,8 @@ struct ObservedObject {
 #[derive(Debug, Serialize)]
 struct EditRow {
     mode: &'static str,
+    /// The edits' seed: which draw of the inversion's noise (`--seed`).
+    seed: u64,
     clip: String,
     kind: EditKind,
     prompt: String,
@@ -175,6 +182,7 @@ struct EditRow {
 #[derive(Debug, Serialize)]
 struct ReconstructRow {
     mode: &'static str,
+    seed: u64,
     clip: String,
     psnr_db: Option<f64>,
     output: String,
@@ -194,6 +202,9 @@ struct QualityBench {
     /// The edits' seed (`--seed`, else the preset's), where it is not 0.
     #[serde(skip_serializing_if = "is_zero")]
     seed: u64,
+    /// Every seed run, where there were several (the first is `seed`).
+    #[serde(skip_serializing_if = "fewer_than_two")]
+    seeds: Vec<u64>,
     /// The kinds of edit run (`--kinds`; empty: all three).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     kinds: Vec<EditKind>,
@@ -205,6 +216,9 @@ struct QualityBench {
     /// Held-out sources the analyser reads exactly as labelled (a check on the ruler).
     analyser_exact_sources: usize,
     modes: Vec<ModeResult>,
+    /// Per context mode and kind, success + preserve under each seed (several seeds only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    draws: Vec<DrawSummary>,
     rows: Vec<EditRow>,
     reconstructions: Vec<ReconstructRow>,
     wall_s: f64,
@@ -285,93 +299,120 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     let mut reconstructions = Vec::new();
     let mut modes = Vec::new();
     let mut settings = None;
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(s) = args.seed.iter().find(|s| !seen.insert(**s)) {
+        bail!("--seed: {s} is named twice");
+    }
+    // None: the preset's seed
+    let seeds: Vec<Option<u64>> = if args.seed.is_empty() {
+        vec![None]
+    } else {
+        args.seed.iter().copied().map(Some).collect()
+    };
     for &mode in &args.context {
-        let mode_started = Instant::now();
-        let name = mode_name(mode);
-        let dir = work.join(name);
-        std::fs::create_dir_all(&dir)?;
-        let first_row = rows.len();
-        let first_rec = reconstructions.len();
-        for (ci, clip) in clips.iter().enumerate() {
-            if clip.edits.is_empty() {
-                continue;
-            }
-            let t0 = Instant::now();
-            let (job, spec) = clip_job(args, &preset, &bundle, &set, clip, mode, &dir)?;
-            settings.get_or_insert((
-                spec.edits[0].steps,
-                spec.edits[0].guidance,
-                spec.blend,
-                spec.strength,
-                spec.deflicker,
-                spec.inversion,
-                spec.edits[0].seed,
-            ));
-            let produced = if args.rescore {
-                saved_outputs(clip, &dir)?
-            } else {
-                let mut reports =
-                    graph::run(&job, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?;
-                if job.edits.len() == clip.edits.len() {
-                    // The reconstruction runs at native size in its own job.
-                    let rec = reconstruct_job(&job, clip, &dir);
-                    reports.extend(
-                        graph::run(&rec, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?,
-                    );
-                }
-                reports.iter().map(Produced::from_report).collect()
+        for (si, &seed) in seeds.iter().enumerate() {
+            // The source prompt gives the source back under any draw: reconstruct once.
+            let reconstruct = si == 0;
+            let mode_started = Instant::now();
+            let name = mode_name(mode);
+            // One seed keeps the folder name earlier runs used (`--rescore` reads them).
+            let run_name = match seed {
+                Some(s) if seeds.len() > 1 => format!("{name}-seed{s}"),
+                _ => name.to_string(),
             };
-            for (edit, report) in clip.edits.iter().zip(&produced) {
-                let out = quality::read_frames(&report.output)?;
-                let expected = clip.expected_after(edit);
-                let cmp = score::compare(&analyser.clip(&out), &expected);
-                let success = cmp.success(edit.kind, edit.target);
-                let misses = cmp.misses(edit.kind, edit.target, MAX_MOTION_PX);
-                rows.push(EditRow {
-                    mode: name,
-                    clip: clip.file.clone(),
-                    kind: edit.kind,
-                    prompt: edit.prompt.clone(),
-                    target: edit.target,
-                    observed: Observed {
-                        background: cmp.background.clone(),
-                        texture: cmp.texture,
-                        object_count: cmp.object_count,
-                        objects: cmp
-                            .objects
-                            .iter()
-                            .map(|o| ObservedObject {
-                                shape: o.shape,
-                                colour: o.colour.clone(),
-                            })
-                            .collect(),
-                    },
-                    success,
-                    // empty exactly when a success with the scene kept (Comparison::misses)
-                    success_and_preserve: misses.is_empty(),
-                    misses,
-                    ghost_frames: cmp.ghost_frames,
-                    frames: cmp.frames,
-                    motion_error_px: cmp.motion_error_px,
-                    offset_px: cmp.mean_offset_px,
-                    flicker: score::flicker(&out, &sources[ci]),
-                    clip_t: report.clip_t,
-                    clip_f: report.clip_f,
-                    output: report.output.display().to_string(),
-                    expected,
-                });
-            }
-            if let Some(r) = produced.get(clip.edits.len()) {
-                reconstructions.push(ReconstructRow {
-                    mode: name,
-                    clip: clip.file.clone(),
-                    psnr_db: r.psnr_db,
-                    output: r.output.display().to_string(),
-                });
-            }
-            let done = &rows[rows.len() - clip.edits.len()..];
-            eprintln!(
-                "ctxd: bench quality [{name}] {}/{n} {}: {} of {} edits succeed, {} keep the scene ({:.1} s)",
+            let dir = work.join(&run_name);
+            std::fs::create_dir_all(&dir)?;
+            let mut run_seed = 0;
+            let first_row = rows.len();
+            let first_rec = reconstructions.len();
+            for (ci, clip) in clips.iter().enumerate() {
+                if clip.edits.is_empty() {
+                    continue;
+                }
+                let t0 = Instant::now();
+                let (mut job, spec) =
+                    clip_job(args, &preset, &bundle, &set, clip, (mode, seed), &dir)?;
+                if !reconstruct {
+                    job.edits.truncate(clip.edits.len());
+                    job.measure_reconstruction = false;
+                }
+                run_seed = job.edits[0].seed;
+                settings.get_or_insert((
+                    spec.edits[0].steps,
+                    spec.edits[0].guidance,
+                    spec.blend,
+                    spec.strength,
+                    spec.deflicker,
+                    spec.inversion,
+                    spec.edits[0].seed,
+                ));
+                let produced = if args.rescore {
+                    saved_outputs(clip, &dir, reconstruct)?
+                } else {
+                    let mut reports =
+                        graph::run(&job, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?;
+                    if reconstruct && job.edits.len() == clip.edits.len() {
+                        // The reconstruction runs at native size in its own job.
+                        let rec = reconstruct_job(&job, clip, &dir);
+                        reports.extend(
+                            graph::run(&rec, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?,
+                        );
+                    }
+                    reports.iter().map(Produced::from_report).collect()
+                };
+                for (edit, report) in clip.edits.iter().zip(&produced) {
+                    let out = quality::read_frames(&report.output)?;
+                    let expected = clip.expected_after(edit);
+                    let cmp = score::compare(&analyser.clip(&out), &expected);
+                    let success = cmp.success(edit.kind, edit.target);
+                    let misses = cmp.misses(edit.kind, edit.target, MAX_MOTION_PX);
+                    rows.push(EditRow {
+                        mode: name,
+                        seed: run_seed,
+                        clip: clip.file.clone(),
+                        kind: edit.kind,
+                        prompt: edit.prompt.clone(),
+                        target: edit.target,
+                        observed: Observed {
+                            background: cmp.background.clone(),
+                            texture: cmp.texture,
+                            object_count: cmp.object_count,
+                            objects: cmp
+                                .objects
+                                .iter()
+                                .map(|o| ObservedObject {
+                                    shape: o.shape,
+                                    colour: o.colour.clone(),
+                                })
+                                .collect(),
+                        },
+                        success,
+                        // empty exactly when a success with the scene kept (Comparison::misses)
+                        success_and_preserve: misses.is_empty(),
+                        misses,
+                        ghost_frames: cmp.ghost_frames,
+                        frames: cmp.frames,
+                        motion_error_px: cmp.motion_error_px,
+                        offset_px: cmp.mean_offset_px,
+                        flicker: score::flicker(&out, &sources[ci]),
+                        clip_t: report.clip_t,
+                        clip_f: report.clip_f,
+                        output: report.output.display().to_string(),
+                        expected,
+                    });
+                }
+                if let Some(r) = produced.get(clip.edits.len()) {
+                    reconstructions.push(ReconstructRow {
+                        mode: name,
+                        seed: run_seed,
+                        clip: clip.file.clone(),
+                        psnr_db: r.psnr_db,
+                        output: r.output.display().to_string(),
+                    });
+                }
+                let done = &rows[rows.len() - clip.edits.len()..];
+                eprintln!(
+                "ctxd: bench quality [{run_name}] {}/{n} {}: {} of {} edits succeed, {} keep the scene ({:.1} s)",
                 ci + 1,
                 clip.file,
                 done.iter().filter(|r| r.success).count(),
@@ -379,33 +420,52 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                 done.iter().filter(|r| r.success_and_preserve).count(),
                 t0.elapsed().as_secs_f64()
             );
-        }
-        let mode_rows: Vec<&EditRow> = rows[first_row..].iter().collect();
-        let mut summaries: Vec<Summary> = EditKind::ALL
-            .iter()
-            .filter(|k| args.runs(**k))
-            .map(|k| {
-                let r: Vec<&EditRow> = mode_rows.iter().copied().filter(|r| r.kind == *k).collect();
-                summarise(k.name(), &r)
-            })
-            .collect();
-        summaries.push(summarise("overall", &mode_rows));
-        let wall_s = mode_started.elapsed().as_secs_f64();
-        modes.push(ModeResult {
-            mode: name,
-            summaries,
-            reconstruction_psnr_db: mean(
-                reconstructions[first_rec..]
-                    .iter()
-                    .filter_map(|r| r.psnr_db),
-            ),
-            wall_s,
-            seconds_per_clip: wall_s / n as f64,
-        });
-        if let Some(sheet_dir) = &args.sheet {
-            write_sheets(sheet_dir, name, &set, clips, &rows[first_row..])?;
+            }
+            let mode_rows: Vec<&EditRow> = rows[first_row..].iter().collect();
+            let mut summaries: Vec<Summary> = EditKind::ALL
+                .iter()
+                .filter(|k| args.runs(**k))
+                .map(|k| {
+                    let r: Vec<&EditRow> =
+                        mode_rows.iter().copied().filter(|r| r.kind == *k).collect();
+                    summarise(k.name(), &r)
+                })
+                .collect();
+            summaries.push(summarise("overall", &mode_rows));
+            let wall_s = mode_started.elapsed().as_secs_f64();
+            modes.push(ModeResult {
+                mode: name,
+                seed: run_seed,
+                summaries,
+                reconstruction_psnr_db: mean(
+                    reconstructions[first_rec..]
+                        .iter()
+                        .filter_map(|r| r.psnr_db),
+                ),
+                wall_s,
+                seconds_per_clip: wall_s / n as f64,
+            });
+            if let Some(sheet_dir) = &args.sheet {
+                write_sheets(sheet_dir, &run_name, &set, clips, &rows[first_row..])?;
+            }
         }
     }
+    let draws: Vec<DrawSummary> = if seeds.len() > 1 {
+        args.context
+            .iter()
+            .flat_map(|&m| {
+                let kinds: Vec<EditKind> = EditKind::ALL
+                    .into_iter()
+                    .filter(|k| args.runs(*k))
+                    .collect();
+                let name = mode_name(m);
+                let mode_rows: Vec<&EditRow> = rows.iter().filter(|r| r.mode == name).collect();
+                draws(name, &kinds, &mode_rows)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     let (steps, guidance, blend, strength, deflicker, inversion, seed) =
         settings.unwrap_or((0, 0.0, 0.0, 1.0, 0.0, Inversion::Ddim, 0));
@@ -420,11 +480,13 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
         strength,
         inversion,
         seed,
+        seeds: args.seed.clone(),
         kinds: args.kinds.clone(),
         edit_settings: per_kind::by_name(&args.edit),
         deflicker,
         analyser_exact_sources: exact,
         modes,
+        draws,
         rows,
         reconstructions,
         wall_s: started.elapsed().as_secs_f64(),
@@ -437,8 +499,8 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
             result.preset,
             steps,
             inversion,
-            if seed != 0 {
-                format!(", seed {seed}")
+            if m.seed != 0 || seeds.len() > 1 {
+                format!(", seed {}", m.seed)
             } else {
                 String::new()
             },
@@ -476,10 +538,25 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
              each row's `misses` in --json):\n\n{}",
             misses_table(m)
         );
-        println!(
-            "\nReconstruction PSNR (source prompt, guidance 1, native size): {} dB, mean of {n} clips.",
-            fmt_opt(m.reconstruction_psnr_db, 2)
-        );
+        if m.reconstruction_psnr_db.is_some() {
+            println!(
+                "\nReconstruction PSNR (source prompt, guidance 1, native size): {} dB, mean of {n} clips.",
+                fmt_opt(m.reconstruction_psnr_db, 2)
+            );
+        } else {
+            println!("\nReconstruction: run under the first seed only (the source prompt gives the source back under any draw).");
+        }
+    }
+    for m in &args.context {
+        let name = mode_name(*m);
+        let d: Vec<&DrawSummary> = result.draws.iter().filter(|d| d.mode == name).collect();
+        if !d.is_empty() {
+            print!(
+                "\n### context = {name}: success + preserve under each of {} draws of the inversion's noise\n\n{}",
+                seeds.len(),
+                draws_table(&d)
+            );
+        }
     }
     println!(
         "\nAnalyser check: {exact}/{n} held-out sources read exactly as labelled. Total {:.1} min.",
@@ -513,14 +590,14 @@ impl Produced {
 }
 
 /// The outputs of an earlier run in `dir` (`--rescore`), with the figures of the JSON report
-/// beside each: the edits in the held-out order, then the reconstruction.
-fn saved_outputs(clip: &HeldoutClip, dir: &Path) -> Result<Vec<Produced>> {
+/// beside each: the edits in the held-out order, then (`reconstruct`) the reconstruction.
+fn saved_outputs(clip: &HeldoutClip, dir: &Path, reconstruct: bool) -> Result<Vec<Produced>> {
     let stem = stem_of(clip);
     let names = clip
         .edits
         .iter()
         .map(|e| e.kind.name())
-        .chain(std::iter::once("reconstruct"));
+        .chain(reconstruct.then_some("reconstruct"));
     let mut out = Vec::new();
     for name in names {
         let output = spec::output_path(dir, &stem, name, "mp4");
@@ -546,7 +623,8 @@ fn saved_outputs(clip: &HeldoutClip, dir: &Path) -> Result<Vec<Produced>> {
     Ok(out)
 }
 
-/// The job for one clip: its three edits (named after their kind) under `mode`, plus the
+/// The job for one clip: its three edits (named after their kind) under `mode` and `seed`
+/// (None: the preset's), plus the
 /// reconstruction when the preset works at native size (then it shares the inversion).
 fn clip_job(
     args: &QualityBenchArgs,
@@ -554,7 +632,7 @@ fn clip_job(
     bundle: &Path,
     set: &Heldout,
     clip: &HeldoutClip,
-    mode: ContextMode,
+    (mode, seed): (ContextMode, Option<u64>),
     dir: &Path,
 ) -> Result<(EditJob, JobSpec)> {
     let cli = CliOverrides {
@@ -562,7 +640,7 @@ fn clip_job(
         prompts: clip.edits.iter().map(|e| e.prompt.clone()).collect(),
         guidance: args.guidance,
         steps: args.steps,
-        seed: args.seed,
+        seed,
         strength: args.strength,
         deflicker: args.deflicker,
         context: Some(mode),
@@ -690,4 +768,8 @@ fn write_sheets(
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+fn fewer_than_two(v: &[u64]) -> bool {
+    v.len() < 2
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::EditRow;
+use crate::quality::heldout::EditKind;
 use crate::quality::score::Miss;
 
 /// A table row: one edit kind (or all) under one mode.
@@ -34,11 +35,109 @@ pub(super) struct Summary {
 #[derive(Debug, Serialize)]
 pub(super) struct ModeResult {
     pub(super) mode: &'static str,
+    pub(super) seed: u64,
     pub(super) summaries: Vec<Summary>,
     /// Mean over clips.
     pub(super) reconstruction_psnr_db: Option<f64>,
     pub(super) wall_s: f64,
     pub(super) seconds_per_clip: f64,
+}
+
+/// One kind of edit (or all) under one context mode, over several draws of the inversion's
+/// noise (`--seed 0,1,2`).
+#[derive(Debug, Serialize)]
+pub(super) struct DrawSummary {
+    pub(super) mode: &'static str,
+    pub(super) kind: String,
+    /// Edits per draw.
+    pub(super) n: usize,
+    /// (seed, success + preserve) per draw, in the order run.
+    pub(super) per_seed: Vec<(u64, f64)>,
+    pub(super) mean: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
+    /// Edits (clip and kind) that keep the scene under every draw, and under at least one.
+    pub(super) kept_under_every_draw: usize,
+    pub(super) kept_under_some_draw: usize,
+}
+
+/// Each kind's (then all kinds') success + preserve under each seed among `rows` (one mode's).
+pub(super) fn draws(mode: &'static str, kinds: &[EditKind], rows: &[&EditRow]) -> Vec<DrawSummary> {
+    let mut seeds: Vec<u64> = Vec::new();
+    for r in rows {
+        if !seeds.contains(&r.seed) {
+            seeds.push(r.seed);
+        }
+    }
+    let one = |kind: String, rows: Vec<&EditRow>| {
+        let per_seed: Vec<(u64, f64)> = seeds
+            .iter()
+            .map(|&s| {
+                let of: Vec<&&EditRow> = rows.iter().filter(|r| r.seed == s).collect();
+                let kept = of.iter().filter(|r| r.success_and_preserve).count();
+                (s, kept as f64 / of.len().max(1) as f64)
+            })
+            .collect();
+        // per edit (clip, kind): under how many draws it kept the scene
+        let mut kept: BTreeMap<(&str, EditKind), usize> = BTreeMap::new();
+        for r in &rows {
+            *kept.entry((r.clip.as_str(), r.kind)).or_default() +=
+                usize::from(r.success_and_preserve);
+        }
+        let rates = per_seed.iter().map(|p| p.1);
+        DrawSummary {
+            mode,
+            kind,
+            n: kept.len(),
+            mean: mean(rates.clone()).unwrap_or(0.0),
+            min: rates.clone().fold(f64::INFINITY, f64::min),
+            max: rates.fold(f64::NEG_INFINITY, f64::max),
+            per_seed,
+            kept_under_every_draw: kept.values().filter(|k| **k == seeds.len()).count(),
+            kept_under_some_draw: kept.values().filter(|k| **k > 0).count(),
+        }
+    };
+    let mut out: Vec<DrawSummary> = kinds
+        .iter()
+        .map(|k| {
+            one(
+                k.name().to_string(),
+                rows.iter().copied().filter(|r| r.kind == *k).collect(),
+            )
+        })
+        .collect();
+    out.push(one("overall".into(), rows.to_vec()));
+    out
+}
+
+/// The markdown table of `draws` (one mode's).
+pub(super) fn draws_table(d: &[&DrawSummary]) -> String {
+    let Some(first) = d.first() else {
+        return String::new();
+    };
+    let seeds: Vec<u64> = first.per_seed.iter().map(|p| p.0).collect();
+    let mut s = String::from("| edit | n |");
+    for seed in &seeds {
+        s.push_str(&format!(" seed {seed} |"));
+    }
+    s.push_str(" mean | min – max | kept under every draw | under at least one |\n|---|---:|");
+    s.push_str(&"---:|".repeat(seeds.len() + 4));
+    s.push('\n');
+    for r in d {
+        s.push_str(&format!("| {} | {} |", r.kind, r.n));
+        for (_, v) in &r.per_seed {
+            s.push_str(&format!(" {:.1} % |", 100.0 * v));
+        }
+        s.push_str(&format!(
+            " {:.1} % | {:.1} – {:.1} % | {:.1} % | {:.1} % |\n",
+            100.0 * r.mean,
+            100.0 * r.min,
+            100.0 * r.max,
+            100.0 * r.kept_under_every_draw as f64 / r.n.max(1) as f64,
+            100.0 * r.kept_under_some_draw as f64 / r.n.max(1) as f64,
+        ));
+    }
+    s
 }
 
 pub(super) fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
