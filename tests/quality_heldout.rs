@@ -290,12 +290,12 @@ fn bench_quality_runs_each_seed_as_a_draw_and_tables_them_together() {
         shape["kept_under_some_draw"],
         u64::from(kept.iter().any(|k| *k))
     );
-    // a seed named twice is refused
+    // a seed named twice is a usage error
     let (code, err) = crate::util::run_err(
         crate::util::ctxd()
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["bench", "quality", "--limit", "1", "--seed", "2,2"]),
     );
-    assert_ne!(code, 0, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("2 is named twice"), "{err}");
 }

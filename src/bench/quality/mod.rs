@@ -299,11 +299,7 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     let mut reconstructions = Vec::new();
     let mut modes = Vec::new();
     let mut settings = None;
-    let mut seen = std::collections::BTreeSet::new();
-    if let Some(s) = args.seed.iter().find(|s| !seen.insert(**s)) {
-        bail!("--seed: {s} is named twice");
-    }
-    // None: the preset's seed
+    // None: the preset's seed (the CLI refuses a seed named twice)
     let seeds: Vec<Option<u64>> = if args.seed.is_empty() {
         vec![None]
     } else {
