@@ -653,15 +653,12 @@ fn run(command: Command) -> Result<(), Failure> {
             BenchCommand::Stream(args) => crate::bench::stream(&args).map_err(Failure::Job),
             BenchCommand::Watch(args) => crate::bench::watch(&args).map_err(Failure::Job),
             BenchCommand::Batch(args) => crate::bench::batch(&args).map_err(Failure::Job),
-            BenchCommand::Quality(args) => {
-                let mut seen = std::collections::BTreeSet::new();
-                if let Some(s) = args.seed.iter().find(|s| !seen.insert(**s)) {
-                    return Err(Failure::Usage(anyhow::anyhow!(
-                        "--seed: {s} is named twice"
-                    )));
-                }
-                crate::bench::quality(&args).map_err(Failure::Job)
-            }
+            BenchCommand::Quality(args) => match args.repeated_seed() {
+                Some(s) => Err(Failure::Usage(anyhow::anyhow!(
+                    "--seed: {s} is named twice"
+                ))),
+                None => crate::bench::quality(&args).map_err(Failure::Job),
+            },
             BenchCommand::Soak(args) => crate::bench::soak(&args).map_err(Failure::Job),
             BenchCommand::Chaos(args) => crate::bench::chaos(&args).map_err(Failure::Job),
             BenchCommand::Cluster(args) => crate::bench::cluster(&args).map_err(Failure::Job),

@@ -64,22 +64,35 @@ def test_mixed_pair_rows_lie_between_source_and_target_and_still_aim_at_the_targ
     assert torch.allclose(abar.sqrt() * xt - (1 - abar).sqrt() * v, tgt, atol=1e-5)
 
 
+def _tiny_and_latents(n: int):
+    """(models/tiny's path, its reference Bundle, its schedule, n seeded latents of 2 frames 8 x 8)."""
+    import os
+
+    from models.reference import sampler as ref
+
+    tiny = os.path.join(os.path.dirname(ref.__file__), "..", "tiny")
+    b = ref.Bundle(tiny)
+    g = torch.Generator().manual_seed(0)
+    return tiny, b, b.schedule(), torch.randn(n, int(b.toml["latent"]["channels"]), 2, 8, 8, generator=g)
+
+
+def _noised(sch, x0: np.ndarray, eps: torch.Tensor, t: int, r: np.ndarray) -> np.ndarray:
+    """sqrt(abar_t) x0 + sqrt(1 - abar_t) eps + k_t r: the latent training makes of eps at t."""
+    import math
+
+    a = sch.abar_of(t)
+    return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps.double().numpy() + sch.k_at(t) * r
+
+
 def test_inversion_noise_rebuilds_each_rows_inverted_latent():
     """inverted.inversion_noise (--paired-inverted): per row, sqrt(abar) x0 + sqrt(1 - abar) eps
     plus the context shift is the latent the reference DDIM inversion reaches under that row's
     own caption, at every timestep >= t_from it visits (rows with different captions in one
     batch, a batch split across calls)."""
-    import math
-    import os
-
     from models.reference import sampler as ref
     from models.train.inverted import inversion_noise
 
-    tiny = os.path.join(os.path.dirname(ref.__file__), "..", "tiny")
-    b = ref.Bundle(tiny)
-    sch = b.schedule()
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(3, int(b.toml["latent"]["channels"]), 2, 8, 8, generator=g)
+    tiny, b, sch, x0 = _tiny_and_latents(3)
     caps = ["a red circle on a gray background", "a blue square on a white background",
             "a red circle on a gray background"]
     ts, eps = inversion_noise(tiny, x0, caps, steps=5, t_from=300, batch=2, threads=1, log=lambda m: None)
@@ -90,8 +103,7 @@ def test_inversion_noise_rebuilds_each_rows_inverted_latent():
         traj = ref.ddim_invert(b, x, x, cap, steps=5)
         r = b.adapter(x, b.text_states(cap), 0)
         for s, t in enumerate(ts.tolist()):
-            a = sch.abar_of(t)
-            rebuilt = math.sqrt(a) * x + math.sqrt(1 - a) * eps[row:row + 1, s].double().numpy() + sch.k_at(t) * r
+            rebuilt = _noised(sch, x, eps[row:row + 1, s], t, r)
             assert np.abs(rebuilt - traj[asc.index(t) + 1]).max() < 5e-3, (cap, t)
     # the two rows with one caption and different latents hold different noise
     assert not torch.equal(eps[0], eps[2])
@@ -102,17 +114,10 @@ def test_edit_noise_rebuilds_the_latents_each_rows_edit_visits():
     plus the context shift is the latent the reference edit-friendly edit towards the row's
     target caption holds at each of its steps, at its kind's strength (rows of different kinds,
     a kind split across batches); steps past a row's own count are left zero."""
-    import math
-    import os
-
     from models.reference import sampler as ref
     from models.train import edited
 
-    tiny = os.path.join(os.path.dirname(ref.__file__), "..", "tiny")
-    b = ref.Bundle(tiny)
-    sch = b.schedule()
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(4, int(b.toml["latent"]["channels"]), 2, 8, 8, generator=g)
+    tiny, b, sch, x0 = _tiny_and_latents(4)
     src = ["a red circle on a gray background", "a blue square on a white background",
            "a red circle on a gray background", "a green diamond on a black background"]
     tgt = ["a red square on a gray background", "a yellow square on a white background",
@@ -133,8 +138,7 @@ def test_edit_noise_rebuilds_the_latents_each_rows_edit_visits():
         r = b.adapter(x, b.text_states(tgt[row]), 0)
         assert ts[row, :k].tolist() == steps
         for s, t in enumerate(steps):
-            a = sch.abar_of(t)
-            rebuilt = math.sqrt(a) * x + math.sqrt(1 - a) * eps[row:row + 1, s].double().numpy() + sch.k_at(t) * r
+            rebuilt = _noised(sch, x, eps[row:row + 1, s], t, r)
             assert np.abs(rebuilt - traj[s]).max() < 5e-3, (row, t)
         assert not eps[row, k:].any() and not ts[row, k:].any()
     # the edit moves off the forward process: the last step's noise is not the first's

@@ -117,6 +117,12 @@ impl QualityBenchArgs {
     fn runs(&self, kind: EditKind) -> bool {
         self.kinds.is_empty() || self.kinds.contains(&kind)
     }
+
+    /// A seed `--seed` names twice (refused: its draw would run twice into one folder).
+    pub fn repeated_seed(&self) -> Option<u64> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.seed.iter().copied().find(|s| !seen.insert(*s))
+    }
 }
 
 fn parse_context(s: &str) -> Result<ContextMode, String> {
@@ -305,109 +311,112 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
     } else {
         args.seed.iter().copied().map(Some).collect()
     };
-    for &mode in &args.context {
-        for (si, &seed) in seeds.iter().enumerate() {
-            // The source prompt gives the source back under any draw: reconstruct once.
-            let reconstruct = si == 0;
-            let mode_started = Instant::now();
-            let name = mode_name(mode);
-            // One seed keeps the folder name earlier runs used (`--rescore` reads them).
-            let run_name = match seed {
-                Some(s) if seeds.len() > 1 => format!("{name}-seed{s}"),
-                _ => name.to_string(),
+    // Every (context mode, seed) pair is one run over the clips.
+    for (mode, si, seed) in args
+        .context
+        .iter()
+        .flat_map(|&m| seeds.iter().enumerate().map(move |(si, &s)| (m, si, s)))
+    {
+        // The source prompt gives the source back under any draw: reconstruct once.
+        let reconstruct = si == 0;
+        let mode_started = Instant::now();
+        let name = mode_name(mode);
+        // One seed keeps the folder name earlier runs used (`--rescore` reads them).
+        let run_name = match seed {
+            Some(s) if seeds.len() > 1 => format!("{name}-seed{s}"),
+            _ => name.to_string(),
+        };
+        let dir = work.join(&run_name);
+        std::fs::create_dir_all(&dir)?;
+        let mut run_seed = 0;
+        let first_row = rows.len();
+        let first_rec = reconstructions.len();
+        for (ci, clip) in clips.iter().enumerate() {
+            if clip.edits.is_empty() {
+                continue;
+            }
+            let t0 = Instant::now();
+            let (mut job, spec) = clip_job(args, &preset, &bundle, &set, clip, (mode, seed), &dir)?;
+            if !reconstruct {
+                job.edits.truncate(clip.edits.len());
+                job.measure_reconstruction = false;
+            }
+            run_seed = job.edits[0].seed;
+            settings.get_or_insert((
+                spec.edits[0].steps,
+                spec.edits[0].guidance,
+                spec.blend,
+                spec.strength,
+                spec.deflicker,
+                spec.inversion,
+                spec.edits[0].seed,
+            ));
+            let produced = if args.rescore {
+                saved_outputs(clip, &dir, reconstruct)?
+            } else {
+                let mut reports =
+                    graph::run(&job, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?;
+                if reconstruct && job.edits.len() == clip.edits.len() {
+                    // The reconstruction runs at native size in its own job.
+                    let rec = reconstruct_job(&job, clip, &dir);
+                    reports.extend(
+                        graph::run(&rec, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?,
+                    );
+                }
+                reports.iter().map(Produced::from_report).collect()
             };
-            let dir = work.join(&run_name);
-            std::fs::create_dir_all(&dir)?;
-            let mut run_seed = 0;
-            let first_row = rows.len();
-            let first_rec = reconstructions.len();
-            for (ci, clip) in clips.iter().enumerate() {
-                if clip.edits.is_empty() {
-                    continue;
-                }
-                let t0 = Instant::now();
-                let (mut job, spec) =
-                    clip_job(args, &preset, &bundle, &set, clip, (mode, seed), &dir)?;
-                if !reconstruct {
-                    job.edits.truncate(clip.edits.len());
-                    job.measure_reconstruction = false;
-                }
-                run_seed = job.edits[0].seed;
-                settings.get_or_insert((
-                    spec.edits[0].steps,
-                    spec.edits[0].guidance,
-                    spec.blend,
-                    spec.strength,
-                    spec.deflicker,
-                    spec.inversion,
-                    spec.edits[0].seed,
-                ));
-                let produced = if args.rescore {
-                    saved_outputs(clip, &dir, reconstruct)?
-                } else {
-                    let mut reports =
-                        graph::run(&job, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?;
-                    if reconstruct && job.edits.len() == clip.edits.len() {
-                        // The reconstruction runs at native size in its own job.
-                        let rec = reconstruct_job(&job, clip, &dir);
-                        reports.extend(
-                            graph::run(&rec, &|_| {}).map_err(|e| anyhow!("{}: {e}", clip.file))?,
-                        );
-                    }
-                    reports.iter().map(Produced::from_report).collect()
-                };
-                for (edit, report) in clip.edits.iter().zip(&produced) {
-                    let out = quality::read_frames(&report.output)?;
-                    let expected = clip.expected_after(edit);
-                    let cmp = score::compare(&analyser.clip(&out), &expected);
-                    let success = cmp.success(edit.kind, edit.target);
-                    let misses = cmp.misses(edit.kind, edit.target, MAX_MOTION_PX);
-                    rows.push(EditRow {
-                        mode: name,
-                        seed: run_seed,
-                        clip: clip.file.clone(),
-                        kind: edit.kind,
-                        prompt: edit.prompt.clone(),
-                        target: edit.target,
-                        observed: Observed {
-                            background: cmp.background.clone(),
-                            texture: cmp.texture,
-                            object_count: cmp.object_count,
-                            objects: cmp
-                                .objects
-                                .iter()
-                                .map(|o| ObservedObject {
-                                    shape: o.shape,
-                                    colour: o.colour.clone(),
-                                })
-                                .collect(),
-                        },
-                        success,
-                        // empty exactly when a success with the scene kept (Comparison::misses)
-                        success_and_preserve: misses.is_empty(),
-                        misses,
-                        ghost_frames: cmp.ghost_frames,
-                        frames: cmp.frames,
-                        motion_error_px: cmp.motion_error_px,
-                        offset_px: cmp.mean_offset_px,
-                        flicker: score::flicker(&out, &sources[ci]),
-                        clip_t: report.clip_t,
-                        clip_f: report.clip_f,
-                        output: report.output.display().to_string(),
-                        expected,
-                    });
-                }
-                if let Some(r) = produced.get(clip.edits.len()) {
-                    reconstructions.push(ReconstructRow {
-                        mode: name,
-                        seed: run_seed,
-                        clip: clip.file.clone(),
-                        psnr_db: r.psnr_db,
-                        output: r.output.display().to_string(),
-                    });
-                }
-                let done = &rows[rows.len() - clip.edits.len()..];
-                eprintln!(
+            for (edit, report) in clip.edits.iter().zip(&produced) {
+                let out = quality::read_frames(&report.output)?;
+                let expected = clip.expected_after(edit);
+                let cmp = score::compare(&analyser.clip(&out), &expected);
+                let success = cmp.success(edit.kind, edit.target);
+                let misses = cmp.misses(edit.kind, edit.target, MAX_MOTION_PX);
+                rows.push(EditRow {
+                    mode: name,
+                    seed: run_seed,
+                    clip: clip.file.clone(),
+                    kind: edit.kind,
+                    prompt: edit.prompt.clone(),
+                    target: edit.target,
+                    observed: Observed {
+                        background: cmp.background.clone(),
+                        texture: cmp.texture,
+                        object_count: cmp.object_count,
+                        objects: cmp
+                            .objects
+                            .iter()
+                            .map(|o| ObservedObject {
+                                shape: o.shape,
+                                colour: o.colour.clone(),
+                            })
+                            .collect(),
+                    },
+                    success,
+                    // empty exactly when a success with the scene kept (Comparison::misses)
+                    success_and_preserve: misses.is_empty(),
+                    misses,
+                    ghost_frames: cmp.ghost_frames,
+                    frames: cmp.frames,
+                    motion_error_px: cmp.motion_error_px,
+                    offset_px: cmp.mean_offset_px,
+                    flicker: score::flicker(&out, &sources[ci]),
+                    clip_t: report.clip_t,
+                    clip_f: report.clip_f,
+                    output: report.output.display().to_string(),
+                    expected,
+                });
+            }
+            if let Some(r) = produced.get(clip.edits.len()) {
+                reconstructions.push(ReconstructRow {
+                    mode: name,
+                    seed: run_seed,
+                    clip: clip.file.clone(),
+                    psnr_db: r.psnr_db,
+                    output: r.output.display().to_string(),
+                });
+            }
+            let done = &rows[rows.len() - clip.edits.len()..];
+            eprintln!(
                 "ctxd: bench quality [{run_name}] {}/{n} {}: {} of {} edits succeed, {} keep the scene ({:.1} s)",
                 ci + 1,
                 clip.file,
@@ -416,34 +425,32 @@ pub fn quality(args: &QualityBenchArgs) -> Result<()> {
                 done.iter().filter(|r| r.success_and_preserve).count(),
                 t0.elapsed().as_secs_f64()
             );
-            }
-            let mode_rows: Vec<&EditRow> = rows[first_row..].iter().collect();
-            let mut summaries: Vec<Summary> = EditKind::ALL
-                .iter()
-                .filter(|k| args.runs(**k))
-                .map(|k| {
-                    let r: Vec<&EditRow> =
-                        mode_rows.iter().copied().filter(|r| r.kind == *k).collect();
-                    summarise(k.name(), &r)
-                })
-                .collect();
-            summaries.push(summarise("overall", &mode_rows));
-            let wall_s = mode_started.elapsed().as_secs_f64();
-            modes.push(ModeResult {
-                mode: name,
-                seed: run_seed,
-                summaries,
-                reconstruction_psnr_db: mean(
-                    reconstructions[first_rec..]
-                        .iter()
-                        .filter_map(|r| r.psnr_db),
-                ),
-                wall_s,
-                seconds_per_clip: wall_s / n as f64,
-            });
-            if let Some(sheet_dir) = &args.sheet {
-                write_sheets(sheet_dir, &run_name, &set, clips, &rows[first_row..])?;
-            }
+        }
+        let mode_rows: Vec<&EditRow> = rows[first_row..].iter().collect();
+        let mut summaries: Vec<Summary> = EditKind::ALL
+            .iter()
+            .filter(|k| args.runs(**k))
+            .map(|k| {
+                let r: Vec<&EditRow> = mode_rows.iter().copied().filter(|r| r.kind == *k).collect();
+                summarise(k.name(), &r)
+            })
+            .collect();
+        summaries.push(summarise("overall", &mode_rows));
+        let wall_s = mode_started.elapsed().as_secs_f64();
+        modes.push(ModeResult {
+            mode: name,
+            seed: run_seed,
+            summaries,
+            reconstruction_psnr_db: mean(
+                reconstructions[first_rec..]
+                    .iter()
+                    .filter_map(|r| r.psnr_db),
+            ),
+            wall_s,
+            seconds_per_clip: wall_s / n as f64,
+        });
+        if let Some(sheet_dir) = &args.sheet {
+            write_sheets(sheet_dir, &run_name, &set, clips, &rows[first_row..])?;
         }
     }
     let draws: Vec<DrawSummary> = if seeds.len() > 1 {
