@@ -38,6 +38,7 @@ pub fn job(
                 blend: true,
                 strength: None,
                 blend_threshold: None,
+                layout: None,
             })
             .collect(),
         steps,

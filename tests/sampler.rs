@@ -117,6 +117,7 @@ fn run_with(
         eta,
         x0_source: Some(x0),
         keep_trajectory: true,
+        layout: None,
     };
     let models = Models {
         unet: &mut l.unet,
@@ -606,6 +607,7 @@ fn seeded_runs_are_bit_identical_across_runs_and_threads() {
                 eta: 0.7,
                 x0_source: Some(&x0),
                 keep_trajectory: false,
+                layout: None,
             },
             Models {
                 unet: &mut t.unet,
@@ -642,6 +644,7 @@ fn a_callback_can_cancel() {
             eta: 0.0,
             x0_source: None,
             keep_trajectory: false,
+            layout: None,
         },
         Models {
             unet: &mut o.unet,

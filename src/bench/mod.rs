@@ -210,6 +210,7 @@ pub fn sampler(args: &SamplerBenchArgs) -> Result<()> {
             eta: 0.0,
             x0_source: Some(&x0),
             keep_trajectory: false,
+            layout: None,
         },
         Models {
             unet: &mut unet,
@@ -456,6 +457,7 @@ pub(crate) fn edit_job(
             blend: true,
             strength: None,
             blend_threshold: None,
+            layout: None,
         }],
         steps,
         eta: 0.0,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::diffusion::LayoutHold;
 use crate::pipeline::job::EditTarget;
 use crate::quality::EditKind;
 
@@ -21,6 +22,9 @@ pub struct KindSettings {
     pub blend: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f32>,
+    /// `layout=FROM:UNTIL`: the edit's layout hold (`diffusion::layout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutHold>,
     /// `negative=source`: the clip's own caption is the edit's negative prompt, so guidance
     /// pushes away from what the source shows rather than from the unconditional image.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -35,7 +39,8 @@ pub fn parse_kind(s: &str) -> Result<EditKind, String> {
         .ok_or_else(|| format!("'{s}' is not an edit kind (colour, shape, background)"))
 }
 
-/// Parses `colour:strength=0.9,blend=0.3` (keys strength, blend, guidance; `negative=source`).
+/// Parses `colour:strength=0.9,blend=0.3` (keys strength, blend, guidance; `negative=source`;
+/// `layout=FROM:UNTIL`).
 pub fn parse(s: &str) -> Result<KindSettings, String> {
     let (kind, rest) = s.split_once(':').ok_or_else(|| {
         format!("'{s}': expected KIND:KEY=VALUE[,KEY=VALUE...], e.g. background:strength=0.6")
@@ -55,6 +60,10 @@ pub fn parse(s: &str) -> Result<KindSettings, String> {
             out.negative_source = true;
             continue;
         }
+        if key.trim() == "layout" {
+            out.layout = Some(value.trim().parse::<LayoutHold>()?);
+            continue;
+        }
         let v: f64 = value
             .trim()
             .parse()
@@ -68,7 +77,7 @@ pub fn parse(s: &str) -> Result<KindSettings, String> {
             }
             k => {
                 return Err(format!(
-                    "'{k}' is not a per-edit key (strength, blend, guidance, negative)"
+                    "'{k}' is not a per-edit key (strength, blend, guidance, layout, negative)"
                 ))
             }
         }
@@ -83,6 +92,7 @@ pub fn for_kind(all: &[KindSettings], kind: EditKind) -> KindSettings {
         out.strength = k.strength.or(out.strength);
         out.blend = k.blend.or(out.blend);
         out.guidance = k.guidance.or(out.guidance);
+        out.layout = k.layout.or(out.layout);
         out.negative_source |= k.negative_source;
     }
     out
@@ -96,6 +106,7 @@ impl KindSettings {
             strength: None,
             blend: None,
             guidance: None,
+            layout: None,
             negative_source: false,
         }
     }
@@ -114,12 +125,16 @@ impl KindSettings {
         if let Some(g) = self.guidance {
             target.guidance = g;
         }
+        if let Some(h) = self.layout {
+            target.layout = Some(h);
+        }
     }
 
     fn is_empty(&self) -> bool {
         self.strength.is_none()
             && self.blend.is_none()
             && self.guidance.is_none()
+            && self.layout.is_none()
             && !self.negative_source
     }
 
@@ -134,6 +149,9 @@ impl KindSettings {
         }
         if let Some(g) = self.guidance {
             parts.push(format!("guidance {g}"));
+        }
+        if let Some(h) = self.layout {
+            parts.push(format!("layout held from {} until {}", h.from, h.until));
         }
         if self.negative_source {
             parts.push("negative: the source caption".to_string());
@@ -159,6 +177,15 @@ mod tests {
     fn parses_merges_and_refuses() {
         let a = parse("background:strength=0.6").unwrap();
         let b = parse("background: blend=0.3 , guidance=3").unwrap();
+        let s = parse("shape:strength=0.8,layout=0.6:0.7").unwrap();
+        assert_eq!(
+            s.layout,
+            Some(LayoutHold {
+                from: 0.6,
+                until: 0.7
+            })
+        );
+        assert_eq!(s.describe(), "strength 0.8, layout held from 0.6 until 0.7");
         assert!(parse("sky:blend=0.3")
             .unwrap_err()
             .contains("not an edit kind"));
@@ -178,6 +205,8 @@ mod tests {
             "shape:strength=1.5",
             "shape:blend=2",
             "shape:steps=3",
+            "shape:layout=0.7:0.6",
+            "shape:layout=0.6",
             "shape:strength",
             "shape",
             "shape:strength=x",
@@ -205,6 +234,7 @@ mod tests {
             blend: false,
             strength: None,
             blend_threshold: None,
+            layout: None,
         };
         s.apply(&mut t, "a red square");
         assert_eq!(

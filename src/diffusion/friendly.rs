@@ -17,6 +17,7 @@ use std::ops::ControlFlow;
 use ndarray::{ArrayViewMut5, Zip};
 
 use super::context::ContextMode;
+use super::layout::LayoutHold;
 use super::noise::NoiseSource;
 use super::sampler::{check_shape, sample, Conditioning, Latent, Models, RunConfig, StepInfo};
 use super::DiffusionError;
@@ -237,6 +238,68 @@ pub fn invert_friendly(
     })
 }
 
+/// The residuals an edit with a layout hold adds (`layout` module): the inversion's, with
+/// those of the held steps computed again under the same hold (the source prompt's estimate
+/// there replaced by its view's), so that the source prompt still gives the source back
+/// exactly and another prompt adds only the change it makes to the view's estimate. `run`
+/// and `cond` are the inversion's (its whole schedule and the source prompt); `trajectory`
+/// and `residuals` what it kept. Two UNet calls per held step.
+///
+/// # Errors
+/// The `x0_pred` context (whose per-step context this cannot replay), shapes that do not
+/// fit the schedule, or a failing network.
+pub fn held_residuals(
+    run: RunConfig,
+    mut models: Models,
+    trajectory: &[Latent],
+    residuals: &[Latent],
+    cond: &Conditioning,
+    hold: LayoutHold,
+) -> Result<Vec<Latent>, DiffusionError> {
+    if run.context.active() && run.context.mode == ContextMode::X0Pred {
+        return Err(DiffusionError::Config(
+            "a layout hold runs with context source or off, not x0_pred".into(),
+        ));
+    }
+    let sched = run.schedule;
+    let n = sched.timesteps().len();
+    if trajectory.len() != n + 1 || residuals.len() != n {
+        return Err(DiffusionError::Config(format!(
+            "layout hold: an inversion of {n} steps kept {} latents and {} residuals",
+            trajectory.len(),
+            residuals.len()
+        )));
+    }
+    let until = hold.until_t(sched.train_steps());
+    let mut out = residuals.to_vec();
+    for (index, &t) in sched.timesteps().iter().enumerate() {
+        if t <= until {
+            continue;
+        }
+        let step = sched.single_step(index);
+        let one = RunConfig {
+            schedule: &step,
+            eta: 1.0,
+            keep_trajectory: false,
+            layout: Some(hold),
+            ..run
+        };
+        let mean = sample(
+            one,
+            models.reborrow(),
+            &trajectory[n - index],
+            cond,
+            Some(&mut NoNoise),
+            &mut |_| ControlFlow::Continue(()),
+        )?
+        .latent;
+        let mut d = trajectory[n - index - 1].clone();
+        Zip::from(&mut d).and(&mean).for_each(|dv, &m| *dv -= m);
+        out[index] = d;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +369,7 @@ mod tests {
             eta: 0.0,
             x0_source: Some(&x0),
             keep_trajectory: false,
+            layout: None,
         };
         let (mut unet, mut adapter) = (Toy, Half);
         let inv = invert_friendly(
@@ -369,6 +433,104 @@ mod tests {
     fn another_prompt_changes_the_result() {
         let (out, x0) = round_trip(ContextMode::Source, 10, 0.9);
         assert!(max_diff(&out, &x0) > 0.05);
+    }
+
+    /// An eta = 1 run over `run`'s schedule from `start` under prompt `p`, adding `res`.
+    fn edit_with(
+        run: RunConfig,
+        layout: Option<LayoutHold>,
+        models: Models,
+        start: &Latent,
+        p: f32,
+        res: &[Latent],
+    ) -> Latent {
+        let run = RunConfig {
+            eta: 1.0,
+            layout,
+            ..run
+        };
+        sample(
+            run,
+            models,
+            start,
+            &prompt(p),
+            Some(&mut Residuals(res)),
+            &mut no_progress,
+        )
+        .unwrap()
+        .latent
+    }
+
+    #[test]
+    fn a_layout_hold_keeps_the_source_prompt_exact_and_moves_another_prompts_edit() {
+        let s = schedule();
+        let x0 = x0();
+        let run = RunConfig {
+            schedule: &s,
+            context: context(ContextMode::Source),
+            eta: 0.0,
+            x0_source: Some(&x0),
+            keep_trajectory: false,
+            layout: None,
+        };
+        let (mut unet, mut adapter) = (Toy, Half);
+        let mut models = Models {
+            unet: &mut unet,
+            adapter: Some(&mut adapter),
+        };
+        let source = prompt(0.2);
+        let inv = invert_friendly(
+            run,
+            models.reborrow(),
+            &x0,
+            &source,
+            &mut SeededNoise::new(3),
+            &mut no_progress,
+        )
+        .unwrap();
+        let hold = LayoutHold {
+            from: 0.3,
+            until: 0.6,
+        };
+        let held = held_residuals(
+            run,
+            models.reborrow(),
+            &inv.trajectory,
+            &inv.residuals,
+            &source,
+            hold,
+        )
+        .unwrap();
+        // Only the steps above 600 are replayed (10 trailing steps: 999, 899, ..., 699 held).
+        let until = hold.until_t(1000);
+        for (i, &t) in s.timesteps().iter().enumerate() {
+            let changed = max_diff(&held[i], &inv.residuals[i]) > 1e-6;
+            assert_eq!(changed, t > until, "step {i} at t = {t}");
+        }
+        let start = &inv.trajectory[10];
+        let mut edit = |p: f32, layout: Option<LayoutHold>, res: &[Latent]| -> Latent {
+            edit_with(run, layout, models.reborrow(), start, p, res)
+        };
+        assert!(max_diff(&edit(0.2, Some(hold), &held), &x0) < 1e-5);
+        let (with, without) = (
+            edit(0.9, Some(hold), &held),
+            edit(0.9, None, &inv.residuals),
+        );
+        assert!(max_diff(&with, &without) > 1e-3);
+        // x0_pred's per-step context cannot be replayed: refused.
+        let x0_pred = RunConfig {
+            context: context(ContextMode::X0Pred),
+            ..run
+        };
+        let refused = held_residuals(
+            x0_pred,
+            models.reborrow(),
+            &inv.trajectory,
+            &inv.residuals,
+            &source,
+            hold,
+        );
+        assert!(matches!(refused, Err(DiffusionError::Config(_))));
     }
 
     #[test]

@@ -216,6 +216,7 @@ mod tests {
                 eta: 0.5,
                 x0_source: None,
                 keep_trajectory: false,
+                layout: None,
             };
             let models = Models {
                 unet: &mut net,

@@ -11,6 +11,7 @@
 //! - `pool`: latent buffers reused across windows, per thread
 //! - `friendly`: edit-friendly DDPM inversion (per-step residuals that keep the layout)
 //! - `blend`: local blending (edit where the prompts disagree, keep the source elsewhere)
+//! - `layout`: layout hold (an edit's noisiest steps take a less noisy view's x0 estimate)
 //! - `latent_io`: saving and loading inverted latents
 
 /// Runs an ndarray `Zip` over the cores when it is large enough to pay for the hand-off, else
@@ -36,6 +37,7 @@ pub mod context;
 pub mod friendly;
 mod guide;
 pub mod latent_io;
+pub mod layout;
 pub mod noise;
 pub(crate) mod pool;
 pub mod sampler;
@@ -44,7 +46,8 @@ mod step;
 
 pub use blend::{edit_mask, Blend};
 pub use context::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};
-pub use friendly::{invert_friendly, FriendlyInversion, Inversion, Residuals};
+pub use friendly::{held_residuals, invert_friendly, FriendlyInversion, Inversion, Residuals};
+pub use layout::LayoutHold;
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use sampler::{
     ddpm, edit, invert, no_progress, sample, sample_blended, Conditioning, ContextAdapter, Latent,

@@ -271,6 +271,11 @@ impl Schedule {
         self.final_abar
     }
 
+    /// T, the training steps the table covers.
+    pub fn train_steps(&self) -> usize {
+        self.abar.len()
+    }
+
     /// Descending timesteps (sampling order).
     pub fn timesteps(&self) -> &[i64] {
         &self.timesteps

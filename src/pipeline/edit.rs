@@ -63,6 +63,7 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             seed: e.seed,
             blend: job.blend_of(e),
             steps,
+            layout: e.layout,
         });
     }
     let conditions = Arc::new(WindowConditions {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::spec::JobSpec;
 use crate::cache::InversionCache;
 use crate::diffusion::schedule::steps_at_strength;
-use crate::diffusion::{ContextMode, Inversion};
+use crate::diffusion::{ContextMode, Inversion, LayoutHold};
 use crate::media::{EncodeSettings, InputSpec};
 use crate::model::RuntimeOptions;
 
@@ -31,6 +31,9 @@ pub struct EditTarget {
     /// This edit's local blending threshold (0 = off); None: the job's `blend`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blend_threshold: Option<f32>,
+    /// This edit's layout hold (`diffusion::layout`); None: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutHold>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +198,7 @@ impl EditJob {
                     blend: true,
                     strength: e.strength,
                     blend_threshold: e.blend,
+                    layout: e.layout,
                 })
                 .collect(),
             steps: first.steps,

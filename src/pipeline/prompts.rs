@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use ndarray::Array3;
 use serde::Serialize;
 
-use crate::diffusion::Conditioning;
+use crate::diffusion::{Conditioning, LayoutHold};
 use crate::model::TextEncoder;
 
 /// One edit's conditioning.
@@ -26,6 +26,8 @@ pub struct EditCondition {
     /// Runs only this many of the inversion's steps, starting from the inversion's latent
     /// after them (an edit of lower strength); None: all of them, from its end.
     pub steps: Option<usize>,
+    /// Its layout hold (`diffusion::layout`), if any.
+    pub layout: Option<LayoutHold>,
 }
 
 /// What a window is inverted and edited with.
@@ -103,6 +105,8 @@ pub struct LivePrompts {
     seed: u64,
     /// The stream's local blending threshold (0 = off).
     blend: f32,
+    /// The stream's layout hold, if any.
+    layout: Option<LayoutHold>,
     /// Modification time and length of the file as last read.
     seen: Option<(Option<SystemTime>, u64)>,
     current: StreamPrompt,
@@ -124,8 +128,9 @@ impl LivePrompts {
         inbox: PromptInbox,
         seed: u64,
         blend: f32,
+        layout: Option<LayoutHold>,
     ) -> Result<LivePrompts, String> {
-        let conditions = Arc::new(encode(&mut text, &initial, 0, seed, blend)?);
+        let conditions = Arc::new(encode(&mut text, &initial, 0, seed, blend, layout)?);
         let (file, resolver) = match file {
             Some((f, r)) => (Some(f), Some(r)),
             None => (None, None),
@@ -142,6 +147,7 @@ impl LivePrompts {
             resolver,
             seed,
             blend,
+            layout,
             seen,
             current: initial,
             conditions,
@@ -212,7 +218,14 @@ impl PromptFeed for LivePrompts {
             return Ok(self.conditions.clone());
         };
         let version = self.conditions.version + 1;
-        let new = encode(&mut self.text, &next, version, self.seed, self.blend)?;
+        let new = encode(
+            &mut self.text,
+            &next,
+            version,
+            self.seed,
+            self.blend,
+            self.layout,
+        )?;
         tracing::info!(
             "prompt changed at window {index} (t = {t:.3} s): \"{}\" -> \"{}\"",
             self.current.prompt,
@@ -256,6 +269,7 @@ pub fn encode(
     version: u64,
     seed: u64,
     blend: f32,
+    layout: Option<LayoutHold>,
 ) -> Result<WindowConditions, String> {
     let e = |m: crate::model::ModelError| m.to_string();
     let source = text.encode(&[&p.source]).map_err(e)?;
@@ -275,6 +289,7 @@ pub fn encode(
             seed,
             blend,
             steps: None,
+            layout,
         }],
         prompts: vec![p.prompt.clone()],
     })
@@ -307,6 +322,7 @@ fn halfway(old: &WindowConditions, new: &WindowConditions) -> WindowConditions {
             seed: n.seed,
             blend: n.blend,
             steps: n.steps,
+            layout: n.layout,
         })
         .collect();
     WindowConditions {
@@ -334,6 +350,7 @@ mod tests {
                 seed: 0,
                 blend: 0.0,
                 steps: None,
+                layout: None,
             }],
             prompts: vec![format!("p{v}")],
         }

@@ -30,7 +30,7 @@ use super::stages::{
     DecodeConfig, DropLate, Dropped, LagPolicy, PrepareConfig, StageError, WindowOutput,
 };
 use super::windows::{Anchor, WindowPlanner};
-use crate::diffusion::{ContextMode, Inversion};
+use crate::diffusion::{ContextMode, Inversion, LayoutHold};
 use crate::media::scale::Resizer;
 use crate::media::{
     AudioPacket, EncodeSettings, InputSpec, LiveOptions, MediaError, OutputTarget, RgbFrame,
@@ -72,6 +72,8 @@ pub struct StreamJob {
     pub short_side: Option<u32>,
     pub multiple: u32,
     pub blend: f32,
+    /// The edit's layout hold (`diffusion::layout`), if any.
+    pub layout: Option<LayoutHold>,
     pub encode: EncodeSettings,
     pub lag: LagPolicy,
     /// Hard stop: abandon the windows in flight.
@@ -166,6 +168,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         job.inbox.clone(),
         job.seed,
         job.blend,
+        job.layout,
     )
     .map_err(PipelineError::Config)?;
     let prompt_status = prompts.status();

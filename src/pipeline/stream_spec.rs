@@ -118,6 +118,7 @@ fn fixed_settings(spec: &JobSpec, window: Option<usize>) -> Vec<(&'static str, S
         ("steps", e.steps.to_string()),
         ("strength", spec.strength_of(e).to_string()),
         ("blend", spec.blend_of(e).to_string()),
+        ("layout", e.layout.map_or("none".into(), |h| h.to_string())),
         ("seed", e.seed.to_string()),
         ("context", spec::context_name(e.context).to_string()),
         ("eta", spec.eta.to_string()),
@@ -305,6 +306,7 @@ pub fn build_job(
         short_side: spec.short_side,
         multiple: spec.multiple,
         blend: spec.blend_of(edit),
+        layout: edit.layout,
         encode,
         lag: if lag {
             LagPolicy::Drop {

@@ -697,6 +697,7 @@ fn reconstruct_target(clip: &HeldoutClip, seed: u64, dir: &Path) -> EditTarget {
         blend: false,
         strength: None,
         blend_threshold: None,
+        layout: None,
     }
 }
 

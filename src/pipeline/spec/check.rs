@@ -52,6 +52,17 @@ impl Checker<'_> {
         self.range("blend", v, 0.0..=1.0)
     }
 
+    /// Both noise levels between 0 and 1, `from` below `until`.
+    pub(super) fn layout(&self, v: crate::diffusion::LayoutHold) -> Result<(), SpecError> {
+        v.check().map_err(|_| {
+            self.out_of_range(
+                "layout",
+                format!("{{ from = {}, until = {} }}", v.from, v.until),
+                "0 < from < until < 1",
+            )
+        })
+    }
+
     /// 0 (off) up to the filter's largest strength.
     pub(super) fn deflicker(&self, v: f32) -> Result<(), SpecError> {
         self.range("deflicker", v, 0.0..=crate::media::deflicker::MAX_STRENGTH)

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::check::{non_empty, Checker};
 use super::{de_context_opt, json_error, toml_error, utf8, SpecError, SIDECAR_SUFFIXES};
-use crate::diffusion::{ContextMode, Inversion};
+use crate::diffusion::{ContextMode, Inversion, LayoutHold};
 
 /// The top-level keys a prompt file (or the command line) may override; `None` = not set.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -60,6 +60,9 @@ pub struct EditSpec {
     /// This edit's local blending threshold (0 = off), when it differs from the preset's.
     #[serde(default)]
     pub blend: Option<f32>,
+    /// Its layout hold (`diffusion::layout`): `{ from = 0.6, until = 0.7 }`; none by default.
+    #[serde(default)]
+    pub layout: Option<LayoutHold>,
 }
 
 impl EditSpec {
@@ -75,6 +78,7 @@ impl EditSpec {
             context: None,
             strength: None,
             blend: None,
+            layout: None,
         }
     }
 }
@@ -261,6 +265,9 @@ impl PromptFile {
             }
             if let Some(blend) = edit.blend {
                 check.blend(blend)?;
+            }
+            if let Some(layout) = edit.layout {
+                check.layout(layout)?;
             }
             edits.push(edit);
         }

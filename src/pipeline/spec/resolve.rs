@@ -15,7 +15,7 @@ use super::{
     de_context, find_sidecar, ser_context, EditSpec, Overrides, Preset, PromptFile, SpecError,
     DEFAULTS_FILE, DEFAULT_PRESET,
 };
-use crate::diffusion::{ContextMode, Inversion};
+use crate::diffusion::{ContextMode, Inversion, LayoutHold};
 
 /// The origin named in errors about command-line values.
 const CLI_ORIGIN: &str = "command line";
@@ -75,6 +75,9 @@ pub struct Edit {
     /// job's [`JobSpec::blend`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blend: Option<f32>,
+    /// The edit's layout hold (`diffusion::layout`), where its `[[edit]]` sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutHold>,
 }
 
 /// Everything one video's job needs to know about what to do, merged from all layers. The
@@ -523,6 +526,9 @@ fn resolve(
         if own_blend.is_some() {
             provenance.insert(format!("edit.{name}.blend"), edits_label.clone());
         }
+        if spec.layout.is_some() {
+            provenance.insert(format!("edit.{name}.layout"), edits_label.clone());
+        }
         provenance.insert(format!("edit.{name}.prompt"), edits_label.clone());
         edits.push(Edit {
             name,
@@ -534,6 +540,7 @@ fn resolve(
             context: m.context,
             strength: own_strength,
             blend: own_blend,
+            layout: spec.layout,
         });
     }
 

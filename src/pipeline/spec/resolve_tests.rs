@@ -426,6 +426,53 @@ fn an_edit_can_set_its_own_blend_below_the_command_line() {
     );
 }
 
+#[test]
+fn an_edit_can_hold_its_layout_and_a_bad_hold_names_its_file() {
+    let file = toml(
+        "source = \"a\"\n[[edit]]\nprompt = \"b\"\nlayout = { from = 0.6, until = 0.7 }\n\
+         [[edit]]\nprompt = \"c\"\n",
+        "v.prompt.toml",
+    );
+    let job = JobSpec::resolve(&preset("demo"), None, Some(&file), &cli()).unwrap();
+    let hold = LayoutHold {
+        from: 0.6,
+        until: 0.7,
+    };
+    assert_eq!(
+        job.edits.iter().map(|e| e.layout).collect::<Vec<_>>(),
+        [Some(hold), None]
+    );
+    assert_eq!(job.provenance["edit.b.layout"], "sidecar:v.prompt.toml");
+    // Stored jobs round-trip it, and jobs without one keep their JSON.
+    let json = serde_json::to_string(&job).unwrap();
+    assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), job);
+    assert_eq!(json.matches("\"layout\"").count(), 1);
+    for (bad, why) in [
+        (
+            "layout = { from = 0.7, until = 0.6 }",
+            "0 < from < until < 1",
+        ),
+        ("layout = { from = 0.6 }", "until"),
+        (
+            "layout = 0.6",
+            "a layout hold: a table { from = F, until = U }",
+        ),
+        (
+            "layout = { from = 0.6, until = 0.7, at = 1 }",
+            "unknown field `at`",
+        ),
+    ] {
+        let err = toml_err(
+            &format!("source = \"a\"\n[[edit]]\nprompt = \"b\"\n{bad}\n"),
+            "v.prompt.toml",
+        );
+        assert!(
+            err.contains("v.prompt.toml") && err.contains(why),
+            "{bad}: {err}"
+        );
+    }
+}
+
 /// The README's main job edits the demo clip with its shipped sidecar: three edits with the
 /// strength, blending and guidance their kinds need, under one edit-friendly inversion (the
 /// demo preset's).

@@ -134,6 +134,7 @@ pub fn invert(
                 eta: 0.0,
                 x0_source: Some(&w.x0),
                 keep_trajectory: setup.keep_trajectory,
+                layout: None,
             };
             let models = Models {
                 unet: &mut unet,
@@ -249,8 +250,39 @@ pub fn edit(
                 eta: if friendly { 1.0 } else { setup.eta },
                 x0_source: Some(&w.latents.x0),
                 keep_trajectory: false,
+                layout: ed.layout,
             };
-            let mut residuals = Residuals::last(&w.residuals, schedule.timesteps().len());
+            // A layout hold replays the held steps of the inversion under the same hold, so
+            // the source prompt would still give the source back (`diffusion::layout`).
+            let held;
+            let all_residuals = match ed.layout {
+                Some(hold) if friendly => {
+                    held = diffusion::held_residuals(
+                        RunConfig {
+                            schedule: &setup.schedule,
+                            context: setup.context,
+                            eta: 1.0,
+                            x0_source: Some(&w.latents.x0),
+                            keep_trajectory: false,
+                            layout: None,
+                        },
+                        Models {
+                            unet: &mut unet,
+                            adapter: adapter
+                                .as_mut()
+                                .map(|a| a as &mut dyn diffusion::ContextAdapter),
+                        },
+                        &w.trajectory,
+                        &w.residuals,
+                        &Conditioning::new(edits.source.clone()),
+                        hold,
+                    )
+                    .map_err(|m| e(m.to_string()))?;
+                    &held
+                }
+                _ => &w.residuals,
+            };
+            let mut residuals = Residuals::last(all_residuals, schedule.timesteps().len());
             let noise: &mut dyn NoiseSource = if friendly { &mut residuals } else { &mut noise };
             // The mask first: it needs the UNet alone, the sampler then borrows it with the adapter.
             let mask = if ed.blend > 0.0 {
