@@ -41,6 +41,7 @@
 //! | `short_side` | integer `0..=8192` | `0` | P F | Processing resolution: scale so the short side is this; 0 = the native size. |
 //! | `multiple` | integer `1..=1024` | `64` | P | Pad the processing size up to a multiple of this. |
 //! | `blend` | float `0..=1` | `0` | P E C | Local blending (DiffEdit-style): edit only where the source and target prompts make the UNet disagree by at least this fraction of the frame's largest disagreement, keep the source (its inversion trajectory) elsewhere; 0 = off. An `[[edit]]`'s own value beats the preset's; `--blend` beats both. |
+//! | `layout` | table `{ from, until }`, `0 < from < until < 1` | none | E | Layout hold (`diffusion::layout`): the edit's steps above noise level `until` take their x0 estimate from the source noised only to `from`, where the UNet can still see what the source showed, so a redrawn object starts where the prompt would put it given the source. Measured on shape edits (models/train/README.md, "holding an edit's layout"). |
 //! | `reconstruct` | bool | `false` | P | Edit with the source prompt instead of the targets: one edit named `reconstruct`, the fidelity check. |
 //! | `bundle` | path | none | P | Default model bundle folder (relative paths are relative to the working directory). |
 //!

@@ -504,6 +504,12 @@ fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
             ("yellow", 0.5, 0.4, 2.0)
         ]
     );
+    let holds: Vec<_> = job.edits.iter().map(|e| e.layout).collect();
+    let hold = LayoutHold {
+        from: 0.6,
+        until: 0.7,
+    };
+    assert_eq!(holds, [None, Some(hold), None]);
     assert_eq!(job.inversion, Inversion::Ddpm);
     job.check_shared_inversion().unwrap();
 }
