@@ -9,6 +9,35 @@ use ctxd::pipeline::graph;
 use crate::pipeline_edit::job;
 use crate::util::*;
 
+/// Runs a job on the tiny bundle over `src` with one output per prompt (ffv1, context
+/// `source`), `set` adjusting the job and its edits first; each output's frames.
+fn run_edits(
+    d: &Dir,
+    src: &std::path::Path,
+    name: &str,
+    source: &str,
+    prompts: &[&str],
+    set: impl FnOnce(&mut ctxd::pipeline::job::EditJob),
+) -> Vec<Vec<u8>> {
+    let targets: Vec<(&str, &str, PathBuf)> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                ["first", "second"][i],
+                *p,
+                d.path(&format!("{name}.{i}.mkv")),
+            )
+        })
+        .collect();
+    let mut j = job(src.to_path_buf(), "tiny", &targets, source, 10);
+    j.context = ContextMode::Source;
+    j.encode.codec = Some("ffv1".into());
+    set(&mut j);
+    assert_eq!(graph::run(&j, &|_| {}).unwrap().len(), prompts.len());
+    targets.iter().map(|(_, _, o)| rgb_frames(o).2).collect()
+}
+
 /// An edit of lower strength than its video's others starts part way along their one
 /// inversion: its output is the one a job at its strength alone writes, bit for bit, and not
 /// the one at the job's. The same with local blending set for that edit alone (it follows the
@@ -24,30 +53,13 @@ fn an_edit_of_lower_strength_starts_part_way_along_the_shared_inversion() {
     // strength, own blend).
     type Own = (&'static str, Option<f64>, Option<f32>);
     let run = |name: &str, strength: f64, blend: f32, edits: &[Own]| {
-        let targets: Vec<(&str, &str, PathBuf)> = edits
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                (
-                    ["first", "second"][i],
-                    e.0,
-                    d.path(&format!("{name}.{i}.mkv")),
-                )
-            })
-            .collect();
-        let mut j = job(src.clone(), "tiny", &targets, "a video", 10);
-        j.context = ContextMode::Source;
-        j.encode.codec = Some("ffv1".into());
-        j.strength = strength;
-        j.blend = blend;
-        for (t, e) in j.edits.iter_mut().zip(edits) {
-            (t.strength, t.blend_threshold) = (e.1, e.2);
-        }
-        assert_eq!(graph::run(&j, &|_| {}).unwrap().len(), edits.len());
-        targets
-            .iter()
-            .map(|(_, _, o)| rgb_frames(o).2)
-            .collect::<Vec<_>>()
+        let prompts: Vec<&str> = edits.iter().map(|e| e.0).collect();
+        run_edits(&d, &src, name, "a video", &prompts, |j| {
+            (j.strength, j.blend) = (strength, blend);
+            for (t, e) in j.edits.iter_mut().zip(edits) {
+                (t.strength, t.blend_threshold) = (e.1, e.2);
+            }
+        })
     };
     let (red, blue) = ("a red video", "a blue video");
     for blend in [0.0, 0.3] {
@@ -107,29 +119,13 @@ fn a_layout_hold_keeps_the_source_exact_and_moves_only_its_own_edit() {
     let source = "a video";
     // Edits as (prompt, guidance, hold).
     let run = |name: &str, edits: &[(&'static str, f32, Option<LayoutHold>)]| {
-        let targets: Vec<(&str, &str, PathBuf)> = edits
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                (
-                    ["first", "second"][i],
-                    e.0,
-                    d.path(&format!("{name}.{i}.mkv")),
-                )
-            })
-            .collect();
-        let mut j = job(src.clone(), "tiny", &targets, source, 10);
-        j.context = ContextMode::Source;
-        j.inversion = Inversion::Ddpm;
-        j.encode.codec = Some("ffv1".into());
-        for (t, e) in j.edits.iter_mut().zip(edits) {
-            (t.guidance, t.layout) = (e.1, e.2);
-        }
-        assert_eq!(graph::run(&j, &|_| {}).unwrap().len(), edits.len());
-        targets
-            .iter()
-            .map(|(_, _, o)| rgb_frames(o).2)
-            .collect::<Vec<_>>()
+        let prompts: Vec<&str> = edits.iter().map(|e| e.0).collect();
+        run_edits(&d, &src, name, source, &prompts, |j| {
+            j.inversion = Inversion::Ddpm;
+            for (t, e) in j.edits.iter_mut().zip(edits) {
+                (t.guidance, t.layout) = (e.1, e.2);
+            }
+        })
     };
     let red = "a red video";
     let held = run("held", &[(red, 2.0, Some(hold)), (red, 2.0, None)]);

@@ -59,6 +59,30 @@ fn edit_clip(
         .collect()
 }
 
+/// `ctxd -q edit CLIP ARGS --bundle BUNDLE --prompt-file FILE --out-dir OUT`, which must succeed.
+fn edit_with_prompt_file(
+    bundle: &std::path::Path,
+    clip: &std::path::Path,
+    prompt_file: &std::path::Path,
+    out_dir: &std::path::Path,
+    args: &[&str],
+) {
+    run_ok(
+        ctxd()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("-q")
+            .arg("edit")
+            .arg(clip)
+            .args(args)
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--prompt-file")
+            .arg(prompt_file)
+            .arg("--out-dir")
+            .arg(out_dir),
+    );
+}
+
 /// One held-out edit of each kind, through the binary with the demo preset: the asked-for
 /// attribute appears, the object count and its path are kept. Ignored until the shipped
 /// bundle gained its trained decoder (models/train/README.md, "a trained decoder"): before
@@ -169,21 +193,15 @@ fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_count_and_mot
     )
     .unwrap();
     let out_dir = d.path("out");
-    run_ok(
-        ctxd()
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg("-q")
-            .arg("edit")
-            .arg(set.path_of(clip))
-            // No --preset: the bundle names its own (bundle.toml `preset = "demo"`), which the
-            // reports' strength 0.8 shows (the default preset's is 1). --short-side 0 keeps a
-            // regression from running the 64-px networks at 512 px (minutes and many GB).
-            .args(["--short-side", "0", "--bundle"])
-            .arg(&bundle)
-            .arg("--prompt-file")
-            .arg(&prompt_file)
-            .arg("--out-dir")
-            .arg(&out_dir),
+    // No --preset: the bundle names its own (bundle.toml `preset = "demo"`), which the
+    // reports' strength 0.8 shows (the default preset's is 1). --short-side 0 keeps a
+    // regression from running the 64-px networks at 512 px (minutes and many GB).
+    edit_with_prompt_file(
+        &bundle,
+        &set.path_of(clip),
+        &prompt_file,
+        &out_dir,
+        &["--short-side", "0"],
     );
     let (stem, ext) = ctxd::pipeline::spec::stem_and_ext(&set.path_of(clip));
     for ((kind, edit), strength) in kinds.into_iter().zip(edits).zip([None, Some(0.6)]) {
@@ -259,18 +277,12 @@ fn a_layout_hold_keeps_a_shape_edit_to_a_triangle_on_its_path() {
     )
     .unwrap();
     let out_dir = d.path("out");
-    run_ok(
-        ctxd()
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg("-q")
-            .arg("edit")
-            .arg(set.path_of(clip))
-            .args(["--preset", "demo", "--bundle"])
-            .arg(&bundle)
-            .arg("--prompt-file")
-            .arg(&prompt_file)
-            .arg("--out-dir")
-            .arg(&out_dir),
+    edit_with_prompt_file(
+        &bundle,
+        &set.path_of(clip),
+        &prompt_file,
+        &out_dir,
+        &["--preset", "demo"],
     );
     let (stem, ext) = ctxd::pipeline::spec::stem_and_ext(&set.path_of(clip));
     let judge = |name: &str| {
