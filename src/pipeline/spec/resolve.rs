@@ -356,7 +356,23 @@ impl JobSpec {
                     set_by(&e.name)
                 ))
             }
-            None => Ok(()),
+            None => self.check_layout_holds(),
+        }
+    }
+
+    /// A layout hold after the edit-friendly inversion replays the inversion's held steps,
+    /// which the `x0_pred` context (a context per step) does not allow.
+    fn check_layout_holds(&self) -> Result<(), String> {
+        let x0_pred = self.edits[0].context == ContextMode::X0Pred;
+        match self.edits.iter().find(|e| e.layout.is_some()) {
+            Some(e) if x0_pred && self.inversion == Inversion::Ddpm => Err(format!(
+                "edit '{}' ({}) holds its layout, which after the edit-friendly inversion needs context source or off, not x0_pred",
+                e.name,
+                self.provenance
+                    .get(&format!("edit.{}.layout", e.name))
+                    .map_or("its [[edit]]", String::as_str)
+            )),
+            _ => Ok(()),
         }
     }
 

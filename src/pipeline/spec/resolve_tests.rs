@@ -447,6 +447,19 @@ fn an_edit_can_hold_its_layout_and_a_bad_hold_names_its_file() {
     let json = serde_json::to_string(&job).unwrap();
     assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), job);
     assert_eq!(json.matches("\"layout\"").count(), 1);
+    job.check_shared_inversion().unwrap();
+    // x0_pred's context per step cannot be replayed with the edit-friendly inversion's.
+    let x0_pred = CliOverrides {
+        context: Some(ContextMode::X0Pred),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&preset("demo"), None, Some(&file), &x0_pred).unwrap();
+    let err = job.check_shared_inversion().unwrap_err();
+    assert!(
+        err.contains("edit 'b' (sidecar:v.prompt.toml) holds its layout")
+            && err.contains("x0_pred"),
+        "{err}"
+    );
     for (bad, why) in [
         (
             "layout = { from = 0.7, until = 0.6 }",
