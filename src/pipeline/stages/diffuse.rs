@@ -258,13 +258,11 @@ pub fn edit(
             let all_residuals = match ed.layout {
                 Some(hold) if friendly => {
                     held = diffusion::held_residuals(
+                        // The inversion's whole schedule, which the edit's may be the end of.
                         RunConfig {
                             schedule: &setup.schedule,
-                            context: setup.context,
-                            eta: 1.0,
-                            x0_source: Some(&w.latents.x0),
-                            keep_trajectory: false,
                             layout: None,
+                            ..run
                         },
                         Models {
                             unet: &mut unet,
