@@ -148,3 +148,42 @@ fn a_layout_hold_keeps_the_source_exact_and_moves_only_its_own_edit() {
         "the source prompt under the hold is {off:.3} levels off"
     );
 }
+
+/// Source detail (`diffusion::detail`) after an edit-friendly inversion: an edit that keeps
+/// half of it lands elsewhere than one that keeps all of it, keeping all of it is the same as
+/// not setting it (bit for bit), the edit beside it is untouched, and the source prompt, which
+/// gives the source back with all of it, no longer does with none.
+#[test]
+fn less_source_detail_changes_only_its_own_edit() {
+    let d = Dir::new();
+    let src = d.ffmpeg(
+        "in.mp4",
+        &strs(&args(&[&pattern("64x48", "8", 0.8)], &["-c:v", "libx264"])),
+    );
+    let source = "a video";
+    // Edits as (prompt, guidance, source detail).
+    let run = |name: &str, edits: &[(&'static str, f32, Option<f64>)]| {
+        let prompts: Vec<&str> = edits.iter().map(|e| e.0).collect();
+        run_edits(&d, &src, name, source, &prompts, |j| {
+            j.inversion = Inversion::Ddpm;
+            for (t, e) in j.edits.iter_mut().zip(edits) {
+                (t.guidance, t.source_detail) = (e.1, e.2);
+            }
+        })
+    };
+    let red = "a red video";
+    let half = run("half", &[(red, 2.0, Some(0.5)), (red, 2.0, None)]);
+    let all = run("all", &[(red, 2.0, Some(1.0))]);
+    assert_eq!(mean_abs_diff(&all[0], &half[1]), 0.0, "all of it = unset");
+    let apart = mean_abs_diff(&half[0], &all[0]);
+    assert!(
+        apart > 0.5,
+        "half the detail moved the edit by {apart:.3} levels only"
+    );
+    let same = run("same", &[(source, 1.0, Some(0.0)), (source, 1.0, None)]);
+    let off = mean_abs_diff(&same[0], &same[1]);
+    assert!(
+        off > 0.5,
+        "the source prompt without the source's detail is only {off:.3} levels off"
+    );
+}

@@ -39,6 +39,7 @@ pub fn job(
                 strength: None,
                 blend_threshold: None,
                 layout: None,
+                source_detail: None,
             })
             .collect(),
         steps,

@@ -458,6 +458,7 @@ pub(crate) fn edit_job(
             strength: None,
             blend_threshold: None,
             layout: None,
+            source_detail: None,
         }],
         steps,
         eta: 0.0,

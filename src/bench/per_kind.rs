@@ -25,6 +25,10 @@ pub struct KindSettings {
     /// `layout=FROM:UNTIL`: the edit's layout hold (`diffusion::layout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutHold>,
+    /// `source_detail=D`: the share of the source's detail the edit adds back after an
+    /// edit-friendly inversion (`diffusion::detail`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_detail: Option<f64>,
     /// `negative=source`: the clip's own caption is the edit's negative prompt, so guidance
     /// pushes away from what the source shows rather than from the unconditional image.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -39,8 +43,8 @@ pub fn parse_kind(s: &str) -> Result<EditKind, String> {
         .ok_or_else(|| format!("'{s}' is not an edit kind (colour, shape, background)"))
 }
 
-/// Parses `colour:strength=0.9,blend=0.3` (keys strength, blend, guidance; `negative=source`;
-/// `layout=FROM:UNTIL`).
+/// Parses `colour:strength=0.9,blend=0.3` (keys strength, blend, guidance, source_detail;
+/// `negative=source`; `layout=FROM:UNTIL`).
 pub fn parse(s: &str) -> Result<KindSettings, String> {
     let (kind, rest) = s.split_once(':').ok_or_else(|| {
         format!("'{s}': expected KIND:KEY=VALUE[,KEY=VALUE...], e.g. background:strength=0.6")
@@ -72,12 +76,13 @@ pub fn parse(s: &str) -> Result<KindSettings, String> {
             "strength" if v > 0.0 && v <= 1.0 => out.strength = Some(v),
             "blend" if (0.0..=1.0).contains(&v) => out.blend = Some(v as f32),
             "guidance" if (0.0..=50.0).contains(&v) => out.guidance = Some(v as f32),
-            k @ ("strength" | "blend" | "guidance") => {
+            "source_detail" if (0.0..=1.0).contains(&v) => out.source_detail = Some(v),
+            k @ ("strength" | "blend" | "guidance" | "source_detail") => {
                 return Err(format!("{k} = {v} is out of range"))
             }
             k => {
                 return Err(format!(
-                    "'{k}' is not a per-edit key (strength, blend, guidance, layout, negative)"
+                    "'{k}' is not a per-edit key (strength, blend, guidance, layout, source_detail, negative)"
                 ))
             }
         }
@@ -93,6 +98,7 @@ pub fn for_kind(all: &[KindSettings], kind: EditKind) -> KindSettings {
         out.blend = k.blend.or(out.blend);
         out.guidance = k.guidance.or(out.guidance);
         out.layout = k.layout.or(out.layout);
+        out.source_detail = k.source_detail.or(out.source_detail);
         out.negative_source |= k.negative_source;
     }
     out
@@ -107,6 +113,7 @@ impl KindSettings {
             blend: None,
             guidance: None,
             layout: None,
+            source_detail: None,
             negative_source: false,
         }
     }
@@ -128,6 +135,9 @@ impl KindSettings {
         if let Some(h) = self.layout {
             target.layout = Some(h);
         }
+        if let Some(d) = self.source_detail {
+            target.source_detail = Some(d);
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -135,6 +145,7 @@ impl KindSettings {
             && self.blend.is_none()
             && self.guidance.is_none()
             && self.layout.is_none()
+            && self.source_detail.is_none()
             && !self.negative_source
     }
 
@@ -152,6 +163,9 @@ impl KindSettings {
         }
         if let Some(h) = self.layout {
             parts.push(format!("layout held from {} until {}", h.from, h.until));
+        }
+        if let Some(d) = self.source_detail {
+            parts.push(format!("source detail {d}"));
         }
         if self.negative_source {
             parts.push("negative: the source caption".to_string());
@@ -177,7 +191,7 @@ mod tests {
     fn parses_merges_and_refuses() {
         let a = parse("background:strength=0.6").unwrap();
         let b = parse("background: blend=0.3 , guidance=3").unwrap();
-        let s = parse("shape:strength=0.8,layout=0.6:0.7").unwrap();
+        let s = parse("shape:strength=0.8,layout=0.6:0.7,source_detail=0.5").unwrap();
         assert_eq!(
             s.layout,
             Some(LayoutHold {
@@ -185,7 +199,11 @@ mod tests {
                 until: 0.7
             })
         );
-        assert_eq!(s.describe(), "strength 0.8, layout held from 0.6 until 0.7");
+        assert_eq!(s.source_detail, Some(0.5));
+        assert_eq!(
+            s.describe(),
+            "strength 0.8, layout held from 0.6 until 0.7, source detail 0.5"
+        );
         assert!(parse("sky:blend=0.3")
             .unwrap_err()
             .contains("not an edit kind"));
@@ -207,6 +225,8 @@ mod tests {
             "shape:steps=3",
             "shape:layout=0.7:0.6",
             "shape:layout=0.6",
+            "shape:source_detail=1.5",
+            "shape:source_detail=-0.1",
             "shape:strength",
             "shape",
             "shape:strength=x",
@@ -235,6 +255,7 @@ mod tests {
             strength: None,
             blend_threshold: None,
             layout: None,
+            source_detail: None,
         };
         s.apply(&mut t, "a red square");
         assert_eq!(

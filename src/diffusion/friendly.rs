@@ -534,6 +534,71 @@ mod tests {
     }
 
     #[test]
+    fn source_detail_keeps_the_forward_noise_and_scales_what_the_estimate_missed() {
+        let s = schedule();
+        let ctx = context(ContextMode::Source);
+        let invert = |x0: &Latent| {
+            let (mut unet, mut adapter) = (Toy, Half);
+            let run = RunConfig {
+                schedule: &s,
+                context: ctx,
+                eta: 0.0,
+                x0_source: Some(x0),
+                keep_trajectory: false,
+                layout: None,
+            };
+            let models = Models {
+                unet: &mut unet,
+                adapter: Some(&mut adapter),
+            };
+            let noise = &mut SeededNoise::new(3);
+            invert_friendly(run, models, x0, &prompt(0.2), noise, &mut no_progress).unwrap()
+        };
+        let detail = |x0: &Latent, inv: &FriendlyInversion, d: f64| {
+            let r = x0.mapv(|v| 0.5 * v); // the Half adapter's context
+            crate::diffusion::with_source_detail(
+                &s,
+                &ctx,
+                &inv.trajectory,
+                &inv.residuals,
+                Some(&r),
+                d,
+            )
+        };
+        let (a, b) = (x0(), x0().mapv(|v| 0.3 - 2.0 * v));
+        let (inv_a, inv_b) = (invert(&a), invert(&b));
+        let all = detail(&a, &inv_a, 1.0).unwrap();
+        let none_a = detail(&a, &inv_a, 0.0).unwrap();
+        let none_b = detail(&b, &inv_b, 0.0).unwrap();
+        let half = detail(&a, &inv_a, 0.5).unwrap();
+        let mut missed = 0.0f32;
+        for i in 0..inv_a.residuals.len() {
+            // All of it: the inversion's residuals as they are.
+            assert!(max_diff(&all[i], &inv_a.residuals[i]) < 1e-6, "step {i}");
+            // None: the forward draws' noise alone, the same whatever the source (the last
+            // step ends on the source itself, of which a final alpha just below 1 leaves
+            // (1 - sqrt(abar)) x0 in the step's noise).
+            let tol = if i + 1 == all.len() { 1e-2 } else { 1e-4 };
+            assert!(max_diff(&none_a[i], &none_b[i]) < tol, "step {i}");
+            let mid = (&inv_a.residuals[i] + &none_a[i]) * 0.5;
+            assert!(max_diff(&half[i], &mid) < 1e-5, "step {i}");
+            missed = missed.max(max_diff(&none_a[i], &inv_a.residuals[i]));
+        }
+        // The toy UNet's estimates miss the source, so there was detail to drop.
+        assert!(missed > 1e-2, "{missed}");
+        assert!(detail(&a, &inv_a, 1.5).is_err());
+        let short = crate::diffusion::with_source_detail(
+            &s,
+            &ctx,
+            &inv_a.trajectory[1..],
+            &inv_a.residuals,
+            None,
+            0.5,
+        );
+        assert!(short.is_err());
+    }
+
+    #[test]
     fn too_few_residuals_is_an_error() {
         let d = [Latent::zeros((1, 1, 1, 1, 1))];
         let mut r = Residuals(&d);

@@ -34,6 +34,7 @@ pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 32 * 1024;
 
 pub mod blend;
 pub mod context;
+pub mod detail;
 pub mod friendly;
 mod guide;
 pub mod latent_io;
@@ -46,6 +47,7 @@ mod step;
 
 pub use blend::{edit_mask, Blend};
 pub use context::{ContextConfig, ContextMode, Convention, FinalK, KSchedule};
+pub use detail::with_source_detail;
 pub use friendly::{held_residuals, invert_friendly, FriendlyInversion, Inversion, Residuals};
 pub use layout::LayoutHold;
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};

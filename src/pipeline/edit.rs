@@ -11,7 +11,7 @@ use super::graph::{
     geometry, run_graph, sampler_setup, seconds_per_tick, Graph, PipelineError, StageModels,
 };
 use super::job::{EditJob, Phase, Progress};
-use super::prompts::{EditCondition, FixedPrompts, WindowConditions};
+use super::prompts::{EditCondition, EditControls, FixedPrompts, WindowConditions};
 use super::report::{
     report_path, BundleInfo, EditReport, PsnrAccumulator, Quality, TemporalAccumulator,
 };
@@ -63,7 +63,10 @@ pub fn run(job: &EditJob, progress: &dyn Fn(Progress)) -> Result<Vec<EditReport>
             seed: e.seed,
             blend: job.blend_of(e),
             steps,
-            layout: e.layout,
+            controls: EditControls {
+                layout: e.layout,
+                source_detail: e.source_detail,
+            },
         });
     }
     let conditions = Arc::new(WindowConditions {

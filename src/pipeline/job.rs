@@ -34,6 +34,10 @@ pub struct EditTarget {
     /// This edit's layout hold (`diffusion::layout`); None: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutHold>,
+    /// The share of the source's detail this edit adds back after an edit-friendly
+    /// inversion (`diffusion::detail`); None: all of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_detail: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +203,7 @@ impl EditJob {
                     strength: e.strength,
                     blend_threshold: e.blend,
                     layout: e.layout,
+                    source_detail: e.source_detail,
                 })
                 .collect(),
             steps: first.steps,

@@ -26,8 +26,18 @@ pub struct EditCondition {
     /// Runs only this many of the inversion's steps, starting from the inversion's latent
     /// after them (an edit of lower strength); None: all of them, from its end.
     pub steps: Option<usize>,
+    /// Its sampler controls (layout hold, source detail).
+    pub controls: EditControls,
+}
+
+/// An edit's sampler controls beyond its prompt, guidance, strength and blending.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EditControls {
     /// Its layout hold (`diffusion::layout`), if any.
     pub layout: Option<LayoutHold>,
+    /// The share of the source's detail it adds back after an edit-friendly inversion
+    /// (`diffusion::detail`); None: all of it.
+    pub source_detail: Option<f64>,
 }
 
 /// What a window is inverted and edited with.
@@ -105,8 +115,8 @@ pub struct LivePrompts {
     seed: u64,
     /// The stream's local blending threshold (0 = off).
     blend: f32,
-    /// The stream's layout hold, if any.
-    layout: Option<LayoutHold>,
+    /// The stream's edit controls.
+    controls: EditControls,
     /// Modification time and length of the file as last read.
     seen: Option<(Option<SystemTime>, u64)>,
     current: StreamPrompt,
@@ -128,9 +138,9 @@ impl LivePrompts {
         inbox: PromptInbox,
         seed: u64,
         blend: f32,
-        layout: Option<LayoutHold>,
+        controls: EditControls,
     ) -> Result<LivePrompts, String> {
-        let conditions = Arc::new(encode(&mut text, &initial, 0, seed, blend, layout)?);
+        let conditions = Arc::new(encode(&mut text, &initial, 0, seed, blend, controls)?);
         let (file, resolver) = match file {
             Some((f, r)) => (Some(f), Some(r)),
             None => (None, None),
@@ -147,7 +157,7 @@ impl LivePrompts {
             resolver,
             seed,
             blend,
-            layout,
+            controls,
             seen,
             current: initial,
             conditions,
@@ -224,7 +234,7 @@ impl PromptFeed for LivePrompts {
             version,
             self.seed,
             self.blend,
-            self.layout,
+            self.controls,
         )?;
         tracing::info!(
             "prompt changed at window {index} (t = {t:.3} s): \"{}\" -> \"{}\"",
@@ -269,7 +279,7 @@ pub fn encode(
     version: u64,
     seed: u64,
     blend: f32,
-    layout: Option<LayoutHold>,
+    controls: EditControls,
 ) -> Result<WindowConditions, String> {
     let e = |m: crate::model::ModelError| m.to_string();
     let source = text.encode(&[&p.source]).map_err(e)?;
@@ -289,7 +299,7 @@ pub fn encode(
             seed,
             blend,
             steps: None,
-            layout,
+            controls,
         }],
         prompts: vec![p.prompt.clone()],
     })
@@ -322,7 +332,7 @@ fn halfway(old: &WindowConditions, new: &WindowConditions) -> WindowConditions {
             seed: n.seed,
             blend: n.blend,
             steps: n.steps,
-            layout: n.layout,
+            controls: n.controls,
         })
         .collect();
     WindowConditions {
@@ -350,7 +360,7 @@ mod tests {
                 seed: 0,
                 blend: 0.0,
                 steps: None,
-                layout: None,
+                controls: EditControls::default(),
             }],
             prompts: vec![format!("p{v}")],
         }

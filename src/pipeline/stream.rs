@@ -24,13 +24,15 @@ use serde::Serialize;
 use super::graph::{
     geometry, run_graph, sampler_setup, seconds_per_tick, Graph, PipelineError, StageModels,
 };
-use super::prompts::{LivePrompts, PromptInbox, PromptResolver, PromptStatus, StreamPrompt};
+use super::prompts::{
+    EditControls, LivePrompts, PromptInbox, PromptResolver, PromptStatus, StreamPrompt,
+};
 use super::report::{Temporal, TemporalAccumulator};
 use super::stages::{
     DecodeConfig, DropLate, Dropped, LagPolicy, PrepareConfig, StageError, WindowOutput,
 };
 use super::windows::{Anchor, WindowPlanner};
-use crate::diffusion::{ContextMode, Inversion, LayoutHold};
+use crate::diffusion::{ContextMode, Inversion};
 use crate::media::scale::Resizer;
 use crate::media::{
     AudioPacket, EncodeSettings, InputSpec, LiveOptions, MediaError, OutputTarget, RgbFrame,
@@ -72,8 +74,8 @@ pub struct StreamJob {
     pub short_side: Option<u32>,
     pub multiple: u32,
     pub blend: f32,
-    /// The edit's layout hold (`diffusion::layout`), if any.
-    pub layout: Option<LayoutHold>,
+    /// The edit's sampler controls (layout hold, source detail).
+    pub controls: EditControls,
     pub encode: EncodeSettings,
     pub lag: LagPolicy,
     /// Hard stop: abandon the windows in flight.
@@ -168,7 +170,7 @@ pub fn run(job: StreamJob) -> Result<StreamReport, PipelineError> {
         job.inbox.clone(),
         job.seed,
         job.blend,
-        job.layout,
+        job.controls,
     )
     .map_err(PipelineError::Config)?;
     let prompt_status = prompts.status();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::prompts::{PromptResolver, StreamPrompt};
+use super::prompts::{EditControls, PromptResolver, StreamPrompt};
 use super::spec::{self, CliOverrides, JobSpec, Preset, PromptFile};
 use super::stages::LagPolicy;
 use super::stream::{Reconnect, StreamJob};
@@ -119,6 +119,10 @@ fn fixed_settings(spec: &JobSpec, window: Option<usize>) -> Vec<(&'static str, S
         ("strength", spec.strength_of(e).to_string()),
         ("blend", spec.blend_of(e).to_string()),
         ("layout", e.layout.map_or("none".into(), |h| h.to_string())),
+        (
+            "source_detail",
+            e.source_detail.map_or("1".into(), |d| d.to_string()),
+        ),
         ("seed", e.seed.to_string()),
         ("context", spec::context_name(e.context).to_string()),
         ("eta", spec.eta.to_string()),
@@ -306,7 +310,10 @@ pub fn build_job(
         short_side: spec.short_side,
         multiple: spec.multiple,
         blend: spec.blend_of(edit),
-        layout: edit.layout,
+        controls: EditControls {
+            layout: edit.layout,
+            source_detail: edit.source_detail,
+        },
         encode,
         lag: if lag {
             LagPolicy::Drop {

@@ -75,9 +75,9 @@ pub struct QualityBenchArgs {
     pub inversion: Option<Inversion>,
     /// One kind of edit's own settings, as a prompt file's `[[edit]]` sets them for one edit:
     /// KIND:KEY=V[,KEY=V...], KIND one of colour, shape, background, KEY one of strength,
-    /// blend, guidance, or negative=source (the clip's caption as the negative prompt)
-    /// (repeatable; e.g. background:strength=0.6). The inversion runs as far
-    /// as the strongest edit needs.
+    /// blend, guidance, source_detail, layout=FROM:UNTIL, or negative=source (the clip's
+    /// caption as the negative prompt) (repeatable; e.g. background:strength=0.6). The
+    /// inversion runs as far as the strongest edit needs.
     #[arg(long = "edit", value_parser = per_kind::parse)]
     pub edit: Vec<KindSettings>,
     /// Only these kinds of edit, e.g. shape or colour,background (default: all three): a third
@@ -698,6 +698,7 @@ fn reconstruct_target(clip: &HeldoutClip, seed: u64, dir: &Path) -> EditTarget {
         strength: None,
         blend_threshold: None,
         layout: None,
+        source_detail: None,
     }
 }
 

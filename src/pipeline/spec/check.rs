@@ -63,6 +63,11 @@ impl Checker<'_> {
         })
     }
 
+    /// A share of the source's detail: 0 to 1.
+    pub(super) fn source_detail(&self, v: f64) -> Result<(), SpecError> {
+        self.range("source_detail", v, 0.0..=1.0)
+    }
+
     /// 0 (off) up to the filter's largest strength.
     pub(super) fn deflicker(&self, v: f32) -> Result<(), SpecError> {
         self.range("deflicker", v, 0.0..=crate::media::deflicker::MAX_STRENGTH)

@@ -63,6 +63,10 @@ pub struct EditSpec {
     /// Its layout hold (`diffusion::layout`): `{ from = 0.6, until = 0.7 }`; none by default.
     #[serde(default)]
     pub layout: Option<LayoutHold>,
+    /// The share of the source's detail it adds back after the edit-friendly inversion
+    /// (`diffusion::detail`): 0 to 1; 1 (all of it) by default.
+    #[serde(default)]
+    pub source_detail: Option<f64>,
 }
 
 impl EditSpec {
@@ -79,6 +83,7 @@ impl EditSpec {
             strength: None,
             blend: None,
             layout: None,
+            source_detail: None,
         }
     }
 }
@@ -268,6 +273,9 @@ impl PromptFile {
             }
             if let Some(layout) = edit.layout {
                 check.layout(layout)?;
+            }
+            if let Some(d) = edit.source_detail {
+                check.source_detail(d)?;
             }
             edits.push(edit);
         }

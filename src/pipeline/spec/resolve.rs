@@ -78,6 +78,10 @@ pub struct Edit {
     /// The edit's layout hold (`diffusion::layout`), where its `[[edit]]` sets one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutHold>,
+    /// The share of the source's detail the edit adds back after the edit-friendly
+    /// inversion (`diffusion::detail`), where its `[[edit]]` sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_detail: Option<f64>,
 }
 
 /// Everything one video's job needs to know about what to do, merged from all layers. The
@@ -356,7 +360,25 @@ impl JobSpec {
                     set_by(&e.name)
                 ))
             }
-            None => self.check_layout_holds(),
+            None => self
+                .check_layout_holds()
+                .and_then(|()| self.check_source_detail()),
+        }
+    }
+
+    /// Source detail is a share of an edit-friendly inversion's residuals, which a DDIM
+    /// inversion does not have: refused there rather than silently ignored.
+    fn check_source_detail(&self) -> Result<(), String> {
+        match self.edits.iter().find(|e| e.source_detail.is_some()) {
+            Some(e) if self.inversion != Inversion::Ddpm => Err(format!(
+                "edit '{}' ({}) sets source_detail, which needs the edit-friendly inversion (inversion = \"ddpm\"; this job's is \"{}\")",
+                e.name,
+                self.provenance
+                    .get(&format!("edit.{}.source_detail", e.name))
+                    .map_or("its [[edit]]", String::as_str),
+                self.inversion
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -545,6 +567,9 @@ fn resolve(
         if spec.layout.is_some() {
             provenance.insert(format!("edit.{name}.layout"), edits_label.clone());
         }
+        if spec.source_detail.is_some() {
+            provenance.insert(format!("edit.{name}.source_detail"), edits_label.clone());
+        }
         provenance.insert(format!("edit.{name}.prompt"), edits_label.clone());
         edits.push(Edit {
             name,
@@ -557,6 +582,7 @@ fn resolve(
             strength: own_strength,
             blend: own_blend,
             layout: spec.layout,
+            source_detail: spec.source_detail,
         });
     }
 

@@ -486,6 +486,51 @@ fn an_edit_can_hold_its_layout_and_a_bad_hold_names_its_file() {
     }
 }
 
+#[test]
+fn an_edit_can_take_less_source_detail_and_a_ddim_job_refuses_it() {
+    let file = toml(
+        "source = \"a\"\n[[edit]]\nprompt = \"b\"\nsource_detail = 0.5\n[[edit]]\nprompt = \"c\"\n",
+        "v.prompt.toml",
+    );
+    let job = JobSpec::resolve(&preset("demo"), None, Some(&file), &cli()).unwrap();
+    assert_eq!(
+        job.edits
+            .iter()
+            .map(|e| e.source_detail)
+            .collect::<Vec<_>>(),
+        [Some(0.5), None]
+    );
+    assert_eq!(
+        job.provenance["edit.b.source_detail"],
+        "sidecar:v.prompt.toml"
+    );
+    let json = serde_json::to_string(&job).unwrap();
+    assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), job);
+    assert_eq!(json.matches("\"source_detail\"").count(), 1);
+    job.check_shared_inversion().unwrap();
+    // A DDIM inversion has no residuals to take the detail from: refused, naming the file.
+    let ddim = CliOverrides {
+        inversion: Some(Inversion::Ddim),
+        ..cli()
+    };
+    let job = JobSpec::resolve(&preset("demo"), None, Some(&file), &ddim).unwrap();
+    let err = job.check_shared_inversion().unwrap_err();
+    assert!(
+        err.contains("edit 'b' (sidecar:v.prompt.toml) sets source_detail") && err.contains("ddpm"),
+        "{err}"
+    );
+    for bad in ["source_detail = 1.5", "source_detail = -0.1"] {
+        let err = toml_err(
+            &format!("source = \"a\"\n[[edit]]\nprompt = \"b\"\n{bad}\n"),
+            "v.prompt.toml",
+        );
+        assert!(
+            err.contains("v.prompt.toml") && err.contains("source_detail"),
+            "{bad}: {err}"
+        );
+    }
+}
+
 /// The README's main job edits the demo clip with its shipped sidecar: three edits with the
 /// strength, blending and guidance their kinds need, under one edit-friendly inversion (the
 /// demo preset's).

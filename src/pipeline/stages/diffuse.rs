@@ -250,12 +250,12 @@ pub fn edit(
                 eta: if friendly { 1.0 } else { setup.eta },
                 x0_source: Some(&w.latents.x0),
                 keep_trajectory: false,
-                layout: ed.layout,
+                layout: ed.controls.layout,
             };
             // A layout hold replays the held steps of the inversion under the same hold, so
             // the source prompt would still give the source back (`diffusion::layout`).
             let held;
-            let all_residuals = match ed.layout {
+            let all_residuals = match ed.controls.layout {
                 Some(hold) if friendly => {
                     held = diffusion::held_residuals(
                         // The inversion's whole schedule, which the edit's may be the end of.
@@ -279,6 +279,37 @@ pub fn edit(
                     &held
                 }
                 _ => &w.residuals,
+            };
+            // Less of the source's detail: the residuals' noise kept, part of the detail
+            // the source prompt's estimates missed dropped (`diffusion::detail`).
+            let detailed;
+            let all_residuals = match ed.controls.source_detail {
+                Some(d) if friendly && d < 1.0 => {
+                    // The context the inversion's forward process was biased with.
+                    let r = match adapter.as_mut() {
+                        Some(a) if setup.context.active() => Some(
+                            diffusion::ContextAdapter::context(
+                                a,
+                                &w.latents.x0,
+                                &edits.source,
+                                0.0,
+                            )
+                            .map_err(|m| e(m.to_string()))?,
+                        ),
+                        _ => None,
+                    };
+                    detailed = diffusion::with_source_detail(
+                        &setup.schedule,
+                        &setup.context,
+                        &w.trajectory,
+                        all_residuals,
+                        r.as_ref(),
+                        d,
+                    )
+                    .map_err(|m| e(m.to_string()))?;
+                    &detailed
+                }
+                _ => all_residuals,
             };
             let mut residuals = Residuals::last(all_residuals, schedule.timesteps().len());
             let noise: &mut dyn NoiseSource = if friendly { &mut residuals } else { &mut noise };
