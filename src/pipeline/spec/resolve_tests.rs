@@ -568,6 +568,8 @@ fn the_demo_clips_sidecar_resolves_with_a_strength_per_edit() {
         until: 0.7,
     };
     assert_eq!(holds, [None, Some(hold), None]);
+    let detail: Vec<_> = job.edits.iter().map(|e| e.source_detail).collect();
+    assert_eq!(detail, [None, Some(0.5), None]);
     assert_eq!(job.inversion, Inversion::Ddpm);
     job.check_shared_inversion().unwrap();
 }
