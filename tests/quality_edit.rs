@@ -245,37 +245,29 @@ fn the_shipped_demo_bundle_changes_colour_and_background_and_keeps_count_and_mot
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// A layout hold (`layout = { from, until }`, the demo clip's sidecar's shape setting) on the
-/// held-out shape edit it was built for: clip 064, one green diamond asked to become a
-/// triangle. Without the hold the edit's first steps, which see only where the diamond's mass
-/// was, put the triangle's mass there, and its labelled place (its box's centre) ends 1.96 px
-/// up; with the hold those steps take their estimate from the source noised to 0.6, where the
-/// UNet still sees the diamond, and the triangle keeps the path (0.39 px). Both edits share one
-/// inversion (the preset's edit-friendly one).
-#[test]
-fn a_layout_hold_keeps_a_shape_edit_to_a_triangle_on_its_path() {
+/// Held-out clip `file`'s shape edit through `ctxd edit` with the demo preset, twice from one
+/// prompt file (so both share one inversion), blended at 0.4, each with its own extra
+/// `[[edit]]` lines: each output judged against the edit's expected clip, and the edit's target.
+fn two_shape_edits(file: &str, extras: [&str; 2]) -> ([score::Comparison; 2], Option<usize>) {
     let bundle = demo_bundle();
     let set = load_heldout();
     let analyser = Analyser::new(set.palette.clone(), AnalyserConfig::default());
     let clip = set
         .clips
         .iter()
-        .find(|c| c.file == "064.mp4")
-        .expect("held-out clip 064");
+        .find(|c| c.file == file)
+        .unwrap_or_else(|| panic!("held-out clip {file}"));
     let edit = clip.edit(EditKind::Shape).expect("a shape edit");
     let d = Dir::new();
     let prompt_file = d.path("edits.prompt.toml");
-    std::fs::write(
-        &prompt_file,
-        format!(
-            "source = {:?}\n\n[[edit]]\nname = \"free\"\nprompt = {p:?}\nblend = 0.4\n\n\
-             [[edit]]\nname = \"held\"\nprompt = {p:?}\nblend = 0.4\n\
-             layout = {{ from = 0.6, until = 0.7 }}\n",
-            clip.caption,
-            p = edit.prompt
-        ),
-    )
-    .unwrap();
+    let mut toml = format!("source = {:?}\n", clip.caption);
+    for (i, extra) in extras.iter().enumerate() {
+        toml += &format!(
+            "\n[[edit]]\nname = \"e{i}\"\nprompt = {:?}\nblend = 0.4\n{extra}\n",
+            edit.prompt
+        );
+    }
+    std::fs::write(&prompt_file, toml).unwrap();
     let out_dir = d.path("out");
     edit_with_prompt_file(
         &bundle,
@@ -285,16 +277,30 @@ fn a_layout_hold_keeps_a_shape_edit_to_a_triangle_on_its_path() {
         &["--preset", "demo"],
     );
     let (stem, ext) = ctxd::pipeline::spec::stem_and_ext(&set.path_of(clip));
-    let judge = |name: &str| {
-        let out = ctxd::pipeline::spec::output_path(&out_dir, &stem, name, &ext);
+    let judged = [0, 1].map(|i| {
+        let out = ctxd::pipeline::spec::output_path(&out_dir, &stem, &format!("e{i}"), &ext);
         let frames = quality::read_frames(&out).expect("decode the edited clip");
         score::compare(&analyser.clip(&frames), &clip.expected_after(edit))
-    };
-    let (free, held) = (judge("free"), judge("held"));
+    });
+    (judged, edit.target)
+}
+
+const HOLD: &str = "layout = { from = 0.6, until = 0.7 }";
+
+/// A layout hold (`layout = { from, until }`, the demo clip's sidecar's shape setting) on the
+/// held-out shape edit it was built for: clip 064, one green diamond asked to become a
+/// triangle. Without the hold the edit's first steps, which see only where the diamond's mass
+/// was, put the triangle's mass there, and its labelled place (its box's centre) ends 1.96 px
+/// up; with the hold those steps take their estimate from the source noised to 0.6, where the
+/// UNet still sees the diamond, and the triangle keeps the path (0.39 px). Both edits share one
+/// inversion (the preset's edit-friendly one).
+#[test]
+fn a_layout_hold_keeps_a_shape_edit_to_a_triangle_on_its_path() {
+    let ([free, held], target) = two_shape_edits("064.mp4", ["", HOLD]);
     let (m_free, m_held) = (free.motion_error_px, held.motion_error_px);
     eprintln!("064 shape edit: motion error {m_free:?} px free, {m_held:?} px held");
     assert!(
-        held.success(EditKind::Shape, edit.target) && held.count_ok,
+        held.success(EditKind::Shape, target) && held.count_ok,
         "the held edit shows {:?}",
         held.objects
     );
@@ -312,54 +318,19 @@ fn a_layout_hold_keeps_a_shape_edit_to_a_triangle_on_its_path() {
 /// share one inversion (the preset's edit-friendly one) and the hold.
 #[test]
 fn less_source_detail_lets_a_square_become_a_circle() {
-    let bundle = demo_bundle();
-    let set = load_heldout();
-    let analyser = Analyser::new(set.palette.clone(), AnalyserConfig::default());
-    let clip = set
-        .clips
-        .iter()
-        .find(|c| c.file == "052.mp4")
-        .expect("held-out clip 052");
-    let edit = clip.edit(EditKind::Shape).expect("a shape edit");
-    let d = Dir::new();
-    let prompt_file = d.path("edits.prompt.toml");
-    let hold = "layout = { from = 0.6, until = 0.7 }";
-    std::fs::write(
-        &prompt_file,
-        format!(
-            "source = {:?}\n\n[[edit]]\nname = \"all\"\nprompt = {p:?}\nblend = 0.4\n{hold}\n\n\
-             [[edit]]\nname = \"half\"\nprompt = {p:?}\nblend = 0.4\n{hold}\nsource_detail = 0.5\n",
-            clip.caption,
-            p = edit.prompt
-        ),
-    )
-    .unwrap();
-    let out_dir = d.path("out");
-    edit_with_prompt_file(
-        &bundle,
-        &set.path_of(clip),
-        &prompt_file,
-        &out_dir,
-        &["--preset", "demo"],
-    );
-    let (stem, ext) = ctxd::pipeline::spec::stem_and_ext(&set.path_of(clip));
-    let judge = |name: &str| {
-        let out = ctxd::pipeline::spec::output_path(&out_dir, &stem, name, &ext);
-        let frames = quality::read_frames(&out).expect("decode the edited clip");
-        score::compare(&analyser.clip(&frames), &clip.expected_after(edit))
-    };
-    let (all, half) = (judge("all"), judge("half"));
+    let half = format!("{HOLD}\nsource_detail = 0.5");
+    let ([all, half], target) = two_shape_edits("052.mp4", [HOLD, &half]);
     eprintln!(
         "052 shape edit: all the detail {:?}, half {:?}",
         all.objects, half.objects
     );
     assert!(
-        !all.success(EditKind::Shape, edit.target),
+        !all.success(EditKind::Shape, target),
         "with all the source's detail the edit shows {:?}",
         all.objects
     );
     assert!(
-        half.success(EditKind::Shape, edit.target)
+        half.success(EditKind::Shape, target)
             && half.count_ok
             && half.motion_error_px.is_some_and(|m| m <= 1.5),
         "with half of it the edit shows {:?}, motion error {:?} px",
