@@ -22,6 +22,7 @@ use ndarray::Zip;
 use super::context::ContextConfig;
 use super::sampler::{check_shape, Latent};
 use super::schedule::Schedule;
+use super::step;
 use super::DiffusionError;
 
 /// The residuals an edit with `detail` of the source's detail adds (module docs), from an
@@ -60,17 +61,8 @@ pub fn with_source_detail(
     }
     let mut out = Vec::with_capacity(n);
     for (index, &t) in timesteps.iter().enumerate() {
-        let prev = t - sched.ratio();
-        let (a_t, a_p) = (sched.abar_of(t), sched.abar_of(prev));
         // The eta = 1 step of the sampler (CONTEXTDIFF.md §2), whose residuals these are.
-        let sigma2 = (1.0 - a_p) / (1.0 - a_t) * (1.0 - a_t / a_p);
-        let dir = (1.0 - a_p - sigma2).max(0.0).sqrt();
-        let (sa_t, s1a_t, sa_p) = (a_t.sqrt(), (1.0 - a_t).sqrt(), a_p.sqrt());
-        let (k_t, k_p) = if ctx.active() && r.is_some() {
-            (ctx.k_at(sched, t), ctx.k_at(sched, prev))
-        } else {
-            (0.0, 0.0)
-        };
+        let (c, _) = step::sample_coef(sched, ctx, t, false, 1.0);
         let (x_t, x_prev, d) = (
             &trajectory[n - index],
             &trajectory[n - index - 1],
@@ -81,8 +73,8 @@ pub fn with_source_detail(
         let detail_of = |xp: f32, xt: f32, s: f32, rv: f32, dv: f32| -> f32 {
             let (xp, xt, s, rv) = (xp as f64, xt as f64, s as f64, rv as f64);
             // The step's mean with the source itself as its estimate.
-            let eps = (xt - k_t * rv - sa_t * s) / s1a_t;
-            let noise = xp - (sa_p * s + k_p * rv + dir * eps);
+            let eps = (xt - c.k_t * rv - c.sa_t * s) / c.s1a_t;
+            let noise = xp - (c.sa_p * s + c.k_p * rv + c.dir_coef * eps);
             (noise + detail * (dv as f64 - noise)) as f32
         };
         match r {

@@ -25,7 +25,7 @@ use super::layout::{self, LayoutHold};
 use super::noise::NoiseSource;
 use super::pool;
 use super::schedule::{Prediction, Schedule};
-use super::step::{self, InvertCoef, SampleCoef, Update};
+use super::step::{self, InvertCoef, Update};
 use super::DiffusionError;
 
 /// Latents `[B, C, F, h, w]`.
@@ -390,45 +390,9 @@ fn run_loop(
 
         let (update, sigma) = match dir {
             Direction::Sample | Direction::Ddpm => {
-                let prev = if dir == Direction::Ddpm {
-                    t - 1
-                } else {
-                    t - sched.ratio()
-                };
-                let a_p = sched.abar_of(prev);
-                let k_p = if ctx.active() {
-                    ctx.k_at(sched, prev)
-                } else {
-                    0.0
-                };
-                // DDIM: sigma from eta (§2); DDPM: the posterior standard deviation (§4).
-                let (sigma, beta_t) = if dir == Direction::Ddpm {
-                    let beta = 1.0 - a_t / a_p;
-                    let sd = if prev < 0 {
-                        0.0
-                    } else {
-                        (beta * (1.0 - a_p) / (1.0 - a_t)).sqrt()
-                    };
-                    (sd, beta)
-                } else {
-                    (
-                        run.eta * ((1.0 - a_p) / (1.0 - a_t)).sqrt() * (1.0 - a_t / a_p).sqrt(),
-                        0.0,
-                    )
-                };
-                let update = Update::Sample(SampleCoef {
-                    ddpm: dir == Direction::Ddpm,
-                    v_pred,
-                    k_t,
-                    k_p,
-                    sa_t: a_t.sqrt(),
-                    s1a_t: (1.0 - a_t).sqrt(),
-                    sa_p: a_p.sqrt(),
-                    dir_coef: (1.0 - a_p - sigma * sigma).max(0.0).sqrt(),
-                    c1: a_p.sqrt() * beta_t / (1.0 - a_t),
-                    c2: (1.0 - beta_t).sqrt() * (1.0 - a_p) / (1.0 - a_t),
-                });
-                (update, sigma)
+                let (update, sigma) =
+                    step::sample_coef(sched, &ctx, t, dir == Direction::Ddpm, run.eta);
+                (Update::Sample(update), sigma)
             }
             Direction::Invert => {
                 // Model at t on the current x; x0 from the lower end `cur` (§3).

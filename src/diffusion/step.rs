@@ -7,7 +7,9 @@
 
 use ndarray::{ArrayView5, ArrayViewMut5, Zip};
 
+use super::context::ContextConfig;
 use super::sampler::Latent;
+use super::schedule::{Prediction, Schedule};
 use super::PARALLEL_MIN_ELEMENTS;
 
 /// The UNet's output for a step, as the loop reads it.
@@ -53,6 +55,54 @@ pub(crate) struct InvertCoef {
     pub s1a_t: f64,
     pub sa_c: f64,
     pub s1a_c: f64,
+}
+
+/// The coefficients of a sampling step down from timestep `t` and the standard deviation of
+/// the noise it adds: DDIM with `eta` (§2) to `t - ratio`, or DDPM (§4) to `t - 1`.
+pub(crate) fn sample_coef(
+    sched: &Schedule,
+    ctx: &ContextConfig,
+    t: i64,
+    ddpm: bool,
+    eta: f64,
+) -> (SampleCoef, f64) {
+    let prev = if ddpm { t - 1 } else { t - sched.ratio() };
+    let (a_t, a_p) = (sched.abar_of(t), sched.abar_of(prev));
+    let k_at = |t| {
+        if ctx.active() {
+            ctx.k_at(sched, t)
+        } else {
+            0.0
+        }
+    };
+    // DDIM: sigma from eta (§2); DDPM: the posterior standard deviation (§4).
+    let (sigma, beta_t) = if ddpm {
+        let beta = 1.0 - a_t / a_p;
+        let sd = if prev < 0 {
+            0.0
+        } else {
+            (beta * (1.0 - a_p) / (1.0 - a_t)).sqrt()
+        };
+        (sd, beta)
+    } else {
+        (
+            eta * ((1.0 - a_p) / (1.0 - a_t)).sqrt() * (1.0 - a_t / a_p).sqrt(),
+            0.0,
+        )
+    };
+    let coef = SampleCoef {
+        ddpm,
+        v_pred: sched.prediction() == Prediction::V,
+        k_t: k_at(t),
+        k_p: k_at(prev),
+        sa_t: a_t.sqrt(),
+        s1a_t: (1.0 - a_t).sqrt(),
+        sa_p: a_p.sqrt(),
+        dir_coef: (1.0 - a_p - sigma * sigma).max(0.0).sqrt(),
+        c1: a_p.sqrt() * beta_t / (1.0 - a_t),
+        c2: (1.0 - beta_t).sqrt() * (1.0 - a_p) / (1.0 - a_t),
+    };
+    (coef, sigma)
 }
 
 impl SampleCoef {
