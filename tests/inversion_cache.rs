@@ -66,11 +66,12 @@ fn edit_with(
 /// The same picture up to float noise. A cache entry round-trips bit-exactly (the cache's
 /// unit tests), but two runs of the engine are not always bit-identical: under a loaded
 /// machine (the whole test suite in parallel) a run without the cache has differed from the
-/// one before it, and the edit stage gets another thread count after a hit. A wrong entry
-/// (another window, another clip) gives another picture: tens of levels apart.
+/// one before it (by 1.02 levels once, in a clean-clone CI run), and the edit stage gets
+/// another thread count after a hit. A wrong entry (another window, another clip, another
+/// seed) gives another picture: tens of levels apart (19.5 for another seed).
 fn same_picture(a: &[u8], b: &[u8]) {
     let d = mean_abs_diff(a, b);
-    assert!(d < 1.0, "mean absolute difference {d:.3} levels");
+    assert!(d < 3.0, "mean absolute difference {d:.3} levels");
 }
 
 fn invert_stage(r: &EditReport) -> (usize, usize, f64) {
